@@ -1,0 +1,515 @@
+"""score() and kl(): read batches, resolve columns, run the kernels, fold summaries, build a Report."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import losses
+from .columns import Layout, parse_classes, resolve_layout, target_layout
+from .errors import InputError, UsageError
+from .report import INFORMATION_METRICS, UNITS, Gate, Report, check_gate_metrics
+from .summary import Summary
+
+HARD = ("nll",)
+SOFT = ("cross_entropy", "entropy", "kl")
+SYMMETRIC = ("kl_reverse", "js")
+Progress = Callable[[int, int], None]  # (rows so far, bytes so far)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How values are read and scored; shared by every command."""
+
+    kind: str = "probs"
+    eps: float = losses.EPS
+    tol: float = 1e-4
+    renormalize: bool = False
+    base: str = "e"
+    label_smoothing: float | None = None
+    symmetric: bool = False
+
+    def __post_init__(self):
+        if self.kind not in losses.INPUT_KINDS:
+            raise UsageError(f"--input {self.kind!r}: choose one of {', '.join(losses.INPUT_KINDS)}")
+        if self.base not in UNITS:
+            raise UsageError(f"--base {self.base!r}: choose e, 2 or 10")
+        if not (0 <= self.eps < 0.5):
+            raise UsageError(f"--eps {self.eps:g}: must be in [0, 0.5)")
+        if not (self.tol >= 0):
+            raise UsageError(f"--tol {self.tol:g}: must be >= 0")
+        if self.label_smoothing is not None and not (0 <= self.label_smoothing <= 1):
+            raise UsageError(f"--label-smoothing {self.label_smoothing:g}: must be in [0, 1]")
+
+    @property
+    def unit_scale(self) -> float:
+        return {"e": 1.0, "2": math.log(2), "10": math.log(10)}[self.base]
+
+
+@dataclass
+class Prepared:
+    """One batch of predictions made ready for the kernels."""
+
+    values: np.ndarray  # as given, (n, K)
+    q: np.ndarray | None  # probabilities, when the input is probabilities
+    log_q: np.ndarray | None  # log-probabilities, for logits and log-probs
+
+    def model_side(self, kind: str, eps: float) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
+        """(clipped probabilities or None, log-probabilities, mask of the values clipping moved).
+
+        Probabilities and log-probabilities are clipped to [eps, 1 - eps]; logits are exact.
+        """
+        if self.q is not None:
+            q, _ = losses.clip(self.q, eps)
+            return q, _log(q), q != self.q
+        if kind == "log-probs":
+            log_q, _ = losses.log_clip(self.log_q, eps)
+            return None, log_q, log_q != self.log_q
+        return None, self.log_q, None
+
+    def probs(self) -> np.ndarray:
+        return self.q if self.q is not None else np.exp(self.log_q)
+
+
+# -- per batch -------------------------------------------------------------------------------
+
+
+def _raise_problem(problem: losses.Problem | None, chunk, layout: Layout, what: str = "") -> None:
+    if problem is None:
+        return
+    if problem.column is not None:
+        columns = layout.class_columns or [layout.list_column]
+        column = columns[min(problem.column, len(columns) - 1)]
+    else:
+        columns = layout.class_columns or [layout.list_column]
+        column = f"columns {columns[0]}..{columns[-1]}" if len(columns) > 1 else columns[0]
+    rows = (chunk.first_row + problem.rows).tolist()
+    raise InputError(chunk.source, what + problem.message, column=column, rows=rows, total=len(rows),
+                     hint=problem.hint)
+
+
+def prepare(chunk, layout: Layout, settings: Settings, kind: str | None = None) -> Prepared:
+    """Read, validate and normalise the class values of one batch."""
+    kind = kind or settings.kind
+    values = layout.values(chunk.batch)
+    if layout.binary:
+        values = _binary_matrix(values[:, 0], kind)
+    _raise_problem(losses.find_problem(values, kind, settings.tol, settings.renormalize), chunk, layout)
+    if kind == "probs":
+        return Prepared(values, losses.renormalize_rows(values) if settings.renormalize else values, None)
+    if kind == "logits" or settings.renormalize:
+        return Prepared(values, None, losses.log_softmax(values))
+    return Prepared(values, None, values)
+
+
+def _binary_matrix(p: np.ndarray, kind: str) -> np.ndarray:
+    """Two columns [class 0, class 1] from one column of P(class 1) (or its logit/log)."""
+    if kind == "probs":
+        return np.column_stack([1.0 - p, p])
+    if kind == "logits":
+        return np.column_stack([np.zeros_like(p), p])
+    with np.errstate(invalid="ignore"):
+        return np.column_stack([np.log1p(-np.exp(p)), p])
+
+
+def _weights(chunk, layout: Layout) -> np.ndarray | None:
+    if layout.weight is None:
+        return None
+    w = chunk.batch.column(layout.weight).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+    bad = np.flatnonzero(~(w >= 0) | np.isinf(w))
+    if bad.size:
+        raise InputError(chunk.source, "weights must be finite and >= 0 (found missing, NaN, inf or negative)",
+                         column=layout.weight, rows=(chunk.first_row + bad).tolist(), total=bad.size)
+    return w
+
+
+@dataclass
+class BatchResult:
+    summary: Summary
+    per_sample: dict[str, Any]
+
+
+class Evaluator:
+    """Scores batches against hard labels or target distributions and keeps the running summary."""
+
+    def __init__(self, layout: Layout, settings: Settings, soft: bool, target_kind: str = "probs"):
+        self.layout, self.settings, self.soft, self.target_kind = layout, settings, soft, target_kind
+        self.names = SOFT + (SYMMETRIC if settings.symmetric else ()) if soft else HARD
+        self.summary: Summary | None = None
+        self.row = 0
+
+    def targets_of(self, chunk, target_layout_: Layout) -> np.ndarray:
+        """Validated target distributions of a batch (never clipped)."""
+        return prepare(chunk, target_layout_, self.settings, self.target_kind).probs()
+
+    def add(self, chunk, targets: np.ndarray | None = None) -> BatchResult:
+        layout, settings = self.layout, self.settings
+        pred = prepare(chunk, layout, settings)
+        n, k = pred.values.shape
+        labels = layout.label_indices(chunk.batch, chunk.first_row) if layout.label else None
+        if self.soft and targets is None:
+            if labels is None:
+                raise UsageError("soft targets need --targets, --target-prefix or --label-smoothing with a label")
+            targets = losses.label_smoothing(labels, k, settings.label_smoothing or 0.0)
+        weights = _weights(chunk, layout)
+        predicted = pred.values.argmax(axis=1)
+        correct = (predicted == labels) if labels is not None else None
+        values, clipped, extra = self._losses(pred, labels, targets)
+        summary = Summary.of_batch(values, k, weights, labels, correct, clipped)
+        self.summary = summary if self.summary is None else self.summary + summary
+        per_sample = self._per_sample(chunk, n, labels, predicted, values, extra)
+        self.row += n
+        return BatchResult(summary, per_sample)
+
+    def _losses(self, pred: Prepared, labels, targets) -> tuple[dict[str, np.ndarray], int, dict]:
+        eps = self.settings.eps
+        if not self.soft:
+            if pred.q is not None:
+                p_true = losses.true_class(pred.q, labels)
+                nll, clipped = losses.hard_label_nll(p_true, eps)
+            else:
+                log_true = losses.true_class(pred.log_q, labels)
+                if self.settings.kind == "log-probs":
+                    log_true, clipped = losses.log_clip(log_true, eps)
+                else:
+                    clipped = 0
+                nll, p_true = -log_true, np.exp(log_true)
+            return {"nll": nll}, clipped, {"p_true": p_true}
+        q, log_q, moved = pred.model_side(self.settings.kind, eps)
+        clipped = int(np.count_nonzero(moved & (targets > 0))) if moved is not None else 0
+        out = {"cross_entropy": losses.cross_entropy(targets, log_q), "entropy": losses.entropy(targets),
+               "kl": losses.kl_divergence(targets, q=q) if q is not None else losses.kl_divergence(targets, log_q=log_q)}
+        if self.settings.symmetric:
+            q = pred.probs()
+            p_clipped, _ = losses.clip(targets, eps)
+            out["kl_reverse"] = losses.kl_divergence(q, q=p_clipped)
+            out["js"] = losses.js_divergence(targets, q)
+        extra = {"p_true": np.exp(losses.true_class(log_q, labels))} if labels is not None else {}
+        return out, clipped, extra
+
+    def _per_sample(self, chunk, n, labels, predicted, values, extra) -> dict[str, Any]:
+        import pyarrow as pa
+
+        layout = self.layout
+        names = pa.array(layout.class_names, pa.string())
+        columns: dict[str, Any] = {}
+        if layout.key:
+            columns[layout.key] = chunk.batch.column(layout.key)
+        else:
+            columns["row"] = np.arange(self.row, self.row + n)
+        if labels is not None:
+            columns["label"] = names.take(labels)
+            columns["predicted"] = names.take(predicted)
+            if "p_true" in extra:
+                columns["p_true"] = extra["p_true"]
+        scale = self.settings.unit_scale
+        for name, array in values.items():
+            columns[name] = array / scale
+        return columns
+
+
+def _log(q: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore"):
+        return np.log(q)
+
+
+# -- pairing ---------------------------------------------------------------------------------
+
+
+def align_by_position(left: Iterator, right: Iterator, left_name: str, right_name: str) -> Iterator:
+    """Pairs of equal-length slices of two chunk streams, row i with row i."""
+    from .readers import Chunk
+
+    right = iter(right)
+    current, offset = None, 0
+    left_rows = 0
+    for chunk in left:
+        pos, n_rows = 0, chunk.batch.num_rows
+        while pos < n_rows:
+            if current is None or offset == current.batch.num_rows:
+                current, offset = next(right, None), 0
+                if current is None:
+                    total_left = left_rows + n_rows + sum(c.batch.num_rows for c in left)
+                    raise _count_mismatch(left_name, total_left, right_name, None)
+            take = min(n_rows - pos, current.batch.num_rows - offset)
+            yield (Chunk(chunk.batch.slice(pos, take), chunk.source, chunk.first_row + pos),
+                   Chunk(current.batch.slice(offset, take), current.source, current.first_row + offset))
+            pos += take
+            offset += take
+        left_rows += n_rows
+    leftover = (current.batch.num_rows - offset if current is not None else 0) + sum(c.batch.num_rows for c in right)
+    if leftover:
+        raise _count_mismatch(left_name, left_rows, right_name, left_rows + leftover)
+
+
+def _count_mismatch(left_name, left_rows, right_name, right_rows) -> InputError:
+    right_text = f"{right_rows} rows" if right_rows is not None else f"fewer rows"
+    return InputError(left_name, f"row counts differ: {left_rows} rows here, {right_text} in {right_name} "
+                                 "(pairing by position; use --key to pair by an id column)")
+
+
+class KeyIndex:
+    """Targets held in memory by key, to pair with a stream of predictions in any order."""
+
+    def __init__(self, chunks: list, layout: Layout, evaluator: Evaluator, name: str):
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        self.name, self.key = name, layout.key
+        keys = [c.batch.column(layout.key) for c in chunks]
+        self.keys = pa.concat_arrays(keys) if keys else pa.array([], pa.string())
+        counts = pc.value_counts(self.keys)
+        dup = pc.filter(counts, pc.greater(counts.field("counts"), 1)).field("values").to_pylist()
+        if dup:
+            raise InputError(name, f"duplicate keys: {dup[:5]}", column=layout.key)
+        self.targets = (np.concatenate([evaluator.targets_of(c, layout) for c in chunks])
+                        if chunks else np.zeros((0, len(layout.class_names))))
+        self.used = np.zeros(len(self.keys), dtype=np.int64)
+        self.missing = 0
+        self.missing_examples: list[str] = []
+
+    def lookup(self, chunk, key: str) -> np.ndarray | None:
+        """Targets for the rows of a prediction batch, or None if some keys are not found."""
+        import pyarrow.compute as pc
+
+        keys = chunk.batch.column(key)
+        index = pc.index_in(keys, value_set=self.keys)
+        found = index.is_valid().to_numpy(zero_copy_only=False)
+        if not found.all():
+            self.missing += int((~found).sum())
+            self.missing_examples += keys.filter(pc.invert(index.is_valid())).to_pylist()[:5]
+            return None
+        rows = index.to_numpy(zero_copy_only=False)
+        self.used += np.bincount(rows, minlength=len(self.used))
+        return self.targets[rows]
+
+    def finish(self, preds_name: str) -> None:
+        if self.missing:
+            raise InputError(preds_name, f"{self.missing} keys have no row in {self.name}: "
+                                         f"{self.missing_examples[:5]}", column=self.key)
+        repeated = np.flatnonzero(self.used > 1)
+        if repeated.size:
+            raise InputError(preds_name, f"duplicate keys: {self.keys.take(repeated[:5]).to_pylist()}",
+                             column=self.key)
+        unused = np.flatnonzero(self.used == 0)
+        if unused.size:
+            raise InputError(self.name, f"{unused.size} keys have no row in {preds_name}: "
+                                        f"{self.keys.take(unused[:5]).to_pylist()}", column=self.key)
+
+
+# -- commands --------------------------------------------------------------------------------
+
+
+def _sources(inputs) -> list:
+    from . import readers
+
+    if isinstance(inputs, (str, Path)):
+        return readers.open_sources([str(inputs)])
+    if isinstance(inputs, Sequence) and inputs and all(isinstance(i, (str, Path)) for i in inputs):
+        return readers.open_sources([str(i) for i in inputs])
+    return [readers.Source.from_table(inputs)]
+
+
+def _input_names(sources) -> list[str]:
+    return [s.name for s in sources]
+
+
+def _default_key(explicit: str | None, *schemas) -> str | None:
+    """The pairing key: --key, else 'id' when every file has it (case-insensitive), else None."""
+    if explicit:
+        for schema, name in schemas:
+            if explicit not in schema.names:
+                raise InputError(name, f"key column {explicit!r} is missing")
+        return explicit
+    found = [next((n for n in schema.names if n.lower() == "id"), None) for schema, _ in schemas]
+    return found[0] if all(found) and len(set(found)) == 1 else None
+
+
+def score(preds, *, targets=None, label: str | None = None, classes: str | list[str] | None = None,
+          probs: str | None = None, key: str | None = None, weight: str | None = None,
+          positive: str | None = None, input: str = "probs", eps: float = losses.EPS, tol: float = 1e-4,
+          renormalize: bool = False, base: str = "e", target_prefix: str | None = None,
+          target_probs: str | None = None, label_smoothing: float | None = None,
+          max: Sequence[str] = (), min: Sequence[str] = (), per_sample=None,
+          progress: Progress | None = None) -> Report:
+    """Score predictions against hard labels or soft targets.
+
+    ``preds`` and ``targets`` are paths (or lists of paths, '-' for stdin), pandas DataFrames or
+    pyarrow Tables. Returns a Report; gates (``max=["nll=0.4"]``) are evaluated, not raised.
+    """
+    settings = Settings(input, eps, tol, renormalize, str(base), label_smoothing)
+    soft = targets is not None or target_prefix is not None or label_smoothing is not None
+    metric_names = ["nll", "cross_entropy", "entropy", "kl", "perplexity", "accuracy"]
+    gates = _gates(max, min, metric_names)
+    sources = _sources(preds)
+    schema, name = sources[0].schema, sources[0].name
+    target_sources = _sources(targets) if targets is not None else []
+    pair_key = _default_key(key, (schema, name), *((s.schema, s.name) for s in target_sources[:1]))
+    same_file_targets = None
+    reserved: list[str] = []
+    if target_prefix:
+        reserved = [n for n in schema.names if n.lower().startswith(target_prefix.lower())]
+    layout = resolve_layout(schema, name, classes=parse_classes(classes) if isinstance(classes, str) else classes,
+                            label=label, probs=probs, key=pair_key or key, weight=weight, positive=positive,
+                            reserved=reserved, label_required=not soft or label_smoothing is not None)
+    if probs and not layout.class_names:
+        layout.class_names = _list_width_names(sources, layout)
+    if soft and layout.binary:
+        raise UsageError("soft targets need one probability column per class (this file has one)")
+    if target_prefix:
+        same_file_targets = target_layout(schema, name, layout.class_names, name, prefix=target_prefix)
+    evaluator = Evaluator(layout, settings, soft)
+    writer = _writer(per_sample)
+    try:
+        _run(evaluator, sources, layout, target_sources, pair_key, same_file_targets, targets is not None,
+             probs=target_probs, writer=writer, progress=progress, explicit_classes=classes is not None)
+        report = _report("score", evaluator, settings, {"preds": _input_names(sources),
+                                                         **({"targets": _input_names(target_sources)}
+                                                            if target_sources else {})}, gates, soft)
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    if writer is not None:
+        writer.commit()
+    return report
+
+
+def kl(p, q, *, classes: str | list[str] | None = None, probs: str | None = None, key: str | None = None,
+       input: str = "probs", eps: float = losses.EPS, tol: float = 1e-4, renormalize: bool = False,
+       base: str = "e", symmetric: bool = False, max: Sequence[str] = (), min: Sequence[str] = (),
+       per_sample=None, progress: Progress | None = None) -> Report:
+    """KL(P || Q) per row pair: P the reference distribution, Q the model (clipped by ``eps``)."""
+    settings = Settings(input, eps, tol, renormalize, str(base), symmetric=symmetric)
+    names = ["kl", "cross_entropy", "entropy", "perplexity"] + (list(SYMMETRIC) if symmetric else [])
+    gates = _gates(max, min, names)
+    p_sources, q_sources = _sources(p), _sources(q)
+    p_schema, q_schema = p_sources[0].schema, q_sources[0].schema
+    pair_key = _default_key(key, (q_schema, q_sources[0].name), (p_schema, p_sources[0].name))
+    class_list = parse_classes(classes) if isinstance(classes, str) else classes
+    layout = resolve_layout(q_schema, q_sources[0].name, classes=class_list, probs=probs, key=pair_key,
+                            label_required=False)
+    layout.label = None  # a label column is never a class here, and is not needed
+    if probs and not layout.class_names:
+        layout.class_names = _list_width_names(q_sources, layout)
+    if layout.binary:
+        raise InputError(q_sources[0].name, "needs one probability column per class, found one")
+    evaluator = Evaluator(layout, settings, soft=True, target_kind=settings.kind)
+    writer = _writer(per_sample)
+    try:
+        _run(evaluator, q_sources, layout, p_sources, pair_key, None, True, probs=probs, writer=writer,
+             progress=progress, explicit_classes=class_list is not None)
+        report = _report("kl", evaluator, settings, {"p": _input_names(p_sources), "q": _input_names(q_sources)},
+                         gates, True)
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    if writer is not None:
+        writer.commit()
+    return report
+
+
+def _gates(max_: Sequence[str], min_: Sequence[str], available: list[str]) -> list[Gate]:
+    gates = [Gate.parse(t, "max") for t in max_] + [Gate.parse(t, "min") for t in min_]
+    check_gate_metrics(gates, available)
+    return gates
+
+
+def _list_width_names(sources, layout: Layout) -> list[str]:
+    """Class names 0..K-1 for a list column, K from the first row."""
+    first = next(sources[0].batches([layout.list_column], layout.types(sources[0].schema)), None)
+    if first is None:
+        return ["0"]
+    import pyarrow.compute as pc
+
+    width = pc.list_value_length(first.batch.column(0))[0].as_py() or 0
+    return [str(i) for i in range(width)]
+
+
+def _writer(per_sample):
+    if per_sample is None:
+        return None
+    from .render import PerSampleWriter
+
+    return PerSampleWriter.open(per_sample)
+
+
+def _run(evaluator: Evaluator, sources, layout: Layout, target_sources, pair_key, same_file_targets,
+         separate_targets: bool, probs=None, writer=None, progress=None, explicit_classes=False) -> None:
+    """Stream the predictions (with their targets, if any) through the evaluator and the writer."""
+    from .readers import chunks
+
+    name = sources[0].name
+    stream = chunks(sources, layout.columns, layout.types(sources[0].schema))
+    index = None
+    if same_file_targets is not None:
+        pairs = ((c, evaluator.targets_of(c, same_file_targets)) for c in stream)
+    elif separate_targets:
+        tname = target_sources[0].name
+        t_layout = target_layout(target_sources[0].schema, tname, layout.class_names, name, probs=probs,
+                                 key=pair_key, explicit=explicit_classes)
+        t_stream = chunks(target_sources, t_layout.columns, t_layout.types(target_sources[0].schema))
+        if pair_key:
+            index = KeyIndex(list(t_stream), t_layout, evaluator, tname)
+            pairs = ((c, index.lookup(c, pair_key)) for c in stream)
+        else:
+            pairs = ((c, evaluator.targets_of(t, t_layout))
+                     for c, t in align_by_position(stream, t_stream, name, tname))
+    else:
+        pairs = ((c, None) for c in stream)
+    rows = 0
+    for chunk, targets in pairs:
+        if index is not None and targets is None:
+            continue  # keys without a target row: reported once every row has been seen
+        result = evaluator.add(chunk, targets)
+        rows += chunk.batch.num_rows
+        if writer is not None:
+            writer.write(result.per_sample)
+        if progress is not None:
+            progress(rows, chunk.bytes_read)
+    if index is not None:
+        index.finish(name)
+    if evaluator.summary is None or evaluator.summary.rows == 0:
+        raise InputError(", ".join(s.name for s in sources), "no data rows")
+    if evaluator.summary.weight <= 0:
+        raise InputError(name, "weights sum to 0: nothing to average", column=layout.weight)
+
+
+def _report(command: str, evaluator: Evaluator, settings: Settings, inputs, gates, soft: bool) -> Report:
+    s, layout, scale = evaluator.summary, evaluator.layout, settings.unit_scale
+    labelled = layout.label is not None
+    if soft:
+        ce_nats = s.mean("cross_entropy")
+        metrics = {"nll": ce_nats, "cross_entropy": ce_nats, "entropy": s.mean("entropy"), "kl": s.mean("kl")}
+        for name in SYMMETRIC if settings.symmetric else ():
+            metrics[name] = s.mean(name)
+    else:
+        ce_nats = s.mean("nll")
+        metrics = {"nll": ce_nats, "cross_entropy": ce_nats, "entropy": 0.0, "kl": ce_nats}
+    if command == "kl":
+        metrics.pop("nll")
+    metrics = {k: (v / scale if k in INFORMATION_METRICS else v) for k, v in metrics.items()}
+    # Perplexity is exp of the mean loss in nats, whatever the unit asked for.
+    metrics["perplexity"] = math.exp(ce_nats) if ce_nats < 709.0 else math.inf
+    if labelled:
+        metrics["accuracy"] = s.accuracy
+    per_class = []
+    if labelled:
+        loss_name = "cross_entropy" if soft else "nll"
+        class_loss = s.class_mean(loss_name) / scale
+        class_acc = s.class_accuracy
+        for j, name in enumerate(layout.class_names):
+            per_class.append({"class": name, "rows": int(s.class_rows[j]), "nll": float(class_loss[j]),
+                              "accuracy": float(class_acc[j])})
+    warnings = []
+    if s.clipped:
+        warnings.append(f"{s.clipped} predicted probabilities were clipped to [eps, 1 - eps] with eps={settings.eps:g}")
+    report = Report(command, inputs, s.rows, list(layout.class_names), UNITS[settings.base], metrics, per_class,
+                    s.clipped, settings.eps, settings.kind, layout.weight is not None, warnings, gates)
+    return report

@@ -1,0 +1,274 @@
+"""The `nll` command line: parse options, call the library, render, choose the exit code.
+
+Exit codes: 0 ok, 1 a gate failed, 2 usage or input error, 3 internal error, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import traceback
+from enum import Enum
+from typing import Annotated, Optional
+
+import typer
+
+from ._version import __version__
+from .errors import EXIT_GATE, EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, NllError
+
+app = typer.Typer(
+    name="nll",
+    help="Score classifier prediction files: negative log-likelihood, cross-entropy, entropy and KL.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+class InputKind(str, Enum):
+    probs = "probs"
+    logits = "logits"
+    log_probs = "log-probs"
+
+
+class Base(str, Enum):
+    e = "e"
+    two = "2"
+    ten = "10"
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+    ndjson = "ndjson"
+
+
+# Options shared by the commands, declared once.
+Classes = Annotated[Optional[str], typer.Option("--classes", help="Class names in order, comma-separated; "
+                                                "columns are NAME or p_NAME / prob_NAME / proba_NAME.")]
+Probs = Annotated[Optional[str], typer.Option("--probs", help="One list column holding each row's vector "
+                                              "(Parquet list<double>).")]
+Key = Annotated[Optional[str], typer.Option("--key", help="Column identifying rows; pairs files.",
+                                            show_default="id, when present")]
+Input = Annotated[InputKind, typer.Option("--input", help="What the class columns hold.")]
+Eps = Annotated[float, typer.Option("--eps", help="Clip probabilities into eps..1-eps; 0 for exact "
+                                    "maths (infinite losses allowed).", show_default="float64 epsilon, 2.2e-16")]
+Tol = Annotated[float, typer.Option("--tol", help="How far a row may sum from 1.")]
+Renormalize = Annotated[bool, typer.Option("--renormalize", help="Divide each row by its sum.")]
+BaseOpt = Annotated[Base, typer.Option("--base", help="Logarithm base: e (nats), 2 (bits), 10 (bans).")]
+FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="table (plain text when piped), json, "
+                                           "or ndjson (the JSON report on one line).")]
+PerSample = Annotated[Optional[str], typer.Option("--per-sample", help="Write one row per sample to a "
+                                                  ".csv or .parquet file, or - for CSV on stdout.")]
+Max = Annotated[Optional[list[str]], typer.Option("--max", metavar="METRIC=VALUE",
+                                                  help="Fail (exit 1) if METRIC is above VALUE. Repeatable.")]
+Min = Annotated[Optional[list[str]], typer.Option("--min", metavar="METRIC=VALUE",
+                                                  help="Fail (exit 1) if METRIC is below VALUE. Repeatable.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
+
+EPS_DEFAULT = float.fromhex("0x1.0p-52")  # float64 machine epsilon, without importing numpy
+
+
+def _err(message: str) -> None:
+    sys.stderr.write(message.rstrip("\n") + "\n")
+    sys.stderr.flush()
+
+
+def _silence_stdout() -> None:
+    """After a closed pipe (`| head`), send what is left to /dev/null so exit stays quiet."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout has no file descriptor (tests)
+        pass
+
+
+def handle_errors(command):
+    """Turn every way a command can end into its exit code and at most one line on stderr."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        debug = kwargs.get("debug", False)
+        try:
+            command(*args, **kwargs)
+            sys.stdout.flush()
+        except typer.Exit:
+            raise
+        except NllError as exc:
+            if debug:
+                traceback.print_exc()
+            _err(f"nll: error: {exc}")
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            _err("nll: interrupted")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except BrokenPipeError:
+            _silence_stdout()
+            raise typer.Exit(0) from None
+        except Exception as exc:  # a bug of ours: one line, the traceback only with --debug
+            if debug:
+                traceback.print_exc()
+            _err(f"nll: internal error: {type(exc).__name__}: {exc}; run with --debug for details")
+            raise typer.Exit(EXIT_INTERNAL) from None
+
+    return wrapper
+
+
+class _ProgressBar:
+    """A transient Rich progress bar on stderr, only when stderr is a terminal."""
+
+    def __init__(self, quiet: bool, total_bytes: int | None):
+        self.bar = None
+        if quiet or not sys.stderr.isatty():
+            return
+        from rich.console import Console
+        from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                                   TransferSpeedColumn)
+
+        self.bar = Progress(TextColumn("{task.fields[rows]:,} rows"), BarColumn(), DownloadColumn(),
+                            TransferSpeedColumn(), TimeRemainingColumn(),
+                            console=Console(file=sys.stderr), transient=True)
+        self.task = self.bar.add_task("reading", total=total_bytes, rows=0)
+
+    def __enter__(self):
+        if self.bar is not None:
+            self.bar.start()
+        return self.update if self.bar is not None else None
+
+    def update(self, rows: int, bytes_read: int) -> None:
+        self.bar.update(self.task, completed=bytes_read, rows=rows)
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _total_bytes(*paths_lists) -> int | None:
+    total = 0
+    for paths in paths_lists:
+        for path in paths:
+            try:
+                total += os.path.getsize(path) if os.path.isfile(path) else 0
+            except OSError:
+                return None
+    return total or None
+
+
+def _finish(report, fmt: Format, per_sample: str | None) -> None:
+    """Render the report (to stderr when per-sample rows own stdout) and apply the gates."""
+    from .render import write_report
+
+    write_report(report, fmt.value, sys.stderr if per_sample == "-" else sys.stdout)
+    failed = report.failed_gates
+    for gate in failed:
+        _err(f"nll: {gate.describe(report.metrics.get(gate.metric))}")
+    if failed:
+        raise typer.Exit(EXIT_GATE)
+
+
+@app.command()
+@handle_errors
+def score(
+    preds: Annotated[list[str], typer.Argument(help="Prediction files (.csv, .tsv, .csv.gz, .parquet), "
+                                               "directories of them, or - for stdin.", show_default=False)],
+    targets: Annotated[Optional[str], typer.Option("--targets", help="File of target distributions "
+                                                   "(soft labels) paired by --key or by position.")] = None,
+    label: Annotated[Optional[str], typer.Option("--label", help="Label column.", show_default="first of "
+                                                 "label, y, y_true, target, true_label, class")] = None,
+    classes: Classes = None,
+    probs: Probs = None,
+    key: Key = None,
+    weight: Annotated[Optional[str], typer.Option("--weight", help="Column of sample weights.")] = None,
+    positive: Annotated[Optional[str], typer.Option("--positive", help="Label of class 1 when a single "
+                                                    "column holds P(class 1).")] = None,
+    target_prefix: Annotated[Optional[str], typer.Option("--target-prefix", help="Targets in the same file, "
+                                                         "as columns PREFIX<class>.")] = None,
+    label_smoothing: Annotated[Optional[float], typer.Option("--label-smoothing", help="Score against "
+                                                             "(1-A)*one_hot + A/K.")] = None,
+    input: Input = InputKind.probs,
+    eps: Eps = EPS_DEFAULT,
+    tol: Tol = 1e-4,
+    renormalize: Renormalize = False,
+    base: BaseOpt = Base.e,
+    format: FormatOpt = Format.table,
+    per_sample: PerSample = None,
+    max: Max = None,
+    min: Min = None,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Mean and per-sample NLL against hard labels, or cross-entropy, entropy and KL against soft targets.
+
+    Exit codes: 0 ok, 1 a --max/--min gate failed, 2 usage or input error, 3 internal error.
+    """
+    from . import api
+
+    with _ProgressBar(quiet, _total_bytes(preds, [targets] if targets else [])) as progress:
+        report = api.score(preds, targets=targets, label=label, classes=classes, probs=probs, key=key,
+                           weight=weight, positive=positive, input=input.value, eps=eps, tol=tol,
+                           renormalize=renormalize, base=base.value, target_prefix=target_prefix,
+                           label_smoothing=label_smoothing, max=max or (), min=min or (),
+                           per_sample=per_sample, progress=progress)
+    _finish(report, format, per_sample)
+
+
+@app.command()
+@handle_errors
+def kl(
+    p: Annotated[str, typer.Argument(help="Reference distributions P (the data), or - for stdin.",
+                                     show_default=False)],
+    q: Annotated[str, typer.Argument(help="Model distributions Q, or - for stdin.", show_default=False)],
+    classes: Classes = None,
+    probs: Probs = None,
+    key: Key = None,
+    symmetric: Annotated[bool, typer.Option("--symmetric", help="Also KL(Q||P) and the Jensen-Shannon "
+                                            "divergence.")] = False,
+    input: Input = InputKind.probs,
+    eps: Eps = EPS_DEFAULT,
+    tol: Tol = 1e-4,
+    renormalize: Renormalize = False,
+    base: BaseOpt = Base.e,
+    format: FormatOpt = Format.table,
+    per_sample: PerSample = None,
+    max: Max = None,
+    min: Min = None,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """KL(P || Q) per row pair and on average, with cross-entropy H(P, Q) and entropy H(P).
+
+    Rows pair by --key (default id, when both files have it), else by position.
+    """
+    from . import api
+
+    with _ProgressBar(quiet, _total_bytes([p, q])) as progress:
+        report = api.kl(p, q, classes=classes, probs=probs, key=key, input=input.value, eps=eps, tol=tol,
+                        renormalize=renormalize, base=base.value, symmetric=symmetric, max=max or (),
+                        min=min or (), per_sample=per_sample, progress=progress)
+    _finish(report, format, per_sample)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"nll {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Show the version and exit.")] = False,
+) -> None:
+    """Score classifier prediction files from the command line."""
+
+
+def main() -> None:
+    """Console entry point."""
+    try:
+        app(prog_name="nll")
+    except KeyboardInterrupt:  # before a command started
+        _err("nll: interrupted")
+        sys.exit(EXIT_INTERRUPTED)

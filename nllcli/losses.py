@@ -1,0 +1,192 @@
+"""Numpy kernels on one batch of rows. No I/O, no printing.
+
+Notation: each row is a sample; ``q`` is the model's distribution over K classes, ``t`` a target
+distribution (one-hot for a hard label y). All logarithms are natural; callers convert units.
+
+    cross-entropy  CE(t, q) = -sum_k t_k log q_k        (= -log q_y for a hard label)
+    entropy        H(t)     = -sum_k t_k log t_k        (0 for a hard label)
+    KL divergence  KL(t||q) =  sum_k t_k log(t_k / q_k) (= CE - H, but computed directly)
+
+with the convention 0 * log 0 = 0, so classes with t_k = 0 never contribute.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+EPS = float(np.finfo(np.float64).eps)
+
+INPUT_KINDS = ("probs", "logits", "log-probs")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why some rows of a batch are not valid input. Rows and columns are 0-based in the batch."""
+
+    message: str
+    rows: np.ndarray
+    column: int | None = None
+    hint: str | None = None
+
+
+# -- validation ------------------------------------------------------------------------------
+
+
+def find_problem(values: np.ndarray, kind: str, tol: float, renormalize: bool = False) -> Problem | None:
+    """First reason the rows of ``values`` (n, K) are not distributions of the given kind, or None.
+
+    probs: finite, 0 <= v <= 1 + tol, rows summing to 1 within ``tol`` (unless renormalizing, then
+    any positive sum). log-probs: finite or -inf, <= tol, logsumexp within ``tol`` of 0.
+    logits: finite.
+    """
+    if values.shape[0] == 0:
+        return None
+    if kind == "logits":
+        return _bad_cells(values, ~np.isfinite(values), "non-finite logit")
+    if kind == "log-probs":
+        problem = _bad_cells(values, np.isnan(values) | (values == np.inf), "NaN or +inf log-probability")
+        problem = problem or _bad_cells(values, values > tol, "log-probability above 0",
+                                        hint="use --input logits for unnormalised scores")
+        if problem or renormalize:
+            return problem
+        off = np.abs(logsumexp(values)) > tol
+        return _bad_rows(off, f"probabilities do not sum to 1 within tol={tol:g}",
+                         hint="use --renormalize, or --input logits for unnormalised scores")
+    # probs: one pass each for min, max and the row sums, the common case being valid input.
+    low, high = values.min(), values.max()
+    if not (low >= 0.0 and high <= 1.0 + tol):  # also true for NaN
+        if np.isnan(low) or np.isnan(high):
+            return _bad_cells(values, np.isnan(values), "missing or NaN probability")
+        problem = _bad_cells(values, np.isinf(values), "infinite probability",
+                             hint="use --input logits if these are scores")
+        problem = problem or _bad_cells(values, values < 0, "negative probability",
+                                        hint="use --input logits if these are scores")
+        return problem or _bad_cells(values, values > 1.0 + tol, "probability above 1",
+                                     hint="use --input logits if these are scores")
+    sums = values.sum(axis=1)
+    if renormalize:
+        return _bad_rows(sums <= 0, "probabilities sum to 0, cannot renormalise")
+    return _bad_rows(np.abs(sums - 1.0) > tol, f"probabilities do not sum to 1 within tol={tol:g}",
+                     hint="use --renormalize, or --input logits if these are scores")
+
+
+def _bad_cells(values: np.ndarray, mask: np.ndarray, message: str, hint: str | None = None) -> Problem | None:
+    if not mask.any():
+        return None
+    rows = np.flatnonzero(mask.any(axis=1))
+    column = int(np.argmax(mask[rows[0]]))
+    return Problem(message, rows, column, hint)
+
+
+def _bad_rows(mask: np.ndarray, message: str, hint: str | None = None) -> Problem | None:
+    return Problem(message, np.flatnonzero(mask), None, hint) if mask.any() else None
+
+
+# -- transforms ------------------------------------------------------------------------------
+
+
+def logsumexp(z: np.ndarray) -> np.ndarray:
+    """log(sum_k exp(z_k)) per row, shifted by the row maximum so nothing overflows."""
+    top = z.max(axis=1, keepdims=True)
+    top = np.where(np.isfinite(top), top, 0.0)
+    with np.errstate(divide="ignore"):
+        return (top + np.log(np.exp(z - top).sum(axis=1, keepdims=True)))[:, 0]
+
+
+def log_softmax(z: np.ndarray) -> np.ndarray:
+    """log q_k = z_k - logsumexp(z): exact for logits of any magnitude (never log(softmax(z)))."""
+    return z - logsumexp(z)[:, None]
+
+
+def renormalize_rows(p: np.ndarray) -> np.ndarray:
+    """Divide each row by its sum (rows must have a positive sum)."""
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def clip(p: np.ndarray, eps: float) -> tuple[np.ndarray, int]:
+    """Clip probabilities to [eps, 1 - eps] (scikit-learn's rule); also return how many moved."""
+    if eps <= 0:
+        return p, 0
+    clipped = np.clip(p, eps, 1.0 - eps)
+    return clipped, int(np.count_nonzero(clipped != p))
+
+
+def log_clip(log_p: np.ndarray, eps: float) -> tuple[np.ndarray, int]:
+    """The same clip for log-probabilities: to [log eps, log(1 - eps)]."""
+    if eps <= 0:
+        return log_p, 0
+    clipped = np.clip(log_p, np.log(eps), np.log1p(-eps))
+    return clipped, int(np.count_nonzero(clipped != log_p))
+
+
+def label_smoothing(labels: np.ndarray, n_classes: int, alpha: float) -> np.ndarray:
+    """Targets (1 - alpha) * one_hot(y) + alpha / K (the PyTorch and Keras rule)."""
+    t = np.full((labels.shape[0], n_classes), alpha / n_classes)
+    t[np.arange(labels.shape[0]), labels] += 1.0 - alpha
+    return t
+
+
+# -- losses ----------------------------------------------------------------------------------
+
+
+def _weighted_log(t: np.ndarray, log_x: np.ndarray) -> np.ndarray:
+    """Row sums of t * log_x with 0 * log 0 = 0 (log_x may be -inf where t is 0)."""
+    out = np.zeros_like(t)
+    np.multiply(t, log_x, out=out, where=t > 0)
+    return out.sum(axis=1)
+
+
+def xlogx_rows(t: np.ndarray) -> np.ndarray:
+    """Row sums of t * log t with 0 * log 0 = 0."""
+    log_t = np.zeros_like(t)
+    np.log(t, out=log_t, where=t > 0)
+    return _weighted_log(t, log_t)
+
+
+def entropy(t: np.ndarray) -> np.ndarray:
+    """H(t) = -sum_k t_k log t_k per row."""
+    return -xlogx_rows(t)
+
+
+def cross_entropy(t: np.ndarray, log_q: np.ndarray) -> np.ndarray:
+    """CE(t, q) = -sum_k t_k log q_k per row; +inf where some t_k > 0 has q_k = 0."""
+    return -_weighted_log(t, log_q)
+
+
+def kl_divergence(t: np.ndarray, q: np.ndarray | None = None, log_q: np.ndarray | None = None) -> np.ndarray:
+    """KL(t || q) = sum_k t_k log(t_k / q_k) per row, as scipy.special.rel_entr summed.
+
+    Given probabilities ``q`` it takes log of the ratio (no cancellation when t is close to q);
+    given only ``log_q`` (logits) it uses log t_k - log q_k.
+    """
+    positive = t > 0
+    ratio_log = np.zeros_like(t)
+    with np.errstate(divide="ignore"):
+        if q is not None:
+            np.log(np.divide(t, q, out=np.ones_like(t), where=positive), out=ratio_log, where=positive)
+        else:
+            np.log(t, out=ratio_log, where=positive)
+            np.subtract(ratio_log, log_q, out=ratio_log, where=positive)
+    out = np.zeros_like(t)
+    np.multiply(t, ratio_log, out=out, where=positive)
+    return out.sum(axis=1)
+
+
+def js_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Jensen-Shannon divergence: (KL(p||m) + KL(q||m)) / 2 with m = (p + q) / 2; at most log 2."""
+    m = 0.5 * (p + q)
+    return 0.5 * (kl_divergence(p, m) + kl_divergence(q, m))
+
+
+def true_class(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """values[i, labels[i]] for each row."""
+    return values[np.arange(values.shape[0]), labels]
+
+
+def hard_label_nll(p_true: np.ndarray, eps: float) -> tuple[np.ndarray, int]:
+    """-log(clip(p_y)) from the probabilities of the true classes; also the count clipped."""
+    p_true, n_clipped = clip(p_true, eps)
+    with np.errstate(divide="ignore"):
+        return -np.log(p_true), n_clipped

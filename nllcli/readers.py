@@ -1,0 +1,359 @@
+"""Read CSV, TSV, gzip'd CSV, Parquet, standard input or many files as bounded-size Arrow batches.
+
+Every source is read twice at most: once for its header (column names and the types pyarrow
+infers from the first block, used to pick the class columns), then streamed with only the needed
+columns and explicit types, so a column that looks integral in its first block cannot break the
+read later. Standard input is streamed too; only Parquet on stdin is buffered (its index sits at
+the end of the file).
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from .errors import InputError, UsageError
+
+STDIN = "-"
+CSV_BLOCK_BYTES = 4 << 20
+PARQUET_BATCH_ROWS = 65536
+PARQUET_MAGIC = b"PAR1"
+GZIP_MAGIC = b"\x1f\x8b"
+CSV_SUFFIXES = (".csv", ".tsv", ".txt", ".csv.gz", ".tsv.gz", ".txt.gz", ".gz")
+PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
+
+
+@dataclass
+class Chunk:
+    """One batch of rows and where it came from (for messages: file name and 1-based first row)."""
+
+    batch: pa.RecordBatch
+    source: str
+    first_row: int
+    bytes_read: int = 0  # of the source file so far, for progress
+
+
+@dataclass
+class Source:
+    """One input file (or standard input) of a known format with its header."""
+
+    name: str
+    path: Path | None
+    format: str  # "csv" or "parquet"
+    schema: pa.Schema
+    delimiter: str = ","
+    compressed: bool = False
+    size: int | None = None
+    num_rows: int | None = None  # known up front for Parquet
+    _stdin: io.RawIOBase | None = field(default=None, repr=False)
+    _parquet_buffer: pa.Buffer | None = field(default=None, repr=False)
+    _table: pa.Table | None = field(default=None, repr=False)
+    _raw: pa.NativeFile | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_table(cls, data, name: str = "<table>") -> "Source":
+        """An in-memory pandas DataFrame or pyarrow Table (for the Python API)."""
+        if not isinstance(data, pa.Table):
+            try:
+                data = pa.Table.from_pandas(data, preserve_index=False)
+            except (TypeError, AttributeError, pa.ArrowException) as exc:
+                raise UsageError(f"cannot read {type(data).__name__}: pass a path, a DataFrame or a pyarrow Table") from exc
+        return cls(name, None, "table", data.schema, _table=data)
+
+    def batches(self, columns: list[str], types: dict[str, pa.DataType]) -> Iterator[Chunk]:
+        """Stream the given columns, cast to the given types, in bounded-size batches."""
+        row = 1
+        if self.format == "csv":
+            stream = self._csv_batches(columns, types)
+        elif self.format == "parquet":
+            stream = self._parquet_batches(columns, types)
+        else:
+            stream = (_cast(b, types, self.name) for b in self._table.select(columns).to_batches(PARQUET_BATCH_ROWS))
+        for batch in stream:
+            if batch.num_rows:
+                yield Chunk(batch, self.name, row, self._bytes_read(row + batch.num_rows - 1))
+                row += batch.num_rows
+
+    def _bytes_read(self, rows: int) -> int:
+        if self._raw is not None:
+            return self._raw.tell()
+        if self.size and self.num_rows:
+            return int(self.size * min(1.0, rows / self.num_rows))
+        return 0
+
+    # -- CSV -------------------------------------------------------------------------------
+
+    def _csv_options(self, columns=None, types=None, use_threads=True, handler=None):
+        read = pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES, use_threads=use_threads)
+        parse = pacsv.ParseOptions(delimiter=self.delimiter, newlines_in_values=True,
+                                   invalid_row_handler=handler)
+        convert = pacsv.ConvertOptions(include_columns=columns, column_types=types,
+                                       strings_can_be_null=False, quoted_strings_can_be_null=False)
+        return dict(read_options=read, parse_options=parse, convert_options=convert)
+
+    def _open_raw(self):
+        if self._stdin is not None:
+            stream = self._stdin
+            self._stdin = None  # standard input can be streamed only once
+            return stream
+        self._raw = pa.OSFile(str(self.path), "r")
+        return pa.CompressedInputStream(self._raw, "gzip") if self.compressed else self._raw
+
+    def _csv_batches(self, columns, types) -> Iterator[pa.RecordBatch]:
+        try:
+            reader = pacsv.open_csv(self._open_raw(), **self._csv_options(columns, types))
+            yield from reader
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, UnicodeDecodeError) as exc:
+            raise self._csv_error(exc, columns) from exc
+
+    def _csv_error(self, exc: Exception, columns) -> InputError:
+        """Turn a pyarrow CSV error into one line naming the column and first rows where known."""
+        message = _first_line(str(exc))
+        conversion = re.match(r"In CSV column #(\d+): CSV conversion error to (\w+): invalid value '(.*)'",
+                              message)
+        if conversion:
+            column = self.schema.names[int(conversion.group(1))] if columns is None else columns[int(conversion.group(1))]
+            rows = self._rows_not_numeric(column) if self.path is not None else None
+            return InputError(self.name, f"non-numeric value {conversion.group(3)!r}", column=column,
+                              rows=rows)
+        if "Expected" in message and "columns" in message:
+            rows = self._rows_with_wrong_width() if self.path is not None else None
+            detail = re.sub(r"^CSV parse error: (Row #\d+: )?", "", message)
+            return InputError(self.name, f"malformed CSV: {detail.split(':')[0]}", rows=rows)
+        if isinstance(exc, (OSError, UnicodeDecodeError)) and "gzip" in message.lower():
+            return InputError(self.name, f"cannot decompress: {message}")
+        if "UTF8" in message or "UTF-8" in message:
+            return InputError(self.name, "text is not valid UTF-8 (re-save the file as UTF-8)")
+        return InputError(self.name, f"cannot read CSV: {message}")
+
+    def _rows_not_numeric(self, column: str) -> list[int] | None:
+        """Error path only: re-read one column as text to find where it stops being numeric."""
+        try:
+            reader = pacsv.open_csv(self._open_raw(), **self._csv_options([column], {column: pa.string()}))
+            import pyarrow.compute as pc
+
+            bad, row = [], 1
+            for batch in reader:
+                text = pc.utf8_trim_whitespace(batch.column(0))
+                ok = pc.match_substring_regex(text, r"^([-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|[-+]?(?i:inf|infinity|nan|n/a|na|null)?)$")
+                bad.extend(row + i for i in pc.indices_nonzero(pc.invert(ok)).to_pylist()[:5])
+                row += batch.num_rows
+                if len(bad) >= 5:
+                    break
+            return bad or None
+        except Exception:  # the first error is the one to report
+            return None
+
+    def _rows_with_wrong_width(self) -> list[int] | None:
+        """Error path only: re-read single-threaded, where pyarrow knows the row number."""
+        found: list[int] = []
+
+        def note(row):
+            if row.number is not None:
+                found.append(row.number - 1)  # physical row 1 is the header
+            return "skip" if len(found) < 5 else "error"
+
+        try:
+            for _ in pacsv.open_csv(self._open_raw(), **self._csv_options(None, None, False, note)):
+                pass
+        except Exception:
+            pass
+        return found or None
+
+    # -- Parquet ---------------------------------------------------------------------------
+
+    def _parquet_file(self) -> pq.ParquetFile:
+        source = pa.BufferReader(self._parquet_buffer) if self._parquet_buffer is not None else str(self.path)
+        return pq.ParquetFile(source)
+
+    def _parquet_batches(self, columns, types) -> Iterator[pa.RecordBatch]:
+        try:
+            for batch in self._parquet_file().iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns):
+                yield _cast(batch, types, self.name)
+        except (pa.ArrowException, OSError) as exc:
+            raise InputError(self.name, f"cannot read Parquet: {_first_line(str(exc))}") from exc
+
+
+def _cast(batch: pa.RecordBatch, types: dict[str, pa.DataType], source: str) -> pa.RecordBatch:
+    """Cast Parquet columns to the types asked for (float32 -> float64, categories -> text)."""
+    arrays = []
+    for name, array in zip(batch.schema.names, batch.columns):
+        wanted = types.get(name)
+        if wanted is not None and array.type != wanted:
+            if pa.types.is_dictionary(array.type):
+                array = array.dictionary_decode()
+            try:
+                array = array.cast(wanted)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise InputError(source, f"cannot use {array.type} values as {wanted}", column=name) from exc
+        arrays.append(array)
+    return pa.RecordBatch.from_arrays(arrays, names=batch.schema.names)
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else text
+
+
+class _Replay(io.RawIOBase):
+    """A read-only stream that gives back an already-read prefix, then the rest of a stream."""
+
+    def __init__(self, prefix: bytes, rest):
+        self._prefix, self._rest = memoryview(prefix), rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self._prefix:
+            n = min(len(buffer), len(self._prefix))
+            buffer[:n] = self._prefix[:n]
+            self._prefix = self._prefix[n:]
+            return n
+        data = self._rest.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+# -- opening ---------------------------------------------------------------------------------
+
+
+def expand_inputs(paths: Iterable[str]) -> list[str]:
+    """Paths as given, with each directory replaced by the data files below it (sorted)."""
+    expanded: list[str] = []
+    for raw in paths:
+        path = Path(raw)
+        if raw != STDIN and path.is_dir():
+            found = sorted(str(p) for p in path.rglob("*")
+                           if p.is_file() and not p.name.startswith((".", "_"))
+                           and p.name.lower().endswith(CSV_SUFFIXES + PARQUET_SUFFIXES))
+            if not found:
+                raise InputError(raw, "directory holds no .csv, .tsv or .parquet files")
+            expanded.extend(found)
+        else:
+            expanded.append(raw)
+    if expanded.count(STDIN) > 1:
+        raise UsageError("standard input (-) can be read only once")
+    return expanded
+
+
+def open_source(raw: str) -> Source:
+    """Open one path (or '-') and read its header. Raises InputError with the file name."""
+    if raw == STDIN:
+        return _open_stdin()
+    path = Path(raw)
+    if not path.exists():
+        raise InputError(raw, "no such file")
+    if path.is_dir():
+        raise InputError(raw, "is a directory")
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(4)
+        size = path.stat().st_size
+    except OSError as exc:
+        raise InputError(raw, f"cannot open: {exc.strerror or exc}") from exc
+    if size == 0:
+        raise InputError(raw, "file is empty")
+    lower = path.name.lower()
+    if magic == PARQUET_MAGIC or lower.endswith(PARQUET_SUFFIXES):
+        source = Source(raw, path, "parquet", pa.schema([]), size=size)
+        source.schema = _parquet_schema(source)
+        return source
+    compressed = magic[:2] == GZIP_MAGIC
+    delimiter = "\t" if lower.endswith((".tsv", ".tsv.gz")) else None
+    source = Source(raw, path, "csv", pa.schema([]), compressed=compressed, size=size)
+    header = _read_head(pa.input_stream(str(path), compression="gzip" if compressed else None), raw)
+    return _with_header(source, header, delimiter)
+
+
+def _open_stdin() -> Source:
+    stream = sys.stdin.buffer
+    head = stream.read(4)
+    if head == PARQUET_MAGIC:
+        data = head + stream.read()
+        source = Source("<stdin>", None, "parquet", pa.schema([]), size=len(data),
+                        _parquet_buffer=pa.py_buffer(data))
+        source.schema = _parquet_schema(source)
+        return source
+    if not head:
+        raise InputError("<stdin>", "no input (standard input is empty)")
+    raw = _Replay(head, stream)
+    if head[:2] == GZIP_MAGIC:
+        raw = pa.CompressedInputStream(pa.PythonFile(raw, mode="r"), "gzip")
+    prefix = _read_head(raw, "<stdin>")
+    replay = _Replay(prefix, raw)
+    source = Source("<stdin>", None, "csv", pa.schema([]), _stdin=replay)
+    return _with_header(source, prefix, None)
+
+
+def _read_head(stream, name: str, limit: int = CSV_BLOCK_BYTES) -> bytes:
+    """The first bytes of a text stream: at least the header line and some rows, up to ``limit``."""
+    try:
+        head = stream.read(limit)
+        while b"\n" not in head:  # a header longer than the limit (10,000 classes, long names)
+            more = stream.read(limit)
+            if not more:
+                break
+            head += more
+    except OSError as exc:
+        raise InputError(name, f"cannot decompress: {_first_line(str(exc))}") from exc
+    return bytes(head)
+
+
+def _with_header(source: Source, head: bytes, delimiter: str | None) -> Source:
+    if not head.strip():
+        raise InputError(source.name, "file is empty")
+    if b"\x00" in head:
+        raise InputError(source.name, "looks like a binary file, not CSV or Parquet")
+    first_line = head.split(b"\n", 1)[0]
+    if delimiter is None:
+        delimiter = "\t" if first_line.count(b"\t") > first_line.count(b",") else ","
+    source.delimiter = delimiter
+    # Infer types from the first rows only; a cut last line is dropped.
+    complete = head if head.endswith(b"\n") else head[: head.rfind(b"\n") + 1] or head
+    try:
+        table = pacsv.read_csv(io.BytesIO(complete), **source._csv_options())
+    except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
+        raise source._csv_error(exc, None) from exc
+    source.schema = table.schema
+    return source
+
+
+def _parquet_schema(source: Source) -> pa.Schema:
+    try:
+        parquet = source._parquet_file()
+        source.num_rows = parquet.metadata.num_rows
+        return parquet.schema_arrow
+    except (pa.ArrowException, OSError) as exc:
+        raise InputError(source.name, f"not a readable Parquet file: {_first_line(str(exc))}") from exc
+
+
+def total_bytes(sources: list[Source]) -> int | None:
+    sizes = [s.size for s in sources]
+    return None if any(s is None for s in sizes) else sum(sizes)
+
+
+def open_sources(paths: Iterable[str]) -> list[Source]:
+    """Open several inputs that together form one dataset: their columns must agree."""
+    sources = [open_source(p) for p in expand_inputs(paths)]
+    first = sources[0]
+    for other in sources[1:]:
+        if set(other.schema.names) != set(first.schema.names):
+            missing = sorted(set(first.schema.names) - set(other.schema.names))
+            extra = sorted(set(other.schema.names) - set(first.schema.names))
+            raise InputError(other.name, f"columns differ from {first.name}: missing {missing}, extra {extra}")
+    return sources
+
+
+def chunks(sources: list[Source], columns: list[str], types: dict[str, pa.DataType]) -> Iterator[Chunk]:
+    for source in sources:
+        yield from source.batches(columns, types)
+
+

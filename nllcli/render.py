@@ -1,0 +1,167 @@
+"""Reports as Rich tables, JSON or NDJSON; per-sample rows as CSV or Parquet, written atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import IO, Any
+
+from .errors import UsageError
+from .report import Report
+
+FORMATS = ("table", "json", "ndjson")
+
+
+def to_json(report: Report, indent: int | None = 2) -> str:
+    """Strict JSON (no NaN or Infinity), with schema_version."""
+    return json.dumps(report.to_dict(), indent=indent, allow_nan=False, ensure_ascii=False)
+
+
+def write_report(report: Report, fmt: str, stream: IO[str]) -> None:
+    if fmt == "json":
+        stream.write(to_json(report) + "\n")
+    elif fmt == "ndjson":
+        stream.write(to_json(report, indent=None) + "\n")
+    else:
+        write_table(report, stream)
+    stream.flush()
+
+
+def _number(value: float | None, digits: int = 6) -> str:
+    if value is None or value != value:
+        return "n/a"
+    if value in (float("inf"), float("-inf")):
+        return "inf"
+    return f"{value:.{digits}f}" if abs(value) < 1e6 else f"{value:.{digits}g}"
+
+
+def write_table(report: Report, stream: IO[str]) -> None:
+    """A Rich table on a terminal; aligned plain text (no colour, no box lines) when piped."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(file=stream, highlight=False, soft_wrap=False)
+    plain = not console.is_terminal
+    style = dict(box=None if plain else box.SIMPLE_HEAVY, show_edge=not plain, pad_edge=False)
+    data = report.to_dict()
+    files = ", ".join(name for names in report.inputs.values() for name in names)
+    title = f"nll {report.command}: {files} ({report.rows:,} rows, {len(report.classes)} classes)"
+    console.print(title, markup=False)
+    metrics = Table(**style)
+    metrics.add_column("metric")
+    metrics.add_column("value", justify="right")
+    metrics.add_column("unit")
+    for name, value in data["metrics"].items():
+        unit = report.units if name not in ("perplexity", "accuracy") else ""
+        metrics.add_row(name, _number(value), unit)
+    console.print(metrics)
+    if report.per_class:
+        per_class = Table(**style)
+        for column, justify in (("true class", "left"), ("rows", "right"), ("nll", "right"), ("accuracy", "right")):
+            per_class.add_column(column, justify=justify)
+        for row in data["per_class"]:
+            per_class.add_row(str(row["class"]), f"{row['rows']:,}", _number(row["nll"]), _number(row["accuracy"]))
+        console.print(per_class)
+    notes = [f"{report.clipped:,} probabilities clipped to [eps, 1 - eps], eps = {report.eps:.3g}"] if report.clipped else []
+    notes += [w for w in data["warnings"] if "clipped" not in w]
+    for gate in data["gates"]:
+        verdict = "ok" if gate["passed"] else "FAILED"
+        sign = "<=" if gate["bound"] == "max" else ">="
+        notes.append(f"gate {gate['metric']} {sign} {gate['threshold']:g}: {verdict}")
+    for note in notes:
+        console.print(note, markup=False)
+
+
+class PerSampleWriter:
+    """Per-sample rows streamed to CSV or Parquet.
+
+    A file is written under a temporary name in its own folder and renamed into place by commit();
+    abort() removes it, so an error never leaves a partial file nor touches an existing one.
+    '-' streams CSV to standard output.
+    """
+
+    def __init__(self, target: str):
+        self.target = target
+        self.format = "parquet" if target.lower().endswith((".parquet", ".pq")) else "csv"
+        self._writer = None
+        self._sink = None
+        self._temp: str | None = None
+
+    @classmethod
+    def open(cls, target) -> "PerSampleWriter":
+        target = str(target)
+        if target != "-":
+            if not target.lower().endswith((".csv", ".parquet", ".pq")):
+                raise UsageError(f"--per-sample {target}: name a .csv or .parquet file, or - for stdout")
+            folder = Path(target).resolve().parent
+            if not folder.is_dir():
+                raise UsageError(f"--per-sample {target}: folder {folder} does not exist")
+            if Path(target).is_dir():
+                raise UsageError(f"--per-sample {target}: is a directory")
+        return cls(target)
+
+    def _start(self, schema) -> None:
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
+        import pyarrow.parquet as pq
+
+        if self.target == "-":
+            self._sink = pa.PythonFile(sys.stdout.buffer, mode="w")
+        else:
+            path = Path(self.target)
+            fd, self._temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.resolve().parent)
+            os.close(fd)
+            self._sink = pa.OSFile(self._temp, "w")
+        if self.format == "parquet":
+            self._writer = pq.ParquetWriter(self._sink, schema)
+        else:
+            self._writer = pacsv.CSVWriter(self._sink, schema, write_options=pacsv.WriteOptions(quoting_style="needed"))
+
+    def write(self, columns: dict[str, Any]) -> None:
+        import pyarrow as pa
+
+        batch = pa.RecordBatch.from_pydict({k: _arrow(v) for k, v in columns.items()})
+        if self._writer is None:
+            self._start(batch.schema)
+        self._writer.write_batch(batch)
+
+    def commit(self) -> None:
+        self._close()
+        if self._temp is not None:
+            os.replace(self._temp, self.target)
+            self._temp = None
+        elif self.target == "-":
+            sys.stdout.flush()
+
+    def abort(self) -> None:
+        try:
+            self._close()
+        finally:
+            if self._temp is not None:
+                Path(self._temp).unlink(missing_ok=True)
+                self._temp = None
+
+    def _close(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
+        sink, self._sink = self._sink, None
+        if sink is not None and self.target != "-":
+            sink.close()
+        elif sink is not None:
+            sink.flush()
+
+
+def _arrow(values):
+    import numpy as np
+    import pyarrow as pa
+
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        return values
+    if isinstance(values, np.ndarray) and values.dtype == object:
+        return pa.array(values, pa.string())
+    return pa.array(values)

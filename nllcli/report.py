@@ -1,0 +1,113 @@
+"""The result of a command: metrics in the asked units, per-class rows, warnings and gates."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import UsageError
+
+SCHEMA_VERSION = 1
+UNITS = {"e": "nats", "2": "bits", "10": "bans"}
+# Quantities measured in information units (converted by --base); the rest are unitless.
+INFORMATION_METRICS = ("nll", "cross_entropy", "entropy", "kl", "kl_reverse", "js")
+
+
+@dataclass(frozen=True)
+class Gate:
+    """A CI threshold: ``--max nll=0.35`` or ``--min accuracy=0.9``."""
+
+    metric: str
+    bound: str  # "max" or "min"
+    threshold: float
+
+    @classmethod
+    def parse(cls, text: str, bound: str) -> "Gate":
+        match = re.fullmatch(r"\s*([A-Za-z_]+)\s*=\s*(\S+)\s*", text)
+        try:
+            threshold = float(match.group(2)) if match else math.nan
+        except ValueError:
+            threshold = math.nan
+        if not match or math.isnan(threshold):
+            raise UsageError(f"--{bound} {text!r}: expected METRIC=NUMBER, e.g. --{bound} nll=0.35")
+        return cls(match.group(1).lower(), bound, threshold)
+
+    def passes(self, value: float | None) -> bool:
+        if value is None or math.isnan(value):
+            return False
+        return value <= self.threshold if self.bound == "max" else value >= self.threshold
+
+    def describe(self, value: float | None) -> str:
+        shown = "undefined" if value is None or math.isnan(value) else f"{value:.6g}"
+        relation = "above the maximum" if self.bound == "max" else "below the minimum"
+        return f"gate failed: {self.metric} = {shown} is {relation} {self.threshold:g}"
+
+
+def check_gate_metrics(gates: list[Gate], available: list[str]) -> None:
+    """Reject a gate on a metric the command does not report, before any work is done."""
+    for gate in gates:
+        if gate.metric not in available:
+            raise UsageError(f"--{gate.bound} {gate.metric}=...: unknown metric "
+                             f"(this command reports {', '.join(available)})")
+
+
+@dataclass
+class Report:
+    command: str
+    inputs: dict[str, list[str]]
+    rows: int
+    classes: list[str]
+    units: str
+    metrics: dict[str, float]
+    per_class: list[dict[str, Any]] = field(default_factory=list)
+    clipped: int = 0
+    eps: float = 0.0
+    input_kind: str = "probs"
+    weighted: bool = False
+    warnings: list[str] = field(default_factory=list)
+    gates: list[Gate] = field(default_factory=list)
+
+    @property
+    def failed_gates(self) -> list[Gate]:
+        return [g for g in self.gates if not g.passes(self.metrics.get(g.metric))]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict: no NaN or infinity (they become null, with a warning)."""
+        warnings = list(self.warnings)
+        metrics = {}
+        for name, value in self.metrics.items():
+            metrics[name] = _finite_or_none(value)
+            if metrics[name] is None:
+                warnings.append(f"{name} is {_describe_nonfinite(value)}; written as null")
+        per_class = [{k: _finite_or_none(v) if isinstance(v, float) else v for k, v in row.items()}
+                     for row in self.per_class]
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "command": self.command,
+            "inputs": self.inputs,
+            "rows": self.rows,
+            "classes": self.classes,
+            "units": self.units,
+            "input": self.input_kind,
+            "eps": self.eps,
+            "weighted": self.weighted,
+            "metrics": metrics,
+            "per_class": per_class,
+            "clipped": self.clipped,
+            "warnings": warnings,
+            "gates": [{"metric": g.metric, "bound": g.bound, "threshold": g.threshold,
+                       "value": _finite_or_none(self.metrics.get(g.metric)),
+                       "passed": g.passes(self.metrics.get(g.metric))} for g in self.gates],
+        }
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _describe_nonfinite(value: float | None) -> str:
+    if value is None or math.isnan(value):
+        return "undefined"
+    return "infinite (some probability of an observed class is exactly 0; see --eps)"
