@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from . import losses
-from .columns import Layout, parse_classes, resolve_layout, target_layout
+from .columns import Layout, floats, integers, parse_classes, resolve_layout, target_layout
 from .errors import InputError, UsageError
 from .report import INFORMATION_METRICS, UNITS, Gate, Report, check_gate_metrics
 from .summary import Summary
@@ -120,7 +120,7 @@ def _binary_matrix(p: np.ndarray, kind: str) -> np.ndarray:
 def _weights(chunk, layout: Layout) -> np.ndarray | None:
     if layout.weight is None:
         return None
-    w = chunk.batch.column(layout.weight).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+    w = floats(chunk.batch.column(layout.weight))
     bad = np.flatnonzero(~(w >= 0) | np.isinf(w))
     if bad.size:
         raise InputError(chunk.source, "weights must be finite and >= 0 (found missing, NaN, inf or negative)",
@@ -278,13 +278,12 @@ class KeyIndex:
         import pyarrow.compute as pc
 
         keys = chunk.batch.column(key)
-        index = pc.index_in(keys, value_set=self.keys)
-        found = index.is_valid().to_numpy(zero_copy_only=False)
-        if not found.all():
-            self.missing += int((~found).sum())
-            self.missing_examples += keys.filter(pc.invert(index.is_valid())).to_pylist()[:5]
+        rows = integers(pc.index_in(keys, value_set=self.keys), fill=-1)
+        absent = np.flatnonzero(rows < 0)
+        if absent.size:
+            self.missing += absent.size
+            self.missing_examples += keys.take(absent[:5]).to_pylist()
             return None
-        rows = index.to_numpy(zero_copy_only=False)
         self.used += np.bincount(rows, minlength=len(self.used))
         return self.targets[rows]
 

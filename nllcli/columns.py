@@ -51,9 +51,10 @@ class Layout:
         types = {c: pa.float64() for c in self.class_columns}
         if self.weight:
             types[self.weight] = pa.float64()
-        for text in (self.label, self.key):
-            if text:
-                types[text] = pa.string()
+        if self.label:
+            types[self.label] = pa.dictionary(pa.int32(), pa.string())
+        if self.key:
+            types[self.key] = pa.string()
         if self.list_column:
             types[self.list_column] = pa.list_(pa.float64())
         return types
@@ -66,50 +67,77 @@ class Layout:
         n = batch.num_rows
         out = np.empty((n, len(self.class_columns)), dtype=np.float64)
         for j, name in enumerate(self.class_columns):
-            out[:, j] = batch.column(name).to_numpy(zero_copy_only=False)
+            out[:, j] = floats(batch.column(name))
         return out
 
     def label_indices(self, batch: pa.RecordBatch, first_row: int) -> np.ndarray:
-        """Class index of each row's label; an unknown or missing label is an InputError."""
-        labels = pc.utf8_trim_whitespace(batch.column(self.label))
-        if self.binary and self.positive is not None:
-            missing = pc.equal(pc.utf8_length(labels), 0).to_numpy(zero_copy_only=False)
-            self._fail_missing(missing, first_row)
-            return pc.equal(labels, self.positive).to_numpy(zero_copy_only=False).astype(np.intp)
-        names, positions = self._label_lookup()
-        index = pc.index_in(labels, value_set=pa.array(names, pa.string()))
-        unknown = index.is_null().to_numpy(zero_copy_only=False)
-        if unknown.any():
-            values = labels.to_numpy(zero_copy_only=False)
-            self._fail_missing(unknown & np.array([v is None or v == "" for v in values]), first_row)
-            bad = np.flatnonzero(unknown)
-            seen = list(dict.fromkeys(values[bad].tolist()))[:5]
-            raise InputError(self.source, f"labels not among the classes {self.class_names}: {seen}",
-                             column=self.label, rows=(first_row + bad).tolist(), total=len(bad),
-                             hint="labels match class names, or integer positions 0..K-1")
-        return positions[index.to_numpy(zero_copy_only=False)]
+        """Class index of each row's label; an unknown or missing label is an InputError.
 
-    def _fail_missing(self, missing: np.ndarray, first_row: int) -> None:
-        if missing.any():
-            bad = np.flatnonzero(missing)
+        Labels arrive dictionary-encoded, so names are matched once per distinct value.
+        """
+        labels = batch.column(self.label)
+        if not pa.types.is_dictionary(labels.type):
+            labels = labels.cast(pa.string()).dictionary_encode()
+        distinct = [v.strip() for v in labels.dictionary.cast(pa.string()).to_pylist()]
+        lookup = self._label_lookup()
+        # -1 marks an unknown label, -2 a missing one (also the slot for null codes, index -1).
+        mapped = np.array([-2 if v == "" else lookup.get(v, -1) for v in distinct] + [-2], dtype=np.intp)
+        index = mapped[integers(labels.indices, fill=-1)]
+        if index.min(initial=0) >= 0:
+            return index
+        missing = np.flatnonzero(index == -2)
+        if missing.size:
             raise InputError(self.source, "missing label", column=self.label,
-                             rows=(first_row + bad).tolist(), total=len(bad))
+                             rows=(first_row + missing).tolist(), total=missing.size)
+        bad = np.flatnonzero(index == -1)
+        codes = integers(labels.indices, fill=-1)[bad]
+        seen = list(dict.fromkeys(distinct[c] for c in codes[:100]))[:5]
+        raise InputError(self.source, f"labels not among the classes {self.class_names}: {seen}",
+                         column=self.label, rows=(first_row + bad).tolist(), total=bad.size,
+                         hint="labels match class names, or integer positions 0..K-1")
 
-    def _label_lookup(self) -> tuple[list[str], np.ndarray]:
-        """Label texts that name a class, and the class index of each.
+    def _label_lookup(self) -> dict[str, int]:
+        """Label text -> class index.
 
         Labels match class names; integer labels also index the classes by position when the
-        class names are not themselves integers.
+        class names are not themselves integers. A binary file takes 0/1 or false/true, or with
+        --positive, that label against all others.
         """
+        if self.binary and self.positive is not None:
+            return _PositiveLookup(self.positive)
         if self.binary:
-            names = list(BINARY_LABELS) + ["False", "True", "FALSE", "TRUE", "0.0", "1.0"]
-            return names, np.array([BINARY_LABELS[n.lower().removesuffix(".0")] for n in names])
-        names = list(self.class_names)
-        positions = list(range(len(names)))
-        if not any(_is_int(n) for n in names):
-            names += [str(i) for i in range(len(self.class_names))]
-            positions += positions
-        return names, np.array(positions, dtype=np.intp)
+            return {**BINARY_LABELS, "False": 0, "True": 1, "FALSE": 0, "TRUE": 1, "0.0": 0, "1.0": 1}
+        lookup = {name: j for j, name in enumerate(self.class_names)}
+        if not any(_is_int(n) for n in self.class_names):
+            for j in range(len(self.class_names)):
+                lookup.setdefault(str(j), j)
+        return lookup
+
+
+class _PositiveLookup(dict):
+    """--positive LABEL: that label is class 1, any other (non-empty) label class 0."""
+
+    def __init__(self, positive: str):
+        super().__init__()
+        self.positive = positive
+
+    def get(self, key, default=None):
+        return 1 if key == self.positive else 0
+
+
+def integers(array: pa.Array, fill: int) -> np.ndarray:
+    """An integer Arrow array as numpy (nulls replaced by ``fill``), without a pandas round trip."""
+    if array.null_count:
+        array = pc.fill_null(array, fill)
+    return np.frombuffer(array.buffers()[1], dtype=array.type.to_pandas_dtype(), count=len(array),
+                         offset=array.offset * array.type.byte_width)
+
+
+def floats(array: pa.Array) -> np.ndarray:
+    """A float64 Arrow array as numpy (nulls as NaN), zero-copy where there are no nulls."""
+    if array.null_count:
+        array = pc.fill_null(array, float("nan"))
+    return np.frombuffer(array.buffers()[1], dtype=np.float64, count=len(array), offset=array.offset * 8)
 
 
 def _is_int(text: str) -> bool:
@@ -117,13 +145,12 @@ def _is_int(text: str) -> bool:
 
 
 def _list_matrix(column: pa.Array, width: int, source: str, name: str) -> np.ndarray:
-    lengths = pc.fill_null(pc.list_value_length(column), -1).to_numpy(zero_copy_only=False)
+    lengths = integers(pc.list_value_length(column), fill=-1)
     bad = np.flatnonzero(lengths != width)
     if bad.size:
         raise InputError(source, f"probability lists must all have {width} values",
                          column=name, rows=(bad + 1).tolist(), total=bad.size)
-    flat = pc.list_flatten(column).to_numpy(zero_copy_only=False)
-    return flat.astype(np.float64, copy=False).reshape(-1, width)
+    return floats(pc.list_flatten(column).cast(pa.float64())).reshape(-1, width)
 
 
 # -- resolution ------------------------------------------------------------------------------

@@ -10,8 +10,10 @@ the end of the file).
 from __future__ import annotations
 
 import io
+import queue
 import re
 import sys
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -191,7 +193,10 @@ def _cast(batch: pa.RecordBatch, types: dict[str, pa.DataType], source: str) -> 
             if pa.types.is_dictionary(array.type):
                 array = array.dictionary_decode()
             try:
-                array = array.cast(wanted)
+                if pa.types.is_dictionary(wanted):
+                    array = array.cast(wanted.value_type).dictionary_encode()
+                else:
+                    array = array.cast(wanted)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
                 raise InputError(source, f"cannot use {array.type} values as {wanted}", column=name) from exc
         arrays.append(array)
@@ -322,8 +327,29 @@ def _with_header(source: Source, head: bytes, delimiter: str | None) -> Source:
         table = pacsv.read_csv(io.BytesIO(complete), **source._csv_options())
     except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
         raise source._csv_error(exc, None) from exc
-    source.schema = table.schema
+    source.schema = _numeric_like(table)
     return source
+
+
+NUMBER = r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
+
+
+def _numeric_like(table: pa.Table) -> pa.Schema:
+    """The inferred schema, with text columns that are mostly numbers typed float64.
+
+    A stray bad value ('x', '#DIV/0!') in the first rows makes pyarrow infer a text column; it is
+    still a numeric column with a bad value, to be reported at its row, not silently ignored.
+    """
+    import pyarrow.compute as pc
+
+    fields = []
+    for field_, column in zip(table.schema, table.columns):
+        if pa.types.is_string(field_.type) and len(column) > 0:
+            numbers = pc.sum(pc.match_substring_regex(column, NUMBER)).as_py() or 0
+            if numbers * 2 > len(column):
+                field_ = field_.with_type(pa.float64())
+        fields.append(field_)
+    return pa.schema(fields)
 
 
 def _parquet_schema(source: Source) -> pa.Schema:
@@ -353,7 +379,49 @@ def open_sources(paths: Iterable[str]) -> list[Source]:
 
 
 def chunks(sources: list[Source], columns: list[str], types: dict[str, pa.DataType]) -> Iterator[Chunk]:
-    for source in sources:
-        yield from source.batches(columns, types)
+    """All batches of all sources, parsed one step ahead in a thread while the caller computes."""
+    return prefetch(chunk for source in sources for chunk in source.batches(columns, types))
+
+
+def prefetch(items: Iterable, depth: int = 2) -> Iterator:
+    """Iterate ``items`` in a background thread, at most ``depth`` ahead of the consumer.
+
+    pyarrow parses with the GIL released, so parsing the next batch overlaps with numpy work on
+    this one. Errors are raised in the consumer; closing the iterator stops the thread.
+    """
+    buffer: queue.Queue = queue.Queue(depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                buffer.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def work() -> None:
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+            put((done, None))
+        except BaseException as exc:  # handed to the consumer, which raises it
+            put((done, exc))
+
+    thread = threading.Thread(target=work, name="nll-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = buffer.get()
+            if item is done:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
 
 
