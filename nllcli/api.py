@@ -137,8 +137,10 @@ class BatchResult:
 class Evaluator:
     """Scores batches against hard labels or target distributions and keeps the running summary."""
 
-    def __init__(self, layout: Layout, settings: Settings, soft: bool, target_kind: str = "probs"):
+    def __init__(self, layout: Layout, settings: Settings, soft: bool, target_kind: str = "probs",
+                 per_sample: bool = False):
         self.layout, self.settings, self.soft, self.target_kind = layout, settings, soft, target_kind
+        self.per_sample = per_sample
         self.names = SOFT + (SYMMETRIC if settings.symmetric else ()) if soft else HARD
         self.summary: Summary | None = None
         self.row = 0
@@ -157,12 +159,12 @@ class Evaluator:
                 raise UsageError("soft targets need --targets, --target-prefix or --label-smoothing with a label")
             targets = losses.label_smoothing(labels, k, settings.label_smoothing or 0.0)
         weights = _weights(chunk, layout)
-        predicted = pred.values.argmax(axis=1)
+        predicted = losses.argmax_rows(pred.values)
         correct = (predicted == labels) if labels is not None else None
         values, clipped, extra = self._losses(pred, labels, targets)
         summary = Summary.of_batch(values, k, weights, labels, correct, clipped)
         self.summary = summary if self.summary is None else self.summary + summary
-        per_sample = self._per_sample(chunk, n, labels, predicted, values, extra)
+        per_sample = self._per_sample(chunk, n, labels, predicted, values, extra) if self.per_sample else {}
         self.row += n
         return BatchResult(summary, per_sample)
 
@@ -182,8 +184,10 @@ class Evaluator:
             return {"nll": nll}, clipped, {"p_true": p_true}
         q, log_q, moved = pred.model_side(self.settings.kind, eps)
         clipped = int(np.count_nonzero(moved & (targets > 0))) if moved is not None else 0
-        out = {"cross_entropy": losses.cross_entropy(targets, log_q), "entropy": losses.entropy(targets),
-               "kl": losses.kl_divergence(targets, q=q) if q is not None else losses.kl_divergence(targets, log_q=log_q)}
+        log_t = losses.safe_log(targets)
+        out = {"cross_entropy": losses.cross_entropy(targets, log_q),
+               "entropy": losses.entropy(targets, log_t),
+               "kl": losses.kl_divergence(targets, log_q=log_q, log_t=log_t)}
         if self.settings.symmetric:
             q = pred.probs()
             p_clipped, _ = losses.clip(targets, eps)
@@ -362,8 +366,8 @@ def score(preds, *, targets=None, label: str | None = None, classes: str | list[
         raise UsageError("soft targets need one probability column per class (this file has one)")
     if target_prefix:
         same_file_targets = target_layout(schema, name, layout.class_names, name, prefix=target_prefix)
-    evaluator = Evaluator(layout, settings, soft)
     writer = _writer(per_sample)
+    evaluator = Evaluator(layout, settings, soft, per_sample=writer is not None)
     try:
         _run(evaluator, sources, layout, target_sources, pair_key, same_file_targets, targets is not None,
              probs=target_probs, writer=writer, progress=progress, explicit_classes=classes is not None)
@@ -398,8 +402,8 @@ def kl(p, q, *, classes: str | list[str] | None = None, probs: str | None = None
         layout.class_names = _list_width_names(q_sources, layout)
     if layout.binary:
         raise InputError(q_sources[0].name, "needs one probability column per class, found one")
-    evaluator = Evaluator(layout, settings, soft=True, target_kind=settings.kind)
     writer = _writer(per_sample)
+    evaluator = Evaluator(layout, settings, soft=True, target_kind=settings.kind, per_sample=writer is not None)
     try:
         _run(evaluator, q_sources, layout, p_sources, pair_key, None, True, probs=probs, writer=writer,
              progress=progress, explicit_classes=class_list is not None)

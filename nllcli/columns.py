@@ -10,6 +10,7 @@ A prediction file comes in one of three layouts:
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -60,12 +61,15 @@ class Layout:
         return types
 
     def values(self, batch: pa.RecordBatch) -> np.ndarray:
-        """The (n, K) float64 matrix of class values (NaN where missing)."""
+        """The (n, K) float64 matrix of class values (NaN where missing).
+
+        Column-major, so that reductions over the classes of each row run over contiguous memory.
+        """
         if self.list_column is not None:
             return _list_matrix(batch.column(self.list_column), len(self.class_names), self.source,
                                 self.list_column)
         n = batch.num_rows
-        out = np.empty((n, len(self.class_columns)), dtype=np.float64)
+        out = np.empty((n, len(self.class_columns)), dtype=np.float64, order="F")
         for j, name in enumerate(self.class_columns):
             out[:, j] = floats(batch.column(name))
         return out
@@ -79,7 +83,7 @@ class Layout:
         if not pa.types.is_dictionary(labels.type):
             labels = labels.cast(pa.string()).dictionary_encode()
         distinct = [v.strip() for v in labels.dictionary.cast(pa.string()).to_pylist()]
-        lookup = self._label_lookup()
+        lookup = self._label_lookup
         # -1 marks an unknown label, -2 a missing one (also the slot for null codes, index -1).
         mapped = np.array([-2 if v == "" else lookup.get(v, -1) for v in distinct] + [-2], dtype=np.intp)
         index = mapped[integers(labels.indices, fill=-1)]
@@ -96,6 +100,7 @@ class Layout:
                          column=self.label, rows=(first_row + bad).tolist(), total=bad.size,
                          hint="labels match class names, or integer positions 0..K-1")
 
+    @functools.cached_property
     def _label_lookup(self) -> dict[str, int]:
         """Label text -> class index.
 

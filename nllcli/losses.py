@@ -131,23 +131,25 @@ def label_smoothing(labels: np.ndarray, n_classes: int, alpha: float) -> np.ndar
 # -- losses ----------------------------------------------------------------------------------
 
 
+def safe_log(x: np.ndarray) -> np.ndarray:
+    """log x, finite even at x = 0 (log of the smallest subnormal), so that 0 * log 0 = 0."""
+    return np.log(np.maximum(x, _TINY))
+
+
+_TINY = float(np.nextafter(0.0, 1.0))
+
+
 def _weighted_log(t: np.ndarray, log_x: np.ndarray) -> np.ndarray:
     """Row sums of t * log_x with 0 * log 0 = 0 (log_x may be -inf where t is 0)."""
-    out = np.zeros_like(t)
-    np.multiply(t, log_x, out=out, where=t > 0)
-    return out.sum(axis=1)
+    product = t * log_x
+    if np.isnan(product).any():  # only where t = 0 meets log x = -inf (--eps 0)
+        product[t == 0] = 0.0
+    return product.sum(axis=1)
 
 
-def xlogx_rows(t: np.ndarray) -> np.ndarray:
-    """Row sums of t * log t with 0 * log 0 = 0."""
-    log_t = np.zeros_like(t)
-    np.log(t, out=log_t, where=t > 0)
-    return _weighted_log(t, log_t)
-
-
-def entropy(t: np.ndarray) -> np.ndarray:
+def entropy(t: np.ndarray, log_t: np.ndarray | None = None) -> np.ndarray:
     """H(t) = -sum_k t_k log t_k per row."""
-    return -xlogx_rows(t)
+    return -(t * (safe_log(t) if log_t is None else log_t)).sum(axis=1)
 
 
 def cross_entropy(t: np.ndarray, log_q: np.ndarray) -> np.ndarray:
@@ -155,29 +157,40 @@ def cross_entropy(t: np.ndarray, log_q: np.ndarray) -> np.ndarray:
     return -_weighted_log(t, log_q)
 
 
-def kl_divergence(t: np.ndarray, q: np.ndarray | None = None, log_q: np.ndarray | None = None) -> np.ndarray:
-    """KL(t || q) = sum_k t_k log(t_k / q_k) per row, as scipy.special.rel_entr summed.
+def kl_divergence(t: np.ndarray, q: np.ndarray | None = None, log_q: np.ndarray | None = None,
+                  log_t: np.ndarray | None = None) -> np.ndarray:
+    """KL(t || q) = sum_k t_k (log t_k - log q_k) per row, as scipy.special.rel_entr summed.
 
-    Given probabilities ``q`` it takes log of the ratio (no cancellation when t is close to q);
-    given only ``log_q`` (logits) it uses log t_k - log q_k.
+    Each term is formed before summing, never as CE - H (two large sums that cancel).
+    Pass ``q`` or ``log_q``; ``log_t`` saves recomputing the logarithms of t.
     """
-    positive = t > 0
-    ratio_log = np.zeros_like(t)
+    log_t = safe_log(t) if log_t is None else log_t
     with np.errstate(divide="ignore"):
-        if q is not None:
-            np.log(np.divide(t, q, out=np.ones_like(t), where=positive), out=ratio_log, where=positive)
-        else:
-            np.log(t, out=ratio_log, where=positive)
-            np.subtract(ratio_log, log_q, out=ratio_log, where=positive)
-    out = np.zeros_like(t)
-    np.multiply(t, ratio_log, out=out, where=positive)
-    return out.sum(axis=1)
+        log_q = np.log(q) if log_q is None else log_q
+    with np.errstate(invalid="ignore"):
+        return _weighted_log(t, log_t - log_q)
 
 
 def js_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:
     """Jensen-Shannon divergence: (KL(p||m) + KL(q||m)) / 2 with m = (p + q) / 2; at most log 2."""
     m = 0.5 * (p + q)
     return 0.5 * (kl_divergence(p, m) + kl_divergence(q, m))
+
+
+def argmax_rows(values: np.ndarray) -> np.ndarray:
+    """Index of each row's largest value, the first one on ties.
+
+    For a column-major matrix with few classes, a pass per class beats numpy's argmax, which
+    would first copy the matrix to make each row contiguous.
+    """
+    n, k = values.shape
+    if not values.flags.f_contiguous or k > 64:
+        return values.argmax(axis=1)
+    top = values.max(axis=1)
+    out = np.zeros(n, dtype=np.intp)
+    for j in range(k - 1, -1, -1):  # the last write wins: the first maximal column
+        np.copyto(out, j, where=values[:, j] == top)
+    return out
 
 
 def true_class(values: np.ndarray, labels: np.ndarray) -> np.ndarray:

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from .errors import InputError, UsageError
 
 STDIN = "-"
-CSV_BLOCK_BYTES = 4 << 20
+CSV_BLOCK_BYTES = 1 << 20
 PARQUET_BATCH_ROWS = 65536
 PARQUET_MAGIC = b"PAR1"
 GZIP_MAGIC = b"\x1f\x8b"
@@ -174,7 +174,8 @@ class Source:
 
     def _parquet_file(self) -> pq.ParquetFile:
         source = pa.BufferReader(self._parquet_buffer) if self._parquet_buffer is not None else str(self.path)
-        return pq.ParquetFile(source)
+        # pre_buffer would read whole row groups ahead; without it memory stays flat as files grow.
+        return pq.ParquetFile(source, pre_buffer=False)
 
     def _parquet_batches(self, columns, types) -> Iterator[pa.RecordBatch]:
         try:
