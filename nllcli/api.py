@@ -113,7 +113,7 @@ def _binary_matrix(p: np.ndarray, kind: str) -> np.ndarray:
         return np.column_stack([1.0 - p, p])
     if kind == "logits":
         return np.column_stack([np.zeros_like(p), p])
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore"):  # log(1 - 1) = -inf is valid
         return np.column_stack([np.log1p(-np.exp(p)), p])
 
 
@@ -499,7 +499,7 @@ def _report(command: str, evaluator: Evaluator, settings: Settings, inputs, gate
         metrics.pop("nll")
     metrics = {k: (v / scale if k in INFORMATION_METRICS else v) for k, v in metrics.items()}
     # Perplexity is exp of the mean loss in nats, whatever the unit asked for.
-    metrics["perplexity"] = math.exp(ce_nats) if ce_nats < 709.0 else math.inf
+    metrics["perplexity"] = math.inf if ce_nats > 709.0 else math.exp(ce_nats)  # NaN stays NaN
     if labelled:
         metrics["accuracy"] = s.accuracy
     per_class = []

@@ -49,8 +49,10 @@ def find_problem(values: np.ndarray, kind: str, tol: float, renormalize: bool = 
         problem = _bad_cells(values, np.isnan(values) | (values == np.inf), "NaN or +inf log-probability")
         problem = problem or _bad_cells(values, values > tol, "log-probability above 0",
                                         hint="use --input logits for unnormalised scores")
-        if problem or renormalize:
+        if problem:
             return problem
+        if renormalize:
+            return _bad_rows(np.isneginf(logsumexp(values)), "probabilities sum to 0, cannot renormalise")
         off = np.abs(logsumexp(values)) > tol
         return _bad_rows(off, f"probabilities do not sum to 1 within tol={tol:g}",
                          hint="use --renormalize, or --input logits for unnormalised scores")
@@ -141,7 +143,8 @@ _TINY = float(np.nextafter(0.0, 1.0))
 
 def _weighted_log(t: np.ndarray, log_x: np.ndarray) -> np.ndarray:
     """Row sums of t * log_x with 0 * log 0 = 0 (log_x may be -inf where t is 0)."""
-    product = t * log_x
+    with np.errstate(invalid="ignore"):
+        product = t * log_x
     if np.isnan(product).any():  # only where t = 0 meets log x = -inf (--eps 0)
         product[t == 0] = 0.0
     return product.sum(axis=1)
@@ -168,7 +171,7 @@ def kl_divergence(t: np.ndarray, q: np.ndarray | None = None, log_q: np.ndarray 
     with np.errstate(divide="ignore"):
         log_q = np.log(q) if log_q is None else log_q
     with np.errstate(invalid="ignore"):
-        return _weighted_log(t, log_t - log_q)
+        return _weighted_log(t, log_t - log_q)  # inf - inf where t = 0 meets q = 0
 
 
 def js_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:

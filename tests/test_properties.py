@@ -1,0 +1,224 @@
+"""Hypothesis property tests of nllcli.score / nllcli.kl and the kernels behind them."""
+
+import math
+from unittest import mock
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import nllcli
+from nllcli import losses, readers
+from nllcli.summary import Summary
+
+FAST = settings(max_examples=40, deadline=None)
+LN2 = math.log(2)
+
+
+@st.composite
+def distributions(draw, n=None, k=None, max_n=30, max_k=6):
+    """An (n, K) array of normalised rows, some with exact zeros."""
+    k = k or draw(st.integers(2, max_k))
+    n = n or draw(st.integers(1, max_n))
+    cell = st.one_of(st.just(0.0), st.floats(1e-6, 1.0))
+    raw = draw(hnp.arrays(np.float64, (n, k), elements=cell))
+    raw[raw.sum(axis=1) == 0, 0] = 1.0
+    return raw / raw.sum(axis=1, keepdims=True)
+
+
+@st.composite
+def labelled(draw, max_n=30, max_k=6):
+    """(probs, labels) with labels indices into the classes."""
+    probs = draw(distributions(max_n=max_n, max_k=max_k))
+    n, k = probs.shape
+    labels = draw(hnp.arrays(np.intp, n, elements=st.integers(0, k - 1)))
+    return probs, labels
+
+
+def names(k):
+    return [f"c{j}" for j in range(k)]
+
+
+def frame(probs, labels=None, order=None, **extra):
+    classes = names(probs.shape[1])
+    order = range(len(classes)) if order is None else order
+    data = {} if labels is None else {"label": np.array(classes)[labels]}
+    data.update({"p_" + classes[j]: probs[:, j] for j in order})
+    data.update(extra)
+    return pd.DataFrame(data)
+
+
+def assert_reports_equal(a, b, rtol=1e-12):
+    assert a.metrics.keys() == b.metrics.keys() and a.rows == b.rows and a.clipped == b.clipped
+    for name in a.metrics:
+        np.testing.assert_allclose(a.metrics[name], b.metrics[name], rtol=rtol, err_msg=name)
+    assert [r["class"] for r in a.per_class] == [r["class"] for r in b.per_class]
+    for ra, rb in zip(a.per_class, b.per_class):
+        assert ra["rows"] == rb["rows"]
+        np.testing.assert_allclose([ra["nll"], ra["accuracy"]], [rb["nll"], rb["accuracy"]], rtol=rtol)
+
+
+# -- invariances -----------------------------------------------------------------------------
+
+@FAST
+@given(data=labelled(), seed=st.integers(0, 2**32 - 1))
+def test_row_order_does_not_matter(data, seed):
+    probs, labels = data
+    perm = np.random.default_rng(seed).permutation(len(labels))
+    assert_reports_equal(nllcli.score(frame(probs, labels)), nllcli.score(frame(probs[perm], labels[perm])))
+
+
+@FAST
+@given(data=labelled(), seed=st.integers(0, 2**32 - 1))
+def test_class_column_order_does_not_matter(data, seed):
+    probs, labels = data
+    order = np.random.default_rng(seed).permutation(probs.shape[1])
+    a, b = nllcli.score(frame(probs, labels)), nllcli.score(frame(probs, labels, order=order))
+    for name in ("nll", "perplexity"):
+        np.testing.assert_allclose(a.metrics[name], b.metrics[name], rtol=1e-12)
+    assert a.clipped == b.clipped
+    by_name = {r["class"]: r for r in b.per_class}
+    for row in a.per_class:
+        np.testing.assert_allclose(row["nll"], by_name[row["class"]]["nll"], rtol=1e-12)
+
+
+@FAST
+@given(data=labelled(), batch=st.integers(1, 8))
+def test_batch_size_does_not_change_results(data, batch):
+    probs, labels = data
+    table = pa.Table.from_pandas(frame(probs, labels), preserve_index=False)
+    whole = nllcli.score(table)
+    with mock.patch.object(readers, "PARQUET_BATCH_ROWS", batch):
+        batched = nllcli.score(table)
+    assert_reports_equal(batched, whole)
+
+
+@FAST
+@given(pair=st.integers(2, 5).flatmap(lambda k: st.tuples(distributions(n=12, k=k), distributions(n=12, k=k))),
+       batch=st.integers(1, 5))
+def test_batch_size_does_not_change_soft_results(pair, batch):
+    t, q = pair
+    targets = pa.Table.from_pandas(frame(t), preserve_index=False)
+    preds = pa.Table.from_pandas(frame(q), preserve_index=False)
+    whole = nllcli.kl(targets, preds)
+    with mock.patch.object(readers, "PARQUET_BATCH_ROWS", batch):
+        batched = nllcli.kl(targets, preds)
+    assert_reports_equal(batched, whole)
+
+
+@FAST
+@given(data=labelled(max_n=40), cuts=st.lists(st.integers(0, 40), max_size=5))
+def test_summary_of_split_batches_equals_whole(data, cuts):
+    probs, labels = data
+    n = len(labels)
+    nll, clipped = losses.hard_label_nll(losses.true_class(probs, labels), losses.EPS)
+    correct = probs.argmax(axis=1) == labels
+    k = probs.shape[1]
+    whole = Summary.of_batch({"nll": nll}, k, None, labels, correct)
+    bounds = [0, *sorted(min(c, n) for c in cuts), n]
+    merged = Summary.empty(("nll",), k)
+    for lo, hi in zip(bounds, bounds[1:]):
+        merged = merged + Summary.of_batch({"nll": nll[lo:hi]}, k, None, labels[lo:hi], correct[lo:hi])
+    assert merged.rows == whole.rows
+    np.testing.assert_array_equal(merged.class_rows, whole.class_rows)
+    np.testing.assert_allclose(merged.mean("nll"), whole.mean("nll"), rtol=1e-12)
+    np.testing.assert_allclose(merged.class_sums, whole.class_sums, rtol=1e-12)
+    assert merged.accuracy == whole.accuracy
+
+
+@FAST
+@given(data=labelled(), w=st.floats(1e-3, 1e3))
+def test_equal_weights_equal_unweighted(data, w):
+    probs, labels = data
+    plain = nllcli.score(frame(probs, labels))
+    weighted = nllcli.score(frame(probs, labels, w=np.full(len(labels), w)), weight="w")
+    assert_reports_equal(weighted, plain)
+
+
+# -- values ----------------------------------------------------------------------------------
+
+@FAST
+@given(data=labelled())
+def test_nll_is_non_negative(data):
+    probs, labels = data
+    report = nllcli.score(frame(probs, labels))
+    assert report.metrics["nll"] >= 0 and report.metrics["perplexity"] >= 1
+    assert all(r["nll"] >= 0 or math.isnan(r["nll"]) for r in report.per_class)
+
+
+@FAST
+@given(z=st.integers(2, 6).flatmap(lambda k: hnp.arrays(np.float64, (10, k), elements=st.floats(-1e4, 1e4))),
+       label=st.integers(0, 1))
+def test_nll_of_logits_is_finite_and_non_negative(z, label):
+    labels = np.full(len(z), label)
+    report = nllcli.score(frame(z, labels), input="logits")
+    assert 0 <= report.metrics["nll"] < math.inf
+
+
+@FAST
+@given(k=st.integers(2, 50), n=st.integers(1, 20), seed=st.integers(0, 2**32 - 1))
+def test_uniform_prediction_gives_ln_k(k, n, seed):
+    labels = np.random.default_rng(seed).integers(0, k, size=n)
+    report = nllcli.score(frame(np.full((n, k), 1 / k), labels))
+    np.testing.assert_allclose(report.metrics["nll"], math.log(k), rtol=1e-12)
+    np.testing.assert_allclose(report.metrics["perplexity"], k, rtol=1e-12)
+
+
+@FAST
+@given(data=labelled())
+def test_bits_are_nats_over_ln2(data):
+    probs, labels = data
+    nats, bits = nllcli.score(frame(probs, labels)), nllcli.score(frame(probs, labels), base="2")
+    np.testing.assert_allclose(bits.metrics["nll"], nats.metrics["nll"] / LN2, rtol=1e-12)
+    np.testing.assert_allclose(bits.metrics["perplexity"], nats.metrics["perplexity"], rtol=1e-12)
+
+
+@FAST
+@given(pair=st.integers(2, 6).flatmap(lambda k: st.tuples(distributions(k=k), distributions(k=k))))
+def test_kl_is_non_negative_kernel(pair):
+    t, q = pair
+    n = min(len(t), len(q))
+    t, q = t[:n], q[:n]
+    with np.errstate(divide="ignore"):
+        kl = losses.kl_divergence(t, q=q)
+    assert (kl >= -1e-15).all()  # +inf where q = 0 and t > 0
+
+
+@FAST
+@given(pair=st.integers(2, 6).flatmap(lambda k: st.tuples(distributions(n=15, k=k), distributions(n=15, k=k))))
+def test_kl_is_non_negative_and_ce_is_h_plus_kl(pair):
+    t, q = pair
+    report = nllcli.kl(frame(t), frame(q))  # default eps: q is clipped, everything finite
+    m = report.metrics
+    assert m["kl"] >= 0
+    np.testing.assert_allclose(m["cross_entropy"], m["entropy"] + m["kl"], rtol=1e-9, atol=1e-12)
+
+
+@FAST
+@given(p=distributions())
+def test_kl_of_p_with_itself_is_zero(p):
+    assert nllcli.kl(frame(p), frame(p), eps=0).metrics["kl"] == 0.0
+    # with the default eps, a probability of exactly 1 is clipped to 1 - eps
+    assert 0 <= nllcli.kl(frame(p), frame(p)).metrics["kl"] <= 1e-15
+
+
+@FAST
+@given(p=distributions(max_k=8))
+def test_cross_entropy_against_uniform_is_ln_k(p):
+    k = p.shape[1]
+    report = nllcli.kl(frame(p), frame(np.full(p.shape, 1 / k)))
+    np.testing.assert_allclose(report.metrics["cross_entropy"], math.log(k), rtol=1e-12)
+    np.testing.assert_allclose(report.metrics["kl"], math.log(k) - report.metrics["entropy"], rtol=1e-9,
+                               atol=1e-12)
+
+
+@FAST
+@given(pair=st.integers(2, 6).flatmap(lambda k: st.tuples(distributions(n=10, k=k), distributions(n=10, k=k))))
+def test_js_is_symmetric_and_at_most_ln2(pair):
+    p, q = pair
+    js = losses.js_divergence(p, q)
+    np.testing.assert_allclose(js, losses.js_divergence(q, p), rtol=1e-12, atol=1e-15)
+    assert (js >= -1e-15).all() and (js <= LN2 * (1 + 1e-12)).all()
