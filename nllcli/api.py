@@ -65,6 +65,8 @@ class Prepared:
         Probabilities and log-probabilities are clipped to [eps, 1 - eps]; logits are exact.
         """
         if self.q is not None:
+            if eps <= 0 or (self.q.min() >= eps and self.q.max() <= 1.0 - eps):
+                return self.q, _log(self.q), None  # nothing to clip: the usual case, two cheap passes
             q, _ = losses.clip(self.q, eps)
             return q, _log(q), q != self.q
         if kind == "log-probs":
@@ -159,7 +161,7 @@ class Evaluator:
                 raise UsageError("soft targets need --targets, --target-prefix or --label-smoothing with a label")
             targets = losses.label_smoothing(labels, k, settings.label_smoothing or 0.0)
         weights = _weights(chunk, layout)
-        predicted = losses.argmax_rows(pred.values)
+        predicted = losses.argmax_rows(pred.values) if labels is not None else None
         correct = (predicted == labels) if labels is not None else None
         values, clipped, extra = self._losses(pred, labels, targets)
         summary = Summary.of_batch(values, k, weights, labels, correct, clipped)

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from .errors import InputError, UsageError
 
@@ -133,7 +132,7 @@ class _PositiveLookup(dict):
 def integers(array: pa.Array, fill: int) -> np.ndarray:
     """An integer Arrow array as numpy (nulls replaced by ``fill``), without a pandas round trip."""
     if array.null_count:
-        array = pc.fill_null(array, fill)
+        array = array.fill_null(fill)
     return np.frombuffer(array.buffers()[1], dtype=array.type.to_pandas_dtype(), count=len(array),
                          offset=array.offset * array.type.byte_width)
 
@@ -141,7 +140,7 @@ def integers(array: pa.Array, fill: int) -> np.ndarray:
 def floats(array: pa.Array) -> np.ndarray:
     """A float64 Arrow array as numpy (nulls as NaN), zero-copy where there are no nulls."""
     if array.null_count:
-        array = pc.fill_null(array, float("nan"))
+        array = array.fill_null(float("nan"))
     return np.frombuffer(array.buffers()[1], dtype=np.float64, count=len(array), offset=array.offset * 8)
 
 
@@ -150,12 +149,12 @@ def _is_int(text: str) -> bool:
 
 
 def _list_matrix(column: pa.Array, width: int, source: str, name: str) -> np.ndarray:
-    lengths = integers(pc.list_value_length(column), fill=-1)
+    lengths = integers(column.value_lengths(), fill=-1)
     bad = np.flatnonzero(lengths != width)
     if bad.size:
         raise InputError(source, f"probability lists must all have {width} values",
                          column=name, rows=(bad + 1).tolist(), total=bad.size)
-    return floats(pc.list_flatten(column).cast(pa.float64())).reshape(-1, width)
+    return floats(column.flatten().cast(pa.float64())).reshape(-1, width)
 
 
 # -- resolution ------------------------------------------------------------------------------

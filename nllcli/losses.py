@@ -145,9 +145,13 @@ def _weighted_log(t: np.ndarray, log_x: np.ndarray) -> np.ndarray:
     """Row sums of t * log_x with 0 * log 0 = 0 (log_x may be -inf where t is 0)."""
     with np.errstate(invalid="ignore"):
         product = t * log_x
-    if np.isnan(product).any():  # only where t = 0 meets log x = -inf (--eps 0)
-        product[t == 0] = 0.0
-    return product.sum(axis=1)
+    sums = product.sum(axis=1)
+    broken = np.flatnonzero(np.isnan(sums))  # only where t = 0 meets log x = -inf (--eps 0)
+    if broken.size:
+        rows = product[broken]
+        rows[t[broken] == 0] = 0.0
+        sums[broken] = rows.sum(axis=1)
+    return sums
 
 
 def entropy(t: np.ndarray, log_t: np.ndarray | None = None) -> np.ndarray:

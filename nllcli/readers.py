@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from .errors import InputError, UsageError
 
@@ -172,7 +171,9 @@ class Source:
 
     # -- Parquet ---------------------------------------------------------------------------
 
-    def _parquet_file(self) -> pq.ParquetFile:
+    def _parquet_file(self):
+        import pyarrow.parquet as pq  # imported only for Parquet input: it costs start-up time
+
         source = pa.BufferReader(self._parquet_buffer) if self._parquet_buffer is not None else str(self.path)
         # pre_buffer would read whole row groups ahead; without it memory stays flat as files grow.
         return pq.ParquetFile(source, pre_buffer=False)
@@ -218,14 +219,18 @@ class _Replay(io.RawIOBase):
         return True
 
     def readinto(self, buffer) -> int:
-        if self._prefix:
-            n = min(len(buffer), len(self._prefix))
-            buffer[:n] = self._prefix[:n]
-            self._prefix = self._prefix[n:]
-            return n
-        data = self._rest.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
+        """Fill the whole buffer unless the input ends: pyarrow's CSV reader needs every block
+        but the last to hold complete rows, so a short read would split a row."""
+        n = min(len(buffer), len(self._prefix))
+        buffer[:n] = self._prefix[:n]
+        self._prefix = self._prefix[n:]
+        while n < len(buffer):
+            data = self._rest.read(len(buffer) - n)
+            if not data:
+                break
+            buffer[n : n + len(data)] = data
+            n += len(data)
+        return n
 
 
 # -- opening ---------------------------------------------------------------------------------
