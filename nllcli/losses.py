@@ -135,16 +135,20 @@ def label_smoothing(labels: np.ndarray, n_classes: int, alpha: float) -> np.ndar
 
 def safe_log(x: np.ndarray) -> np.ndarray:
     """log x, finite even at x = 0 (log of the smallest subnormal), so that 0 * log 0 = 0."""
-    return np.log(np.maximum(x, _TINY))
+    out = np.maximum(x, _TINY)
+    return np.log(out, out=out)
 
 
 _TINY = float(np.nextafter(0.0, 1.0))
 
 
-def _weighted_log(t: np.ndarray, log_x: np.ndarray) -> np.ndarray:
-    """Row sums of t * log_x with 0 * log 0 = 0 (log_x may be -inf where t is 0)."""
+def _weighted_log(t: np.ndarray, log_x: np.ndarray, reuse: bool = False) -> np.ndarray:
+    """Row sums of t * log_x with 0 * log 0 = 0 (log_x may be -inf where t is 0).
+
+    ``reuse`` lets the product overwrite ``log_x`` (a temporary of the caller's).
+    """
     with np.errstate(invalid="ignore"):
-        product = t * log_x
+        product = np.multiply(t, log_x, out=log_x if reuse else None)
     sums = product.sum(axis=1)
     broken = np.flatnonzero(np.isnan(sums))  # only where t = 0 meets log x = -inf (--eps 0)
     if broken.size:
@@ -175,7 +179,7 @@ def kl_divergence(t: np.ndarray, q: np.ndarray | None = None, log_q: np.ndarray 
     with np.errstate(divide="ignore"):
         log_q = np.log(q) if log_q is None else log_q
     with np.errstate(invalid="ignore"):
-        return _weighted_log(t, log_t - log_q)  # inf - inf where t = 0 meets q = 0
+        return _weighted_log(t, log_t - log_q, reuse=True)  # inf - inf where t = 0 meets q = 0
 
 
 def js_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:
