@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -98,7 +99,7 @@ def _raise_problem(problem: losses.Problem | None, chunk, layout: Layout, what: 
 def prepare(chunk, layout: Layout, settings: Settings, kind: str | None = None) -> Prepared:
     """Read, validate and normalise the class values of one batch."""
     kind = kind or settings.kind
-    values = layout.values(chunk.batch)
+    values = layout.values(chunk.batch, chunk.first_row)
     if layout.binary:
         values = _binary_matrix(values[:, 0], kind)
     _raise_problem(losses.find_problem(values, kind, settings.tol, settings.renormalize), chunk, layout)
@@ -241,7 +242,7 @@ def align_by_position(left: Iterator, right: Iterator, left_name: str, right_nam
                 current, offset = next(right, None), 0
                 if current is None:
                     total_left = left_rows + n_rows + sum(c.batch.num_rows for c in left)
-                    raise _count_mismatch(left_name, total_left, right_name, None)
+                    raise _count_mismatch(left_name, total_left, right_name, left_rows + pos)
             take = min(n_rows - pos, current.batch.num_rows - offset)
             yield (Chunk(chunk.batch.slice(pos, take), chunk.source, chunk.first_row + pos),
                    Chunk(current.batch.slice(offset, take), current.source, current.first_row + offset))
@@ -253,9 +254,12 @@ def align_by_position(left: Iterator, right: Iterator, left_name: str, right_nam
         raise _count_mismatch(left_name, left_rows, right_name, left_rows + leftover)
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def _count_mismatch(left_name, left_rows, right_name, right_rows) -> InputError:
-    right_text = f"{right_rows} rows" if right_rows is not None else f"fewer rows"
-    return InputError(left_name, f"row counts differ: {left_rows} rows here, {right_text} in {right_name} "
+    return InputError(left_name, f"row counts differ: {left_rows} rows here, {right_rows} rows in {right_name} "
                                  "(pairing by position; use --key to pair by an id column)")
 
 
@@ -295,7 +299,7 @@ class KeyIndex:
 
     def finish(self, preds_name: str) -> None:
         if self.missing:
-            raise InputError(preds_name, f"{self.missing} keys have no row in {self.name}: "
+            raise InputError(preds_name, f"{_count(self.missing, 'key')} with no row in {self.name}: "
                                          f"{self.missing_examples[:5]}", column=self.key)
         repeated = np.flatnonzero(self.used > 1)
         if repeated.size:
@@ -303,11 +307,29 @@ class KeyIndex:
                              column=self.key)
         unused = np.flatnonzero(self.used == 0)
         if unused.size:
-            raise InputError(self.name, f"{unused.size} keys have no row in {preds_name}: "
+            raise InputError(self.name, f"{_count(unused.size, 'key')} with no row in {preds_name}: "
                                         f"{self.keys.take(unused[:5]).to_pylist()}", column=self.key)
 
 
 # -- commands --------------------------------------------------------------------------------
+
+
+def _check_stdin_once(*inputs) -> None:
+    """Standard input can feed one input only."""
+    paths = [str(i) for x in inputs for i in (x if isinstance(x, (list, tuple)) else [x]) if isinstance(i, (str, Path))]
+    if paths.count("-") > 1:
+        raise UsageError("standard input (-) can be read only once")
+
+
+def _check_per_sample_target(per_sample, *inputs) -> None:
+    """--per-sample must never replace one of the inputs."""
+    if per_sample is None or str(per_sample) == "-":
+        return
+    target = Path(per_sample).resolve()
+    for x in inputs:
+        for path in (x if isinstance(x, (list, tuple)) else [x]):
+            if isinstance(path, (str, Path)) and str(path) != "-" and Path(path).resolve() == target:
+                raise UsageError(f"--per-sample {per_sample}: that is an input file")
 
 
 def _sources(inputs) -> list:
@@ -325,14 +347,19 @@ def _input_names(sources) -> list[str]:
 
 
 def _default_key(explicit: str | None, *schemas) -> str | None:
-    """The pairing key: --key, else 'id' when every file has it (case-insensitive), else None."""
-    if explicit:
-        for schema, name in schemas:
-            if explicit not in schema.names:
-                raise InputError(name, f"key column {explicit!r} is missing")
-        return explicit
-    found = [next((n for n in schema.names if n.lower() == "id"), None) for schema, _ in schemas]
-    return found[0] if all(found) and len(set(found)) == 1 else None
+    """The pairing key as named in the first file: --key, else 'id' when every file has it.
+
+    Names match regardless of case, as for --label.
+    """
+    wanted = explicit or "id"
+    found = []
+    for schema, name in schemas:
+        match = next((n for n in schema.names if n == wanted), None) or next(
+            (n for n in schema.names if n.lower() == wanted.lower()), None)
+        if match is None and explicit:
+            raise InputError(name, f"key column {explicit!r} is missing")
+        found.append(match)
+    return found[0] if all(found) else None
 
 
 def score(preds, *, targets=None, label: str | None = None, classes: str | list[str] | None = None,
@@ -349,6 +376,10 @@ def score(preds, *, targets=None, label: str | None = None, classes: str | list[
     """
     settings = Settings(input, eps, tol, renormalize, str(base), label_smoothing)
     soft = targets is not None or target_prefix is not None or label_smoothing is not None
+    if label_smoothing is not None and (targets is not None or target_prefix is not None):
+        raise UsageError("--label-smoothing softens hard labels; it does not combine with --targets or --target-prefix")
+    _check_stdin_once(preds, targets)
+    _check_per_sample_target(per_sample, preds, targets)
     metric_names = ["nll", "cross_entropy", "entropy", "kl", "perplexity", "accuracy"]
     gates = _gates(max, min, metric_names)
     sources = _sources(preds)
@@ -391,6 +422,8 @@ def kl(p, q, *, classes: str | list[str] | None = None, probs: str | None = None
        per_sample=None, progress: Progress | None = None) -> Report:
     """KL(P || Q) per row pair: P the reference distribution, Q the model (clipped by ``eps``)."""
     settings = Settings(input, eps, tol, renormalize, str(base), symmetric=symmetric)
+    _check_stdin_once(p, q)
+    _check_per_sample_target(per_sample, p, q)
     names = ["kl", "cross_entropy", "entropy", "perplexity"] + (list(SYMMETRIC) if symmetric else [])
     gates = _gates(max, min, names)
     p_sources, q_sources = _sources(p), _sources(q)
@@ -447,39 +480,44 @@ def _writer(per_sample):
 
 def _run(evaluator: Evaluator, sources, layout: Layout, target_sources, pair_key, same_file_targets,
          separate_targets: bool, probs=None, writer=None, progress=None, explicit_classes=False) -> None:
-    """Stream the predictions (with their targets, if any) through the evaluator and the writer."""
+    """Stream the predictions (with their targets, if any) through the evaluator and the writer.
+
+    The reader threads are stopped and joined on every way out, errors included.
+    """
     from .readers import chunks
 
     name = sources[0].name
-    stream = chunks(sources, layout.columns, layout.types(sources[0].schema))
-    index = None
-    if same_file_targets is not None:
-        pairs = ((c, evaluator.targets_of(c, same_file_targets)) for c in stream)
-    elif separate_targets:
-        tname = target_sources[0].name
-        t_layout = target_layout(target_sources[0].schema, tname, layout.class_names, name, probs=probs,
-                                 key=pair_key, explicit=explicit_classes)
-        t_stream = chunks(target_sources, t_layout.columns, t_layout.types(target_sources[0].schema))
-        if pair_key:
-            index = KeyIndex(list(t_stream), t_layout, evaluator, tname)
-            pairs = ((c, index.lookup(c, pair_key)) for c in stream)
+    with contextlib.ExitStack() as readers:
+        stream = readers.enter_context(chunks(sources, layout.columns, layout.types(sources[0].schema)))
+        index = None
+        if same_file_targets is not None:
+            pairs = ((c, evaluator.targets_of(c, same_file_targets)) for c in stream)
+        elif separate_targets:
+            tname = target_sources[0].name
+            t_layout = target_layout(target_sources[0].schema, tname, layout.class_names, name, probs=probs,
+                                     key=pair_key, explicit=explicit_classes)
+            t_stream = readers.enter_context(chunks(target_sources, t_layout.columns,
+                                                    t_layout.types(target_sources[0].schema)))
+            if pair_key:
+                index = KeyIndex(list(t_stream), t_layout, evaluator, tname)
+                pairs = ((c, index.lookup(c, pair_key)) for c in stream)
+            else:
+                pairs = ((c, evaluator.targets_of(t, t_layout))
+                         for c, t in align_by_position(stream, t_stream, name, tname))
         else:
-            pairs = ((c, evaluator.targets_of(t, t_layout))
-                     for c, t in align_by_position(stream, t_stream, name, tname))
-    else:
-        pairs = ((c, None) for c in stream)
-    rows = 0
-    for chunk, targets in pairs:
-        if index is not None and targets is None:
-            continue  # keys without a target row: reported once every row has been seen
-        result = evaluator.add(chunk, targets)
-        rows += chunk.batch.num_rows
-        if writer is not None:
-            writer.write(result.per_sample)
-        if progress is not None:
-            progress(rows, chunk.bytes_read)
-    if index is not None:
-        index.finish(name)
+            pairs = ((c, None) for c in stream)
+        rows = 0
+        for chunk, targets in pairs:
+            if index is not None and targets is None:
+                continue  # keys without a target row: reported once every row has been seen
+            result = evaluator.add(chunk, targets)
+            rows += chunk.batch.num_rows
+            if writer is not None:
+                writer.write(result.per_sample)
+            if progress is not None:
+                progress(rows, chunk.bytes_read)
+        if index is not None:
+            index.finish(name)
     if evaluator.summary is None or evaluator.summary.rows == 0:
         raise InputError(", ".join(s.name for s in sources), "no data rows")
     if evaluator.summary.weight <= 0:

@@ -59,14 +59,14 @@ class Layout:
             types[self.list_column] = pa.list_(pa.float64())
         return types
 
-    def values(self, batch: pa.RecordBatch) -> np.ndarray:
+    def values(self, batch: pa.RecordBatch, first_row: int = 1) -> np.ndarray:
         """The (n, K) float64 matrix of class values (NaN where missing).
 
         Column-major, so that reductions over the classes of each row run over contiguous memory.
         """
         if self.list_column is not None:
             return _list_matrix(batch.column(self.list_column), len(self.class_names), self.source,
-                                self.list_column)
+                                self.list_column, first_row)
         n = batch.num_rows
         out = np.empty((n, len(self.class_columns)), dtype=np.float64, order="F")
         for j, name in enumerate(self.class_columns):
@@ -148,12 +148,12 @@ def _is_int(text: str) -> bool:
     return text.strip().lstrip("+-").isdigit()
 
 
-def _list_matrix(column: pa.Array, width: int, source: str, name: str) -> np.ndarray:
+def _list_matrix(column: pa.Array, width: int, source: str, name: str, first_row: int) -> np.ndarray:
     lengths = integers(column.value_lengths(), fill=-1)
     bad = np.flatnonzero(lengths != width)
     if bad.size:
         raise InputError(source, f"probability lists must all have {width} values",
-                         column=name, rows=(bad + 1).tolist(), total=bad.size)
+                         column=name, rows=(bad + first_row).tolist(), total=bad.size)
     return floats(column.flatten().cast(pa.float64())).reshape(-1, width)
 
 

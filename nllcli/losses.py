@@ -160,7 +160,7 @@ def _weighted_log(t: np.ndarray, log_x: np.ndarray, reuse: bool = False) -> np.n
 
 def entropy(t: np.ndarray, log_t: np.ndarray | None = None) -> np.ndarray:
     """H(t) = -sum_k t_k log t_k per row."""
-    return -(t * (safe_log(t) if log_t is None else log_t)).sum(axis=1)
+    return 0.0 - (t * (safe_log(t) if log_t is None else log_t)).sum(axis=1)  # 0 - (-0) is +0
 
 
 def cross_entropy(t: np.ndarray, log_q: np.ndarray) -> np.ndarray:

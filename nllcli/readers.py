@@ -121,7 +121,7 @@ class Source:
         conversion = re.match(r"In CSV column #(\d+): CSV conversion error to (\w+): invalid value '(.*)'",
                               message)
         if conversion:
-            column = self.schema.names[int(conversion.group(1))] if columns is None else columns[int(conversion.group(1))]
+            column = self.schema.names[int(conversion.group(1))]  # pyarrow counts every column of the file
             rows = self._rows_not_numeric(column) if self.path is not None else None
             return InputError(self.name, f"non-numeric value {conversion.group(3)!r}", column=column,
                               rows=rows)
@@ -242,9 +242,10 @@ def expand_inputs(paths: Iterable[str]) -> list[str]:
     for raw in paths:
         path = Path(raw)
         if raw != STDIN and path.is_dir():
+            # Hidden and underscore entries (.ipynb_checkpoints, _temporary, _SUCCESS) are not data.
             found = sorted(str(p) for p in path.rglob("*")
-                           if p.is_file() and not p.name.startswith((".", "_"))
-                           and p.name.lower().endswith(CSV_SUFFIXES + PARQUET_SUFFIXES))
+                           if p.is_file() and p.name.lower().endswith(CSV_SUFFIXES + PARQUET_SUFFIXES)
+                           and not any(part.startswith((".", "_")) for part in p.relative_to(path).parts))
             if not found:
                 raise InputError(raw, "directory holds no .csv, .tsv or .parquet files")
             expanded.extend(found)
@@ -384,50 +385,73 @@ def open_sources(paths: Iterable[str]) -> list[Source]:
     return sources
 
 
-def chunks(sources: list[Source], columns: list[str], types: dict[str, pa.DataType]) -> Iterator[Chunk]:
+def chunks(sources: list[Source], columns: list[str], types: dict[str, pa.DataType]) -> "Prefetch":
     """All batches of all sources, parsed one step ahead in a thread while the caller computes."""
-    return prefetch(chunk for source in sources for chunk in source.batches(columns, types))
+    return Prefetch(chunk for source in sources for chunk in source.batches(columns, types))
 
 
-def prefetch(items: Iterable, depth: int = 2) -> Iterator:
-    """Iterate ``items`` in a background thread, at most ``depth`` ahead of the consumer.
+class Prefetch:
+    """Iterate ``items`` in a background thread, at most ``depth`` items ahead of the consumer.
 
     pyarrow parses with the GIL released, so parsing the next batch overlaps with numpy work on
-    this one. Errors are raised in the consumer; closing the iterator stops the thread.
+    this one. Errors are raised in the consumer. close() (or leaving a ``with`` block) stops and
+    joins the thread, which must not outlive an error: the interpreter would abort at exit with
+    a thread still inside pyarrow.
     """
-    buffer: queue.Queue = queue.Queue(depth)
-    stop = threading.Event()
-    done = object()
 
-    def put(item) -> bool:
-        while not stop.is_set():
+    _DONE = object()
+
+    def __init__(self, items: Iterator, depth: int = 2):
+        self._items = items
+        self._buffer: queue.Queue = queue.Queue(depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._work, name="nll-reader", daemon=True)
+        self._thread.start()
+
+    def _put(self, entry) -> bool:
+        while not self._stop.is_set():
             try:
-                buffer.put(item, timeout=0.1)
+                self._buffer.put(entry, timeout=0.05)
                 return True
             except queue.Full:
                 pass
         return False
 
-    def work() -> None:
+    def _work(self) -> None:
         try:
-            for item in items:
-                if not put((item, None)):
+            for item in self._items:
+                if not self._put((item, None)):
                     return
-            put((done, None))
+            self._put((self._DONE, None))
         except BaseException as exc:  # handed to the consumer, which raises it
-            put((done, exc))
+            self._put((self._DONE, exc))
+        finally:
+            close = getattr(self._items, "close", None)
+            if close is not None:
+                close()
 
-    thread = threading.Thread(target=work, name="nll-reader", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item, error = buffer.get()
-            if item is done:
-                if error is not None:
-                    raise error
-                return
-            yield item
-    finally:
-        stop.set()
+    def __iter__(self) -> "Prefetch":
+        return self
+
+    def __next__(self):
+        if self._stop.is_set():
+            raise StopIteration
+        item, error = self._buffer.get()
+        if item is self._DONE:
+            self._stop.set()
+            if error is not None:
+                raise error
+            raise StopIteration
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def __enter__(self) -> "Prefetch":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 

@@ -47,7 +47,6 @@ def write_table(report: Report, stream: IO[str]) -> None:
     console = Console(file=stream, highlight=False, soft_wrap=False)
     plain = not console.is_terminal
     style = dict(box=None if plain else box.SIMPLE_HEAVY, show_edge=not plain, pad_edge=False)
-    data = report.to_dict()
     files = ", ".join(name for names in report.inputs.values() for name in names)
     title = f"nll {report.command}: {files} ({report.rows:,} rows, {len(report.classes)} classes)"
     console.print(title, markup=False)
@@ -55,7 +54,7 @@ def write_table(report: Report, stream: IO[str]) -> None:
     metrics.add_column("metric")
     metrics.add_column("value", justify="right")
     metrics.add_column("unit")
-    for name, value in data["metrics"].items():
+    for name, value in report.metrics.items():
         unit = report.units if name not in ("perplexity", "accuracy") else ""
         metrics.add_row(name, _number(value), unit)
     console.print(metrics)
@@ -63,15 +62,15 @@ def write_table(report: Report, stream: IO[str]) -> None:
         per_class = Table(**style)
         for column, justify in (("true class", "left"), ("rows", "right"), ("nll", "right"), ("accuracy", "right")):
             per_class.add_column(column, justify=justify)
-        for row in data["per_class"]:
+        for row in report.per_class:
             per_class.add_row(str(row["class"]), f"{row['rows']:,}", _number(row["nll"]), _number(row["accuracy"]))
         console.print(per_class)
     notes = [f"{report.clipped:,} probabilities clipped to [eps, 1 - eps], eps = {report.eps:.3g}"] if report.clipped else []
-    notes += [w for w in data["warnings"] if "clipped" not in w]
-    for gate in data["gates"]:
-        verdict = "ok" if gate["passed"] else "FAILED"
-        sign = "<=" if gate["bound"] == "max" else ">="
-        notes.append(f"gate {gate['metric']} {sign} {gate['threshold']:g}: {verdict}")
+    notes += [w for w in report.all_warnings() if "clipped" not in w]
+    for gate in report.gates:
+        verdict = "ok" if gate.passes(report.metrics.get(gate.metric)) else "FAILED"
+        sign = "<=" if gate.bound == "max" else ">="
+        notes.append(f"gate {gate.metric} {sign} {gate.threshold:g}: {verdict}")
     for note in notes:
         console.print(note, markup=False)
 
@@ -115,6 +114,7 @@ class PerSampleWriter:
             path = Path(self.target)
             fd, self._temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.resolve().parent)
             os.close(fd)
+            os.chmod(self._temp, _file_mode(path))
             self._sink = pa.OSFile(self._temp, "w")
         if self.format == "parquet":
             self._writer = pq.ParquetWriter(self._sink, schema)
@@ -154,6 +154,16 @@ class PerSampleWriter:
             sink.close()
         elif sink is not None:
             sink.flush()
+
+
+def _file_mode(path: Path) -> int:
+    """The mode a new file would get (mkstemp's is 0600), or the mode of the file it replaces."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def _arrow(values):

@@ -73,14 +73,18 @@ class Report:
     def failed_gates(self) -> list[Gate]:
         return [g for g in self.gates if not g.passes(self.metrics.get(g.metric))]
 
+    def all_warnings(self, for_json: bool = False) -> list[str]:
+        """The warnings, plus one for each metric that is infinite or undefined."""
+        reasons = {"infinite": "infinite (a probability of an observed class is 0; see --eps)",
+                   "undefined": "undefined"}
+        notes = [f"{name} is {reasons[kind]}" + ("; written as null" if for_json else "")
+                 for name, kind in ((n, _nonfinite_kind(v)) for n, v in self.metrics.items()) if kind]
+        return self.warnings + notes
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict: no NaN or infinity (they become null, with a warning)."""
-        warnings = list(self.warnings)
-        metrics = {}
-        for name, value in self.metrics.items():
-            metrics[name] = _finite_or_none(value)
-            if metrics[name] is None:
-                warnings.append(f"{name} is {_describe_nonfinite(value)}; written as null")
+        metrics = {name: _finite_or_none(value) for name, value in self.metrics.items()}
+        warnings = self.all_warnings(for_json=True)
         per_class = [{k: _finite_or_none(v) if isinstance(v, float) else v for k, v in row.items()}
                      for row in self.per_class]
         return {
@@ -107,7 +111,7 @@ def _finite_or_none(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
-def _describe_nonfinite(value: float | None) -> str:
+def _nonfinite_kind(value: float | None) -> str | None:
     if value is None or math.isnan(value):
         return "undefined"
-    return "infinite (some probability of an observed class is exactly 0; see --eps)"
+    return "infinite" if math.isinf(value) else None
