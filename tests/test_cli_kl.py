@@ -656,7 +656,7 @@ def test_pairing_errors_with_per_sample_on_stdout(run, tmp_path, case):
     p, q, options, fragments = _build(tmp_path, case)
     result = run("kl", p, q, *options, "--per-sample", "-")
     assert_input_error(result, *fragments, streamed=True)
-    assert result.stdout == "" or result.stdout.splitlines()[0].endswith("cross_entropy,entropy,kl")
+    assert result.stdout == "" or "cross_entropy" in result.stdout.splitlines()[0]
 
 
 @pytest.mark.parametrize("p_rows, q_rows", [(3, 4), (4, 3)])
