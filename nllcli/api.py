@@ -397,6 +397,10 @@ def score(preds, *, targets=None, label: str | None = None, classes: str | list[
         layout.class_names = _list_width_names(sources, layout)
     if soft and layout.binary:
         raise UsageError("soft targets need one probability column per class (this file has one)")
+    if layout.label is None:
+        for gate in gates:
+            if gate.metric == "accuracy":
+                raise UsageError(f"--{gate.bound} accuracy=...: accuracy needs a label column (--label)")
     if target_prefix:
         same_file_targets = target_layout(schema, name, layout.class_names, name, prefix=target_prefix)
     writer = _writer(per_sample)
