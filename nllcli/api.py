@@ -20,6 +20,7 @@ from .summary import Summary
 HARD = ("nll",)
 SOFT = ("cross_entropy", "entropy", "kl")
 SYMMETRIC = ("kl_reverse", "js")
+LABEL_METRICS = ("accuracy", "ece", "mce")  # need a true class per row
 Progress = Callable[[int, int], None]  # (rows so far, bytes so far)
 
 
@@ -34,6 +35,7 @@ class Settings:
     base: str = "e"
     label_smoothing: float | None = None
     symmetric: bool = False
+    bins: int = 15
 
     def __post_init__(self):
         if self.kind not in losses.INPUT_KINDS:
@@ -46,6 +48,8 @@ class Settings:
             raise UsageError(f"--tol {self.tol:g}: must be >= 0")
         if self.label_smoothing is not None and not (0 <= self.label_smoothing <= 1):
             raise UsageError(f"--label-smoothing {self.label_smoothing:g}: must be in [0, 1]")
+        if not (1 <= self.bins <= 10_000):
+            raise UsageError(f"--bins {self.bins}: must be between 1 and 10000")
 
     @property
     def unit_scale(self) -> float:
@@ -141,10 +145,10 @@ class Evaluator:
     """Scores batches against hard labels or target distributions and keeps the running summary."""
 
     def __init__(self, layout: Layout, settings: Settings, soft: bool, target_kind: str = "probs",
-                 per_sample: bool = False):
+                 per_sample: bool = False, calibration: bool = True):
         self.layout, self.settings, self.soft, self.target_kind = layout, settings, soft, target_kind
         self.per_sample = per_sample
-        self.names = SOFT + (SYMMETRIC if settings.symmetric else ()) if soft else HARD
+        self.calibration = calibration  # Brier score and confidence bins (score, not kl)
         self.summary: Summary | None = None
         self.row = 0
 
@@ -165,7 +169,14 @@ class Evaluator:
         predicted = losses.argmax_rows(pred.values) if labels is not None else None
         correct = (predicted == labels) if labels is not None else None
         values, clipped, extra = self._losses(pred, labels, targets)
-        summary = Summary.of_batch(values, k, weights, labels, correct, clipped)
+        confidence = None
+        if self.calibration:
+            q = pred.probs()
+            values["brier"] = losses.brier(q, labels, targets)
+            confidence = losses.top_confidence(pred.q, pred.log_q) if labels is not None else None
+        loss = values["cross_entropy" if self.soft else "nll"]
+        summary = Summary.of_batch(values, k, weights, labels, correct, clipped, confidence,
+                                   settings.bins, loss)
         self.summary = summary if self.summary is None else self.summary + summary
         per_sample = self._per_sample(chunk, n, labels, predicted, values, extra) if self.per_sample else {}
         self.row += n
@@ -367,20 +378,22 @@ def score(preds, *, targets=None, label: str | None = None, classes: str | list[
           positive: str | None = None, input: str = "probs", eps: float = losses.EPS, tol: float = 1e-4,
           renormalize: bool = False, base: str = "e", target_prefix: str | None = None,
           target_probs: str | None = None, label_smoothing: float | None = None,
-          max: Sequence[str] = (), min: Sequence[str] = (), per_sample=None,
+          bins: int = 15, max: Sequence[str] = (), min: Sequence[str] = (), per_sample=None,
           progress: Progress | None = None) -> Report:
     """Score predictions against hard labels or soft targets.
 
     ``preds`` and ``targets`` are paths (or lists of paths, '-' for stdin), pandas DataFrames or
     pyarrow Tables. Returns a Report; gates (``max=["nll=0.4"]``) are evaluated, not raised.
     """
-    settings = Settings(input, eps, tol, renormalize, str(base), label_smoothing)
+    settings = Settings(input, eps, tol, renormalize, str(base), label_smoothing, bins=bins)
     soft = targets is not None or target_prefix is not None or label_smoothing is not None
     if label_smoothing is not None and (targets is not None or target_prefix is not None):
         raise UsageError("--label-smoothing softens hard labels; it does not combine with --targets or --target-prefix")
     _check_stdin_once(preds, targets)
+    if isinstance(preds, (list, tuple)) and len(preds) == 1:
+        preds = preds[0]
     _check_per_sample_target(per_sample, preds, targets)
-    metric_names = ["nll", "cross_entropy", "entropy", "kl", "perplexity", "accuracy"]
+    metric_names = ["nll", "cross_entropy", "entropy", "kl", "perplexity", "accuracy", "brier", "ece", "mce"]
     gates = _gates(max, min, metric_names)
     sources = _sources(preds)
     schema, name = sources[0].schema, sources[0].name
@@ -399,8 +412,8 @@ def score(preds, *, targets=None, label: str | None = None, classes: str | list[
         raise UsageError("soft targets need one probability column per class (this file has one)")
     if layout.label is None:
         for gate in gates:
-            if gate.metric == "accuracy":
-                raise UsageError(f"--{gate.bound} accuracy=...: accuracy needs a label column (--label)")
+            if gate.metric in LABEL_METRICS:
+                raise UsageError(f"--{gate.bound} {gate.metric}=...: {gate.metric} needs a label column (--label)")
     if target_prefix:
         same_file_targets = target_layout(schema, name, layout.class_names, name, prefix=target_prefix)
     writer = _writer(per_sample)
@@ -442,7 +455,8 @@ def kl(p, q, *, classes: str | list[str] | None = None, probs: str | None = None
     if layout.binary:
         raise InputError(q_sources[0].name, "needs one probability column per class, found one")
     writer = _writer(per_sample)
-    evaluator = Evaluator(layout, settings, soft=True, target_kind=settings.kind, per_sample=writer is not None)
+    evaluator = Evaluator(layout, settings, soft=True, target_kind=settings.kind, per_sample=writer is not None,
+                          calibration=False)
     try:
         _run(evaluator, q_sources, layout, p_sources, pair_key, None, True, probs=probs, writer=writer,
              progress=progress, explicit_classes=class_list is not None)
@@ -531,32 +545,56 @@ def _run(evaluator: Evaluator, sources, layout: Layout, target_sources, pair_key
 def _report(command: str, evaluator: Evaluator, settings: Settings, inputs, gates, soft: bool) -> Report:
     s, layout, scale = evaluator.summary, evaluator.layout, settings.unit_scale
     labelled = layout.label is not None
+    loss_name = "cross_entropy" if soft else "nll"
+    nats = s.mean(loss_name)
     if soft:
-        ce_nats = s.mean("cross_entropy")
-        metrics = {"nll": ce_nats, "cross_entropy": ce_nats, "entropy": s.mean("entropy"), "kl": s.mean("kl")}
+        metrics = {"nll": nats, "cross_entropy": nats, "entropy": s.mean("entropy"), "kl": s.mean("kl")}
         for name in SYMMETRIC if settings.symmetric else ():
             metrics[name] = s.mean(name)
     else:
-        ce_nats = s.mean("nll")
-        metrics = {"nll": ce_nats, "cross_entropy": ce_nats, "entropy": 0.0, "kl": ce_nats}
+        metrics = {"nll": nats, "cross_entropy": nats, "entropy": 0.0, "kl": nats}
     if command == "kl":
         metrics.pop("nll")
     metrics = {k: (v / scale if k in INFORMATION_METRICS else v) for k, v in metrics.items()}
     # Perplexity is exp of the mean loss in nats, whatever the unit asked for.
-    metrics["perplexity"] = math.inf if ce_nats > 709.0 else math.exp(ce_nats)  # NaN stays NaN
+    metrics["perplexity"] = math.inf if nats > 709.0 else math.exp(nats)  # NaN stays NaN
     if labelled:
         metrics["accuracy"] = s.accuracy
+    if evaluator.calibration:
+        metrics["brier"] = s.mean("brier")
+        if labelled:
+            metrics["ece"], metrics["mce"] = s.calibration_errors()
     per_class = []
     if labelled:
-        loss_name = "cross_entropy" if soft else "nll"
         class_loss = s.class_mean(loss_name) / scale
-        class_acc = s.class_accuracy
         for j, name in enumerate(layout.class_names):
             per_class.append({"class": name, "rows": int(s.class_rows[j]), "nll": float(class_loss[j]),
-                              "accuracy": float(class_acc[j])})
+                              "accuracy": float(s.class_accuracy[j])})
     warnings = []
     if s.clipped:
         warnings.append(f"{s.clipped} predicted probabilities were clipped to [eps, 1 - eps] with eps={settings.eps:g}")
-    report = Report(command, inputs, s.rows, list(layout.class_names), UNITS[settings.base], metrics, per_class,
-                    s.clipped, settings.eps, settings.kind, layout.weight is not None, warnings, gates)
-    return report
+    return Report(command, inputs, s.rows, list(layout.class_names), UNITS[settings.base], metrics, per_class,
+                  s.clipped, settings.eps, settings.kind, layout.weight is not None, warnings, gates,
+                  calibration=_calibration_rows(s) if evaluator.calibration and labelled else [],
+                  loss_histogram=_histogram_rows(s, scale))
+
+
+def _calibration_rows(s: Summary) -> list[dict[str, Any]]:
+    """One row per confidence bin: its range, rows (weighted), mean confidence and accuracy."""
+    n_bins = len(s.bin_weight)
+    rows = []
+    for b in range(n_bins):
+        weight = float(s.bin_weight[b])
+        rows.append({"bin": [b / n_bins, (b + 1) / n_bins], "weight": weight,
+                     "confidence": float(s.bin_confidence[b] / weight) if weight else None,
+                     "accuracy": float(s.bin_correct[b] / weight) if weight else None})
+    return rows
+
+
+def _histogram_rows(s: Summary, scale: float) -> list[dict[str, Any]]:
+    """Per-sample loss histogram: each bin's range (in the report's units, null for no upper end)."""
+    from .summary import LOSS_EDGES
+
+    uppers = [*LOSS_EDGES[1:], None]
+    return [{"range": [low / scale, high / scale if high is not None else None], "weight": float(w)}
+            for low, high, w in zip(LOSS_EDGES, uppers, s.loss_histogram)]

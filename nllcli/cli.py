@@ -241,6 +241,8 @@ def score(
     tol: Tol = 1e-4,
     renormalize: Renormalize = False,
     base: BaseOpt = Base.e,
+    bins: Annotated[int, typer.Option("--bins", help="Equal-width confidence bins for ECE and the "
+                                      "reliability chart.")] = 15,
     format: FormatOpt = Format.table,
     per_sample: PerSample = None,
     max: Max = None,
@@ -250,18 +252,60 @@ def score(
 ) -> None:
     """Mean and per-sample NLL against hard labels, or cross-entropy, entropy and KL against soft targets.
 
-    Exit codes: 0 ok, 1 a --max/--min gate failed, 2 usage or input error, 3 internal error.
+    Also Brier score, calibration error (ECE, MCE) and accuracy. Exit codes: 0 ok, 1 a --max/--min
+    gate failed, 2 usage or input error, 3 internal error.
     """
+    report = _score_report(preds, targets=targets, label=label, classes=classes, probs=probs, key=key,
+                           weight=weight, positive=positive, input=input.value, eps=eps, tol=tol,
+                           renormalize=renormalize, base=base.value, target_prefix=target_prefix,
+                           label_smoothing=label_smoothing, bins=bins, max=max or (), min=min or (),
+                           per_sample=per_sample, quiet=quiet)
+    _finish(report, format, per_sample)
+
+
+def _score_report(preds: list[str], *, targets: str | None, quiet: bool, **options):
+    """Run api.score with a progress bar; the work shared by `score` and `plot`."""
     _prepare_process()
     from . import api
 
     with _ProgressBar(quiet, _total_bytes(preds, [targets] if targets else [])) as progress:
-        report = api.score(preds, targets=targets, label=label, classes=classes, probs=probs, key=key,
-                           weight=weight, positive=positive, input=input.value, eps=eps, tol=tol,
-                           renormalize=renormalize, base=base.value, target_prefix=target_prefix,
-                           label_smoothing=label_smoothing, max=max or (), min=min or (),
-                           per_sample=per_sample, progress=progress)
-    _finish(report, format, per_sample)
+        return api.score(preds, targets=targets, progress=progress, **options)
+
+
+def _plot(output: str, **options) -> None:
+    r"""Draw a reliability diagram, confidence and per-sample loss histograms and per-class NLL.
+
+    Takes the options of `nll score`; needs matplotlib (pip install 'nllcli\[plot]').
+    """
+    from .plot import write_plot
+
+    write_plot(output)  # fails early, before reading, if matplotlib is missing or the suffix is wrong
+    options.pop("debug")
+    options["input"], options["base"] = options["input"].value, options["base"].value
+    report = _score_report(options.pop("preds"), **options)
+    write_plot(output, report)
+    _err(f"nll: wrote {output}")
+
+
+def _register_plot() -> None:
+    """`nll plot`: the parameters of `nll score`, less its output choices, plus -o FILE."""
+    import inspect
+
+    dropped = {"format", "per_sample", "max", "min"}
+    params = [p for p in inspect.signature(score, eval_str=True).parameters.values() if p.name not in dropped]
+    output = inspect.Parameter("output", inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[
+        str, typer.Option("--output", "-o", help="Image to write: .png, .svg or .pdf.", show_default=False)])
+    params.insert(1, output)
+    params[2:] = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params[2:]]
+    params[0] = params[0].replace(kind=inspect.Parameter.KEYWORD_ONLY)
+
+    def plot(**options) -> None:
+        _plot(**options)
+
+    plot.__signature__ = inspect.Signature(params)
+    plot.__annotations__ = {p.name: p.annotation for p in params}
+    plot.__doc__ = _plot.__doc__
+    app.command("plot")(handle_errors(plot))
 
 
 @app.command()
@@ -299,6 +343,9 @@ def kl(
                         renormalize=renormalize, base=base.value, symmetric=symmetric, max=max or (),
                         min=min or (), per_sample=per_sample, progress=progress)
     _finish(report, format, per_sample)
+
+
+_register_plot()
 
 
 def _version(value: bool) -> None:

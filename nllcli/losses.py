@@ -188,6 +188,23 @@ def js_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:
     return 0.5 * (kl_divergence(p, m) + kl_divergence(q, m))
 
 
+def brier(q: np.ndarray, labels: np.ndarray | None = None, t: np.ndarray | None = None) -> np.ndarray:
+    """Brier score per row, sum_k (q_k - y_k)^2 with y one-hot of ``labels`` or the targets ``t``.
+
+    From 0 (certain and right) to 2 (certain and wrong); scikit-learn's brier_score_loss with
+    scale_by_half=False.
+    """
+    if t is not None:
+        diff = q - t
+        return np.einsum("ij,ij->i", diff, diff)
+    return np.einsum("ij,ij->i", q, q) - 2.0 * true_class(q, labels) + 1.0
+
+
+def top_confidence(q: np.ndarray | None, log_q: np.ndarray | None) -> np.ndarray:
+    """The probability of each row's most likely class."""
+    return q.max(axis=1) if q is not None else np.exp(log_q.max(axis=1))
+
+
 def argmax_rows(values: np.ndarray) -> np.ndarray:
     """Index of each row's largest value, the first one on ties.
 

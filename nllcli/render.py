@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .errors import UsageError
-from .report import Report
+from .report import INFORMATION_METRICS, Report
 
 FORMATS = ("table", "json", "ndjson")
 
@@ -55,7 +55,7 @@ def write_table(report: Report, stream: IO[str]) -> None:
     metrics.add_column("value", justify="right")
     metrics.add_column("unit")
     for name, value in report.metrics.items():
-        unit = report.units if name not in ("perplexity", "accuracy") else ""
+        unit = report.units if name in INFORMATION_METRICS else ""
         metrics.add_row(name, _number(value), unit)
     console.print(metrics)
     if report.per_class:
@@ -65,6 +65,10 @@ def write_table(report: Report, stream: IO[str]) -> None:
         for row in report.per_class:
             per_class.add_row(str(row["class"]), f"{row['rows']:,}", _number(row["nll"]), _number(row["accuracy"]))
         console.print(per_class)
+    if report.calibration:
+        console.print(_reliability_chart(report, plain, style))
+    if any(row["weight"] for row in report.loss_histogram):
+        console.print(_loss_chart(report, plain, style))
     notes = [f"{report.clipped:,} probabilities clipped to [eps, 1 - eps], eps = {report.eps:.3g}"] if report.clipped else []
     notes += [w for w in report.all_warnings() if "clipped" not in w]
     for gate in report.gates:
@@ -73,6 +77,55 @@ def write_table(report: Report, stream: IO[str]) -> None:
         notes.append(f"gate {gate.metric} {sign} {gate.threshold:g}: {verdict}")
     for note in notes:
         console.print(note, markup=False)
+
+
+BAR_WIDTH = 24
+_EIGHTHS = " ▏▎▍▌▋▊▉█"
+
+
+def _bar(fraction: float, plain: bool, width: int = BAR_WIDTH) -> str:
+    """A horizontal bar for a fraction in [0, 1]: eighth blocks on a terminal, '#' when piped."""
+    fraction = min(max(fraction, 0.0), 1.0)
+    if plain:
+        return ("#" * max(round(fraction * width), fraction > 0)).ljust(width)
+    eighths = max(round(fraction * width * 8), fraction > 0)
+    full, part = divmod(eighths, 8)
+    return ("█" * full + (_EIGHTHS[part] if part else "")).ljust(width)
+
+
+def _reliability_chart(report: Report, plain: bool, style: dict):
+    """Accuracy per confidence bin as bars; a calibrated model's bars reach their confidence."""
+    from rich.table import Table
+
+    table = Table(**style)
+    for column, justify in (("confidence bin", "left"), ("rows", "right"), ("confidence", "right"),
+                            ("accuracy", "right"), ("accuracy (bar) vs confidence (|)", "left")):
+        table.add_column(column, justify=justify)
+    for row in report.calibration:
+        if not row["weight"]:
+            continue
+        bar = list(_bar(row["accuracy"], plain))
+        mark = min(int(row["confidence"] * BAR_WIDTH), BAR_WIDTH - 1)
+        bar[mark] = "|"
+        low, high = row["bin"]
+        table.add_row(f"{low:.2f}-{high:.2f}", f"{row['weight']:,.0f}", f"{row['confidence']:.3f}",
+                      f"{row['accuracy']:.3f}", "".join(bar))
+    return table
+
+
+def _loss_chart(report: Report, plain: bool, style: dict):
+    """How many samples fall in each per-sample loss range."""
+    from rich.table import Table
+
+    table = Table(**style)
+    for column, justify in ((f"loss ({report.units})", "left"), ("rows", "right"), ("", "left")):
+        table.add_column(column, justify=justify)
+    top = max(row["weight"] for row in report.loss_histogram)
+    for row in report.loss_histogram:
+        low, high = row["range"]
+        span = f"{low:g}-{high:g}" if high is not None else f">= {low:g}"
+        table.add_row(span, f"{row['weight']:,.0f}", _bar(row["weight"] / top, plain))
+    return table
 
 
 class PerSampleWriter:

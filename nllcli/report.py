@@ -68,6 +68,8 @@ class Report:
     weighted: bool = False
     warnings: list[str] = field(default_factory=list)
     gates: list[Gate] = field(default_factory=list)
+    calibration: list[dict[str, Any]] = field(default_factory=list)  # per confidence bin
+    loss_histogram: list[dict[str, Any]] = field(default_factory=list)  # per-sample loss, fixed bins
 
     @property
     def failed_gates(self) -> list[Gate]:
@@ -101,6 +103,8 @@ class Report:
             "per_class": per_class,
             "clipped": self.clipped,
             "warnings": warnings,
+            "calibration": self.calibration,
+            "loss_histogram": self.loss_histogram,
             "gates": [{"metric": g.metric, "bound": g.bound, "threshold": g.threshold,
                        "value": _finite_or_none(self.metrics.get(g.metric)),
                        "passed": g.passes(self.metrics.get(g.metric))} for g in self.gates],
