@@ -169,13 +169,12 @@ class Evaluator:
         predicted = losses.argmax_rows(pred.values) if labels is not None else None
         correct = (predicted == labels) if labels is not None else None
         values, clipped, extra = self._losses(pred, labels, targets)
-        confidence = None
-        if self.calibration:
-            q = pred.probs()
-            values["brier"] = losses.brier(q, labels, targets)
+        summed, confidence = values, None
+        if self.calibration:  # in the summary only: per-sample rows keep their documented columns
+            summed = {**values, "brier": losses.brier(pred.probs(), labels, targets)}
             confidence = losses.top_confidence(pred.q, pred.log_q) if labels is not None else None
         loss = values["cross_entropy" if self.soft else "nll"]
-        summary = Summary.of_batch(values, k, weights, labels, correct, clipped, confidence,
+        summary = Summary.of_batch(summed, k, weights, labels, correct, clipped, confidence,
                                    settings.bins, loss)
         self.summary = summary if self.summary is None else self.summary + summary
         per_sample = self._per_sample(chunk, n, labels, predicted, values, extra) if self.per_sample else {}
