@@ -15,7 +15,7 @@ from . import losses
 from .columns import Layout, floats, integers, parse_classes, resolve_layout, target_layout
 from .errors import InputError, UsageError
 from .report import INFORMATION_METRICS, UNITS, Gate, Report, check_gate_metrics
-from .summary import Summary
+from .summary import Summary, Worst
 
 HARD = ("nll",)
 SOFT = ("cross_entropy", "entropy", "kl")
@@ -136,27 +136,69 @@ def _weights(chunk, layout: Layout) -> np.ndarray | None:
 
 
 @dataclass
-class BatchResult:
-    summary: Summary
-    per_sample: dict[str, Any]
+class Scored:
+    """Everything computed for one batch, row by row (arrays of length n)."""
+
+    chunk: Any
+    first_index: int  # 0-based position of the batch's first row in the whole input
+    values: dict[str, np.ndarray]  # per-sample losses, in nats
+    summed: dict[str, np.ndarray]  # the quantities summed in the Summary (values, plus brier)
+    loss: np.ndarray  # the main loss: nll, or cross_entropy against soft targets
+    weights: np.ndarray | None
+    labels: np.ndarray | None
+    predicted: np.ndarray | None
+    correct: np.ndarray | None
+    confidence: np.ndarray | None
+    p_true: np.ndarray | None
+    clipped: int
+
+    @property
+    def rows(self) -> int:
+        return len(self.loss)
+
+    def summary(self, n_classes: int, n_bins: int, rows: np.ndarray | None = None) -> Summary:
+        """The batch's Summary, or that of a subset of its rows."""
+        def pick(a):
+            return a if a is None or rows is None else a[rows]
+
+        return Summary.of_batch({k: pick(v) for k, v in self.summed.items()}, n_classes, pick(self.weights),
+                                pick(self.labels), pick(self.correct), self.clipped if rows is None else 0,
+                                pick(self.confidence), n_bins, pick(self.loss))
 
 
 class Evaluator:
-    """Scores batches against hard labels or target distributions and keeps the running summary."""
+    """Scores batches against hard labels or target distributions and keeps the running summaries:
+    overall, per group (``--by``) and the worst samples (``--worst``)."""
 
     def __init__(self, layout: Layout, settings: Settings, soft: bool, target_kind: str = "probs",
-                 per_sample: bool = False, calibration: bool = True):
+                 calibration: bool = True, worst: int = 0):
         self.layout, self.settings, self.soft, self.target_kind = layout, settings, soft, target_kind
-        self.per_sample = per_sample
         self.calibration = calibration  # Brier score and confidence bins (score, not kl)
         self.summary: Summary | None = None
+        self.groups: dict[tuple, Summary] = {}
+        self.worst = Worst(worst) if worst else None
         self.row = 0
 
     def targets_of(self, chunk, target_layout_: Layout) -> np.ndarray:
         """Validated target distributions of a batch (never clipped)."""
         return prepare(chunk, target_layout_, self.settings, self.target_kind).probs()
 
-    def add(self, chunk, targets: np.ndarray | None = None) -> BatchResult:
+    def add(self, chunk, targets: np.ndarray | None = None) -> Scored:
+        scored = self.score_batch(chunk, targets)
+        k, bins = len(self.layout.class_names), self.settings.bins
+        summary = scored.summary(k, bins)
+        self.summary = summary if self.summary is None else self.summary + summary
+        if self.layout.groups:
+            for key, rows in group_rows(chunk.batch, self.layout.groups):
+                part = scored.summary(k, bins, rows)
+                self.groups[key] = self.groups[key] + part if key in self.groups else part
+        if self.worst is not None:
+            self.worst.add_entries(self.worst_candidates(scored))
+        self.row += scored.rows
+        return scored
+
+    def score_batch(self, chunk, targets: np.ndarray | None = None) -> Scored:
+        """Validate and score one batch; no running state changes."""
         layout, settings = self.layout, self.settings
         pred = prepare(chunk, layout, settings)
         n, k = pred.values.shape
@@ -165,23 +207,18 @@ class Evaluator:
             if labels is None:
                 raise UsageError("soft targets need --targets, --target-prefix or --label-smoothing with a label")
             targets = losses.label_smoothing(labels, k, settings.label_smoothing or 0.0)
-        weights = _weights(chunk, layout)
         predicted = losses.argmax_rows(pred.values) if labels is not None else None
-        correct = (predicted == labels) if labels is not None else None
-        values, clipped, extra = self._losses(pred, labels, targets)
+        values, clipped, p_true = self._losses(pred, labels, targets)
         summed, confidence = values, None
         if self.calibration:  # in the summary only: per-sample rows keep their documented columns
             summed = {**values, "brier": losses.brier(pred.probs(), labels, targets)}
             confidence = losses.top_confidence(pred.q, pred.log_q) if labels is not None else None
-        loss = values["cross_entropy" if self.soft else "nll"]
-        summary = Summary.of_batch(summed, k, weights, labels, correct, clipped, confidence,
-                                   settings.bins, loss)
-        self.summary = summary if self.summary is None else self.summary + summary
-        per_sample = self._per_sample(chunk, n, labels, predicted, values, extra) if self.per_sample else {}
-        self.row += n
-        return BatchResult(summary, per_sample)
+        return Scored(chunk, self.row, values, summed, values["cross_entropy" if self.soft else "nll"],
+                      _weights(chunk, layout), labels, predicted,
+                      (predicted == labels) if labels is not None else None, confidence, p_true, clipped)
 
-    def _losses(self, pred: Prepared, labels, targets) -> tuple[dict[str, np.ndarray], int, dict]:
+    def _losses(self, pred: Prepared, labels, targets) -> tuple[dict[str, np.ndarray], int, np.ndarray | None]:
+        """Per-sample losses (nats), how many probabilities were clipped, and p_true (with labels)."""
         eps = self.settings.eps
         if not self.soft:
             if pred.q is not None:
@@ -194,7 +231,7 @@ class Evaluator:
                 else:
                     clipped = 0
                 nll, p_true = -log_true, np.exp(log_true)
-            return {"nll": nll}, clipped, {"p_true": p_true}
+            return {"nll": nll}, clipped, p_true
         q, log_q, moved = pred.model_side(self.settings.kind, eps)
         clipped = int(np.count_nonzero(moved & (targets > 0))) if moved is not None else 0
         log_t = losses.safe_log(targets)
@@ -206,28 +243,61 @@ class Evaluator:
             p_clipped, _ = losses.clip(targets, eps)
             out["kl_reverse"] = losses.kl_divergence(q, q=p_clipped)
             out["js"] = losses.js_divergence(targets, q)
-        extra = {"p_true": np.exp(losses.true_class(log_q, labels))} if labels is not None else {}
-        return out, clipped, extra
+        p_true = np.exp(losses.true_class(log_q, labels)) if labels is not None else None
+        return out, clipped, p_true
 
-    def _per_sample(self, chunk, n, labels, predicted, values, extra) -> dict[str, Any]:
-        import pyarrow as pa
+    def worst_candidates(self, scored: Scored) -> list[dict]:
+        """The rows of a batch that may belong among the worst: id, label, predicted, p_true, loss."""
+        rows = Worst.candidates(scored.loss, self.worst.n)
+        entries = [{"index": scored.first_index + int(r), "loss": float(scored.loss[r])} for r in rows]
+        if self.layout.key:
+            keys = scored.chunk.batch.column(self.layout.key).take(rows).to_pylist()
+            for entry, key in zip(entries, keys):
+                entry["key"] = key
+        if scored.labels is not None:
+            names = self.layout.class_names
+            for entry, r in zip(entries, rows):
+                entry.update(label=names[scored.labels[r]], predicted=names[scored.predicted[r]],
+                             p_true=float(scored.p_true[r]))
+        return entries
 
-        layout = self.layout
-        names = pa.array(layout.class_names, pa.string())
-        columns: dict[str, Any] = {}
-        if layout.key:
-            columns[layout.key] = chunk.batch.column(layout.key)
-        else:
-            columns["row"] = np.arange(self.row, self.row + n)
-        if labels is not None:
-            columns["label"] = names.take(labels)
-            columns["predicted"] = names.take(predicted)
-            if "p_true" in extra:
-                columns["p_true"] = extra["p_true"]
-        scale = self.settings.unit_scale
-        for name, array in values.items():
-            columns[name] = array / scale
+    def per_sample_columns(self, scored: Scored) -> dict[str, Any]:
+        """Columns of the --per-sample output for one batch: key (or 0-based row), label, predicted,
+        p_true and the losses in the report's units."""
+        columns: dict[str, Any] = sample_ids(scored, self.layout)
+        if scored.labels is not None:
+            names = self.layout.class_array
+            columns["label"] = names.take(scored.labels)
+            columns["predicted"] = names.take(scored.predicted)
+            columns["p_true"] = scored.p_true
+        for name, array in scored.values.items():
+            columns[name] = array / self.settings.unit_scale
         return columns
+
+
+def sample_ids(scored: Scored, layout: Layout) -> dict[str, Any]:
+    """The key column of a batch's rows, or their 0-based positions as `row`."""
+    if layout.key:
+        return {layout.key: scored.chunk.batch.column(layout.key)}
+    return {"row": np.arange(scored.first_index, scored.first_index + scored.rows)}
+
+
+def group_rows(batch, columns: list[str]):
+    """(group key, row indices) for each distinct combination of the group columns in a batch."""
+    from .columns import integers
+
+    codes = np.zeros(batch.num_rows, dtype=np.int64)
+    decoders = []
+    for name in columns:
+        column = batch.column(name)
+        index = integers(column.indices, fill=-1) + 1  # 0 for a missing value
+        codes = codes * (len(column.dictionary) + 1) + index
+        decoders.append((index, [None, *column.dictionary.to_pylist()]))
+    order = np.argsort(codes, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(codes[order]) != 0])
+    for start, end in zip(starts, np.r_[starts[1:], len(order)]):
+        rows = order[start:end]
+        yield tuple(values[index[rows[0]]] for index, values in decoders), rows
 
 
 def _log(q: np.ndarray) -> np.ndarray:
@@ -377,8 +447,8 @@ def score(preds, *, targets=None, label: str | None = None, classes: str | list[
           positive: str | None = None, input: str = "probs", eps: float = losses.EPS, tol: float = 1e-4,
           renormalize: bool = False, base: str = "e", target_prefix: str | None = None,
           target_probs: str | None = None, label_smoothing: float | None = None,
-          bins: int = 15, max: Sequence[str] = (), min: Sequence[str] = (), per_sample=None,
-          progress: Progress | None = None) -> Report:
+          bins: int = 15, by: Sequence[str] = (), worst: int = 0, max: Sequence[str] = (),
+          min: Sequence[str] = (), per_sample=None, progress: Progress | None = None) -> Report:
     """Score predictions against hard labels or soft targets.
 
     ``preds`` and ``targets`` are paths (or lists of paths, '-' for stdin), pandas DataFrames or
@@ -404,7 +474,10 @@ def score(preds, *, targets=None, label: str | None = None, classes: str | list[
         reserved = [n for n in schema.names if n.lower().startswith(target_prefix.lower())]
     layout = resolve_layout(schema, name, classes=parse_classes(classes) if isinstance(classes, str) else classes,
                             label=label, probs=probs, key=pair_key or key, weight=weight, positive=positive,
-                            reserved=reserved, label_required=not soft or label_smoothing is not None)
+                            reserved=reserved, label_required=not soft or label_smoothing is not None,
+                            groups=list(by))
+    if worst < 0:
+        raise UsageError(f"--worst {worst}: must be >= 0")
     if probs and not layout.class_names:
         layout.class_names = _list_width_names(sources, layout)
     if soft and layout.binary:
@@ -416,7 +489,7 @@ def score(preds, *, targets=None, label: str | None = None, classes: str | list[
     if target_prefix:
         same_file_targets = target_layout(schema, name, layout.class_names, name, prefix=target_prefix)
     writer = _writer(per_sample)
-    evaluator = Evaluator(layout, settings, soft, per_sample=writer is not None)
+    evaluator = Evaluator(layout, settings, soft, worst=worst)
     try:
         _run(evaluator, sources, layout, target_sources, pair_key, same_file_targets, targets is not None,
              probs=target_probs, writer=writer, progress=progress, explicit_classes=classes is not None)
@@ -454,8 +527,7 @@ def kl(p, q, *, classes: str | list[str] | None = None, probs: str | None = None
     if layout.binary:
         raise InputError(q_sources[0].name, "needs one probability column per class, found one")
     writer = _writer(per_sample)
-    evaluator = Evaluator(layout, settings, soft=True, target_kind=settings.kind, per_sample=writer is not None,
-                          calibration=False)
+    evaluator = Evaluator(layout, settings, soft=True, target_kind=settings.kind, calibration=False)
     try:
         _run(evaluator, q_sources, layout, p_sources, pair_key, None, True, probs=probs, writer=writer,
              progress=progress, explicit_classes=class_list is not None)
@@ -527,10 +599,10 @@ def _run(evaluator: Evaluator, sources, layout: Layout, target_sources, pair_key
         for chunk, targets in pairs:
             if index is not None and targets is None:
                 continue  # keys without a target row: reported once every row has been seen
-            result = evaluator.add(chunk, targets)
+            scored = evaluator.add(chunk, targets)
             rows += chunk.batch.num_rows
             if writer is not None:
-                writer.write(result.per_sample)
+                writer.write(evaluator.per_sample_columns(scored))
             if progress is not None:
                 progress(rows, chunk.bytes_read)
         if index is not None:
@@ -541,11 +613,10 @@ def _run(evaluator: Evaluator, sources, layout: Layout, target_sources, pair_key
         raise InputError(name, "weights sum to 0: nothing to average", column=layout.weight)
 
 
-def _report(command: str, evaluator: Evaluator, settings: Settings, inputs, gates, soft: bool) -> Report:
-    s, layout, scale = evaluator.summary, evaluator.layout, settings.unit_scale
-    labelled = layout.label is not None
-    loss_name = "cross_entropy" if soft else "nll"
-    nats = s.mean(loss_name)
+def _metrics(s: Summary, command: str, settings: Settings, soft: bool, labelled: bool,
+             calibration: bool) -> dict[str, float]:
+    """The report's metrics from a summary (all rows, or one group), in the asked units."""
+    nats = s.mean("cross_entropy" if soft else "nll")
     if soft:
         metrics = {"nll": nats, "cross_entropy": nats, "entropy": s.mean("entropy"), "kl": s.mean("kl")}
         for name in SYMMETRIC if settings.symmetric else ():
@@ -554,28 +625,52 @@ def _report(command: str, evaluator: Evaluator, settings: Settings, inputs, gate
         metrics = {"nll": nats, "cross_entropy": nats, "entropy": 0.0, "kl": nats}
     if command == "kl":
         metrics.pop("nll")
-    metrics = {k: (v / scale if k in INFORMATION_METRICS else v) for k, v in metrics.items()}
+    metrics = {k: (v / settings.unit_scale if k in INFORMATION_METRICS else v) for k, v in metrics.items()}
     # Perplexity is exp of the mean loss in nats, whatever the unit asked for.
     metrics["perplexity"] = math.inf if nats > 709.0 else math.exp(nats)  # NaN stays NaN
     if labelled:
         metrics["accuracy"] = s.accuracy
-    if evaluator.calibration:
+    if calibration:
         metrics["brier"] = s.mean("brier")
         if labelled:
             metrics["ece"], metrics["mce"] = s.calibration_errors()
+    return metrics
+
+
+def _report(command: str, evaluator: Evaluator, settings: Settings, inputs, gates, soft: bool) -> Report:
+    s, layout, scale = evaluator.summary, evaluator.layout, settings.unit_scale
+    labelled = layout.label is not None
+
+    def metrics_of(summary: Summary) -> dict[str, float]:
+        return _metrics(summary, command, settings, soft, labelled, evaluator.calibration)
+
     per_class = []
     if labelled:
-        class_loss = s.class_mean(loss_name) / scale
+        class_loss = s.class_mean("cross_entropy" if soft else "nll") / scale
         for j, name in enumerate(layout.class_names):
             per_class.append({"class": name, "rows": int(s.class_rows[j]), "nll": float(class_loss[j]),
                               "accuracy": float(s.class_accuracy[j])})
+    groups = [{"by": dict(zip(layout.groups, key)), "rows": part.rows, "metrics": metrics_of(part)}
+              for key, part in evaluator.groups.items()]
+    main = "kl" if command == "kl" else "nll"
+    groups.sort(key=lambda g: (-_sort_value(g["metrics"][main]), [str(v) for v in g["by"].values()]))
+    worst = []
+    if evaluator.worst is not None:
+        for entry in evaluator.worst.entries:
+            row = {"row": entry["index"], **{k: v for k, v in entry.items() if k not in ("index", "loss")}}
+            worst.append({**row, "loss": entry["loss"] / scale})
     warnings = []
     if s.clipped:
         warnings.append(f"{s.clipped} predicted probabilities were clipped to [eps, 1 - eps] with eps={settings.eps:g}")
-    return Report(command, inputs, s.rows, list(layout.class_names), UNITS[settings.base], metrics, per_class,
+    return Report(command, inputs, s.rows, list(layout.class_names), UNITS[settings.base], metrics_of(s), per_class,
                   s.clipped, settings.eps, settings.kind, layout.weight is not None, warnings, gates,
                   calibration=_calibration_rows(s) if evaluator.calibration and labelled else [],
-                  loss_histogram=_histogram_rows(s, scale))
+                  loss_histogram=_histogram_rows(s, scale), groups=groups, worst=worst)
+
+
+def _sort_value(value: float) -> float:
+    """NaN (an empty or undefined group) sorts last among worst-first groups."""
+    return -math.inf if value != value else value
 
 
 def _calibration_rows(s: Summary) -> list[dict[str, Any]]:

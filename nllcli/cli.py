@@ -243,6 +243,10 @@ def score(
     base: BaseOpt = Base.e,
     bins: Annotated[int, typer.Option("--bins", help="Equal-width confidence bins for ECE and the "
                                       "reliability chart.")] = 15,
+    by: Annotated[Optional[list[str]], typer.Option("--by", metavar="COL", help="Every metric per group "
+                                                    "of this column (camera, site, day). Repeatable.")] = None,
+    worst: Annotated[int, typer.Option("--worst", metavar="N", help="List the N samples with the largest "
+                                       "loss.")] = 0,
     format: FormatOpt = Format.table,
     per_sample: PerSample = None,
     max: Max = None,
@@ -258,8 +262,8 @@ def score(
     report = _score_report(preds, targets=targets, label=label, classes=classes, probs=probs, key=key,
                            weight=weight, positive=positive, input=input.value, eps=eps, tol=tol,
                            renormalize=renormalize, base=base.value, target_prefix=target_prefix,
-                           label_smoothing=label_smoothing, bins=bins, max=max or (), min=min or (),
-                           per_sample=per_sample, quiet=quiet)
+                           label_smoothing=label_smoothing, bins=bins, by=by or (), worst=worst,
+                           max=max or (), min=min or (), per_sample=per_sample, quiet=quiet)
     _finish(report, format, per_sample)
 
 
@@ -282,6 +286,7 @@ def _plot(output: str, **options) -> None:
     write_plot(output)  # fails early, before reading, if matplotlib is missing or the suffix is wrong
     options.pop("debug")
     options["input"], options["base"] = options["input"].value, options["base"].value
+    options["by"] = options["by"] or ()
     report = _score_report(options.pop("preds"), **options)
     write_plot(output, report)
     _err(f"nll: wrote {output}")

@@ -38,21 +38,29 @@ class Layout:
     weight: str | None = None
     positive: str | None = None  # binary layout: which label is class 1 (None: 0/1 or false/true)
     binary: bool = False
-    extra: list[str] = field(default_factory=list)  # more columns to read (groups, same-file targets)
+    extra: list[str] = field(default_factory=list)  # more columns to read (same-file targets)
+    groups: list[str] = field(default_factory=list)  # --by columns
 
     @property
     def columns(self) -> list[str]:
         """The columns to read, each once."""
-        wanted = [self.key, self.label, self.weight, self.list_column, *self.class_columns, *self.extra]
+        wanted = [self.key, self.label, self.weight, self.list_column, *self.class_columns, *self.extra,
+                  *self.groups]
         return list(dict.fromkeys(c for c in wanted if c is not None))
+
+    @functools.cached_property
+    def class_array(self) -> pa.Array:
+        """The class names as an Arrow array, to turn class indices into names."""
+        return pa.array(self.class_names, pa.string())
 
     def types(self, schema: pa.Schema) -> dict[str, pa.DataType]:
         """Types to parse each column as: numbers as float64, labels and keys as text."""
         types = {c: pa.float64() for c in self.class_columns}
         if self.weight:
             types[self.weight] = pa.float64()
-        if self.label:
-            types[self.label] = pa.dictionary(pa.int32(), pa.string())
+        for text in (self.label, *self.groups):
+            if text:
+                types[text] = pa.dictionary(pa.int32(), pa.string())
         if self.key:
             types[self.key] = pa.string()
         if self.list_column:
@@ -192,10 +200,10 @@ def resolve_layout(schema: pa.Schema, source: str, *, classes: list[str] | None 
                    label: str | None = None, probs: str | None = None, key: str | None = None,
                    weight: str | None = None, positive: str | None = None,
                    reserved: list[str] | None = None, label_required: bool = True,
-                   use_default_label: bool = True) -> Layout:
+                   use_default_label: bool = True, groups: list[str] | None = None) -> Layout:
     """Decide each column's role from the header (names and the types inferred from it).
 
-    ``reserved`` columns (groups, same-file targets) are read but are never classes.
+    ``reserved`` columns (same-file targets) are read but are never classes, nor are ``groups``.
     """
     check_unique(schema, source)
     names = schema.names
@@ -206,9 +214,10 @@ def resolve_layout(schema: pa.Schema, source: str, *, classes: list[str] | None 
     if label_col is None and label_required:
         raise InputError(source, f"no label column: name one with --label (looked for {', '.join(LABEL_NAMES)})")
     weight_col = _find(names, weight, source, "weight") if weight else None
-    taken = {key_col, label_col, weight_col, *(reserved or [])}
+    group_cols = [_find(names, g, source, "--by") for g in groups or []]
+    taken = {key_col, label_col, weight_col, *(reserved or []), *group_cols}
     layout = Layout(source, [], label=label_col, key=key_col, weight=weight_col,
-                    extra=list(reserved or []))
+                    extra=list(reserved or []), groups=group_cols)
 
     if probs:
         layout.list_column = _find(names, probs, source, "probability list")

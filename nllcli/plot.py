@@ -1,7 +1,179 @@
-"""Placeholder until the plotting module lands (nll plot)."""
+"""nll plot: reliability diagram, confidence and loss histograms, per-class NLL; one image file."""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+
+from .errors import UsageError
+from .report import Report
+
+SUFFIXES = (".png", ".svg", ".pdf")
+FIGSIZE = (12.0, 9.0)  # inches
+DPI = 150
+MAX_CLASSES = 20  # the classes with the highest NLL, when there are more
+LEGEND = {"fontsize": 8, "framealpha": 0.9, "edgecolor": "none"}
+BLUE, RED, GREY = "#4c72b0", "#c44e52", "#8c8c8c"
 
 
-def write_plot(output, report=None):
-    from .errors import UsageError
+def write_plot(output: str, report: Report | None = None) -> None:
+    """Check OUTPUT (suffix, matplotlib, folder); given a report, draw it and write OUTPUT atomically."""
+    path = Path(output)
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise UsageError(f"--output {output}: name a .png, .svg or .pdf file")
+    try:
+        import matplotlib
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise UsageError("nll plot needs matplotlib: pip install 'nllcli[plot]'") from None
+    folder = path.resolve().parent
+    if not folder.is_dir():
+        raise UsageError(f"--output {output}: folder {folder} does not exist")
+    if path.is_dir():
+        raise UsageError(f"--output {output}: is a directory")
+    if report is None:
+        return
+    from .render import _file_mode
 
-    raise UsageError("nll plot is not available yet")
+    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+    _draw(fig, report)
+    fmt = suffix[1:]
+    metadata = {"svg": {"Date": None}, "pdf": {"CreationDate": None}}.get(fmt)
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as sink, matplotlib.rc_context({"svg.hashsalt": "nll"}):
+            fig.savefig(sink, format=fmt, metadata=metadata)
+        os.chmod(temp, _file_mode(path))
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def _draw(fig, report: Report) -> None:
+    (rel, conf), (loss, per_class) = fig.subplots(2, 2)
+    _reliability(rel, report)
+    _confidence(conf, report)
+    _losses(loss, report)
+    _per_class(per_class, report)
+    fig.suptitle(f"{_inputs(report)}\n{_headline(report)}", fontsize=13)
+
+
+def _reliability(ax, report: Report) -> None:
+    m = report.metrics
+    ax.set_title("Reliability" + (f"   ECE {_num(m['ece'])}   MCE {_num(m.get('mce'))}" if "ece" in m else ""))
+    bins = [b for b in report.calibration if b["weight"] > 0]
+    if not bins:
+        return _note(ax, "no calibration: needs a label column")
+    lo = [b["bin"][0] for b in bins]
+    width = [b["bin"][1] - b["bin"][0] for b in bins]
+    acc = [b["accuracy"] for b in bins]
+    cnf = [b["confidence"] for b in bins]
+    ax.plot([0, 1], [0, 1], "--", color=GREY, lw=1, label="perfectly calibrated")
+    ax.bar(lo, acc, width, align="edge", color=BLUE, edgecolor="white", label="accuracy")
+    ax.bar(lo, [c - a for a, c in zip(acc, cnf)], width, bottom=acc, align="edge", color=RED,
+           alpha=0.3, hatch="//", edgecolor=RED, lw=0.5, label="gap to mean confidence")
+    if len(report.calibration) <= 25:
+        for x, w, a, c, b in zip(lo, width, acc, cnf, bins):
+            ax.text(x + w / 2, max(a, c) + 0.015, _count(b["weight"]), ha="center", va="bottom", fontsize=7)
+    ax.set(xlim=(0, 1), ylim=(0, 1.1), xlabel="confidence (top-class probability)", ylabel="accuracy")
+    ax.legend(loc="upper left", **LEGEND)
+
+
+def _confidence(ax, report: Report) -> None:
+    ax.set_title("Confidence")
+    bins = report.calibration
+    if not any(b["weight"] > 0 for b in bins):
+        return _note(ax, "no confidences: needs a label column")
+    ax.bar([b["bin"][0] for b in bins], [b["weight"] for b in bins], [b["bin"][1] - b["bin"][0] for b in bins],
+           align="edge", color=BLUE, edgecolor="white")
+    total = sum(b["weight"] for b in bins)
+    mean_conf = sum(b["confidence"] * b["weight"] for b in bins if b["weight"] > 0) / total
+    ax.axvline(mean_conf, color=RED, lw=1.5, label=f"mean confidence {mean_conf:.3f}")
+    if "accuracy" in report.metrics:
+        ax.axvline(report.metrics["accuracy"], color="black", ls="--", lw=1.5,
+                   label=f"accuracy {report.metrics['accuracy']:.3f}")
+    ax.set(xlim=(0, 1), xlabel="confidence (top-class probability)", ylabel=_weight_label(report))
+    ax.legend(loc="upper left", **LEGEND)
+
+
+def _losses(ax, report: Report) -> None:
+    ax.set_title("Per-sample loss")
+    rows = report.loss_histogram
+    if not any(r["weight"] > 0 for r in rows):
+        return _note(ax, "no rows")
+    labels = [f"{_num(lo, 2)}–{_num(hi, 2)}" if hi is not None else f"≥ {_num(lo, 2)}"
+              for lo, hi in (r["range"] for r in rows)]
+    weights = [r["weight"] for r in rows]
+    bars = ax.bar(range(len(rows)), weights, color=BLUE, width=0.8)
+    ax.bar_label(bars, [_count(w) if w else "" for w in weights], fontsize=7, padding=2)
+    ax.set_xticks(range(len(rows)), labels, rotation=40, ha="right", rotation_mode="anchor", fontsize=8)
+    ax.set(xlabel=f"loss of one sample ({report.units})", ylabel=_weight_label(report))
+    ax.set_ylim(top=max(weights) * 1.1)
+
+
+def _per_class(ax, report: Report) -> None:
+    rows, title = report.per_class, "Mean NLL per class"
+    if len(rows) > MAX_CLASSES:
+        title = f"Mean NLL, {MAX_CLASSES} highest of {len(rows)} classes"
+        rows = sorted(rows, key=lambda r: -1.0 if math.isnan(r["nll"]) else r["nll"], reverse=True)[:MAX_CLASSES]
+    overall = report.metrics.get("nll")
+    overall = overall if overall is not None and math.isfinite(overall) else None
+    if rows and overall is not None:
+        ax.axhline(overall, color=RED, ls="--", lw=1, zorder=1)
+        title += f"   (dashed: overall {_num(overall)})"
+    ax.set_title(title)
+    if not rows:
+        return _note(ax, "no classes: needs a label column")
+    heights = [r["nll"] if math.isfinite(r["nll"]) else 0.0 for r in rows]
+    bars = ax.bar(range(len(rows)), heights, color=BLUE, width=0.7)
+    few = len(rows) <= 8
+    notes = [f"{_num(r['nll'])}{chr(10) if few else ' · '}acc {_percent(r['accuracy'])}" for r in rows]
+    ax.bar_label(bars, notes, fontsize=8 if few else 7, padding=2, rotation=0 if few else 90,
+                 bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5})
+    ax.set_xticks(range(len(rows)), [str(r["class"]) for r in rows], fontsize=8,
+                  **({} if few else {"rotation": 40, "ha": "right", "rotation_mode": "anchor"}))
+    top = max(*heights, overall or 0.0, 1e-9)
+    ax.set(ylabel=f"mean NLL ({report.units})", ylim=(0, top * (1.25 if few else 1.6)))
+
+
+def _note(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color=GREY)
+    ax.set(xticks=[], yticks=[])
+
+
+def _inputs(report: Report) -> str:
+    names = {role: [Path(n).name for n in paths] for role, paths in report.inputs.items()}
+    shown = [", ".join(ns[:3]) + (f" (+{len(ns) - 3} more)" if len(ns) > 3 else "") for ns in names.values()]
+    return " vs targets ".join(shown)
+
+
+def _headline(report: Report) -> str:
+    m, parts = report.metrics, [f"{report.rows:,} rows"]
+    if "nll" in m:
+        parts.append(f"NLL {_num(m['nll'])} {report.units}")
+    if "accuracy" in m:
+        parts.append(f"accuracy {_percent(m['accuracy'])}")
+    parts += [f"{name} {_num(m[key])}" for name, key in (("Brier", "brier"), ("ECE", "ece")) if key in m]
+    return "   ·   ".join(parts)
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    if value is None or math.isnan(value):
+        return "n/a"
+    return "inf" if math.isinf(value) else f"{value:.{digits}g}"
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{value:.1%}"
+
+
+def _count(weight: float) -> str:
+    return f"{weight:.0f}" if weight == int(weight) or weight >= 100 else f"{weight:.3g}"
+
+
+def _weight_label(report: Report) -> str:
+    return "weight" if report.weighted else "rows"

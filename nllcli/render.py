@@ -65,6 +65,10 @@ def write_table(report: Report, stream: IO[str]) -> None:
         for row in report.per_class:
             per_class.add_row(str(row["class"]), f"{row['rows']:,}", _number(row["nll"]), _number(row["accuracy"]))
         console.print(per_class)
+    if report.groups:
+        console.print(_groups_table(report, style))
+    if report.worst:
+        console.print(_worst_table(report, style))
     if report.calibration:
         console.print(_reliability_chart(report, plain, style))
     if any(row["weight"] for row in report.loss_histogram):
@@ -111,6 +115,42 @@ def _reliability_chart(report: Report, plain: bool, style: dict):
         table.add_row(f"{low:.2f}-{high:.2f}", f"{row['weight']:,.0f}", f"{row['confidence']:.3f}",
                       f"{row['accuracy']:.3f}", "".join(bar))
     return table
+
+
+def _groups_table(report: Report, style: dict):
+    """Metrics per --by group, worst first."""
+    from rich.table import Table
+
+    table = Table(**style)
+    by = list(report.groups[0]["by"])
+    shown = [m for m in ("nll", "kl", "accuracy", "brier", "ece") if m in report.groups[0]["metrics"]]
+    for column in by:
+        table.add_column(column)
+    table.add_column("rows", justify="right")
+    for metric in shown:
+        table.add_column(metric, justify="right")
+    for group in report.groups:
+        table.add_row(*[_text(v) for v in group["by"].values()], f"{group['rows']:,}",
+                      *[_number(group["metrics"][m]) for m in shown])
+    return table
+
+
+def _worst_table(report: Report, style: dict):
+    """The samples with the largest loss."""
+    from rich.table import Table
+
+    table = Table(**style)
+    columns = [c for c in ("row", "key", "label", "predicted", "p_true", "loss") if c in report.worst[0]]
+    for column in columns:
+        table.add_column(f"worst: {column}" if column == columns[0] else column,
+                         justify="right" if column in ("row", "p_true", "loss") else "left")
+    for entry in report.worst:
+        table.add_row(*[_number(entry[c]) if c in ("p_true", "loss") else _text(entry[c]) for c in columns])
+    return table
+
+
+def _text(value) -> str:
+    return "(missing)" if value is None else str(value)
 
 
 def _loss_chart(report: Report, plain: bool, style: dict):

@@ -70,6 +70,8 @@ class Report:
     gates: list[Gate] = field(default_factory=list)
     calibration: list[dict[str, Any]] = field(default_factory=list)  # per confidence bin
     loss_histogram: list[dict[str, Any]] = field(default_factory=list)  # per-sample loss, fixed bins
+    groups: list[dict[str, Any]] = field(default_factory=list)  # --by: {"by", "rows", "metrics"}, worst first
+    worst: list[dict[str, Any]] = field(default_factory=list)  # --worst: the largest losses
 
     @property
     def failed_gates(self) -> list[Gate]:
@@ -105,6 +107,10 @@ class Report:
             "warnings": warnings,
             "calibration": self.calibration,
             "loss_histogram": self.loss_histogram,
+            "groups": [{**g, "metrics": {k: _finite_or_none(v) for k, v in g["metrics"].items()}}
+                       for g in self.groups],
+            "worst": [{k: _finite_or_none(v) if isinstance(v, float) else v for k, v in w.items()}
+                      for w in self.worst],
             "gates": [{"metric": g.metric, "bound": g.bound, "threshold": g.threshold,
                        "value": _finite_or_none(self.metrics.get(g.metric)),
                        "passed": g.passes(self.metrics.get(g.metric))} for g in self.gates],

@@ -125,3 +125,34 @@ def confidence_bins(confidence: np.ndarray, n_bins: int) -> np.ndarray:
     """
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     return np.searchsorted(edges[1:-1], confidence, side="left")
+
+
+class Worst:
+    """The ``n`` samples with the largest loss seen so far, kept while streaming.
+
+    Ties keep the earliest row. Each batch contributes at most ``n`` candidates, so memory stays
+    at n entries whatever the input size; two Worst merge with ``+``.
+    """
+
+    def __init__(self, n: int, entries: list[dict] | None = None):
+        self.n = n
+        self.entries: list[dict] = entries or []  # each with "index" (0-based row) and "loss"
+
+    @staticmethod
+    def candidates(loss: np.ndarray, n: int) -> np.ndarray:
+        """Row positions of at most n largest losses of a batch (the rest cannot make the list)."""
+        if len(loss) <= n:
+            return np.arange(len(loss))
+        threshold = np.partition(loss, len(loss) - n)[len(loss) - n]  # the n-th largest
+        rows = np.flatnonzero(loss >= threshold)  # more than n when there are ties at the threshold
+        return rows[np.lexsort((rows, -loss[rows]))][:n]
+
+    def add_entries(self, entries: list[dict]) -> None:
+        merged = self.entries + entries
+        merged.sort(key=lambda e: (-e["loss"], e["index"]))
+        self.entries = merged[: self.n]
+
+    def __add__(self, other: "Worst") -> "Worst":
+        out = Worst(self.n, list(self.entries))
+        out.add_entries(other.entries)
+        return out
