@@ -442,42 +442,67 @@ def _default_key(explicit: str | None, *schemas) -> str | None:
     return found[0] if all(found) else None
 
 
-def score(preds, *, targets=None, label: str | None = None, classes: str | list[str] | None = None,
-          probs: str | None = None, key: str | None = None, weight: str | None = None,
-          positive: str | None = None, input: str = "probs", eps: float = losses.EPS, tol: float = 1e-4,
-          renormalize: bool = False, base: str = "e", target_prefix: str | None = None,
-          target_probs: str | None = None, label_smoothing: float | None = None,
-          bins: int = 15, by: Sequence[str] = (), worst: int = 0, max: Sequence[str] = (),
-          min: Sequence[str] = (), per_sample=None, progress: Progress | None = None) -> Report:
-    """Score predictions against hard labels or soft targets.
+@dataclass
+class ScoreJob:
+    """A resolved `score`: inputs opened, columns decided, settings checked; nothing read yet."""
 
-    ``preds`` and ``targets`` are paths (or lists of paths, '-' for stdin), pandas DataFrames or
-    pyarrow Tables. Returns a Report; gates (``max=["nll=0.4"]``) are evaluated, not raised.
-    """
+    settings: Settings
+    soft: bool
+    gates: list[Gate]
+    sources: list
+    target_sources: list
+    pair_key: str | None
+    layout: Layout
+    same_file_targets: Layout | None
+    target_probs: str | None
+    explicit_classes: bool
+    worst: int
+
+    def evaluator(self) -> Evaluator:
+        return Evaluator(self.layout, self.settings, self.soft, worst=self.worst)
+
+    def run(self, evaluator: Evaluator, writer=None, progress=None, on_batch=None) -> None:
+        _run(evaluator, self.sources, self.layout, self.target_sources, self.pair_key, self.same_file_targets,
+             bool(self.target_sources), probs=self.target_probs, writer=writer, progress=progress,
+             explicit_classes=self.explicit_classes, on_batch=on_batch)
+
+    def report(self, evaluator: Evaluator, command: str = "score", inputs: dict | None = None) -> Report:
+        inputs = inputs or {"preds": _input_names(self.sources)}
+        if self.target_sources:
+            inputs["targets"] = _input_names(self.target_sources)
+        return _report(command, evaluator, self.settings, inputs, self.gates, self.soft)
+
+
+SCORE_METRICS = ["nll", "cross_entropy", "entropy", "kl", "perplexity", "accuracy", "brier", "ece", "mce"]
+
+
+def plan_score(preds, *, targets=None, label: str | None = None, classes: str | list[str] | None = None,
+               probs: str | None = None, key: str | None = None, weight: str | None = None,
+               positive: str | None = None, input: str = "probs", eps: float = losses.EPS, tol: float = 1e-4,
+               renormalize: bool = False, base: str = "e", target_prefix: str | None = None,
+               target_probs: str | None = None, label_smoothing: float | None = None,
+               bins: int = 15, by: Sequence[str] = (), worst: int = 0, max: Sequence[str] = (),
+               min: Sequence[str] = ()) -> ScoreJob:
+    """Check the options and open the inputs of a `score` (see score())."""
     settings = Settings(input, eps, tol, renormalize, str(base), label_smoothing, bins=bins)
     soft = targets is not None or target_prefix is not None or label_smoothing is not None
     if label_smoothing is not None and (targets is not None or target_prefix is not None):
         raise UsageError("--label-smoothing softens hard labels; it does not combine with --targets or --target-prefix")
+    if worst < 0:
+        raise UsageError(f"--worst {worst}: must be >= 0")
     _check_stdin_once(preds, targets)
     if isinstance(preds, (list, tuple)) and len(preds) == 1:
         preds = preds[0]
-    _check_per_sample_target(per_sample, preds, targets)
-    metric_names = ["nll", "cross_entropy", "entropy", "kl", "perplexity", "accuracy", "brier", "ece", "mce"]
-    gates = _gates(max, min, metric_names)
+    gates = _gates(max, min, SCORE_METRICS)
     sources = _sources(preds)
     schema, name = sources[0].schema, sources[0].name
     target_sources = _sources(targets) if targets is not None else []
     pair_key = _default_key(key, (schema, name), *((s.schema, s.name) for s in target_sources[:1]))
-    same_file_targets = None
-    reserved: list[str] = []
-    if target_prefix:
-        reserved = [n for n in schema.names if n.lower().startswith(target_prefix.lower())]
+    reserved = [n for n in schema.names if n.lower().startswith(target_prefix.lower())] if target_prefix else []
     layout = resolve_layout(schema, name, classes=parse_classes(classes) if isinstance(classes, str) else classes,
                             label=label, probs=probs, key=pair_key or key, weight=weight, positive=positive,
                             reserved=reserved, label_required=not soft or label_smoothing is not None,
                             groups=list(by))
-    if worst < 0:
-        raise UsageError(f"--worst {worst}: must be >= 0")
     if probs and not layout.class_names:
         layout.class_names = _list_width_names(sources, layout)
     if soft and layout.binary:
@@ -486,23 +511,39 @@ def score(preds, *, targets=None, label: str | None = None, classes: str | list[
         for gate in gates:
             if gate.metric in LABEL_METRICS:
                 raise UsageError(f"--{gate.bound} {gate.metric}=...: {gate.metric} needs a label column (--label)")
-    if target_prefix:
-        same_file_targets = target_layout(schema, name, layout.class_names, name, prefix=target_prefix)
-    writer = _writer(per_sample)
-    evaluator = Evaluator(layout, settings, soft, worst=worst)
+    same_file_targets = (target_layout(schema, name, layout.class_names, name, prefix=target_prefix)
+                         if target_prefix else None)
+    return ScoreJob(settings, soft, gates, sources, target_sources, pair_key, layout, same_file_targets,
+                    target_probs, classes is not None, worst)
+
+
+def score(preds, *, per_sample=None, progress: Progress | None = None, **options) -> Report:
+    """Score predictions against hard labels or soft targets.
+
+    ``preds`` and ``targets`` are paths (or lists of paths, '-' for stdin), pandas DataFrames or
+    pyarrow Tables. Options: targets, label, classes, probs, key, weight, positive, input, eps,
+    tol, renormalize, base, target_prefix, target_probs, label_smoothing, bins, by, worst, max,
+    min (gates such as ``max=["nll=0.4"]``, evaluated into the report, not raised).
+    """
+    _check_per_sample_target(per_sample, preds, options.get("targets"))
+    job = plan_score(preds, **options)
+    evaluator = job.evaluator()
+    with _atomic(_writer(per_sample)) as writer:
+        job.run(evaluator, writer, progress)
+        return job.report(evaluator)
+
+
+@contextlib.contextmanager
+def _atomic(writer):
+    """Commit the per-sample writer on success, remove its file on any failure."""
     try:
-        _run(evaluator, sources, layout, target_sources, pair_key, same_file_targets, targets is not None,
-             probs=target_probs, writer=writer, progress=progress, explicit_classes=classes is not None)
-        report = _report("score", evaluator, settings, {"preds": _input_names(sources),
-                                                         **({"targets": _input_names(target_sources)}
-                                                            if target_sources else {})}, gates, soft)
+        yield writer
     except BaseException:
         if writer is not None:
             writer.abort()
         raise
     if writer is not None:
         writer.commit()
-    return report
 
 
 def kl(p, q, *, classes: str | list[str] | None = None, probs: str | None = None, key: str | None = None,
@@ -526,20 +567,12 @@ def kl(p, q, *, classes: str | list[str] | None = None, probs: str | None = None
         layout.class_names = _list_width_names(q_sources, layout)
     if layout.binary:
         raise InputError(q_sources[0].name, "needs one probability column per class, found one")
-    writer = _writer(per_sample)
     evaluator = Evaluator(layout, settings, soft=True, target_kind=settings.kind, calibration=False)
-    try:
+    with _atomic(_writer(per_sample)) as writer:
         _run(evaluator, q_sources, layout, p_sources, pair_key, None, True, probs=probs, writer=writer,
              progress=progress, explicit_classes=class_list is not None)
-        report = _report("kl", evaluator, settings, {"p": _input_names(p_sources), "q": _input_names(q_sources)},
-                         gates, True)
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        raise
-    if writer is not None:
-        writer.commit()
-    return report
+        return _report("kl", evaluator, settings, {"p": _input_names(p_sources), "q": _input_names(q_sources)},
+                       gates, True)
 
 
 def _gates(max_: Sequence[str], min_: Sequence[str], available: list[str]) -> list[Gate]:
@@ -568,7 +601,8 @@ def _writer(per_sample):
 
 
 def _run(evaluator: Evaluator, sources, layout: Layout, target_sources, pair_key, same_file_targets,
-         separate_targets: bool, probs=None, writer=None, progress=None, explicit_classes=False) -> None:
+         separate_targets: bool, probs=None, writer=None, progress=None, explicit_classes=False,
+         on_batch=None) -> None:
     """Stream the predictions (with their targets, if any) through the evaluator and the writer.
 
     The reader threads are stopped and joined on every way out, errors included.
@@ -603,6 +637,8 @@ def _run(evaluator: Evaluator, sources, layout: Layout, target_sources, pair_key
             rows += chunk.batch.num_rows
             if writer is not None:
                 writer.write(evaluator.per_sample_columns(scored))
+            if on_batch is not None:
+                on_batch(scored)
             if progress is not None:
                 progress(rows, chunk.bytes_read)
         if index is not None:
