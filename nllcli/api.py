@@ -353,15 +353,21 @@ class KeyIndex:
         self.name, self.key = name, layout.key
         keys = [c.batch.column(layout.key) for c in chunks]
         self.keys = pa.concat_arrays(keys) if keys else pa.array([], pa.string())
-        counts = pc.value_counts(self.keys)
-        dup = pc.filter(counts, pc.greater(counts.field("counts"), 1)).field("values").to_pylist()
-        if dup:
-            raise InputError(name, f"duplicate keys: {dup[:5]}", column=layout.key)
+        self.check_unique(self.keys, name, layout.key)
         self.targets = (np.concatenate([evaluator.targets_of(c, layout) for c in chunks])
                         if chunks else np.zeros((0, len(layout.class_names))))
         self.used = np.zeros(len(self.keys), dtype=np.int64)
         self.missing = 0
         self.missing_examples: list[str] = []
+
+    @staticmethod
+    def check_unique(keys, name: str, column: str) -> None:
+        import pyarrow.compute as pc
+
+        counts = pc.value_counts(keys)
+        duplicated = pc.filter(counts, pc.greater(counts.field("counts"), 1)).field("values").to_pylist()
+        if duplicated:
+            raise InputError(name, f"duplicate keys: {duplicated[:5]}", column=column)
 
     def lookup(self, chunk, key: str) -> np.ndarray | None:
         """Targets for the rows of a prediction batch, or None if some keys are not found."""
@@ -711,11 +717,11 @@ def _sort_value(value: float) -> float:
 
 def _calibration_rows(s: Summary) -> list[dict[str, Any]]:
     """One row per confidence bin: its range, rows (weighted), mean confidence and accuracy."""
-    n_bins = len(s.bin_weight)
+    edges = np.linspace(0.0, 1.0, len(s.bin_weight) + 1)  # the edges rows are binned by
     rows = []
-    for b in range(n_bins):
+    for b in range(len(s.bin_weight)):
         weight = float(s.bin_weight[b])
-        rows.append({"bin": [b / n_bins, (b + 1) / n_bins], "weight": weight,
+        rows.append({"bin": [float(edges[b]), float(edges[b + 1])], "weight": weight,
                      "confidence": float(s.bin_confidence[b] / weight) if weight else None,
                      "accuracy": float(s.bin_correct[b] / weight) if weight else None})
     return rows
