@@ -289,6 +289,8 @@ def _plot(output: str, **options) -> None:
     options["by"] = options["by"] or ()
     report = _score_report(options.pop("preds"), **options)
     write_plot(output, report)
+    for warning in report.all_warnings():
+        _err(f"nll: warning: {warning}")
     _err(f"nll: wrote {output}")
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from .errors import UsageError
 from .report import Report
 
-SUFFIXES = (".png", ".svg", ".pdf")
+FORMATS = ("png", "svg", "pdf")
 FIGSIZE = (12.0, 9.0)  # inches
 DPI = 150
 MAX_CLASSES = 20  # the classes with the highest NLL, when there are more
@@ -21,32 +21,40 @@ BLUE, RED, GREY = "#4c72b0", "#c44e52", "#8c8c8c"
 def write_plot(output: str, report: Report | None = None) -> None:
     """Check OUTPUT (suffix, matplotlib, folder); given a report, draw it and write OUTPUT atomically."""
     path = Path(output)
-    suffix = path.suffix.lower()
-    if suffix not in SUFFIXES:
+    fmt = path.suffix.lower()[1:]
+    if fmt not in FORMATS:
         raise UsageError(f"--output {output}: name a .png, .svg or .pdf file")
     try:
         import matplotlib
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
         raise UsageError("nll plot needs matplotlib: pip install 'nllcli[plot]'") from None
-    folder = path.resolve().parent
-    if not folder.is_dir():
-        raise UsageError(f"--output {output}: folder {folder} does not exist")
+    if not path.resolve().parent.is_dir():
+        raise UsageError(f"--output {output}: folder {path.resolve().parent} does not exist")
     if path.is_dir():
         raise UsageError(f"--output {output}: is a directory")
     if report is None:
         return
-    from .render import _file_mode
+    with matplotlib.rc_context():
+        matplotlib.rcdefaults()  # the same figure whatever the user's matplotlibrc says
+        matplotlib.rcParams["svg.hashsalt"] = "nll"  # stable ids in SVG
+        fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+        FigureCanvasAgg(fig)  # no pyplot, no GUI
+        _draw(fig, report)
+        _save(fig, path, fmt)
 
-    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
-    _draw(fig, report)
-    fmt = suffix[1:]
-    metadata = {"svg": {"Date": None}, "pdf": {"CreationDate": None}}.get(fmt)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=folder)
+
+def _save(fig, path: Path, fmt: str) -> None:
+    """Write to a temporary file beside PATH, then rename it over PATH; leave nothing behind on error."""
+    from .render import file_mode
+
+    metadata = {"svg": {"Date": None}, "pdf": {"CreationDate": None}}.get(fmt)  # no timestamps
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.resolve().parent)
     try:
-        with os.fdopen(fd, "wb") as sink, matplotlib.rc_context({"svg.hashsalt": "nll"}):
+        with os.fdopen(fd, "wb") as sink:
             fig.savefig(sink, format=fmt, metadata=metadata)
-        os.chmod(temp, _file_mode(path))
+        os.chmod(temp, file_mode(path))
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
@@ -116,9 +124,9 @@ def _losses(ax, report: Report) -> None:
 
 
 def _per_class(ax, report: Report) -> None:
-    rows, title = report.per_class, "Mean NLL per class"
+    rows, title = report.per_class, f"Mean {_loss_name(report)} per class"
     if len(rows) > MAX_CLASSES:
-        title = f"Mean NLL, {MAX_CLASSES} highest of {len(rows)} classes"
+        title = f"Mean {_loss_name(report)}, {MAX_CLASSES} highest of {len(rows)} classes"
         rows = sorted(rows, key=lambda r: -1.0 if math.isnan(r["nll"]) else r["nll"], reverse=True)[:MAX_CLASSES]
     overall = report.metrics.get("nll")
     overall = overall if overall is not None and math.isfinite(overall) else None
@@ -137,7 +145,7 @@ def _per_class(ax, report: Report) -> None:
     ax.set_xticks(range(len(rows)), [str(r["class"]) for r in rows], fontsize=8,
                   **({} if few else {"rotation": 40, "ha": "right", "rotation_mode": "anchor"}))
     top = max(*heights, overall or 0.0, 1e-9)
-    ax.set(ylabel=f"mean NLL ({report.units})", ylim=(0, top * (1.25 if few else 1.6)))
+    ax.set(ylabel=f"mean {_loss_name(report)} ({report.units})", ylim=(0, top * (1.25 if few else 1.6)))
 
 
 def _note(ax, text: str) -> None:
@@ -154,11 +162,16 @@ def _inputs(report: Report) -> str:
 def _headline(report: Report) -> str:
     m, parts = report.metrics, [f"{report.rows:,} rows"]
     if "nll" in m:
-        parts.append(f"NLL {_num(m['nll'])} {report.units}")
+        parts.append(f"{_loss_name(report)} {_num(m['nll'])} {report.units}")
     if "accuracy" in m:
         parts.append(f"accuracy {_percent(m['accuracy'])}")
     parts += [f"{name} {_num(m[key])}" for name, key in (("Brier", "brier"), ("ECE", "ece")) if key in m]
     return "   ·   ".join(parts)
+
+
+def _loss_name(report: Report) -> str:
+    """NLL, or cross-entropy against soft targets (where the two differ: the targets have entropy)."""
+    return "cross-entropy" if report.metrics.get("entropy", 0.0) > 0 else "NLL"
 
 
 def _num(value: float | None, digits: int = 3) -> str:

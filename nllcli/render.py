@@ -207,7 +207,7 @@ class PerSampleWriter:
             path = Path(self.target)
             fd, self._temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.resolve().parent)
             os.close(fd)
-            os.chmod(self._temp, _file_mode(path))
+            os.chmod(self._temp, file_mode(path))
             self._sink = pa.OSFile(self._temp, "w")
         if self.format == "parquet":
             self._writer = pq.ParquetWriter(self._sink, schema)
@@ -249,7 +249,7 @@ class PerSampleWriter:
             sink.flush()
 
 
-def _file_mode(path: Path) -> int:
+def file_mode(path: Path) -> int:
     """The mode a new file would get (mkstemp's is 0600), or the mode of the file it replaces."""
     try:
         return path.stat().st_mode & 0o7777
