@@ -213,7 +213,9 @@ def _finish(report, fmt: Format, per_sample: str | None) -> None:
     failed = report.failed_gates
     for gate in failed:
         _err(f"nll: {gate.describe(report.metrics.get(gate.metric))}")
-    if failed:
+    if report.regression:
+        _err(f"nll: {report.regression}")
+    if failed or report.regression:
         raise typer.Exit(EXIT_GATE)
 
 
@@ -276,6 +278,12 @@ def _score_report(preds: list[str], *, targets: str | None, quiet: bool, **optio
         return api.score(preds, targets=targets, progress=progress, **options)
 
 
+def _plain(options: dict) -> dict:
+    """Option values as the library takes them: enums as their text, absent lists as ()."""
+    return {k: (v.value if isinstance(v, Enum) else () if v is None and k in ("by", "max", "min") else v)
+            for k, v in options.items() if k != "debug"}
+
+
 def _plot(output: str, **options) -> None:
     r"""Draw a reliability diagram, confidence and per-sample loss histograms and per-class NLL.
 
@@ -284,9 +292,7 @@ def _plot(output: str, **options) -> None:
     from .plot import write_plot
 
     write_plot(output)  # fails early, before reading, if matplotlib is missing or the suffix is wrong
-    options.pop("debug")
-    options["input"], options["base"] = options["input"].value, options["base"].value
-    options["by"] = options["by"] or ()
+    options = _plain(options)
     report = _score_report(options.pop("preds"), **options)
     write_plot(output, report)
     for warning in report.all_warnings():
@@ -294,25 +300,43 @@ def _plot(output: str, **options) -> None:
     _err(f"nll: wrote {output}")
 
 
-def _register_plot() -> None:
-    """`nll plot`: the parameters of `nll score`, less its output choices, plus -o FILE."""
+def _compare(base_file: str, new_file: str, format: Format, quiet: bool, **options) -> None:
+    """Did NEW get worse than BASE on the same samples? Paired deltas with bootstrap intervals.
+
+    Rows pair by --key (default id, when both files have it), else by position; labels must agree.
+    Takes the options of `nll score`. --fail-if-worse D exits 1 when the nll delta is above D
+    and so is its whole confidence interval; --max/--min gate the new model's metrics.
+    """
+    _prepare_process()
+    from .compare import compare
+
+    with _ProgressBar(quiet, _total_bytes([base_file, new_file])) as progress:
+        report = compare(base_file, new_file, progress=progress, **_plain(options))
+    _finish(report, format, None)
+
+
+def _derived_command(name: str, implementation, drop: set[str], front=(), back=()) -> None:
+    """Register a command taking the parameters of `nll score`, less ``drop``, plus its own.
+
+    One list of scoring options serves score, plot and compare.
+    """
     import inspect
 
-    dropped = {"format", "per_sample", "max", "min"}
-    params = [p for p in inspect.signature(score, eval_str=True).parameters.values() if p.name not in dropped]
-    output = inspect.Parameter("output", inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[
-        str, typer.Option("--output", "-o", help="Image to write: .png, .svg or .pdf.", show_default=False)])
-    params.insert(1, output)
-    params[2:] = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params[2:]]
-    params[0] = params[0].replace(kind=inspect.Parameter.KEYWORD_ONLY)
+    def parameter(param_name, annotation, default=inspect.Parameter.empty):
+        return inspect.Parameter(param_name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
 
-    def plot(**options) -> None:
-        _plot(**options)
+    shared = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+              for p in inspect.signature(score, eval_str=True).parameters.values() if p.name not in drop]
+    params = [parameter(*f) for f in front] + shared + [parameter(*b) for b in back]
+    params.sort(key=lambda p: p.default is not inspect.Parameter.empty)  # required ones first
 
-    plot.__signature__ = inspect.Signature(params)
-    plot.__annotations__ = {p.name: p.annotation for p in params}
-    plot.__doc__ = _plot.__doc__
-    app.command("plot")(handle_errors(plot))
+    def command(**options) -> None:
+        implementation(**options)
+
+    command.__signature__ = inspect.Signature(params)
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    command.__doc__ = implementation.__doc__
+    app.command(name)(handle_errors(command))
 
 
 @app.command()
@@ -352,7 +376,23 @@ def kl(
     _finish(report, format, per_sample)
 
 
-_register_plot()
+_derived_command("plot", _plot, drop={"format", "per_sample", "max", "min"}, front=[(
+    "output", Annotated[str, typer.Option("--output", "-o", help="Image to write: .png, .svg or .pdf.",
+                                          show_default=False)])])
+_derived_command("compare", _compare, drop={"preds", "per_sample", "by", "worst"}, front=[
+    ("base_file", Annotated[str, typer.Argument(metavar="BASE", help="Predictions of the model in use.",
+                                                show_default=False)]),
+    ("new_file", Annotated[str, typer.Argument(metavar="NEW", help="Predictions of the candidate model.",
+                                               show_default=False)]),
+], back=[
+    ("confidence", Annotated[float, typer.Option("--confidence", help="Level of the intervals.")], 0.95),
+    ("resamples", Annotated[int, typer.Option("--resamples", help="Bootstrap resamples.")], 2000),
+    ("seed", Annotated[int, typer.Option("--seed", help="Bootstrap seed: the same run gives the same "
+                                         "intervals.")], 0),
+    ("fail_if_worse", Annotated[Optional[float], typer.Option(
+        "--fail-if-worse", metavar="DELTA", help="Exit 1 when the nll delta and its whole interval are "
+        "above DELTA (0: any clear regression).")], None),
+])
 
 
 def _version(value: bool) -> None:

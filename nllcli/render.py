@@ -50,6 +50,11 @@ def write_table(report: Report, stream: IO[str]) -> None:
     files = ", ".join(name for names in report.inputs.values() for name in names)
     title = f"nll {report.command}: {files} ({report.rows:,} rows, {len(report.classes)} classes)"
     console.print(title, markup=False)
+    if report.comparison:
+        console.print(_comparison_table(report, style))
+        if report.regression:
+            console.print(f"REGRESSION: {report.regression}", markup=False)
+        console.print("new model:", markup=False)
     metrics = Table(**style)
     metrics.add_column("metric")
     metrics.add_column("value", justify="right")
@@ -114,6 +119,21 @@ def _reliability_chart(report: Report, plain: bool, style: dict):
         low, high = row["bin"]
         table.add_row(f"{low:.2f}-{high:.2f}", f"{row['weight']:,.0f}", f"{row['confidence']:.3f}",
                       f"{row['accuracy']:.3f}", "".join(bar))
+    return table
+
+
+def _comparison_table(report: Report, style: dict):
+    """Base against new, metric by metric, with the paired bootstrap interval of the difference."""
+    from rich.table import Table
+
+    table = Table(**style)
+    level = report.comparison[0]["confidence"]
+    for column in ("metric", "base", "new", "delta", f"{level:.0%} interval", "new better"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for row in report.comparison:
+        low, high = row["ci"]
+        table.add_row(row["metric"], _number(row["base"]), _number(row["new"]), f"{row['delta']:+.6f}",
+                      f"[{low:+.6f}, {high:+.6f}]", f"{row['new_better_share']:.1%}")
     return table
 
 

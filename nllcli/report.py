@@ -72,6 +72,8 @@ class Report:
     loss_histogram: list[dict[str, Any]] = field(default_factory=list)  # per-sample loss, fixed bins
     groups: list[dict[str, Any]] = field(default_factory=list)  # --by: {"by", "rows", "metrics"}, worst first
     worst: list[dict[str, Any]] = field(default_factory=list)  # --worst: the largest losses
+    comparison: list[dict[str, Any]] = field(default_factory=list)  # compare: one entry per metric
+    regression: str | None = None  # compare --fail-if-worse: why the new model is clearly worse
 
     @property
     def failed_gates(self) -> list[Gate]:
@@ -109,6 +111,10 @@ class Report:
             "loss_histogram": self.loss_histogram,
             "groups": [{**g, "metrics": {k: _finite_or_none(v) for k, v in g["metrics"].items()}}
                        for g in self.groups],
+            "comparison": [{k: _finite_or_none(v) if isinstance(v, float) else
+                            [_finite_or_none(x) for x in v] if k == "ci" else v for k, v in c.items()}
+                           for c in self.comparison],
+            "regression": self.regression,
             "worst": [{k: _finite_or_none(v) if isinstance(v, float) else v for k, v in w.items()}
                       for w in self.worst],
             "gates": [{"metric": g.metric, "bound": g.bound, "threshold": g.threshold,

@@ -1,0 +1,243 @@
+"""`nll compare BASE NEW`: did the new model get worse than the base one, on the same samples?
+
+Both files are scored as by `nll score`. Rows pair by key (``--key``, default ``id`` when both
+files have it) or by position, and their labels must agree. For each compared metric m, with
+per-sample values m_i (loss, 0/1 correctness, Brier) and weights w_i:
+
+    delta = mean_w(m_new) - mean_w(m_base) = sum_i w_i (m_new,i - m_base,i) / sum_i w_i
+
+Its confidence interval is a paired percentile bootstrap: resample rows with replacement (the
+same rows for both models), recompute delta, take the (1 - c)/2 and (1 + c)/2 quantiles. Above
+EXACT_ROWS rows, rows are resampled in EXACT_ROWS strided blocks (row i in block i mod B), which
+keeps the cost bounded and the pairs intact.
+
+Memory: the base file's per-sample values (8 bytes per compared metric per row, plus keys when
+pairing by key) and the paired differences; nothing else grows with the number of rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .api import KeyIndex, ScoreJob, Scored, _default_key, _input_names, plan_score
+from .columns import integers
+from .errors import InputError, UsageError
+from .report import INFORMATION_METRICS
+
+EXACT_ROWS = 20_000
+LOWER_IS_BETTER = {"nll": True, "kl": True, "brier": True, "accuracy": False}
+
+
+@dataclass
+class Sides:
+    """Per-sample values of the compared metrics for the rows of one model, in file order."""
+
+    values: dict[str, list[np.ndarray]]
+    labels: list[np.ndarray]
+    weights: list[np.ndarray]
+    keys: list
+
+    @classmethod
+    def empty(cls, names) -> "Sides":
+        return cls({n: [] for n in names}, [], [], [])
+
+    def add(self, scored: Scored, names, key: str | None, class_map: np.ndarray | None) -> None:
+        for name, array in per_sample_metrics(scored, names).items():
+            self.values[name].append(array)
+        if scored.labels is not None:
+            self.labels.append(scored.labels if class_map is None else class_map[scored.labels])
+        self.weights.append(scored.weights if scored.weights is not None else np.ones(scored.rows))
+        if key:
+            self.keys.append(scored.chunk.batch.column(key))
+
+    def arrays(self) -> tuple[dict[str, np.ndarray], np.ndarray | None, np.ndarray]:
+        values = {n: np.concatenate(v) if v else np.zeros(0) for n, v in self.values.items()}
+        labels = np.concatenate(self.labels) if self.labels else None
+        return values, labels, np.concatenate(self.weights) if self.weights else np.zeros(0)
+
+
+def compared_metrics(job: ScoreJob) -> list[str]:
+    names = ["nll"] + (["kl"] if job.soft else [])
+    if job.layout.label is not None:
+        names.append("accuracy")
+    return names + ["brier"]
+
+
+def per_sample_metrics(scored: Scored, names) -> dict[str, np.ndarray]:
+    out = {}
+    for name in names:
+        if name == "nll":
+            out[name] = scored.loss
+        elif name == "accuracy":
+            out[name] = scored.correct.astype(np.float64)
+        else:
+            out[name] = scored.summed[name]
+    return out
+
+
+def compare(base_preds, new_preds, *, key: str | None = None, confidence: float = 0.95, resamples: int = 2000,
+            seed: int = 0, fail_if_worse: float | None = None, max: Sequence[str] = (),
+            min: Sequence[str] = (), progress=None, **options):
+    """Compare two prediction files for the same samples; returns a Report with `comparison`.
+
+    ``options`` are those of score(). Gates (max/min) apply to the new model; ``fail_if_worse``
+    marks a clear nll regression (see Report.regression).
+    """
+    if not 0 < confidence < 1:
+        raise UsageError(f"--confidence {confidence:g}: must be between 0 and 1")
+    if resamples < 1:
+        raise UsageError(f"--resamples {resamples}: must be at least 1")
+    for name in ("by", "worst", "per_sample"):
+        if options.get(name):
+            raise UsageError(f"--{name.replace('_', '-')} is not available in compare")
+    base_job = plan_score(base_preds, key=key, **options)
+    new_job = plan_score(new_preds, key=key, max=max, min=min, **options)
+    pair = _default_key(key, (base_job.sources[0].schema, base_job.sources[0].name),
+                        (new_job.sources[0].schema, new_job.sources[0].name))
+    base_key = new_key = None
+    if pair:
+        base_key, new_key = base_job.layout.key or pair, new_job.layout.key or pair
+        base_job.layout.key, new_job.layout.key = base_key, new_key
+    if set(base_job.layout.class_names) != set(new_job.layout.class_names):
+        raise InputError(new_job.sources[0].name, f"classes {new_job.layout.class_names} differ from "
+                                                  f"{base_job.layout.class_names} in {base_job.sources[0].name}")
+    names = compared_metrics(new_job)
+    new_index = {c: j for j, c in enumerate(new_job.layout.class_names)}
+    class_map = np.array([new_index[c] for c in base_job.layout.class_names])
+
+    base_eval = base_job.evaluator()
+    base_side = Sides.empty(names)
+    base_job.run(base_eval, progress=progress,
+                 on_batch=lambda s: base_side.add(s, names, base_key, class_map))
+    pairing = Pairing(base_side, names, base_job.sources[0].name, new_job.sources[0].name, base_key)
+    new_eval = new_job.evaluator()
+    new_job.run(new_eval, progress=progress, on_batch=lambda s: pairing.add(s, new_key))
+    deltas, weights = pairing.finish()
+
+    report = new_job.report(new_eval, "compare", {"base": _input_names(base_job.sources),
+                                                  "new": _input_names(new_job.sources)})
+    base_report = base_job.report(base_eval)
+    intervals = bootstrap(deltas, weights, resamples, confidence, seed)
+    scale = new_job.settings.unit_scale
+    for name in names:
+        unit = scale if name in INFORMATION_METRICS else 1.0
+        low, high = (v / unit for v in intervals[name])
+        better = deltas[name] < 0 if LOWER_IS_BETTER[name] else deltas[name] > 0
+        report.comparison.append({
+            "metric": name, "base": base_report.metrics[name], "new": report.metrics[name],
+            "delta": report.metrics[name] - base_report.metrics[name], "ci": [low, high],
+            "confidence": confidence, "resamples": resamples, "seed": seed,
+            "new_better_share": float(np.sum(weights * better) / np.sum(weights)),
+        })
+    report.regression = regression(report, fail_if_worse)
+    return report
+
+
+class Pairing:
+    """Pairs each batch of the new model with the base rows and keeps the differences."""
+
+    def __init__(self, base: Sides, names, base_name: str, new_name: str, key: str | None):
+        self.values, self.labels, self.weights = base.arrays()
+        self.names, self.base_name, self.new_name = names, base_name, new_name
+        self.deltas: dict[str, list[np.ndarray]] = {n: [] for n in names}
+        self.new_weights: list[np.ndarray] = []
+        self.offset = 0  # rows of the new model seen so far
+        self.key = key
+        if key:
+            import pyarrow as pa
+
+            self.keys = pa.concat_arrays(base.keys) if base.keys else pa.array([], pa.string())
+            KeyIndex.check_unique(self.keys, base_name, key)
+            self.used = np.zeros(len(self.keys), dtype=np.int64)
+
+    def add(self, scored: Scored, key: str | None) -> None:
+        n = scored.rows
+        if key:
+            import pyarrow.compute as pc
+
+            rows = integers(pc.index_in(scored.chunk.batch.column(key), value_set=self.keys), fill=-1)
+            missing = np.flatnonzero(rows < 0)
+            if missing.size:
+                examples = scored.chunk.batch.column(key).take(missing[:5]).to_pylist()
+                raise InputError(self.new_name, f"keys with no row in {self.base_name}: {examples}", column=key,
+                                 rows=(scored.chunk.first_row + missing).tolist(), total=missing.size)
+            self.used += np.bincount(rows, minlength=len(self.used))
+        else:
+            rows = np.arange(self.offset, self.offset + n)
+            total = len(self.values[self.names[0]])
+            if rows[-1] >= total:
+                raise InputError(self.new_name, f"row counts differ: more rows here than the {total} rows in "
+                                                f"{self.base_name} (pairing by position; use --key to pair by an id column)")
+        self.offset += n
+        if self.labels is not None and scored.labels is not None:
+            disagree = np.flatnonzero(self.labels[rows] != scored.labels)
+            if disagree.size:
+                raise InputError(self.new_name, f"labels disagree with {self.base_name}",
+                                 rows=(scored.chunk.first_row + disagree).tolist(), total=disagree.size)
+        weights = scored.weights if scored.weights is not None else np.ones(n)
+        if not np.array_equal(self.weights[rows], weights):
+            raise InputError(self.new_name, f"weights differ from {self.base_name}")
+        for name, array in per_sample_metrics(scored, self.names).items():
+            self.deltas[name].append(array - self.values[name][rows])
+        self.new_weights.append(weights)
+
+    def finish(self) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        total = len(self.values[self.names[0]])
+        if not self.key and self.offset != total:
+            raise InputError(self.new_name, f"row counts differ: {self.offset} rows here, {total} rows in "
+                                            f"{self.base_name} (pairing by position; use --key to pair by an id column)")
+        if self.key:
+            repeated = np.flatnonzero(self.used > 1)
+            if repeated.size:
+                raise InputError(self.new_name, f"duplicate keys: {self.keys.take(repeated[:5]).to_pylist()}",
+                                 column=self.key)
+            unused = np.flatnonzero(self.used == 0)
+            if unused.size:
+                raise InputError(self.base_name, f"keys with no row in {self.new_name}: "
+                                                 f"{self.keys.take(unused[:5]).to_pylist()}", column=self.key)
+        deltas = {n: np.concatenate(v) for n, v in self.deltas.items()}
+        return deltas, np.concatenate(self.new_weights)
+
+
+def bootstrap(deltas: dict[str, np.ndarray], weights: np.ndarray, resamples: int, confidence: float,
+              seed: int) -> dict[str, tuple[float, float]]:
+    """Percentile intervals of the weighted mean of each paired difference (see the module doc).
+
+    Every metric is resampled with the same rows. Up to EXACT_ROWS rows, replicate r uses the
+    r-th draw of numpy.random.default_rng(seed).integers(0, n, n).
+    """
+    names = list(deltas)
+    n = len(weights)
+    if n > EXACT_ROWS:  # strided blocks: block b holds rows b, b + B, b + 2B, ...
+        blocks = np.arange(n) % EXACT_ROWS
+        sums = {m: np.bincount(blocks, weights=weights * deltas[m], minlength=EXACT_ROWS) for m in names}
+        weights = np.bincount(blocks, weights=weights, minlength=EXACT_ROWS)
+        n = EXACT_ROWS
+    else:
+        sums = {m: weights * deltas[m] for m in names}
+    rng = np.random.default_rng(seed)
+    means = {m: np.empty(resamples) for m in names}
+    step = max(1, 4_000_000 // n)  # replicates per draw, to bound memory
+    for start in range(0, resamples, step):
+        count = min(step, resamples - start)
+        rows = rng.integers(0, n, size=(count, n))
+        total = weights[rows].sum(axis=1)
+        for m in names:
+            means[m][start:start + count] = sums[m][rows].sum(axis=1) / total
+    tail = (1.0 - confidence) / 2.0
+    return {m: tuple(float(x) for x in np.quantile(means[m], [tail, 1.0 - tail])) for m in names}
+
+
+def regression(report, threshold: float | None) -> str | None:
+    """The message of a clear nll regression: delta above the threshold and so is the whole interval."""
+    if threshold is None:
+        return None
+    row = next(r for r in report.comparison if r["metric"] == "nll")
+    low, high = row["ci"]
+    if row["delta"] > threshold and low > threshold:
+        return (f"nll got worse: delta {row['delta']:+.6g} {report.units}, {row['confidence']:.0%} interval "
+                f"[{low:.6g}, {high:.6g}] entirely above {threshold:g}")
+    return None
