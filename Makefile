@@ -19,6 +19,8 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 demo: $(STAMP)
 	$(BIN)/nll score sample_data/robot_tools.csv
+	$(BIN)/nll plot sample_data/robot_tools.csv -o robot_tools.png
+	@echo "The picture of the sample data is in $(CURDIR)/robot_tools.png"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

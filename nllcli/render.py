@@ -143,7 +143,8 @@ def _groups_table(report: Report, style: dict):
 
     table = Table(**style)
     by = list(report.groups[0]["by"])
-    shown = [m for m in ("nll", "kl", "accuracy", "brier", "ece") if m in report.groups[0]["metrics"]]
+    shown = [m for m in ("nll", "kl", "accuracy", "brier", "ece") if m in report.groups[0]["metrics"]
+             and not (m == "kl" and "nll" in report.metrics and report.metrics.get("entropy") == 0)]
     for column in by:
         table.add_column(column)
     table.add_column("rows", justify="right")
