@@ -94,7 +94,7 @@ def _raise_problem(problem: losses.Problem | None, chunk, layout: Layout, what: 
         column = columns[min(problem.column, len(columns) - 1)]
     else:
         columns = layout.class_columns or [layout.list_column]
-        column = f"columns {columns[0]}..{columns[-1]}" if len(columns) > 1 else columns[0]
+        column = [columns[0], columns[-1]] if len(columns) > 1 else columns[0]
     rows = (chunk.first_row + problem.rows).tolist()
     raise InputError(chunk.source, what + problem.message, column=column, rows=rows, total=len(rows),
                      hint=problem.hint)
@@ -234,10 +234,8 @@ class Evaluator:
             return {"nll": nll}, clipped, p_true
         q, log_q, moved = pred.model_side(self.settings.kind, eps)
         clipped = int(np.count_nonzero(moved & (targets > 0))) if moved is not None else 0
-        log_t = losses.safe_log(targets)
-        out = {"cross_entropy": losses.cross_entropy(targets, log_q),
-               "entropy": losses.entropy(targets, log_t),
-               "kl": losses.kl_divergence(targets, log_q=log_q, log_t=log_t)}
+        ce, h, kl = losses.soft_losses(targets, log_q)
+        out = {"cross_entropy": ce, "entropy": h, "kl": kl}
         if self.settings.symmetric:
             q = pred.probs()
             p_clipped, _ = losses.clip(targets, eps)
@@ -286,13 +284,19 @@ def group_rows(batch, columns: list[str]):
     """(group key, row indices) for each distinct combination of the group columns in a batch."""
     from .columns import integers
 
+    import pyarrow as pa
+
     codes = np.zeros(batch.num_rows, dtype=np.int64)
     decoders = []
     for name in columns:
         column = batch.column(name)
+        if not pa.types.is_dictionary(column.type):  # a group column that is also the key or weight
+            column = column.cast(pa.string()).dictionary_encode()
         index = integers(column.indices, fill=-1) + 1  # 0 for a missing value
         codes = codes * (len(column.dictionary) + 1) + index
-        decoders.append((index, [None, *column.dictionary.to_pylist()]))
+        # An empty CSV cell is a missing value, like a null (several codes may decode to None).
+        names = [None if v == "" else v for v in column.dictionary.cast(pa.string()).to_pylist()]
+        decoders.append((index, [None, *names]))
     order = np.argsort(codes, kind="stable")
     starts = np.flatnonzero(np.r_[True, np.diff(codes[order]) != 0])
     for start, end in zip(starts, np.r_[starts[1:], len(order)]):

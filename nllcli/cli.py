@@ -13,12 +13,35 @@ from enum import Enum
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from ._version import __version__
 from .errors import EXIT_GATE, EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, NllError
 
+
+class OneLineErrors(TyperGroup):
+    """Bad options get one line on stderr, like every other error of nll (not a usage box)."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except Exception as exc:  # Click's usage errors: they carry an exit code and a message
+            if not hasattr(exc, "format_message") or not isinstance(getattr(exc, "exit_code", None), int):
+                raise
+            if type(exc).__name__ == "NoArgsIsHelpError":  # plain `nll`: the help, as usual
+                return super().main(*args, standalone_mode=True, **kwargs)
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+            _err(f"nll: error: {exc.format_message()}{hint}")
+            sys.exit(exc.exit_code)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
     name="nll",
+    cls=OneLineErrors,
     help="Score classifier prediction files: negative log-likelihood, cross-entropy, entropy and KL.",
     no_args_is_help=True,
     add_completion=False,
@@ -73,7 +96,8 @@ EPS_DEFAULT = float.fromhex("0x1.0p-52")  # float64 machine epsilon, without imp
 
 
 def _err(message: str) -> None:
-    sys.stderr.write(message.rstrip("\n") + "\n")
+    """One line on stderr, whatever the message holds (a column name with a newline, say)."""
+    sys.stderr.write(message.rstrip("\n").replace("\r", "\\r").replace("\n", "\\n") + "\n")
     sys.stderr.flush()
 
 
@@ -410,9 +434,22 @@ def _main(
 
 
 def main() -> None:
-    """Console entry point."""
+    """Console entry point.
+
+    Leaves with os._exit once the output is flushed: a reader thread may still be blocked on a
+    slow pipe, or inside pyarrow, and must not meet the interpreter's shutdown.
+    """
     try:
         app(prog_name="nll")
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except KeyboardInterrupt:  # before a command started
         _err("nll: interrupted")
-        sys.exit(EXIT_INTERRUPTED)
+        code = EXIT_INTERRUPTED
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can be said there
+            pass
+    os._exit(code)

@@ -59,7 +59,7 @@ class Layout:
         if self.weight:
             types[self.weight] = pa.float64()
         for text in (self.label, *self.groups):
-            if text:
+            if text and text not in types and text != self.key:
                 types[text] = pa.dictionary(pa.int32(), pa.string())
         if self.key:
             types[self.key] = pa.string()
@@ -178,7 +178,7 @@ def _find(names: list[str], wanted: str, source: str, role: str) -> str:
 
 
 def _shorten(names: list[str], limit: int = 8) -> str:
-    shown = ", ".join(names[:limit])
+    shown = ", ".join(repr(n) for n in names[:limit])
     return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
 
 

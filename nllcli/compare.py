@@ -142,8 +142,10 @@ class Pairing:
     def __init__(self, base: Sides, names, base_name: str, new_name: str, key: str | None):
         self.values, self.labels, self.weights = base.arrays()
         self.names, self.base_name, self.new_name = names, base_name, new_name
-        self.deltas: dict[str, list[np.ndarray]] = {n: [] for n in names}
-        self.new_weights: list[np.ndarray] = []
+        # Differences in the base file's row order, so that the bootstrap does not depend on the
+        # order of the new file's rows.
+        total = len(self.weights)
+        self.deltas = {n: np.zeros(total) for n in names}
         self.offset = 0  # rows of the new model seen so far
         self.key = key
         if key:
@@ -180,9 +182,9 @@ class Pairing:
         weights = scored.weights if scored.weights is not None else np.ones(n)
         if not np.array_equal(self.weights[rows], weights):
             raise InputError(self.new_name, f"weights differ from {self.base_name}")
-        for name, array in per_sample_metrics(scored, self.names).items():
-            self.deltas[name].append(array - self.values[name][rows])
-        self.new_weights.append(weights)
+        with np.errstate(invalid="ignore"):  # inf - inf: a zero-probability row in both models
+            for name, array in per_sample_metrics(scored, self.names).items():
+                self.deltas[name][rows] = array - self.values[name][rows]
 
     def finish(self) -> tuple[dict[str, np.ndarray], np.ndarray]:
         total = len(self.values[self.names[0]])
@@ -198,8 +200,7 @@ class Pairing:
             if unused.size:
                 raise InputError(self.base_name, f"keys with no row in {self.new_name}: "
                                                  f"{self.keys.take(unused[:5]).to_pylist()}", column=self.key)
-        deltas = {n: np.concatenate(v) for n, v in self.deltas.items()}
-        return deltas, np.concatenate(self.new_weights)
+        return self.deltas, self.weights
 
 
 def bootstrap(deltas: dict[str, np.ndarray], weights: np.ndarray, resamples: int, confidence: float,
@@ -211,13 +212,13 @@ def bootstrap(deltas: dict[str, np.ndarray], weights: np.ndarray, resamples: int
     """
     names = list(deltas)
     n = len(weights)
+    # A zero weight drops a row even when its difference is infinite or undefined.
+    sums = {m: np.multiply(weights, deltas[m], out=np.zeros(n), where=weights > 0) for m in names}
     if n > EXACT_ROWS:  # strided blocks: block b holds rows b, b + B, b + 2B, ...
         blocks = np.arange(n) % EXACT_ROWS
-        sums = {m: np.bincount(blocks, weights=weights * deltas[m], minlength=EXACT_ROWS) for m in names}
+        sums = {m: np.bincount(blocks, weights=sums[m], minlength=EXACT_ROWS) for m in names}
         weights = np.bincount(blocks, weights=weights, minlength=EXACT_ROWS)
         n = EXACT_ROWS
-    else:
-        sums = {m: weights * deltas[m] for m in names}
     rng = np.random.default_rng(seed)
     means = {m: np.empty(resamples) for m in names}
     step = max(1, 4_000_000 // n)  # replicates per draw, to bound memory

@@ -20,13 +20,15 @@ class NllError(Exception):
 class InputError(NllError):
     """An input file that cannot be scored as it is."""
 
-    def __init__(self, source: str, message: str, column: str | None = None,
+    def __init__(self, source: str, message: str, column: str | list[str] | None = None,
                  rows: Sequence[int] | None = None, total: int | None = None,
                  hint: str | None = None):
         self.source, self.column, self.rows, self.hint = source, column, rows, hint
         parts = [source]
-        if column is not None:
-            parts.append(f"column {column!r}" if not column.startswith("columns ") else column)
+        if isinstance(column, list):  # a range of class columns
+            parts.append(f"columns {column[0]!r}..{column[-1]!r}")
+        elif column is not None:
+            parts.append(f"column {column!r}")
         text = ": ".join(parts) + f": {message}"
         if rows:
             text += f" at {format_rows(rows, total)}"

@@ -93,13 +93,14 @@ def logsumexp(z: np.ndarray) -> np.ndarray:
     """log(sum_k exp(z_k)) per row, shifted by the row maximum so nothing overflows."""
     top = z.max(axis=1, keepdims=True)
     top = np.where(np.isfinite(top), top, 0.0)
-    with np.errstate(divide="ignore"):
+    with np.errstate(divide="ignore", over="ignore"):  # z - top may overflow to -inf: exp gives 0
         return (top + np.log(np.exp(z - top).sum(axis=1, keepdims=True)))[:, 0]
 
 
 def log_softmax(z: np.ndarray) -> np.ndarray:
     """log q_k = z_k - logsumexp(z): exact for logits of any magnitude (never log(softmax(z)))."""
-    return z - logsumexp(z)[:, None]
+    with np.errstate(over="ignore", invalid="ignore"):  # |z| near 1e308: an infinite loss, reported
+        return z - logsumexp(z)[:, None]
 
 
 def renormalize_rows(p: np.ndarray) -> np.ndarray:
@@ -149,13 +150,7 @@ def _weighted_log(t: np.ndarray, log_x: np.ndarray, reuse: bool = False) -> np.n
     """
     with np.errstate(invalid="ignore"):
         product = np.multiply(t, log_x, out=log_x if reuse else None)
-    sums = product.sum(axis=1)
-    broken = np.flatnonzero(np.isnan(sums))  # only where t = 0 meets log x = -inf (--eps 0)
-    if broken.size:
-        rows = product[broken]
-        rows[t[broken] == 0] = 0.0
-        sums[broken] = rows.sum(axis=1)
-    return sums
+    return _sum_rows(product, t)  # NaN only where t = 0 meets log x = -inf (--eps 0)
 
 
 def entropy(t: np.ndarray, log_t: np.ndarray | None = None) -> np.ndarray:
@@ -166,6 +161,31 @@ def entropy(t: np.ndarray, log_t: np.ndarray | None = None) -> np.ndarray:
 def cross_entropy(t: np.ndarray, log_q: np.ndarray) -> np.ndarray:
     """CE(t, q) = -sum_k t_k log q_k per row; +inf where some t_k > 0 has q_k = 0."""
     return -_weighted_log(t, log_q)
+
+
+def soft_losses(t: np.ndarray, log_q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(CE, H, KL) per row against targets t, sharing the products t log t and t log q.
+
+    KL sums the per-element differences t_k log t_k - t_k log q_k, so it never subtracts the two
+    large row sums CE and H.
+    """
+    t_log_t = t * (np.log(t) if t.min(initial=1.0) > 0 else safe_log(t))
+    with np.errstate(invalid="ignore"):
+        t_log_q = t * log_q  # NaN where t = 0 meets log q = -inf (--eps 0), fixed below
+    entropy_rows = 0.0 - t_log_t.sum(axis=1)  # 0 - (-0) is +0
+    np.subtract(t_log_t, t_log_q, out=t_log_t)
+    return -_sum_rows(t_log_q, t), entropy_rows, _sum_rows(t_log_t, t)
+
+
+def _sum_rows(product: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Row sums of products of t, taking 0 * log 0 = 0 where a NaN says that happened."""
+    sums = product.sum(axis=1)
+    broken = np.flatnonzero(np.isnan(sums))
+    if broken.size:
+        rows = product[broken]
+        rows[t[broken] == 0] = 0.0
+        sums[broken] = rows.sum(axis=1)
+    return sums
 
 
 def kl_divergence(t: np.ndarray, q: np.ndarray | None = None, log_q: np.ndarray | None = None,

@@ -9,9 +9,13 @@ the end of the file).
 
 from __future__ import annotations
 
+import csv
+import gzip
 import io
+import itertools
 import queue
 import re
+import stat
 import sys
 import threading
 from collections.abc import Iterable, Iterator
@@ -58,6 +62,7 @@ class Source:
     _parquet_buffer: pa.Buffer | None = field(default=None, repr=False)
     _table: pa.Table | None = field(default=None, repr=False)
     _raw: pa.NativeFile | None = field(default=None, repr=False)
+    _head: bytes = field(default=b"", repr=False)  # a stream's first bytes, for error messages
 
     @classmethod
     def from_table(cls, data, name: str = "<table>") -> "Source":
@@ -110,7 +115,10 @@ class Source:
 
     def _csv_batches(self, columns, types) -> Iterator[pa.RecordBatch]:
         try:
-            reader = pacsv.open_csv(self._open_raw(), **self._csv_options(columns, types))
+            # A Python stream is read on this thread only: Arrow's own threads must not call
+            # back into Python (they could still be doing so when the interpreter exits).
+            options = self._csv_options(columns, types, use_threads=self._stdin is None)
+            reader = pacsv.open_csv(self._open_raw(), **options)
             yield from reader
         except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, UnicodeDecodeError) as exc:
             raise self._csv_error(exc, columns) from exc
@@ -118,15 +126,17 @@ class Source:
     def _csv_error(self, exc: Exception, columns) -> InputError:
         """Turn a pyarrow CSV error into one line naming the column and first rows where known."""
         message = _first_line(str(exc))
-        conversion = re.match(r"In CSV column #(\d+): CSV conversion error to (\w+): invalid value '(.*)'",
-                              message)
+        conversion = re.match(r"In CSV column #(\d+): (?:Row #\d+: )?CSV conversion error to (\w+): "
+                              r"invalid value '(.*)'", message)
         if conversion:
-            column = self.schema.names[int(conversion.group(1))]  # pyarrow counts every column of the file
-            rows = self._rows_not_numeric(column) if self.path is not None else None
+            names = self.schema.names or self._header()
+            number = int(conversion.group(1))  # pyarrow counts every column of the file
+            column = names[number] if number < len(names) else f"#{number + 1}"
+            rows = self._rows_not_numeric(column)
             return InputError(self.name, f"non-numeric value {conversion.group(3)!r}", column=column,
                               rows=rows)
         if "Expected" in message and "columns" in message:
-            rows = self._rows_with_wrong_width() if self.path is not None else None
+            rows = self._rows_with_wrong_width()
             detail = re.sub(r"^CSV parse error: (Row #\d+: )?", "", message)
             return InputError(self.name, f"malformed CSV: {detail.split(':')[0]}", rows=rows)
         if isinstance(exc, (OSError, UnicodeDecodeError)) and "gzip" in message.lower():
@@ -136,38 +146,40 @@ class Source:
         return InputError(self.name, f"cannot read CSV: {message}")
 
     def _rows_not_numeric(self, column: str) -> list[int] | None:
-        """Error path only: re-read one column as text to find where it stops being numeric."""
-        try:
-            reader = pacsv.open_csv(self._open_raw(), **self._csv_options([column], {column: pa.string()}))
-            import pyarrow.compute as pc
-
-            bad, row = [], 1
-            for batch in reader:
-                text = pc.utf8_trim_whitespace(batch.column(0))
-                ok = pc.match_substring_regex(text, r"^([-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|[-+]?(?i:inf|infinity|nan|n/a|na|null)?)$")
-                bad.extend(row + i for i in pc.indices_nonzero(pc.invert(ok)).to_pylist()[:5])
-                row += batch.num_rows
-                if len(bad) >= 5:
-                    break
-            return bad or None
-        except Exception:  # the first error is the one to report
-            return None
+        header = self._header()
+        index = header.index(column) if column in header else -1
+        return self._first_rows(lambda record: len(record) > index >= 0 and not _NUMERIC.fullmatch(record[index]))
 
     def _rows_with_wrong_width(self) -> list[int] | None:
-        """Error path only: re-read single-threaded, where pyarrow knows the row number."""
-        found: list[int] = []
+        width = len(self._header())
+        return self._first_rows(lambda record: len(record) != width)
 
-        def note(row):
-            if row.number is not None:
-                found.append(row.number - 1)  # physical row 1 is the header
-            return "skip" if len(found) < 5 else "error"
+    def _header(self) -> list[str]:
+        return next(self._records(), [])
 
+    def _records(self) -> Iterator[list[str]]:
+        """Error path only: the header, then the data rows, as lists of fields.
+
+        Python's csv module reads the file again (bytes that are not UTF-8 replaced, so a bad
+        byte cannot hide the row); a stream is searched in the sample read for its header.
+        Blank lines are not rows, as for pyarrow. A broken file simply ends early.
+        """
+        if self.path is not None:
+            raw = gzip.open(self.path, "rb") if self.compressed else open(self.path, "rb")
+        else:
+            raw = io.BytesIO(self._head)
         try:
-            for _ in pacsv.open_csv(self._open_raw(), **self._csv_options(None, None, False, note)):
-                pass
-        except Exception:
-            pass
-        return found or None
+            with io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="") as text:
+                yield from (r for r in csv.reader(text, delimiter=self.delimiter) if r)
+        except (OSError, EOFError, csv.Error):
+            return
+
+    def _first_rows(self, is_bad, limit: int = 5) -> list[int] | None:
+        """Error path only: the first 1-based data rows for which ``is_bad(fields)`` holds."""
+        records = self._records()
+        next(records, None)  # the header
+        bad = (number for number, record in enumerate(records, start=1) if is_bad(record))
+        return list(itertools.islice(bad, limit)) or None
 
     # -- Parquet ---------------------------------------------------------------------------
 
@@ -190,6 +202,12 @@ def _cast(batch: pa.RecordBatch, types: dict[str, pa.DataType], source: str) -> 
     """Cast Parquet columns to the types asked for (float32 -> float64, categories -> text)."""
     arrays = []
     for name, array in zip(batch.schema.names, batch.columns):
+        if pa.types.is_string(array.type) or pa.types.is_large_string(array.type) or (
+                pa.types.is_dictionary(array.type) and pa.types.is_string(array.type.value_type)):
+            try:  # Parquet does not promise valid UTF-8 text
+                array.validate(full=True)
+            except pa.ArrowInvalid as exc:
+                raise InputError(source, "text is not valid UTF-8", column=name) from exc
         wanted = types.get(name)
         if wanted is not None and array.type != wanted:
             if pa.types.is_dictionary(array.type):
@@ -266,6 +284,8 @@ def open_source(raw: str) -> Source:
     if path.is_dir():
         raise InputError(raw, "is a directory")
     try:
+        if not stat.S_ISREG(path.stat().st_mode):  # a pipe, <(command), a device: one pass only
+            return _open_stream(open(path, "rb"), raw)
         with open(path, "rb") as handle:
             magic = handle.read(4)
         size = path.stat().st_size
@@ -286,22 +306,28 @@ def open_source(raw: str) -> Source:
 
 
 def _open_stdin() -> Source:
-    stream = sys.stdin.buffer
+    return _open_stream(sys.stdin.buffer, "<stdin>")
+
+
+def _open_stream(stream, name: str) -> Source:
+    """A source read once from a stream (stdin, a pipe): CSV is streamed, Parquet buffered."""
     head = stream.read(4)
     if head == PARQUET_MAGIC:
         data = head + stream.read()
-        source = Source("<stdin>", None, "parquet", pa.schema([]), size=len(data),
+        source = Source(name, None, "parquet", pa.schema([]), size=len(data),
                         _parquet_buffer=pa.py_buffer(data))
         source.schema = _parquet_schema(source)
         return source
     if not head:
-        raise InputError("<stdin>", "no input (standard input is empty)")
+        raise InputError(name, "no input (the stream is empty)")
     raw = _Replay(head, stream)
     if head[:2] == GZIP_MAGIC:
         raw = pa.CompressedInputStream(pa.PythonFile(raw, mode="r"), "gzip")
-    prefix = _read_head(raw, "<stdin>")
+    prefix = _read_head(raw, name)
     replay = _Replay(prefix, raw)
-    source = Source("<stdin>", None, "csv", pa.schema([]), _stdin=replay)
+    source = Source(name, None, "csv", pa.schema([]), _stdin=replay)
+    # The sample searched for bad rows: whole lines only, unless it is all there is.
+    source._head = prefix if len(prefix) < CSV_BLOCK_BYTES else prefix[: prefix.rfind(b"\n") + 1]
     return _with_header(source, prefix, None)
 
 
@@ -330,15 +356,22 @@ def _with_header(source: Source, head: bytes, delimiter: str | None) -> Source:
     source.delimiter = delimiter
     # Infer types from the first rows only; a cut last line is dropped.
     complete = head if head.endswith(b"\n") else head[: head.rfind(b"\n") + 1] or head
+    source.delimiter = delimiter
     try:
         table = pacsv.read_csv(io.BytesIO(complete), **source._csv_options())
-    except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
+        source.schema = _numeric_like(table)
+        source.schema.names  # column names that are not UTF-8 fail here, not later
+    except UnicodeDecodeError as exc:
+        raise InputError(source.name, "text is not valid UTF-8 (re-save the file as UTF-8)") from exc
+    except pa.ArrowInvalid as exc:
         raise source._csv_error(exc, None) from exc
-    source.schema = _numeric_like(table)
     return source
 
 
 NUMBER = r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
+# What pyarrow parses as a float64, or as a missing value.
+_NUMERIC = re.compile(r"\s*([-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|[-+]?(inf|infinity|nan)"
+                      r"|#N/A(\s*N/A)?|#NA|N/A|NA|NULL|-?1\.#(IND|QNAN))?\s*", re.IGNORECASE)
 
 
 def _numeric_like(table: pa.Table) -> pa.Schema:
@@ -347,11 +380,11 @@ def _numeric_like(table: pa.Table) -> pa.Schema:
     A stray bad value ('x', '#DIV/0!') in the first rows makes pyarrow infer a text column; it is
     still a numeric column with a bad value, to be reported at its row, not silently ignored.
     """
-    import pyarrow.compute as pc
-
     fields = []
     for field_, column in zip(table.schema, table.columns):
         if pa.types.is_string(field_.type) and len(column) > 0:
+            import pyarrow.compute as pc
+
             numbers = pc.sum(pc.match_substring_regex(column, NUMBER)).as_py() or 0
             if numbers * 2 > len(column):
                 field_ = field_.with_type(pa.float64())

@@ -16,6 +16,7 @@ import numpy as np
 # Edges of the per-sample loss histogram, in nats: fixed, so that histograms merge. The last bin
 # is open-ended.
 LOSS_EDGES = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 40.0)
+_HISTOGRAM_EDGES = np.array([*LOSS_EDGES, np.inf])
 _SHAPE_FIELDS = ("names", "n_classes")  # describe the summary; must agree to merge
 
 
@@ -77,9 +78,8 @@ class Summary:
                 out.bin_weight = np.bincount(bins, weights=w, minlength=n_bins)
                 out.bin_confidence = np.bincount(bins, weights=w * confidence, minlength=n_bins)
                 out.bin_correct = np.bincount(bins, weights=hit, minlength=n_bins)
-        if loss is not None:
-            where = np.searchsorted(LOSS_EDGES[1:], loss, side="right")
-            out.loss_histogram = np.bincount(where, weights=w, minlength=len(LOSS_EDGES))
+        if loss is not None:  # bins [e_i, e_i+1), the last one [40, inf]
+            out.loss_histogram = np.histogram(loss, bins=_HISTOGRAM_EDGES, weights=w)[0]
         return out
 
     def __add__(self, other: "Summary") -> "Summary":
