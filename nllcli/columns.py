@@ -89,7 +89,10 @@ class Layout:
         labels = batch.column(self.label)
         if not pa.types.is_dictionary(labels.type):
             labels = labels.cast(pa.string()).dictionary_encode()
-        distinct = [v.strip() for v in labels.dictionary.cast(pa.string()).to_pylist()]
+        names = labels.dictionary
+        if not pa.types.is_string(names.type):  # casting imports pyarrow.compute: only when needed
+            names = names.cast(pa.string())
+        distinct = [v.strip() for v in names.to_pylist()]
         lookup = self._label_lookup
         # -1 marks an unknown label, -2 a missing one (also the slot for null codes, index -1).
         mapped = np.array([-2 if v == "" else lookup.get(v, -1) for v in distinct] + [-2], dtype=np.intp)

@@ -9,6 +9,7 @@ serves a stream of batches and, later, partitions computed elsewhere.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,28 +59,41 @@ class Summary:
         """
         names = tuple(values)
         n = len(next(iter(values.values()))) if values else 0
-        w = np.ones(n) if weights is None else weights
-        stacked = np.stack([values[name] for name in names]) if names else np.zeros((0, n))
-        if weights is not None:  # a zero weight drops a row even when its loss is infinite
-            stacked = np.multiply(stacked, w, out=np.zeros_like(stacked), where=w > 0)
         out = cls.empty(names, n_classes, n_bins)
-        out.rows, out.weight, out.sums, out.clipped = n, float(w.sum()), stacked.sum(axis=1), clipped
+        out.rows, out.clipped = n, clipped
+        if weights is None:  # the common case: counts instead of sums of ones
+            weighted = [values[name] for name in names]
+            out.weight = float(n)
+        else:  # a zero weight drops a row even when its loss is infinite
+            weighted = [np.multiply(values[name], weights, out=np.zeros(n), where=weights > 0) for name in names]
+            out.weight = float(weights.sum())
+        out.sums = np.array([x.sum() for x in weighted]) if names else out.sums
+
+        def tally(index: np.ndarray, size: int, of: np.ndarray | None = None,
+                  rows: np.ndarray | None = None) -> np.ndarray:
+            """Weighted count (or weighted sum of ``of``) per value of ``index``, over ``rows``."""
+            w = weights
+            if rows is not None:
+                index, of, w = index[rows], None if of is None else of[rows], None if w is None else w[rows]
+            if of is None and w is None:
+                return np.bincount(index, minlength=size).astype(np.float64)
+            return np.bincount(index, weights=of if w is None else w if of is None else w * of, minlength=size)
+
         if labels is not None:
-            hit = w * correct
-            out.correct = float(hit.sum())
             out.class_rows = np.bincount(labels, minlength=n_classes)
-            out.class_weight = np.bincount(labels, weights=w, minlength=n_classes)
-            out.class_correct = np.bincount(labels, weights=hit, minlength=n_classes)
+            out.class_weight = tally(labels, n_classes)
+            out.class_correct = tally(labels, n_classes, rows=correct)
+            out.correct = float(out.class_correct.sum())
             if names:
-                out.class_sums = np.stack([np.bincount(labels, weights=row, minlength=n_classes)
-                                           for row in stacked], axis=1)
+                out.class_sums = np.stack([np.bincount(labels, weights=x, minlength=n_classes)
+                                           for x in weighted], axis=1)
             if confidence is not None:
                 bins = confidence_bins(confidence, n_bins)
-                out.bin_weight = np.bincount(bins, weights=w, minlength=n_bins)
-                out.bin_confidence = np.bincount(bins, weights=w * confidence, minlength=n_bins)
-                out.bin_correct = np.bincount(bins, weights=hit, minlength=n_bins)
+                out.bin_weight = tally(bins, n_bins)
+                out.bin_confidence = tally(bins, n_bins, of=confidence)
+                out.bin_correct = tally(bins, n_bins, rows=correct)
         if loss is not None:  # bins [e_i, e_i+1), the last one [40, inf]
-            out.loss_histogram = np.histogram(loss, bins=_HISTOGRAM_EDGES, weights=w)[0]
+            out.loss_histogram = np.histogram(loss, bins=_HISTOGRAM_EDGES, weights=weights)[0].astype(np.float64)
         return out
 
     def __add__(self, other: "Summary") -> "Summary":
@@ -123,8 +137,19 @@ def confidence_bins(confidence: np.ndarray, n_bins: int) -> np.ndarray:
     The edges are numpy.linspace(0, 1, B + 1); a confidence equal to an edge falls in the bin
     that edge closes, 0 in the first bin and 1.0 in the last.
     """
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    return np.searchsorted(edges[1:-1], confidence, side="left")
+    edges = _edges(n_bins)
+    # ceil(c * B) - 1 is the bin up to rounding, which can only move it by one across an edge.
+    bins = np.ceil(confidence * n_bins).astype(np.intp)
+    bins -= 1
+    np.clip(bins, 0, n_bins - 1, out=bins)
+    bins += (confidence > edges[bins + 1]) & (bins < n_bins - 1)  # above 1 (within --tol): the last bin
+    bins -= (confidence <= edges[bins]) & (bins > 0)
+    return bins
+
+
+@functools.lru_cache(maxsize=8)
+def _edges(n_bins: int) -> np.ndarray:
+    return np.linspace(0.0, 1.0, n_bins + 1)
 
 
 class Worst:
