@@ -17,8 +17,6 @@ from .errors import InputError, UsageError
 from .report import INFORMATION_METRICS, UNITS, Gate, Report, check_gate_metrics
 from .summary import Summary, Worst
 
-HARD = ("nll",)
-SOFT = ("cross_entropy", "entropy", "kl")
 SYMMETRIC = ("kl_reverse", "js")
 LABEL_METRICS = ("accuracy", "ece", "mce")  # need a true class per row
 Progress = Callable[[int, int], None]  # (rows so far, bytes so far)
@@ -352,7 +350,6 @@ class KeyIndex:
 
     def __init__(self, chunks: list, layout: Layout, evaluator: Evaluator, name: str):
         import pyarrow as pa
-        import pyarrow.compute as pc
 
         self.name, self.key = name, layout.key
         keys = [c.batch.column(layout.key) for c in chunks]

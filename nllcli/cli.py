@@ -16,7 +16,7 @@ import typer
 from typer.core import TyperGroup
 
 from ._version import __version__
-from .errors import EXIT_GATE, EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, NllError
+from .errors import EXIT_GATE, EXIT_INTERNAL, EXIT_INTERRUPTED, NllError
 
 
 class OneLineErrors(TyperGroup):

@@ -143,26 +143,6 @@ def safe_log(x: np.ndarray) -> np.ndarray:
 _TINY = float(np.nextafter(0.0, 1.0))
 
 
-def _weighted_log(t: np.ndarray, log_x: np.ndarray, reuse: bool = False) -> np.ndarray:
-    """Row sums of t * log_x with 0 * log 0 = 0 (log_x may be -inf where t is 0).
-
-    ``reuse`` lets the product overwrite ``log_x`` (a temporary of the caller's).
-    """
-    with np.errstate(invalid="ignore"):
-        product = np.multiply(t, log_x, out=log_x if reuse else None)
-    return _sum_rows(product, t)  # NaN only where t = 0 meets log x = -inf (--eps 0)
-
-
-def entropy(t: np.ndarray, log_t: np.ndarray | None = None) -> np.ndarray:
-    """H(t) = -sum_k t_k log t_k per row."""
-    return 0.0 - (t * (safe_log(t) if log_t is None else log_t)).sum(axis=1)  # 0 - (-0) is +0
-
-
-def cross_entropy(t: np.ndarray, log_q: np.ndarray) -> np.ndarray:
-    """CE(t, q) = -sum_k t_k log q_k per row; +inf where some t_k > 0 has q_k = 0."""
-    return -_weighted_log(t, log_q)
-
-
 def soft_losses(t: np.ndarray, log_q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(CE, H, KL) per row against targets t, sharing the products t log t and t log q.
 
@@ -198,8 +178,9 @@ def kl_divergence(t: np.ndarray, q: np.ndarray | None = None, log_q: np.ndarray 
     log_t = safe_log(t) if log_t is None else log_t
     with np.errstate(divide="ignore"):
         log_q = np.log(q) if log_q is None else log_q
-    with np.errstate(invalid="ignore"):
-        return _weighted_log(t, log_t - log_q, reuse=True)  # inf - inf where t = 0 meets q = 0
+    with np.errstate(invalid="ignore"):  # inf - inf where t = 0 meets q = 0
+        difference = log_t - log_q
+        return _sum_rows(np.multiply(t, difference, out=difference), t)
 
 
 def js_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:

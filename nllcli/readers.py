@@ -360,7 +360,7 @@ def _with_header(source: Source, head: bytes, delimiter: str | None) -> Source:
     try:
         table = pacsv.read_csv(io.BytesIO(complete), **source._csv_options())
         source.schema = _numeric_like(table)
-        source.schema.names  # column names that are not UTF-8 fail here, not later
+        _ = source.schema.names  # column names that are not UTF-8 fail here, not later
     except UnicodeDecodeError as exc:
         raise InputError(source.name, "text is not valid UTF-8 (re-save the file as UTF-8)") from exc
     except pa.ArrowInvalid as exc:

@@ -8,7 +8,6 @@ cross_entropy H(t, q), entropy H(t) and kl KL(t || q), with CE = H + KL.
 from __future__ import annotations
 
 import io
-import json
 import math
 import os
 
@@ -16,6 +15,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import (arrow_table, assert_input_error, loads_strict, one_line, parquet_bytes, table_text,
+                     write_csv)
 
 EPS = float(np.finfo(np.float64).eps)
 
@@ -69,50 +70,20 @@ EXPECTED = {
 # -- helpers --------------------------------------------------------------------------------
 
 
-def _no_constants(name):
-    raise ValueError(f"non-strict JSON constant {name}")
 
 
-def loads_strict(text: str):
-    return json.loads(text, parse_constant=_no_constants)
 
 
-def table_text(header, rows, sep=",") -> str:
-    return "\n".join(sep.join(str(v) for v in row) for row in [header, *rows]) + "\n"
 
 
-def write_csv(path, header, rows):
-    path.write_text(table_text(header, rows))
-    return path
 
 
-def arrow_table(header, rows) -> pa.Table:
-    return pa.table({name: list(column) for name, column in zip(header, zip(*rows))})
 
 
-def parquet_bytes(table: pa.Table) -> bytes:
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer)
-    return buffer.getvalue()
 
 
-def one_line(stderr: str) -> str:
-    lines = stderr.strip("\n").split("\n")
-    assert len(lines) == 1, f"expected one line on stderr, got {lines!r}"
-    return lines[0]
 
 
-def assert_input_error(result, *fragments, streamed=False):
-    """Exit 2, one line on stderr with every fragment, no traceback, nothing on stdout unless
-    ``streamed`` (per-sample rows on stdout before an error known only at the end: documented)."""
-    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
-    assert result.stdout == "" or streamed
-    line = one_line(result.stderr)
-    assert "Traceback" not in result.stderr
-    assert line.startswith("nll: error: "), line
-    for fragment in fragments:
-        assert fragment in line, f"{fragment!r} not in {line!r}"
-    return line
 
 
 def assert_metrics(data, expected, scale=1.0, rel=1e-12):

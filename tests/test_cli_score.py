@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import json
 import math
 import os
 
@@ -19,6 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 
 import nllcli
+from helpers import (arrow_table, assert_input_error, loads_strict, one_line, parquet_bytes, table_text,
+                     write_csv)
 
 EPS = float(np.finfo(np.float64).eps)
 
@@ -38,22 +39,12 @@ ACCURACY = 0.75
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def _no_constants(name):
-    raise ValueError(f"non-strict JSON constant {name}")
 
 
-def loads_strict(text: str):
-    """json.loads that refuses NaN, Infinity and -Infinity."""
-    return json.loads(text, parse_constant=_no_constants)
 
 
-def table_text(header, rows, sep=",") -> str:
-    return "\n".join(sep.join(str(v) for v in row) for row in [header, *rows]) + "\n"
 
 
-def write_csv(path, header, rows, sep=","):
-    path.write_text(table_text(header, rows, sep))
-    return path
 
 
 def write_text(path, text: str):
@@ -61,14 +52,8 @@ def write_text(path, text: str):
     return path
 
 
-def parquet_bytes(table: pa.Table) -> bytes:
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer)
-    return buffer.getvalue()
 
 
-def arrow_table(header, rows) -> pa.Table:
-    return pa.table({name: list(column) for name, column in zip(header, zip(*rows))})
 
 
 def write_parquet(path, table: pa.Table):
@@ -76,26 +61,8 @@ def write_parquet(path, table: pa.Table):
     return path
 
 
-def one_line(stderr: str) -> str:
-    lines = stderr.strip("\n").split("\n")
-    assert len(lines) == 1, f"expected one line on stderr, got {lines!r}"
-    return lines[0]
 
 
-def assert_input_error(result, *fragments, streamed=False):
-    """Exit 2, nothing on stdout, one line on stderr holding every fragment, no traceback.
-
-    ``streamed``: an error that can only be known after every row was read, with per-sample rows
-    streamed to stdout; the rows sent before it stay there (documented), the exit code says 2.
-    """
-    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
-    assert result.stdout == "" or streamed
-    line = one_line(result.stderr)
-    assert "Traceback" not in result.stderr
-    assert line.startswith("nll: error: "), line
-    for fragment in fragments:
-        assert fragment in line, f"{fragment!r} not in {line!r}"
-    return line
 
 
 @pytest.fixture

@@ -166,12 +166,20 @@ def test_label_smoothing():
 
 # -- losses ----------------------------------------------------------------------------------
 
+def entropy(t):
+    return losses.soft_losses(t, np.zeros_like(t))[1]
+
+
+def cross_entropy(t, log_q):
+    return losses.soft_losses(t, log_q)[0]
+
+
 def test_entropy_matches_scipy_with_zeros():
     t = dirichlet(100, 6, seed=3, zeros=0.3)
     assert (t == 0).any()
-    np.testing.assert_allclose(losses.entropy(t), scipy_entropy(t, axis=1), rtol=1e-10, atol=1e-15)
-    np.testing.assert_array_equal(losses.entropy(rows([0, 1, 0])), [0.0])
-    np.testing.assert_allclose(losses.entropy(np.full((1, 5), .2)), [math.log(5)], rtol=1e-15)
+    np.testing.assert_allclose(entropy(t), scipy_entropy(t, axis=1), rtol=1e-10, atol=1e-15)
+    np.testing.assert_array_equal(entropy(rows([0, 1, 0])), [0.0])
+    np.testing.assert_allclose(entropy(np.full((1, 5), .2)), [math.log(5)], rtol=1e-15)
 
 
 def test_cross_entropy_matches_reference_and_skips_zero_targets():
@@ -180,7 +188,7 @@ def test_cross_entropy_matches_reference_and_skips_zero_targets():
     q[t == 0] = 0.0  # q = 0 only where t = 0: still finite
     q /= q.sum(axis=1, keepdims=True)
     with np.errstate(divide="ignore"):
-        out = losses.cross_entropy(t, np.log(q))
+        out = cross_entropy(t, np.log(q))
     assert np.isfinite(out).all()
     np.testing.assert_allclose(out, -xlogy(t, q).sum(axis=1), rtol=1e-10)
 
@@ -192,8 +200,8 @@ def test_kernels_handle_zeros_without_runtime_warnings():
         log_q = np.log(q)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
-        ce = losses.cross_entropy(t, log_q)
-        h = losses.entropy(t)
+        ce = cross_entropy(t, log_q)
+        h = entropy(t)
         kl_q, kl_log_q = losses.kl_divergence(t, q=q), losses.kl_divergence(t, log_q=log_q)
         js = losses.js_divergence(t, q)
     np.testing.assert_allclose(ce, [LN2, LN2], rtol=1e-15)
@@ -205,7 +213,7 @@ def test_kernels_handle_zeros_without_runtime_warnings():
 
 def test_cross_entropy_infinite_when_observed_class_has_zero_probability():
     with np.errstate(divide="ignore"):
-        out = losses.cross_entropy(rows([.5, .5, 0], [1, 0, 0]), np.log(rows([1, 0, 0], [1, 0, 0])))
+        out = cross_entropy(rows([.5, .5, 0], [1, 0, 0]), np.log(rows([1, 0, 0], [1, 0, 0])))
     assert out[0] == INF and out[1] == 0.0
 
 
@@ -239,7 +247,7 @@ def test_kl_divergence_infinite_where_q_is_zero_and_t_positive():
 def test_kl_equals_cross_entropy_minus_entropy():
     t = dirichlet(200, 5, seed=11, zeros=0.2)
     q = dirichlet(200, 5, seed=12)
-    ce, h, kl = losses.cross_entropy(t, np.log(q)), losses.entropy(t), losses.kl_divergence(t, q=q)
+    ce, h, kl = cross_entropy(t, np.log(q)), entropy(t), losses.kl_divergence(t, q=q)
     np.testing.assert_allclose(ce, h + kl, rtol=1e-9)
 
 
@@ -267,12 +275,20 @@ def test_safe_log_is_finite_at_zero_and_exact_elsewhere():
     assert 0.0 * out[0] == 0.0
 
 
-def test_entropy_and_kl_accept_precomputed_log_t():
+def test_kl_accepts_precomputed_log_t():
     t = dirichlet(50, 4, seed=15, zeros=0.3)
     q = dirichlet(50, 4, seed=16)
     log_t = losses.safe_log(t)
-    np.testing.assert_array_equal(losses.entropy(t, log_t), losses.entropy(t))
     np.testing.assert_array_equal(losses.kl_divergence(t, q=q, log_t=log_t), losses.kl_divergence(t, q=q))
+
+
+@pytest.mark.parametrize("zeros", [0.0, 0.3])
+def test_soft_losses_kl_matches_the_direct_kernel(zeros):
+    t = dirichlet(200, 6, seed=17, zeros=zeros)
+    q = dirichlet(200, 6, seed=18)
+    ce, h, kl = losses.soft_losses(t, np.log(q))
+    np.testing.assert_allclose(kl, losses.kl_divergence(t, q=q), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(ce, h + kl, rtol=1e-12)
 
 
 @pytest.mark.parametrize("k", [2, 5, 64, 65])
