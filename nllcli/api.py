@@ -84,18 +84,17 @@ class Prepared:
 # -- per batch -------------------------------------------------------------------------------
 
 
-def _raise_problem(problem: losses.Problem | None, chunk, layout: Layout, what: str = "") -> None:
+def _raise_problem(problem: losses.Problem | None, chunk, layout: Layout) -> None:
+    """An InputError naming the file, the column (or the range of class columns) and the rows."""
     if problem is None:
         return
+    columns = layout.class_columns or [layout.list_column]
     if problem.column is not None:
-        columns = layout.class_columns or [layout.list_column]
-        column = columns[min(problem.column, len(columns) - 1)]
+        column = columns[min(problem.column, len(columns) - 1)]  # a binary file has one column for two
     else:
-        columns = layout.class_columns or [layout.list_column]
         column = [columns[0], columns[-1]] if len(columns) > 1 else columns[0]
     rows = (chunk.first_row + problem.rows).tolist()
-    raise InputError(chunk.source, what + problem.message, column=column, rows=rows, total=len(rows),
-                     hint=problem.hint)
+    raise InputError(chunk.source, problem.message, column=column, rows=rows, total=len(rows), hint=problem.hint)
 
 
 def prepare(chunk, layout: Layout, settings: Settings, kind: str | None = None) -> Prepared:
@@ -280,8 +279,6 @@ def sample_ids(scored: Scored, layout: Layout) -> dict[str, Any]:
 
 def group_rows(batch, columns: list[str]):
     """(group key, row indices) for each distinct combination of the group columns in a batch."""
-    from .columns import integers
-
     import pyarrow as pa
 
     codes = np.zeros(batch.num_rows, dtype=np.int64)
@@ -346,35 +343,28 @@ def _count_mismatch(left_name, left_rows, right_name, right_rows) -> InputError:
 
 
 class KeyIndex:
-    """Targets held in memory by key, to pair with a stream of predictions in any order."""
+    """The rows of one file by key, to pair the rows of another file with them in any order.
 
-    def __init__(self, chunks: list, layout: Layout, evaluator: Evaluator, name: str):
-        import pyarrow as pa
+    Keys missing on either side or repeated are collected while streaming and reported by
+    finish(), once every row has been seen (with the count and the first examples).
+    """
 
-        self.name, self.key = name, layout.key
-        keys = [c.batch.column(layout.key) for c in chunks]
-        self.keys = pa.concat_arrays(keys) if keys else pa.array([], pa.string())
-        self.check_unique(self.keys, name, layout.key)
-        self.targets = (np.concatenate([evaluator.targets_of(c, layout) for c in chunks])
-                        if chunks else np.zeros((0, len(layout.class_names))))
-        self.used = np.zeros(len(self.keys), dtype=np.int64)
-        self.missing = 0
-        self.missing_examples: list[str] = []
-
-    @staticmethod
-    def check_unique(keys, name: str, column: str) -> None:
+    def __init__(self, keys, name: str, column: str):
         import pyarrow.compute as pc
 
         counts = pc.value_counts(keys)
         duplicated = pc.filter(counts, pc.greater(counts.field("counts"), 1)).field("values").to_pylist()
         if duplicated:
             raise InputError(name, f"duplicate keys: {duplicated[:5]}", column=column)
+        self.keys, self.name, self.column = keys, name, column
+        self.used = np.zeros(len(keys), dtype=np.int64)
+        self.missing = 0
+        self.missing_examples: list = []
 
-    def lookup(self, chunk, key: str) -> np.ndarray | None:
-        """Targets for the rows of a prediction batch, or None if some keys are not found."""
+    def rows(self, keys) -> np.ndarray | None:
+        """Positions of ``keys`` in this file, or None when some are not there (then recorded)."""
         import pyarrow.compute as pc
 
-        keys = chunk.batch.column(key)
         rows = integers(pc.index_in(keys, value_set=self.keys), fill=-1)
         absent = np.flatnonzero(rows < 0)
         if absent.size:
@@ -382,20 +372,20 @@ class KeyIndex:
             self.missing_examples += keys.take(absent[:5]).to_pylist()
             return None
         self.used += np.bincount(rows, minlength=len(self.used))
-        return self.targets[rows]
+        return rows
 
-    def finish(self, preds_name: str) -> None:
+    def finish(self, other_name: str) -> None:
         if self.missing:
-            raise InputError(preds_name, f"{_count(self.missing, 'key')} with no row in {self.name}: "
-                                         f"{self.missing_examples[:5]}", column=self.key)
+            raise InputError(other_name, f"{_count(self.missing, 'key')} with no row in {self.name}: "
+                                         f"{self.missing_examples[:5]}", column=self.column)
         repeated = np.flatnonzero(self.used > 1)
         if repeated.size:
-            raise InputError(preds_name, f"duplicate keys: {self.keys.take(repeated[:5]).to_pylist()}",
-                             column=self.key)
+            raise InputError(other_name, f"duplicate keys: {self.keys.take(repeated[:5]).to_pylist()}",
+                             column=self.column)
         unused = np.flatnonzero(self.used == 0)
         if unused.size:
-            raise InputError(self.name, f"{_count(unused.size, 'key')} with no row in {preds_name}: "
-                                        f"{self.keys.take(unused[:5]).to_pylist()}", column=self.key)
+            raise InputError(self.name, f"{_count(unused.size, 'key')} with no row in {other_name}: "
+                                        f"{self.keys.take(unused[:5]).to_pylist()}", column=self.column)
 
 
 # -- commands --------------------------------------------------------------------------------
@@ -629,8 +619,19 @@ def _run(evaluator: Evaluator, sources, layout: Layout, target_sources, pair_key
             t_stream = readers.enter_context(chunks(target_sources, t_layout.columns,
                                                     t_layout.types(target_sources[0].schema)))
             if pair_key:
-                index = KeyIndex(list(t_stream), t_layout, evaluator, tname)
-                pairs = ((c, index.lookup(c, pair_key)) for c in stream)
+                import pyarrow as pa
+
+                t_chunks = list(t_stream)  # the targets are held in memory to pair by key
+                index = KeyIndex(pa.concat_arrays([c.batch.column(t_layout.key) for c in t_chunks])
+                                 if t_chunks else pa.array([], pa.string()), tname, t_layout.key)
+                t_all = (np.concatenate([evaluator.targets_of(c, t_layout) for c in t_chunks])
+                         if t_chunks else np.zeros((0, len(layout.class_names))))
+
+                def lookup(chunk):
+                    rows = index.rows(chunk.batch.column(pair_key))
+                    return None if rows is None else t_all[rows]
+
+                pairs = ((c, lookup(c)) for c in stream)
             else:
                 pairs = ((c, evaluator.targets_of(t, t_layout))
                          for c, t in align_by_position(stream, t_stream, name, tname))

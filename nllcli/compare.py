@@ -23,7 +23,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from .api import KeyIndex, ScoreJob, Scored, _default_key, _input_names, plan_score
-from .columns import integers
 from .errors import InputError, UsageError
 from .report import INFORMATION_METRICS
 
@@ -147,26 +146,19 @@ class Pairing:
         total = len(self.weights)
         self.deltas = {n: np.zeros(total) for n in names}
         self.offset = 0  # rows of the new model seen so far
-        self.key = key
+        self.index = None
         if key:
             import pyarrow as pa
 
-            self.keys = pa.concat_arrays(base.keys) if base.keys else pa.array([], pa.string())
-            KeyIndex.check_unique(self.keys, base_name, key)
-            self.used = np.zeros(len(self.keys), dtype=np.int64)
+            self.index = KeyIndex(pa.concat_arrays(base.keys) if base.keys else pa.array([], pa.string()),
+                                  base_name, key)
 
     def add(self, scored: Scored, key: str | None) -> None:
         n = scored.rows
-        if key:
-            import pyarrow.compute as pc
-
-            rows = integers(pc.index_in(scored.chunk.batch.column(key), value_set=self.keys), fill=-1)
-            missing = np.flatnonzero(rows < 0)
-            if missing.size:
-                examples = scored.chunk.batch.column(key).take(missing[:5]).to_pylist()
-                raise InputError(self.new_name, f"keys with no row in {self.base_name}: {examples}", column=key,
-                                 rows=(scored.chunk.first_row + missing).tolist(), total=missing.size)
-            self.used += np.bincount(rows, minlength=len(self.used))
+        if self.index is not None:
+            rows = self.index.rows(scored.chunk.batch.column(key))
+            if rows is None:
+                return  # keys without a partner: reported by finish(), once every row is seen
         else:
             rows = np.arange(self.offset, self.offset + n)
             total = len(self.values[self.names[0]])
@@ -187,19 +179,12 @@ class Pairing:
                 self.deltas[name][rows] = array - self.values[name][rows]
 
     def finish(self) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        total = len(self.values[self.names[0]])
-        if not self.key and self.offset != total:
+        total = len(self.weights)
+        if self.index is not None:
+            self.index.finish(self.new_name)
+        elif self.offset != total:
             raise InputError(self.new_name, f"row counts differ: {self.offset} rows here, {total} rows in "
                                             f"{self.base_name} (pairing by position; use --key to pair by an id column)")
-        if self.key:
-            repeated = np.flatnonzero(self.used > 1)
-            if repeated.size:
-                raise InputError(self.new_name, f"duplicate keys: {self.keys.take(repeated[:5]).to_pylist()}",
-                                 column=self.key)
-            unused = np.flatnonzero(self.used == 0)
-            if unused.size:
-                raise InputError(self.base_name, f"keys with no row in {self.new_name}: "
-                                                 f"{self.keys.take(unused[:5]).to_pylist()}", column=self.key)
         return self.deltas, self.weights
 
 
