@@ -329,7 +329,8 @@ def _compare(base_file: str, new_file: str, format: Format, quiet: bool, **optio
 
     Rows pair by --key (default id, when both files have it), else by position; labels must agree.
     Takes the options of `nll score`. --fail-if-worse D exits 1 when the nll delta is above D
-    and so is its whole confidence interval; --max/--min gate the new model's metrics.
+    and so is its whole confidence interval; --max/--min gate the new model's metrics. --by
+    compares per group; --worst N lists the samples whose loss rose most.
     """
     _prepare_process()
     from .compare import compare
@@ -403,7 +404,7 @@ def kl(
 _derived_command("plot", _plot, drop={"format", "per_sample", "max", "min"}, front=[(
     "output", Annotated[str, typer.Option("--output", "-o", help="Image to write: .png, .svg or .pdf.",
                                           show_default=False)])])
-_derived_command("compare", _compare, drop={"preds", "per_sample", "by", "worst"}, front=[
+_derived_command("compare", _compare, drop={"preds", "per_sample"}, front=[
     ("base_file", Annotated[str, typer.Argument(metavar="BASE", help="Predictions of the model in use.",
                                                 show_default=False)]),
     ("new_file", Annotated[str, typer.Argument(metavar="NEW", help="Predictions of the candidate model.",

@@ -22,9 +22,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .api import KeyIndex, ScoreJob, Scored, _default_key, _input_names, plan_score
+from .api import KeyIndex, ScoreJob, Scored, _default_key, _input_names, group_rows, plan_score
 from .errors import InputError, UsageError
 from .report import INFORMATION_METRICS
+from .summary import Worst
 
 EXACT_ROWS = 20_000
 LOWER_IS_BETTER = {"nll": True, "kl": True, "brier": True, "accuracy": False}
@@ -79,21 +80,23 @@ def per_sample_metrics(scored: Scored, names) -> dict[str, np.ndarray]:
 
 def compare(base_preds, new_preds, *, key: str | None = None, confidence: float = 0.95, resamples: int = 2000,
             seed: int = 0, fail_if_worse: float | None = None, max: Sequence[str] = (),
-            min: Sequence[str] = (), progress=None, **options):
+            min: Sequence[str] = (), by: Sequence[str] = (), worst: int = 0, progress=None, **options):
     """Compare two prediction files for the same samples; returns a Report with `comparison`.
 
     ``options`` are those of score(). Gates (max/min) apply to the new model; ``fail_if_worse``
-    marks a clear nll regression (see Report.regression).
+    marks a clear nll regression (see Report.regression). ``by`` compares per group (groups from
+    the new file), each with its own interval; ``worst`` lists the samples whose loss rose most.
     """
     if not 0 < confidence < 1:
         raise UsageError(f"--confidence {confidence:g}: must be between 0 and 1")
     if resamples < 1:
         raise UsageError(f"--resamples {resamples}: must be at least 1")
-    for name in ("by", "worst", "per_sample"):
-        if options.get(name):
-            raise UsageError(f"--{name.replace('_', '-')} is not available in compare")
+    if worst < 0:
+        raise UsageError(f"--worst {worst}: must be >= 0")
+    if options.get("per_sample"):
+        raise UsageError("--per-sample is not available in compare (run score on each file)")
     base_job = plan_score(base_preds, key=key, **options)
-    new_job = plan_score(new_preds, key=key, max=max, min=min, **options)
+    new_job = plan_score(new_preds, key=key, max=max, min=min, by=by, **options)
     pair = _default_key(key, (base_job.sources[0].schema, base_job.sources[0].name),
                         (new_job.sources[0].schema, new_job.sources[0].name))
     base_key = new_key = None
@@ -111,35 +114,63 @@ def compare(base_preds, new_preds, *, key: str | None = None, confidence: float 
     base_side = Sides.empty(names)
     base_job.run(base_eval, progress=progress,
                  on_batch=lambda s: base_side.add(s, names, base_key, class_map))
-    pairing = Pairing(base_side, names, base_job.sources[0].name, new_job.sources[0].name, base_key)
+    pairing = Pairing(base_side, names, base_job.sources[0].name, new_job.sources[0].name, base_key,
+                      new_job.layout.groups)
     new_eval = new_job.evaluator()
     new_job.run(new_eval, progress=progress, on_batch=lambda s: pairing.add(s, new_key))
     deltas, weights = pairing.finish()
 
     report = new_job.report(new_eval, "compare", {"base": _input_names(base_job.sources),
                                                   "new": _input_names(new_job.sources)})
-    base_report = base_job.report(base_eval)
+    settings = (confidence, resamples, seed, new_job.settings.unit_scale)
+    base_values = dict(zip(names, (base_job.report(base_eval).metrics[n] for n in names)))
+    report.comparison = comparison(names, base_values, report.metrics, deltas, weights, *settings)
+    for group in report.groups:
+        rows = pairing.group_rows[tuple(group["by"].values())]
+        group_base = {n: _weighted_mean(pairing.values[n][rows], weights[rows], new_job.settings, n)
+                      for n in names}
+        group["comparison"] = comparison(names, group_base, group["metrics"],
+                                         {n: d[rows] for n, d in deltas.items()}, weights[rows], *settings)
+    report.groups.sort(key=lambda g: -g["comparison"][0]["delta"])  # the largest nll increase first
+    report.worst = pairing.most_worsened(worst, deltas["nll"], new_job.layout.class_names,
+                                         new_job.settings.unit_scale) if worst else []
+    report.regression = regression(report, fail_if_worse)
+    return report
+
+
+def _weighted_mean(values: np.ndarray, weights: np.ndarray, settings, name: str) -> float:
+    """A group's base value of a metric, in the report's units (zero weights drop their rows)."""
+    total = np.multiply(values, weights, out=np.zeros_like(values), where=weights > 0).sum()
+    mean = float(total / weights.sum()) if weights.sum() > 0 else float("nan")
+    return mean / settings.unit_scale if name in INFORMATION_METRICS else mean
+
+
+def comparison(names, base: dict, new: dict, deltas: dict[str, np.ndarray], weights: np.ndarray,
+               confidence: float, resamples: int, seed: int, scale: float) -> list[dict]:
+    """One entry per metric: base, new, delta, its bootstrap interval, the share where new is better."""
     intervals = bootstrap(deltas, weights, resamples, confidence, seed)
-    scale = new_job.settings.unit_scale
+    entries = []
     for name in names:
         unit = scale if name in INFORMATION_METRICS else 1.0
         low, high = (v / unit for v in intervals[name])
         better = deltas[name] < 0 if LOWER_IS_BETTER[name] else deltas[name] > 0
-        report.comparison.append({
-            "metric": name, "base": base_report.metrics[name], "new": report.metrics[name],
-            "delta": report.metrics[name] - base_report.metrics[name], "ci": [low, high],
-            "confidence": confidence, "resamples": resamples, "seed": seed,
+        entries.append({
+            "metric": name, "base": base[name], "new": new[name], "delta": new[name] - base[name],
+            "ci": [low, high], "confidence": confidence, "resamples": resamples, "seed": seed,
             "new_better_share": float(np.sum(weights * better) / np.sum(weights)),
         })
-    report.regression = regression(report, fail_if_worse)
-    return report
+    return entries
 
 
 class Pairing:
     """Pairs each batch of the new model with the base rows and keeps the differences."""
 
-    def __init__(self, base: Sides, names, base_name: str, new_name: str, key: str | None):
+    def __init__(self, base: Sides, names, base_name: str, new_name: str, key: str | None,
+                 groups: list[str] = ()):
         self.values, self.labels, self.weights = base.arrays()
+        self.base_keys = base.keys
+        self.groups = groups
+        self.group_rows: dict[tuple, np.ndarray] = {}  # base row positions of each --by group
         self.names, self.base_name, self.new_name = names, base_name, new_name
         # Differences in the base file's row order, so that the bootstrap does not depend on the
         # order of the new file's rows.
@@ -177,6 +208,26 @@ class Pairing:
         with np.errstate(invalid="ignore"):  # inf - inf: a zero-probability row in both models
             for name, array in per_sample_metrics(scored, self.names).items():
                 self.deltas[name][rows] = array - self.values[name][rows]
+        for group, members in group_rows(scored.chunk.batch, self.groups) if self.groups else ():
+            found = self.group_rows.get(group)
+            self.group_rows[group] = rows[members] if found is None else np.concatenate([found, rows[members]])
+
+    def most_worsened(self, n: int, nll_delta: np.ndarray, class_names, scale: float) -> list[dict]:
+        """The n samples whose loss rose most from base to new (ties: the earliest base row)."""
+        import pyarrow as pa
+
+        rows = Worst.candidates(nll_delta, n)
+        rows = rows[np.lexsort((rows, -nll_delta[rows]))]
+        keys = pa.concat_arrays(self.base_keys).take(rows).to_pylist() if self.base_keys else None
+        entries = []
+        for i, r in enumerate(rows):
+            base_loss = self.values["nll"][r]
+            entry = {"row": int(r), **({"key": keys[i]} if keys else {})}
+            if self.labels is not None:
+                entry["label"] = class_names[self.labels[r]]
+            entries.append({**entry, "base_loss": float(base_loss / scale),
+                            "new_loss": float((base_loss + nll_delta[r]) / scale), "delta": float(nll_delta[r] / scale)})
+        return entries
 
     def finish(self) -> tuple[dict[str, np.ndarray], np.ndarray]:
         total = len(self.weights)

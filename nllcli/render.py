@@ -131,9 +131,8 @@ def _comparison_table(report: Report, style: dict):
     for column in ("metric", "base", "new", "delta", f"{level:.0%} interval", "new better"):
         table.add_column(column, justify="left" if column == "metric" else "right")
     for row in report.comparison:
-        low, high = row["ci"]
         table.add_row(row["metric"], _number(row["base"]), _number(row["new"]), f"{row['delta']:+.6f}",
-                      f"[{low:+.6f}, {high:+.6f}]", f"{row['new_better_share']:.1%}")
+                      _interval(row["ci"]), f"{row['new_better_share']:.1%}")
     return table
 
 
@@ -143,11 +142,20 @@ def _groups_table(report: Report, style: dict):
 
     table = Table(**style)
     by = list(report.groups[0]["by"])
-    shown = [m for m in ("nll", "kl", "accuracy", "brier", "ece") if m in report.groups[0]["metrics"]
-             and not (m == "kl" and "nll" in report.metrics and report.metrics.get("entropy") == 0)]
     for column in by:
         table.add_column(column)
     table.add_column("rows", justify="right")
+    if "comparison" in report.groups[0]:  # compare: the nll of both models per group
+        level = report.groups[0]["comparison"][0]["confidence"]
+        for column in ("base nll", "new nll", "delta", f"{level:.0%} interval"):
+            table.add_column(column, justify="right")
+        for group in report.groups:
+            nll = group["comparison"][0]
+            table.add_row(*[_text(v) for v in group["by"].values()], f"{group['rows']:,}", _number(nll["base"]),
+                          _number(nll["new"]), f"{nll['delta']:+.6f}", _interval(nll["ci"]))
+        return table
+    shown = [m for m in ("nll", "kl", "accuracy", "brier", "ece") if m in report.groups[0]["metrics"]
+             and not (m == "kl" and "nll" in report.metrics and report.metrics.get("entropy") == 0)]
     for metric in shown:
         table.add_column(metric, justify="right")
     for group in report.groups:
@@ -156,17 +164,22 @@ def _groups_table(report: Report, style: dict):
     return table
 
 
+def _interval(ci) -> str:
+    return f"[{ci[0]:+.6f}, {ci[1]:+.6f}]"
+
+
 def _worst_table(report: Report, style: dict):
     """The samples with the largest loss."""
     from rich.table import Table
 
     table = Table(**style)
-    columns = [c for c in ("row", "key", "label", "predicted", "p_true", "loss") if c in report.worst[0]]
+    numbers = ("p_true", "loss", "base_loss", "new_loss", "delta")
+    columns = [c for c in ("row", "key", "label", "predicted", *numbers) if c in report.worst[0]]
     for column in columns:
         table.add_column(f"worst: {column}" if column == columns[0] else column,
-                         justify="right" if column in ("row", "p_true", "loss") else "left")
+                         justify="right" if column in ("row", *numbers) else "left")
     for entry in report.worst:
-        table.add_row(*[_number(entry[c]) if c in ("p_true", "loss") else _text(entry[c]) for c in columns])
+        table.add_row(*[_number(entry[c]) if c in numbers else _text(entry[c]) for c in columns])
     return table
 
 

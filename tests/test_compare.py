@@ -21,6 +21,8 @@ import nllcli
 from nllcli import compare as C
 from nllcli.errors import InputError, UsageError
 
+from helpers import loads_strict
+
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_data"
 BASE = SAMPLES / "robot_tools.csv"
 NEW = SAMPLES / "robot_tools_model_b.csv"
@@ -605,16 +607,60 @@ def test_min_gate_applies_to_the_new_model(run):
 # -- usage errors --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("option", [["--by", "camera"], ["--worst", "5"], ["--per-sample", "x.csv"]])
-def test_score_only_options_are_not_available(run, option):
-    result = run("compare", BASE, NEW, *option)
+def test_per_sample_is_not_available(run):
+    result = run("compare", BASE, NEW, "--per-sample", "x.csv")
     assert result.exit_code == 2
-
-
-@pytest.mark.parametrize("option", [{"by": ["camera"]}, {"worst": 3}, {"per_sample": "x.csv"}])
-def test_score_only_options_are_refused_by_the_library(option):
     with pytest.raises(UsageError, match="not available in compare"):
-        C.compare(str(BASE), str(NEW), **option)
+        C.compare(str(BASE), str(NEW), per_sample="x.csv")
+
+
+# -- breakdowns ----------------------------------------------------------------------------------
+
+
+def test_by_group_equals_compare_on_the_filtered_files(run, tmp_path):
+    """Each group's comparison (interval included) is that of compare on the group's rows alone:
+    the same rows in the same order give the same bootstrap draws."""
+    report = C.compare(str(BASE), str(NEW), by=["camera"], resamples=400, seed=5)
+    base, new = pd.read_csv(BASE), pd.read_csv(NEW)
+    assert sum(g["rows"] for g in report.groups) == len(base)
+    deltas = [g["comparison"][0]["delta"] for g in report.groups]
+    assert deltas == sorted(deltas, reverse=True)  # the largest nll increase first
+    for group in report.groups:
+        camera = group["by"]["camera"]
+        base[base.camera == camera].to_csv(tmp_path / "b.csv", index=False)
+        new[new.camera == camera].to_csv(tmp_path / "n.csv", index=False)
+        alone = C.compare(str(tmp_path / "b.csv"), str(tmp_path / "n.csv"), resamples=400, seed=5)
+        assert_rows_equal(group["comparison"], alone.comparison)
+        assert group["metrics"]["nll"] == pytest.approx(alone.metrics["nll"], rel=1e-12)
+
+
+def test_by_group_in_the_cli_table_and_json(run):
+    result = run("compare", BASE, NEW, "--by", "camera", "--format", "json")
+    assert result.exit_code == 0, result.stderr
+    groups = loads_strict(result.stdout)["groups"]
+    assert {g["by"]["camera"] for g in groups} == {"left", "right", "top"}
+    assert all(g["comparison"][0]["metric"] == "nll" for g in groups)
+    table = run("compare", BASE, NEW, "--by", "camera").stdout
+    assert "base nll" in table and "top" in table
+
+
+@pytest.mark.parametrize("n", [1, 5, 2000])
+def test_worst_lists_the_largest_increases(run, tmp_path, n):
+    """--worst N equals a stable sort of the per-sample nll differences (two score runs)."""
+    for name, path in (("base", BASE), ("new", NEW)):
+        assert run("score", path, "--per-sample", tmp_path / f"{name}.csv").exit_code == 0
+    base, new = pd.read_csv(tmp_path / "base.csv"), pd.read_csv(tmp_path / "new.csv")
+    delta = (new["nll"] - base["nll"]).to_numpy()
+    order = sorted(range(len(delta)), key=lambda i: (-delta[i], i))[:n]
+    result = run("compare", BASE, NEW, "--worst", n, "--format", "json")
+    assert result.exit_code == 0, result.stderr
+    worst = loads_strict(result.stdout)["worst"]
+    assert [w["row"] for w in worst] == order
+    assert [w["key"] for w in worst] == base["id"][order].tolist()
+    for w, i in zip(worst, order):
+        assert w["delta"] == pytest.approx(delta[i], rel=1e-9, abs=1e-12)
+        assert w["new_loss"] - w["base_loss"] == pytest.approx(w["delta"], rel=1e-9, abs=1e-12)
+        assert w["label"] == base["label"][i]
 
 
 @pytest.mark.parametrize("value", ["1.5", "0", "1", "-0.5"])
