@@ -52,7 +52,7 @@ class Source:
 
     name: str
     path: Path | None
-    format: str  # "csv" or "parquet"
+    format: str  # "csv", "parquet" or "table" (in memory)
     schema: pa.Schema
     delimiter: str = ","
     compressed: bool = False
@@ -97,11 +97,10 @@ class Source:
 
     # -- CSV -------------------------------------------------------------------------------
 
-    def _csv_options(self, columns=None, types=None, use_threads=True, handler=None):
+    def _csv_options(self, columns=None, types=None, use_threads=True, check_utf8=True):
         read = pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES, use_threads=use_threads)
-        parse = pacsv.ParseOptions(delimiter=self.delimiter, newlines_in_values=True,
-                                   invalid_row_handler=handler)
-        convert = pacsv.ConvertOptions(include_columns=columns, column_types=types,
+        parse = pacsv.ParseOptions(delimiter=self.delimiter, newlines_in_values=True)
+        convert = pacsv.ConvertOptions(include_columns=columns, column_types=types, check_utf8=check_utf8,
                                        strings_can_be_null=False, quoted_strings_can_be_null=False)
         return dict(read_options=read, parse_options=parse, convert_options=convert)
 
@@ -121,9 +120,9 @@ class Source:
             reader = pacsv.open_csv(self._open_raw(), **options)
             yield from reader
         except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, UnicodeDecodeError) as exc:
-            raise self._csv_error(exc, columns) from exc
+            raise self._csv_error(exc) from exc
 
-    def _csv_error(self, exc: Exception, columns) -> InputError:
+    def _csv_error(self, exc: Exception) -> InputError:
         """Turn a pyarrow CSV error into one line naming the column and first rows where known."""
         message = _first_line(str(exc))
         conversion = re.match(r"In CSV column #(\d+): (?:Row #\d+: )?CSV conversion error to (\w+): "
@@ -145,7 +144,23 @@ class Source:
             return InputError(self.name, "text is not valid UTF-8 (re-save the file as UTF-8)")
         return InputError(self.name, f"cannot read CSV: {message}")
 
-    def _rows_not_numeric(self, column: str) -> list[int] | None:
+    def _rows_not_numeric(self, column: str, limit: int = 5) -> list[int] | None:
+        """Error path only: the first data rows whose ``column`` is not a number."""
+        if self.path is not None:  # pyarrow reads the one column as text: fast on big files
+            try:
+                import pyarrow.compute as pc
+
+                options = self._csv_options([column], {column: pa.string()}, check_utf8=False)
+                found, row = [], 1
+                for batch in pacsv.open_csv(self._open_raw(), **options):
+                    ok = pc.match_substring_regex(batch.column(0), "(?i)^" + _NUMERIC.pattern + "$")
+                    found += [row + i for i in pc.indices_nonzero(pc.invert(ok)).to_pylist()[:limit]]
+                    row += batch.num_rows
+                    if len(found) >= limit:
+                        break
+                return found[:limit] or None
+            except (pa.ArrowException, OSError):
+                pass  # a file broken in another way too: the slow search below copes
         header = self._header()
         index = header.index(column) if column in header else -1
         return self._first_rows(lambda record: len(record) > index >= 0 and not _NUMERIC.fullmatch(record[index]))
@@ -364,7 +379,7 @@ def _with_header(source: Source, head: bytes, delimiter: str | None) -> Source:
     except UnicodeDecodeError as exc:
         raise InputError(source.name, "text is not valid UTF-8 (re-save the file as UTF-8)") from exc
     except pa.ArrowInvalid as exc:
-        raise source._csv_error(exc, None) from exc
+        raise source._csv_error(exc) from exc
     return source
 
 
