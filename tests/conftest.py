@@ -6,7 +6,6 @@ os.environ["_TYPER_FORCE_DISABLE_TERMINAL"] = "1"
 os.environ["COLUMNS"] = "120"
 os.environ.pop("FORCE_COLOR", None)
 
-import json  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -14,6 +13,8 @@ import pytest  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from nllcli.cli import app  # noqa: E402
+
+from helpers import loads_strict  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "sample_data"
@@ -32,11 +33,11 @@ def run():
 
 @pytest.fixture
 def run_json(run):
-    """Invoke with --format json and return (exit code, parsed stdout or None, stderr)."""
+    """Invoke with --format json: (exit code, stdout parsed strictly (no NaN/Infinity) or None, stderr)."""
 
     def invoke(*args, input=None):
         result = run(*args, "--format", "json", input=input)
-        data = json.loads(result.stdout) if result.stdout.strip() else None
+        data = loads_strict(result.stdout) if result.stdout.strip() else None
         return result.exit_code, data, result.stderr
 
     return invoke

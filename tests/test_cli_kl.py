@@ -93,17 +93,6 @@ def assert_metrics(data, expected, scale=1.0, rel=1e-12):
     assert m["cross_entropy"] == pytest.approx(m["entropy"] + m["kl"], rel=1e-9)
 
 
-@pytest.fixture
-def jrun(run):
-    """run(command, ..., "--format", "json") -> (exit code, strictly parsed stdout or None, stderr)."""
-
-    def invoke(*args, input=None):
-        result = run(*args, "--format", "json", input=input)
-        data = loads_strict(result.stdout) if result.stdout.strip() else None
-        return result.exit_code, data, result.stderr
-
-    return invoke
-
 
 @pytest.fixture
 def p_file(tmp_path):
@@ -118,8 +107,8 @@ def q_file(tmp_path):
 # -- score --targets --------------------------------------------------------------------------
 
 
-def test_targets_paired_by_key(jrun, p_file, q_file):
-    code, data, err = jrun("score", q_file, "--targets", p_file)
+def test_targets_paired_by_key(run_json, p_file, q_file):
+    code, data, err = run_json("score", q_file, "--targets", p_file)
     assert code == 0, err
     assert data["command"] == "score"
     assert data["inputs"] == {"preds": [str(q_file)], "targets": [str(p_file)]}
@@ -132,45 +121,45 @@ def test_targets_paired_by_key(jrun, p_file, q_file):
     assert data["metrics"]["accuracy"] == 1.0
 
 
-def test_targets_without_label_column(jrun, tmp_path, p_file):
+def test_targets_without_label_column(run_json, tmp_path, p_file):
     q = write_csv(tmp_path / "q.csv", ["id", "p_a", "p_b", "p_c"], [(r[0], *r[2:]) for r in Q_ROWS])
-    code, data, err = jrun("score", q, "--targets", p_file)
+    code, data, err = run_json("score", q, "--targets", p_file)
     assert code == 0, err
     assert_metrics(data, EXPECTED)
     assert "accuracy" not in data["metrics"] or data["metrics"]["accuracy"] is None
     assert data["per_class"] == []
 
 
-def test_targets_paired_by_position(jrun, tmp_path):
+def test_targets_paired_by_position(run_json, tmp_path):
     p = write_csv(tmp_path / "p.csv", P_HEADER[1:], [P_BY_KEY[k] for k in KEYS])
     q = write_csv(tmp_path / "q.csv", Q_HEADER[2:], [Q_BY_KEY[k] for k in KEYS])
-    code, data, err = jrun("score", q, "--targets", p)
+    code, data, err = run_json("score", q, "--targets", p)
     assert code == 0, err
     assert_metrics(data, EXPECTED)
 
 
-def test_targets_position_pairing_when_only_one_file_has_id(jrun, tmp_path):
+def test_targets_position_pairing_when_only_one_file_has_id(run_json, tmp_path):
     p = write_csv(tmp_path / "p.csv", P_HEADER[1:], [P_BY_KEY[k] for k in KEYS])
     q = write_csv(tmp_path / "q.csv", ["id", "p_a", "p_b", "p_c"], [(k, *Q_BY_KEY[k]) for k in KEYS])
-    code, data, err = jrun("score", q, "--targets", p)
+    code, data, err = run_json("score", q, "--targets", p)
     assert code == 0, err
     assert_metrics(data, EXPECTED)
 
 
-def test_targets_paired_by_explicit_key(jrun, tmp_path):
+def test_targets_paired_by_explicit_key(run_json, tmp_path):
     p = write_csv(tmp_path / "p.csv", ["shot", "a", "b", "c"], P_ROWS)
     q = write_csv(tmp_path / "q.csv", ["shot", "p_a", "p_b", "p_c"], [(r[0], *r[2:]) for r in Q_ROWS])
-    code, data, err = jrun("score", q, "--targets", p, "--key", "shot")
+    code, data, err = run_json("score", q, "--targets", p, "--key", "shot")
     assert code == 0, err
     assert_metrics(data, EXPECTED)
 
 
-def test_targets_with_numeric_keys_in_parquet(jrun, tmp_path):
+def test_targets_with_numeric_keys_in_parquet(run_json, tmp_path):
     p_table = arrow_table(P_HEADER, [(int(r[0][1:]), *r[1:]) for r in P_ROWS])
     p = tmp_path / "p.parquet"
     pq.write_table(p_table, p)
     q = write_csv(tmp_path / "q.csv", Q_HEADER, [(r[0][1:], *r[1:]) for r in Q_ROWS])
-    code, data, err = jrun("score", q, "--targets", p)
+    code, data, err = run_json("score", q, "--targets", p)
     assert code == 0, err
     assert_metrics(data, EXPECTED)
 
@@ -203,10 +192,10 @@ def test_per_sample_entropy_of_one_hot_rows_is_written_as_zero(run, p_file, q_fi
     assert entropy_text == "0", f"entropy written as {entropy_text!r} in {row_k3!r}"  # not "-0"
 
 
-def test_sample_files_against_numpy(jrun, samples):
+def test_sample_files_against_numpy(run_json, samples):
     import pandas as pd
 
-    code, data, err = jrun("score", samples / "robot_tools.csv", "--targets",
+    code, data, err = run_json("score", samples / "robot_tools.csv", "--targets",
                            samples / "robot_tools_annotators.csv")
     assert code == 0, err
     classes = ["wrench", "screwdriver", "hammer"]
@@ -226,18 +215,18 @@ def test_sample_files_against_numpy(jrun, samples):
 
 
 @pytest.mark.parametrize("base, units, scale", [("2", "bits", math.log(2)), ("10", "bans", math.log(10))])
-def test_targets_base(jrun, p_file, q_file, base, units, scale):
-    code, data, err = jrun("score", q_file, "--targets", p_file, "--base", base)
+def test_targets_base(run_json, p_file, q_file, base, units, scale):
+    code, data, err = run_json("score", q_file, "--targets", p_file, "--base", base)
     assert code == 0, err
     assert data["units"] == units
     assert_metrics(data, EXPECTED, scale=scale)
     assert data["metrics"]["perplexity"] == pytest.approx(math.exp(EXPECTED["cross_entropy"]), rel=1e-12)
 
 
-def test_targets_weighted(jrun, tmp_path, p_file):
+def test_targets_weighted(run_json, tmp_path, p_file):
     weights = {"k1": 1.0, "k2": 0.0, "k3": 2.0, "k4": 5.0}
     q = write_csv(tmp_path / "q.csv", [*Q_HEADER, "w"], [(*r, weights[r[0]]) for r in Q_ROWS])
-    code, data, err = jrun("score", q, "--targets", p_file, "--weight", "w")
+    code, data, err = run_json("score", q, "--targets", p_file, "--weight", "w")
     assert code == 0, err
     total = sum(weights.values())
     expected = {name: sum(weights[k] * f(P_BY_KEY[k], Q_BY_KEY[k]) for k in KEYS) / total
@@ -246,31 +235,31 @@ def test_targets_weighted(jrun, tmp_path, p_file):
     assert_metrics(data, expected)
 
 
-def test_target_prefix(jrun, tmp_path):
+def test_target_prefix(run_json, tmp_path):
     header = ["id", "p_a", "p_b", "p_c", "t_a", "t_b", "t_c"]
     rows = [(k, *Q_BY_KEY[k], *P_BY_KEY[k]) for k in KEYS]
-    code, data, err = jrun("score", write_csv(tmp_path / "both.csv", header, rows), "--target-prefix", "t_")
+    code, data, err = run_json("score", write_csv(tmp_path / "both.csv", header, rows), "--target-prefix", "t_")
     assert code == 0, err
     assert data["classes"] == ["a", "b", "c"]
     assert_metrics(data, EXPECTED)
 
 
-def test_target_prefix_with_unprefixed_classes_in_other_order(jrun, tmp_path):
+def test_target_prefix_with_unprefixed_classes_in_other_order(run_json, tmp_path):
     header = ["id", "label", "c", "a", "b", "t_b", "t_c", "t_a"]
     labels = {"k1": "a", "k2": "c", "k3": "c", "k4": "b"}
     rows = [(k, labels[k], Q_BY_KEY[k][2], Q_BY_KEY[k][0], Q_BY_KEY[k][1],
              P_BY_KEY[k][1], P_BY_KEY[k][2], P_BY_KEY[k][0]) for k in KEYS]
-    code, data, err = jrun("score", write_csv(tmp_path / "both.csv", header, rows), "--target-prefix", "t_")
+    code, data, err = run_json("score", write_csv(tmp_path / "both.csv", header, rows), "--target-prefix", "t_")
     assert code == 0, err
     assert data["classes"] == ["c", "a", "b"]  # t_ columns are never classes
     assert_metrics(data, EXPECTED)
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.1, 1.0])
-def test_label_smoothing(jrun, q_file, alpha):
+def test_label_smoothing(run_json, q_file, alpha):
     labels = {r[0]: "abc".index(r[1]) for r in Q_ROWS}
     targets = {k: [(1 - alpha) * (j == labels[k]) + alpha / 3 for j in range(3)] for k in KEYS}
-    code, data, err = jrun("score", q_file, "--label-smoothing", alpha)
+    code, data, err = run_json("score", q_file, "--label-smoothing", alpha)
     assert code == 0, err
     expected = {"cross_entropy": mean(cross_entropy(targets[k], Q_BY_KEY[k]) for k in KEYS),
                 "entropy": mean(entropy(targets[k]) for k in KEYS),
@@ -303,8 +292,8 @@ def test_targets_gates(run, p_file, q_file):
 # -- nll kl P Q -------------------------------------------------------------------------------
 
 
-def test_kl_by_key(jrun, p_file, q_file):
-    code, data, err = jrun("kl", p_file, q_file)
+def test_kl_by_key(run_json, p_file, q_file):
+    code, data, err = run_json("kl", p_file, q_file)
     assert code == 0, err
     assert data["command"] == "kl"
     assert data["inputs"] == {"p": [str(p_file)], "q": [str(q_file)]}
@@ -317,36 +306,36 @@ def test_kl_by_key(jrun, p_file, q_file):
     assert data["schema_version"] == 1 and data["units"] == "nats"
 
 
-def test_kl_matches_classes_by_name_not_column_order(jrun, tmp_path, q_file):
+def test_kl_matches_classes_by_name_not_column_order(run_json, tmp_path, q_file):
     p = write_csv(tmp_path / "p.csv", ["c", "id", "b", "a"], [(r[3], r[0], r[2], r[1]) for r in P_ROWS])
-    code, data, err = jrun("kl", p, q_file)
+    code, data, err = run_json("kl", p, q_file)
     assert code == 0, err
     assert data["classes"] == ["a", "b", "c"]
     assert_metrics(data, EXPECTED)
 
 
-def test_kl_by_position(jrun, tmp_path):
+def test_kl_by_position(run_json, tmp_path):
     p = write_csv(tmp_path / "p.csv", P_HEADER[1:], [P_BY_KEY[k] for k in KEYS])
     q = write_csv(tmp_path / "q.csv", ["p_a", "p_b", "p_c"], [Q_BY_KEY[k] for k in KEYS])
-    code, data, err = jrun("kl", p, q)
+    code, data, err = run_json("kl", p, q)
     assert code == 0, err
     assert_metrics(data, EXPECTED)
 
 
-def test_kl_of_a_distribution_with_itself_is_zero(jrun, p_file):
-    code, data, err = jrun("kl", p_file, p_file)
+def test_kl_of_a_distribution_with_itself_is_zero(run_json, p_file):
+    code, data, err = run_json("kl", p_file, p_file)
     assert code == 0, err
     assert data["metrics"]["kl"] == pytest.approx(0.0, abs=1e-15)
     assert data["metrics"]["cross_entropy"] == pytest.approx(EXPECTED["entropy"], rel=1e-12)
 
 
-def test_kl_symmetric(jrun, tmp_path):
+def test_kl_symmetric(run_json, tmp_path):
     # no zeros in P, so clipping plays no part in KL(Q || P)
     p_rows = [("k1", 0.5, 0.3, 0.2), ("k2", 0.2, 0.3, 0.5), ("k3", 0.05, 0.05, 0.9)]
     q_rows = [("k2", 0.1, 0.1, 0.8), ("k3", 0.3, 0.3, 0.4), ("k1", 0.6, 0.3, 0.1)]
     p = write_csv(tmp_path / "p.csv", P_HEADER, p_rows)
     q = write_csv(tmp_path / "q.csv", ["id", "p_a", "p_b", "p_c"], q_rows)
-    code, data, err = jrun("kl", p, q, "--symmetric")
+    code, data, err = run_json("kl", p, q, "--symmetric")
     assert code == 0, err
     pk, qk = {r[0]: r[1:] for r in p_rows}, {r[0]: r[1:] for r in q_rows}
     keys = sorted(pk)
@@ -356,8 +345,8 @@ def test_kl_symmetric(jrun, tmp_path):
     assert 0 <= data["metrics"]["js"] <= math.log(2)
 
 
-def test_kl_symmetric_with_zeros_is_finite(jrun, p_file, q_file):
-    code, data, err = jrun("kl", p_file, q_file, "--symmetric")
+def test_kl_symmetric_with_zeros_is_finite(run_json, p_file, q_file):
+    code, data, err = run_json("kl", p_file, q_file, "--symmetric")
     assert code == 0, err
     reverse = mean(kl(Q_BY_KEY[k], clip(P_BY_KEY[k])) for k in KEYS)
     assert data["metrics"]["kl_reverse"] == pytest.approx(reverse, rel=1e-9)
@@ -379,12 +368,12 @@ def test_kl_eps_zero_gives_null(run, tmp_path):
     assert clipped["clipped"] == 2
 
 
-def test_kl_logits(jrun, tmp_path):
+def test_kl_logits(run_json, tmp_path):
     zp = [[1.0, 2.0, 3.0], [0.0, 0.0, 5.0]]
     zq = [[2.0, 2.0, 1.0], [-1.0, 4.0, 0.5]]
     p = write_csv(tmp_path / "p.csv", ["a", "b", "c"], zp)
     q = write_csv(tmp_path / "q.csv", ["a", "b", "c"], zq)
-    code, data, err = jrun("kl", p, q, "--input", "logits")
+    code, data, err = run_json("kl", p, q, "--input", "logits")
     assert code == 0, err
 
     def softmax(z):
@@ -395,23 +384,23 @@ def test_kl_logits(jrun, tmp_path):
     assert data["metrics"]["kl"] == pytest.approx(expected, rel=1e-12)
 
 
-def test_kl_base_2(jrun, p_file, q_file):
-    code, data, err = jrun("kl", p_file, q_file, "--base", "2")
+def test_kl_base_2(run_json, p_file, q_file):
+    code, data, err = run_json("kl", p_file, q_file, "--base", "2")
     assert code == 0, err
     assert data["units"] == "bits"
     assert_metrics(data, EXPECTED, scale=math.log(2))
 
 
-def test_kl_parquet_list_columns(jrun, tmp_path):
+def test_kl_parquet_list_columns(run_json, tmp_path):
     p = tmp_path / "p.parquet"
     q = tmp_path / "q.parquet"
     pq.write_table(pa.table({"id": KEYS, "probs": [list(P_BY_KEY[k]) for k in KEYS]}), p)
     pq.write_table(pa.table({"id": KEYS[::-1], "probs": [list(Q_BY_KEY[k]) for k in KEYS[::-1]]}), q)
-    code, data, err = jrun("kl", p, q, "--probs", "probs")
+    code, data, err = run_json("kl", p, q, "--probs", "probs")
     assert code == 0, err
     assert data["classes"] == ["0", "1", "2"]
     assert_metrics(data, EXPECTED)
-    code, data, err = jrun("kl", p, q, "--probs", "probs", "--classes", "a,b,c")
+    code, data, err = run_json("kl", p, q, "--probs", "probs", "--classes", "a,b,c")
     assert code == 0, err
     assert data["classes"] == ["a", "b", "c"]
     assert_metrics(data, EXPECTED)
@@ -419,11 +408,11 @@ def test_kl_parquet_list_columns(jrun, tmp_path):
 
 @pytest.mark.parametrize("side", ["p", "q"])
 @pytest.mark.parametrize("kind", ["csv", "parquet"])
-def test_kl_stdin_for_one_side(jrun, p_file, q_file, side, kind):
+def test_kl_stdin_for_one_side(run_json, p_file, q_file, side, kind):
     header, rows = (P_HEADER, P_ROWS) if side == "p" else (Q_HEADER, Q_ROWS)
     stdin = table_text(header, rows) if kind == "csv" else parquet_bytes(arrow_table(header, rows))
     args = ["-", q_file] if side == "p" else [p_file, "-"]
-    code, data, err = jrun("kl", *args, input=stdin)
+    code, data, err = run_json("kl", *args, input=stdin)
     assert code == 0, err
     assert data["inputs"][side] == ["<stdin>"]
     assert_metrics(data, EXPECTED)
@@ -437,15 +426,15 @@ def test_kl_both_stdin_is_a_usage_error(run):
     assert "only once" in line, line
 
 
-def test_targets_from_stdin(jrun, p_file, q_file):
-    code, data, err = jrun("score", q_file, "--targets", "-", input=table_text(P_HEADER, P_ROWS))
+def test_targets_from_stdin(run_json, p_file, q_file):
+    code, data, err = run_json("score", q_file, "--targets", "-", input=table_text(P_HEADER, P_ROWS))
     assert code == 0, err
     assert data["inputs"]["targets"] == ["<stdin>"]
     assert_metrics(data, EXPECTED)
 
 
 @pytest.mark.parametrize("pairing", ["key", "position"])
-def test_pairing_across_batch_boundaries(jrun, tmp_path, pairing):
+def test_pairing_across_batch_boundaries(run_json, tmp_path, pairing):
     """Long files come in batches of different sizes on each side (CSV blocks, Parquet row groups):
     rows must still meet their own targets."""
     import pyarrow.csv as pacsv
@@ -465,7 +454,7 @@ def test_pairing_across_batch_boundaries(jrun, tmp_path, pairing):
         targets = {"id": keys[order], **{k: v[order] for k, v in targets.items()}}
     pacsv.write_csv(pa.table(preds), tmp_path / "preds.csv")
     pq.write_table(pa.table(targets), tmp_path / "targets.parquet", row_group_size=40_000)
-    code, data, err = jrun("score", tmp_path / "preds.csv", "--targets", tmp_path / "targets.parquet")
+    code, data, err = run_json("score", tmp_path / "preds.csv", "--targets", tmp_path / "targets.parquet")
     assert code == 0, err
     qc = np.clip(q, EPS, 1 - EPS)
     assert data["rows"] == n

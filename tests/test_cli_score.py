@@ -66,15 +66,9 @@ def write_parquet(path, table: pa.Table):
 
 
 @pytest.fixture
-def score_json(run):
-    """run("score", ..., "--format", "json") -> (exit code, strictly parsed stdout or None, stderr)."""
-
-    def invoke(*args, input=None):
-        result = run("score", *args, "--format", "json", input=input)
-        data = loads_strict(result.stdout) if result.stdout.strip() else None
-        return result.exit_code, data, result.stderr
-
-    return invoke
+def score_json(run_json):
+    """run_json("score", ...)."""
+    return lambda *args, input=None: run_json("score", *args, input=input)
 
 
 @pytest.fixture
