@@ -22,11 +22,12 @@ def csv_floor(paths: list[str], label: bool = True) -> dict:
     import pyarrow as pa
     import pyarrow.csv as pcsv
 
-    columns = (["label"] if label else []) + P_COLS
-    types = {c: pa.int64() if c == "label" else pa.float64() for c in columns}
-    convert = pcsv.ConvertOptions(include_columns=columns, column_types=types)
     rows = 0
     for path in paths:
+        schema = pcsv.open_csv(path).schema  # the label as pyarrow infers it: int64, or text for names
+        columns = (["label"] if label else []) + [c for c in schema.names if c.startswith("p_")]
+        types = {c: schema.field(c).type if c == "label" else pa.float64() for c in columns}
+        convert = pcsv.ConvertOptions(include_columns=columns, column_types=types)
         for batch in pcsv.open_csv(path, convert_options=convert):
             rows += batch.num_rows
     return {"rows": rows}
@@ -42,20 +43,22 @@ def _read_pandas(path: str):
     import pandas as pd
 
     df = pd.read_csv(path)
-    return df["label"].to_numpy(), df[P_COLS].to_numpy()
+    columns = [c for c in df.columns if c.startswith("p_")]
+    return df["label"].to_numpy(), df[columns].to_numpy(), [c[2:] for c in columns]
 
 
 def pandas_sklearn(path: str) -> dict:
     from sklearn.metrics import log_loss
 
-    y, P = _read_pandas(path)
-    return {"nll": float(log_loss(y, P, labels=range(K)))}
+    y, P, classes = _read_pandas(path)
+    labels = classes if y.dtype.kind in "OUT" else range(K)  # class names sort like their columns here
+    return {"nll": float(log_loss(y, P, labels=labels))}
 
 
 def pandas_numpy(path: str) -> dict:
     import numpy as np
 
-    y, P = _read_pandas(path)
+    y, P, _ = _read_pandas(path)
     eps = np.finfo(P.dtype).eps
     return {"nll": float(-np.log(np.clip(P[np.arange(len(y)), y], eps, 1 - eps)).mean())}
 

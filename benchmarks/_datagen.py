@@ -1,6 +1,8 @@
 """Synthetic benchmark inputs, generated in chunks from a fixed seed and cached on disk.
 
-Prediction files: ``label`` (int64, 0..9) and ``p_0`` .. ``p_9`` (float64). Each row is a
+Prediction files: ``label`` (int64, 0..9) and ``p_0`` .. ``p_9`` (float64); the ``_names`` CSV
+holds the same rows with class names, as most real files do: ``label`` ``class_0`` .. ``class_9``
+and ``p_class_0`` .. ``p_class_9``. Each row is a
 Dirichlet draw peaked on one class (the label 80 % of the time, another class otherwise), mixed
 with 0.1 % of the uniform distribution so no probability is below 1e-4, rounded to 8 decimals.
 The largest entry is then set to 1 minus the sum of the others, so each row sums to 1 to within
@@ -55,7 +57,9 @@ def _preds_chunks(n_rows: int, stream: int) -> Iterator[dict[str, pa.Table]]:
         label = rng.integers(0, K, n)
         peak = np.where(rng.random(n) < 0.8, label, rng.integers(0, K, n))
         p = _rounded(_distributions(rng, peak))
-        yield {"preds": pa.table({"label": label.astype(np.int64), **dict(zip(P_COLS, p.T))})}
+        names = pa.array([f"class_{k}" for k in range(K)]).take(pa.array(label))
+        yield {"preds": pa.table({"label": label.astype(np.int64), **dict(zip(P_COLS, p.T))}),
+               "names": pa.table({"label": names, **{f"p_class_{k}": p[:, k] for k in range(K)}})}
 
 
 def _kl_chunks(n_rows: int, stream: int) -> Iterator[dict[str, pa.Table]]:
@@ -124,8 +128,9 @@ def datasets(cache: Path, with_10m: bool) -> dict[str, tuple[dict[str, list[Path
     def preds(n: int, tag: str, stream: int):
         return {"preds": [cache / f"preds_{tag}.csv", cache / f"preds_{tag}.parquet"]}, lambda: _preds_chunks(n, stream)
 
+    paths_2m, chunks_2m = preds(2_000_000, "2m", 1)
     sets = {
-        "preds_2m": preds(2_000_000, "2m", 1),
+        "preds_2m": ({**paths_2m, "names": [cache / "preds_2m_names.csv"]}, chunks_2m),
         "kl_2m": ({"p": [cache / "p_2m.csv"], "q": [cache / "q_2m.csv"]}, lambda: _kl_chunks(2_000_000, 2)),
         "tiny": ({"preds": [cache / "preds_10rows.csv"]}, lambda: _preds_chunks(10, 3)),
     }

@@ -389,19 +389,19 @@ _NUMERIC = re.compile(r"\s*([-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|[-+]?(inf|infi
                       r"|#N/A(\s*N/A)?|#NA|N/A|NA|NULL|-?1\.#(IND|QNAN))?\s*", re.IGNORECASE)
 
 
-def _numeric_like(table: pa.Table) -> pa.Schema:
+def _numeric_like(table: pa.Table, sample: int = 1000) -> pa.Schema:
     """The inferred schema, with text columns that are mostly numbers typed float64.
 
     A stray bad value ('x', '#DIV/0!') in the first rows makes pyarrow infer a text column; it is
     still a numeric column with a bad value, to be reported at its row, not silently ignored.
+    Up to ``sample`` values are checked (in Python: pyarrow.compute costs start-up time).
     """
+    number = re.compile(NUMBER)
     fields = []
     for field_, column in zip(table.schema, table.columns):
         if pa.types.is_string(field_.type) and len(column) > 0:
-            import pyarrow.compute as pc
-
-            numbers = pc.sum(pc.match_substring_regex(column, NUMBER)).as_py() or 0
-            if numbers * 2 > len(column):
+            values = column.slice(0, sample).to_pylist()
+            if sum(1 for v in values if number.match(v)) * 2 > len(values):
                 field_ = field_.with_type(pa.float64())
         fields.append(field_)
     return pa.schema(fields)
