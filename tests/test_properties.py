@@ -6,6 +6,7 @@ from unittest import mock
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -222,3 +223,43 @@ def test_js_is_symmetric_and_at_most_ln2(pair):
     js = losses.js_divergence(p, q)
     np.testing.assert_allclose(js, losses.js_divergence(q, p), rtol=1e-12, atol=1e-15)
     assert (js >= -1e-15).all() and (js <= LN2 * (1 + 1e-12)).all()
+
+
+# -- file splitting --------------------------------------------------------------------------
+
+
+def _random_predictions(n: int, k: int, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    p = rng.dirichlet(np.full(k, 0.7), n)
+    frame = pd.DataFrame({f"p_{c}": p[:, j] for j, c in enumerate("abcdefg"[:k])})
+    frame.insert(0, "label", [("abcdefg"[j]) for j in rng.integers(0, k, n)])
+    frame.insert(0, "camera", rng.choice(["left", "right", "top"], n))
+    frame.insert(0, "id", [f"s{i:05d}" for i in range(n)])
+    return frame
+
+
+@pytest.mark.parametrize("cuts", [[1], [2500], [1, 2, 3, 4999], [137, 1000, 1001, 3333]])
+def test_splitting_into_files_does_not_change_any_number(tmp_path, cuts):
+    """The same rows as one file or as several (CSV, TSV and Parquet parts): equal to 1e-12."""
+    frame = _random_predictions(5000, 4, seed=len(cuts))
+    frame.to_csv(tmp_path / "whole.csv", index=False, float_format="%.17g")
+    bounds = [0, *cuts, len(frame)]
+    parts = []
+    for i, (lo, hi) in enumerate(zip(bounds, bounds[1:])):
+        part = frame.iloc[lo:hi]
+        path = tmp_path / f"part{i}.{('csv', 'tsv', 'parquet')[i % 3]}"
+        if path.suffix == ".parquet":
+            part.to_parquet(path, index=False)
+        else:
+            part.to_csv(path, index=False, sep="\t" if path.suffix == ".tsv" else ",", float_format="%.17g")
+        parts.append(str(path))
+    whole = nllcli.score(str(tmp_path / "whole.csv"), by=["camera"], worst=5)
+    split = nllcli.score(parts, by=["camera"], worst=5)
+    for name, value in whole.metrics.items():
+        assert split.metrics[name] == pytest.approx(value, rel=1e-12, abs=1e-15), name
+    for a, b in zip(whole.groups, split.groups):
+        assert a["by"] == b["by"] and a["rows"] == b["rows"]
+        for name, value in a["metrics"].items():
+            assert b["metrics"][name] == pytest.approx(value, rel=1e-12, abs=1e-15), (a["by"], name)
+    assert [w["key"] for w in whole.worst] == [w["key"] for w in split.worst]
+    assert [c["weight"] for c in whole.calibration] == [c["weight"] for c in split.calibration]
