@@ -17,6 +17,7 @@ pairing by key) and the paired differences; nothing else grows with the number o
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -168,21 +169,20 @@ class Pairing:
     def __init__(self, base: Sides, names, base_name: str, new_name: str, key: str | None,
                  groups: list[str] = ()):
         self.values, self.labels, self.weights = base.arrays()
-        self.base_keys = base.keys
         self.groups = groups
-        self.group_rows: dict[tuple, np.ndarray] = {}  # base row positions of each --by group
+        self._group_parts: dict[tuple, list[np.ndarray]] = {}  # base row positions, batch by batch
         self.names, self.base_name, self.new_name = names, base_name, new_name
         # Differences in the base file's row order, so that the bootstrap does not depend on the
         # order of the new file's rows.
         total = len(self.weights)
         self.deltas = {n: np.zeros(total) for n in names}
         self.offset = 0  # rows of the new model seen so far
-        self.index = None
+        self.keys = self.index = None
         if key:
             import pyarrow as pa
 
-            self.index = KeyIndex(pa.concat_arrays(base.keys) if base.keys else pa.array([], pa.string()),
-                                  base_name, key)
+            self.keys = pa.concat_arrays(base.keys) if base.keys else pa.array([], pa.string())
+            self.index = KeyIndex(self.keys, base_name, key)
 
     def add(self, scored: Scored, key: str | None) -> None:
         n = scored.rows
@@ -192,7 +192,7 @@ class Pairing:
                 return  # keys without a partner: reported by finish(), once every row is seen
         else:
             rows = np.arange(self.offset, self.offset + n)
-            total = len(self.values[self.names[0]])
+            total = len(self.weights)
             if rows[-1] >= total:
                 raise InputError(self.new_name, f"row counts differ: more rows here than the {total} rows in "
                                                 f"{self.base_name} (pairing by position; use --key to pair by an id column)")
@@ -209,16 +209,18 @@ class Pairing:
             for name, array in per_sample_metrics(scored, self.names).items():
                 self.deltas[name][rows] = array - self.values[name][rows]
         for group, members in group_rows(scored.chunk.batch, self.groups) if self.groups else ():
-            found = self.group_rows.get(group)
-            self.group_rows[group] = rows[members] if found is None else np.concatenate([found, rows[members]])
+            self._group_parts.setdefault(group, []).append(rows[members])
+
+    @functools.cached_property
+    def group_rows(self) -> dict[tuple, np.ndarray]:
+        """Base row positions of each --by group (read once every batch has been added)."""
+        return {group: np.concatenate(parts) for group, parts in self._group_parts.items()}
 
     def most_worsened(self, n: int, nll_delta: np.ndarray, class_names, scale: float) -> list[dict]:
         """The n samples whose loss rose most from base to new (ties: the earliest base row)."""
-        import pyarrow as pa
-
         rows = Worst.candidates(nll_delta, n)
         rows = rows[np.lexsort((rows, -nll_delta[rows]))]
-        keys = pa.concat_arrays(self.base_keys).take(rows).to_pylist() if self.base_keys else None
+        keys = self.keys.take(rows).to_pylist() if self.keys is not None else None
         entries = []
         for i, r in enumerate(rows):
             base_loss = self.values["nll"][r]
