@@ -219,14 +219,14 @@ class _ProgressBar:
 
 
 def _total_bytes(*paths_lists) -> int | None:
-    total = 0
-    for paths in paths_lists:
-        for path in paths:
-            try:
-                total += os.path.getsize(path) if os.path.isfile(path) else 0
-            except OSError:
-                return None
-    return total or None
+    """Bytes the progress bar counts towards: every input file, directories expanded."""
+    from .readers import expand_inputs
+
+    try:
+        files = expand_inputs(p for paths in paths_lists for p in paths if p != "-")
+        return sum(os.path.getsize(f) for f in files if os.path.isfile(f)) or None
+    except (OSError, NllError):  # a bad path: the command itself will say so
+        return None
 
 
 def _finish(report, fmt: Format, per_sample: str | None) -> None:

@@ -416,11 +416,6 @@ def _parquet_schema(source: Source) -> pa.Schema:
         raise InputError(source.name, f"not a readable Parquet file: {_first_line(str(exc))}") from exc
 
 
-def total_bytes(sources: list[Source]) -> int | None:
-    sizes = [s.size for s in sources]
-    return None if any(s is None for s in sizes) else sum(sizes)
-
-
 def open_sources(paths: Iterable[str]) -> list[Source]:
     """Open several inputs that together form one dataset: their columns must agree."""
     sources = [open_source(p) for p in expand_inputs(paths)]

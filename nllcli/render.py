@@ -12,9 +12,6 @@ from typing import IO, Any
 from .errors import UsageError
 from .report import INFORMATION_METRICS, Report
 
-FORMATS = ("table", "json", "ndjson")
-
-
 def to_json(report: Report, indent: int | None = 2) -> str:
     """Strict JSON (no NaN or Infinity), with schema_version."""
     return json.dumps(report.to_dict(), indent=indent, allow_nan=False, ensure_ascii=False)
