@@ -705,7 +705,7 @@ def _report(command: str, evaluator: Evaluator, settings: Settings, inputs, gate
             worst.append({**row, "loss": entry["loss"] / scale})
     warnings = []
     if s.clipped:
-        warnings.append(f"{s.clipped} predicted probabilities were clipped to [eps, 1 - eps] with eps={settings.eps:g}")
+        warnings.append(f"{s.clipped:,} probabilities clipped to [eps, 1 - eps], eps = {settings.eps:.3g}")
     return Report(command, inputs, s.rows, list(layout.class_names), UNITS[settings.base], metrics_of(s), per_class,
                   s.clipped, settings.eps, settings.kind, layout.weight is not None, warnings, gates,
                   calibration=_calibration_rows(s) if evaluator.calibration and labelled else [],

@@ -75,8 +75,7 @@ def write_table(report: Report, stream: IO[str]) -> None:
         console.print(_reliability_chart(report, plain, style))
     if any(row["weight"] for row in report.loss_histogram):
         console.print(_loss_chart(report, plain, style))
-    notes = [f"{report.clipped:,} probabilities clipped to [eps, 1 - eps], eps = {report.eps:.3g}"] if report.clipped else []
-    notes += [w for w in report.all_warnings() if "clipped" not in w]
+    notes = report.all_warnings()
     for gate in report.gates:
         verdict = "ok" if gate.passes(report.metrics.get(gate.metric)) else "FAILED"
         sign = "<=" if gate.bound == "max" else ">="
