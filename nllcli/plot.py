@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 
 from .errors import UsageError
@@ -47,17 +45,16 @@ def write_plot(output: str, report: Report | None = None) -> None:
 
 def _save(fig, path: Path, fmt: str) -> None:
     """Write to a temporary file beside PATH, then rename it over PATH; leave nothing behind on error."""
-    from .render import file_mode
+    from .render import AtomicFile
 
     metadata = {"svg": {"Date": None}, "pdf": {"CreationDate": None}}.get(fmt)  # no timestamps
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.resolve().parent)
+    file = AtomicFile(path, suffix=path.suffix)
     try:
-        with os.fdopen(fd, "wb") as sink:
+        with open(file.temp, "wb") as sink:
             fig.savefig(sink, format=fmt, metadata=metadata)
-        os.chmod(temp, file_mode(path))
-        os.replace(temp, path)
+        file.commit()
     except BaseException:
-        Path(temp).unlink(missing_ok=True)
+        file.abort()
         raise
 
 

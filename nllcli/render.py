@@ -211,7 +211,7 @@ class PerSampleWriter:
         self.format = "parquet" if target.lower().endswith((".parquet", ".pq")) else "csv"
         self._writer = None
         self._sink = None
-        self._temp: str | None = None
+        self._file: AtomicFile | None = None
 
     @classmethod
     def open(cls, target) -> "PerSampleWriter":
@@ -234,11 +234,8 @@ class PerSampleWriter:
         if self.target == "-":
             self._sink = pa.PythonFile(sys.stdout.buffer, mode="w")
         else:
-            path = Path(self.target)
-            fd, self._temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.resolve().parent)
-            os.close(fd)
-            os.chmod(self._temp, file_mode(path))
-            self._sink = pa.OSFile(self._temp, "w")
+            self._file = AtomicFile(Path(self.target))
+            self._sink = pa.OSFile(str(self._file.temp), "w")
         if self.format == "parquet":
             self._writer = pq.ParquetWriter(self._sink, schema)
         else:
@@ -254,9 +251,8 @@ class PerSampleWriter:
 
     def commit(self) -> None:
         self._close()
-        if self._temp is not None:
-            os.replace(self._temp, self.target)
-            self._temp = None
+        if self._file is not None:
+            self._file.commit()
         elif self.target == "-":
             sys.stdout.flush()
 
@@ -264,9 +260,8 @@ class PerSampleWriter:
         try:
             self._close()
         finally:
-            if self._temp is not None:
-                Path(self._temp).unlink(missing_ok=True)
-                self._temp = None
+            if self._file is not None:
+                self._file.abort()
 
     def _close(self) -> None:
         writer, self._writer = self._writer, None
@@ -279,8 +274,29 @@ class PerSampleWriter:
             sink.flush()
 
 
-def file_mode(path: Path) -> int:
-    """The mode a new file would get (mkstemp's is 0600), or the mode of the file it replaces."""
+class AtomicFile:
+    """A file written under a temporary name beside ``path`` and renamed over it by commit().
+
+    abort() removes it, so a failed run never leaves half a file behind, nor touches an existing
+    file of that name. The file gets the mode a new file would get (mkstemp's is 0600), or the
+    mode of the file it replaces.
+    """
+
+    def __init__(self, path: Path, suffix: str = ".tmp"):
+        self.path = path
+        fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.resolve().parent)
+        os.close(fd)
+        self.temp = Path(temp)
+        os.chmod(self.temp, _file_mode(path))
+
+    def commit(self) -> None:
+        os.replace(self.temp, self.path)
+
+    def abort(self) -> None:
+        self.temp.unlink(missing_ok=True)
+
+
+def _file_mode(path: Path) -> int:
     try:
         return path.stat().st_mode & 0o7777
     except OSError:
