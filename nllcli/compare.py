@@ -23,8 +23,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .api import KeyIndex, ScoreJob, Scored, _default_key, _input_names, group_rows, plan_score
+from .engine import Scored, group_rows
 from .errors import InputError, UsageError
+from .pairing import KeyIndex
+from .plan import ScoreJob, _default_key, _input_names, plan_score
 from .report import INFORMATION_METRICS
 from .summary import Worst
 

@@ -5,14 +5,22 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from .errors import UsageError
+
+if TYPE_CHECKING:
+    from .engine import Evaluator
+    from .plan import Settings
+    from .summary import Summary
 
 SCHEMA_VERSION = 1
 UNITS = {"e": "nats", "2": "bits", "10": "bans"}
 # Quantities measured in information units (converted by --base); the rest are unitless.
 INFORMATION_METRICS = ("nll", "cross_entropy", "entropy", "kl", "kl_reverse", "js")
+SYMMETRIC = ("kl_reverse", "js")
 
 
 @dataclass(frozen=True)
@@ -131,3 +139,87 @@ def _nonfinite_kind(value: float | None) -> str | None:
     if value is None or math.isnan(value):
         return "undefined"
     return "infinite" if math.isinf(value) else None
+
+
+# -- building a report from summaries ------------------------------------------------------
+
+
+def _metrics(s: Summary, command: str, settings: Settings, soft: bool, labelled: bool,
+             calibration: bool) -> dict[str, float]:
+    """The report's metrics from a summary (all rows, or one group), in the asked units."""
+    nats = s.mean("cross_entropy" if soft else "nll")
+    if soft:
+        metrics = {"nll": nats, "cross_entropy": nats, "entropy": s.mean("entropy"), "kl": s.mean("kl")}
+        for name in SYMMETRIC if settings.symmetric else ():
+            metrics[name] = s.mean(name)
+    else:
+        metrics = {"nll": nats, "cross_entropy": nats, "entropy": 0.0, "kl": nats}
+    if command == "kl":
+        metrics.pop("nll")
+    metrics = {k: (v / settings.unit_scale if k in INFORMATION_METRICS else v) for k, v in metrics.items()}
+    # Perplexity is exp of the mean loss in nats, whatever the unit asked for.
+    metrics["perplexity"] = math.inf if nats > 709.0 else math.exp(nats)  # NaN stays NaN
+    if labelled:
+        metrics["accuracy"] = s.accuracy
+    if calibration:
+        metrics["brier"] = s.mean("brier")
+        if labelled:
+            metrics["ece"], metrics["mce"] = s.calibration_errors()
+    return metrics
+
+
+def _report(command: str, evaluator: Evaluator, settings: Settings, inputs, gates, soft: bool) -> Report:
+    s, layout, scale = evaluator.summary, evaluator.layout, settings.unit_scale
+    labelled = layout.label is not None
+
+    def metrics_of(summary: Summary) -> dict[str, float]:
+        return _metrics(summary, command, settings, soft, labelled, evaluator.calibration)
+
+    per_class = []
+    if labelled:
+        class_loss = s.class_mean("cross_entropy" if soft else "nll") / scale
+        for j, name in enumerate(layout.class_names):
+            per_class.append({"class": name, "rows": int(s.class_rows[j]), "nll": float(class_loss[j]),
+                              "accuracy": float(s.class_accuracy[j])})
+    groups = [{"by": dict(zip(layout.groups, key)), "rows": part.rows, "metrics": metrics_of(part)}
+              for key, part in evaluator.groups.items()]
+    main = "kl" if command == "kl" else "nll"
+    groups.sort(key=lambda g: (-_sort_value(g["metrics"][main]), [str(v) for v in g["by"].values()]))
+    worst = []
+    if evaluator.worst is not None:
+        for entry in evaluator.worst.entries:
+            row = {"row": entry["index"], **{k: v for k, v in entry.items() if k not in ("index", "loss")}}
+            worst.append({**row, "loss": entry["loss"] / scale})
+    warnings = []
+    if s.clipped:
+        warnings.append(f"{s.clipped:,} probabilities clipped to [eps, 1 - eps], eps = {settings.eps:.3g}")
+    return Report(command, inputs, s.rows, list(layout.class_names), UNITS[settings.base], metrics_of(s), per_class,
+                  s.clipped, settings.eps, settings.kind, layout.weight is not None, warnings, gates,
+                  calibration=_calibration_rows(s) if evaluator.calibration and labelled else [],
+                  loss_histogram=_histogram_rows(s, scale), groups=groups, worst=worst)
+
+
+def _sort_value(value: float) -> float:
+    """NaN (an empty or undefined group) sorts last among worst-first groups."""
+    return -math.inf if value != value else value
+
+
+def _calibration_rows(s: Summary) -> list[dict[str, Any]]:
+    """One row per confidence bin: its range, rows (weighted), mean confidence and accuracy."""
+    edges = np.linspace(0.0, 1.0, len(s.bin_weight) + 1)  # the edges rows are binned by
+    rows = []
+    for b in range(len(s.bin_weight)):
+        weight = float(s.bin_weight[b])
+        rows.append({"bin": [float(edges[b]), float(edges[b + 1])], "weight": weight,
+                     "confidence": float(s.bin_confidence[b] / weight) if weight else None,
+                     "accuracy": float(s.bin_correct[b] / weight) if weight else None})
+    return rows
+
+
+def _histogram_rows(s: Summary, scale: float) -> list[dict[str, Any]]:
+    """Per-sample loss histogram: each bin's range (in the report's units, null for no upper end)."""
+    from .summary import LOSS_EDGES
+
+    uppers = [*LOSS_EDGES[1:], None]
+    return [{"range": [low / scale, high / scale if high is not None else None], "weight": float(w)}
+            for low, high, w in zip(LOSS_EDGES, uppers, s.loss_histogram)]

@@ -662,7 +662,7 @@ def test_kl_internal_error(run, p_file, q_file, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("kaboom")
 
-    monkeypatch.setattr("nllcli.api.KeyIndex.rows", boom)
+    monkeypatch.setattr("nllcli.pairing.KeyIndex.rows", boom)
     result = run("kl", p_file, q_file, "--per-sample", p_file.parent / "out.csv")
     assert result.exit_code == 3 and result.stdout == ""
     assert "--debug" in one_line(result.stderr)

@@ -1,0 +1,329 @@
+"""Batch -> scored rows -> running summaries: validate and score one batch, fold it into the summaries."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import losses
+from .columns import Layout, floats, integers, target_layout
+from .errors import InputError, UsageError
+from .pairing import KeyIndex, align_by_position
+from .plan import Settings
+from .summary import Summary, Worst
+
+Progress = Callable[[int, int], None]  # (rows so far, bytes so far)
+
+
+@dataclass
+class Prepared:
+    """One batch of predictions made ready for the kernels."""
+
+    values: np.ndarray  # as given, (n, K)
+    q: np.ndarray | None  # probabilities, when the input is probabilities
+    log_q: np.ndarray | None  # log-probabilities, for logits and log-probs
+
+    def model_side(self, kind: str, eps: float) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
+        """(clipped probabilities or None, log-probabilities, mask of the values clipping moved).
+
+        Probabilities and log-probabilities are clipped to [eps, 1 - eps]; logits are exact.
+        """
+        if self.q is not None:
+            if eps <= 0 or (self.q.min() >= eps and self.q.max() <= 1.0 - eps):
+                return self.q, _log(self.q), None  # nothing to clip: the usual case, two cheap passes
+            q, _ = losses.clip(self.q, eps)
+            return q, _log(q), q != self.q
+        if kind == "log-probs":
+            log_q, _ = losses.log_clip(self.log_q, eps)
+            return None, log_q, log_q != self.log_q
+        return None, self.log_q, None
+
+    def probs(self) -> np.ndarray:
+        return self.q if self.q is not None else np.exp(self.log_q)
+
+
+# -- per batch -------------------------------------------------------------------------------
+
+
+def _raise_problem(problem: losses.Problem | None, chunk, layout: Layout) -> None:
+    """An InputError naming the file, the column (or the range of class columns) and the rows."""
+    if problem is None:
+        return
+    columns = layout.class_columns or [layout.list_column]
+    if problem.column is not None:
+        column = columns[min(problem.column, len(columns) - 1)]  # a binary file has one column for two
+    else:
+        column = [columns[0], columns[-1]] if len(columns) > 1 else columns[0]
+    rows = (chunk.first_row + problem.rows).tolist()
+    raise InputError(chunk.source, problem.message, column=column, rows=rows, total=len(rows), hint=problem.hint)
+
+
+def prepare(chunk, layout: Layout, settings: Settings, kind: str | None = None) -> Prepared:
+    """Read, validate and normalise the class values of one batch."""
+    kind = kind or settings.kind
+    values = layout.values(chunk.batch, chunk.first_row)
+    if layout.binary:
+        values = _binary_matrix(values[:, 0], kind)
+    _raise_problem(losses.find_problem(values, kind, settings.tol, settings.renormalize), chunk, layout)
+    if kind == "probs":
+        return Prepared(values, losses.renormalize_rows(values) if settings.renormalize else values, None)
+    if kind == "logits" or settings.renormalize:
+        return Prepared(values, None, losses.log_softmax(values))
+    return Prepared(values, None, values)
+
+
+def _binary_matrix(p: np.ndarray, kind: str) -> np.ndarray:
+    """Two columns [class 0, class 1] from one column of P(class 1) (or its logit/log)."""
+    if kind == "probs":
+        return np.column_stack([1.0 - p, p])
+    if kind == "logits":
+        return np.column_stack([np.zeros_like(p), p])
+    with np.errstate(invalid="ignore", divide="ignore"):  # log(1 - 1) = -inf is valid
+        return np.column_stack([np.log1p(-np.exp(p)), p])
+
+
+def _weights(chunk, layout: Layout) -> np.ndarray | None:
+    if layout.weight is None:
+        return None
+    w = floats(chunk.batch.column(layout.weight))
+    bad = np.flatnonzero(~(w >= 0) | np.isinf(w))
+    if bad.size:
+        raise InputError(chunk.source, "weights must be finite and >= 0 (found missing, NaN, inf or negative)",
+                         column=layout.weight, rows=(chunk.first_row + bad).tolist(), total=bad.size)
+    return w
+
+
+@dataclass
+class Scored:
+    """Everything computed for one batch, row by row (arrays of length n)."""
+
+    chunk: Any
+    first_index: int  # 0-based position of the batch's first row in the whole input
+    values: dict[str, np.ndarray]  # per-sample losses, in nats
+    summed: dict[str, np.ndarray]  # the quantities summed in the Summary (values, plus brier)
+    loss: np.ndarray  # the main loss: nll, or cross_entropy against soft targets
+    weights: np.ndarray | None
+    labels: np.ndarray | None
+    predicted: np.ndarray | None
+    correct: np.ndarray | None
+    confidence: np.ndarray | None
+    p_true: np.ndarray | None
+    clipped: int
+
+    @property
+    def rows(self) -> int:
+        return len(self.loss)
+
+    def summary(self, n_classes: int, n_bins: int, rows: np.ndarray | None = None) -> Summary:
+        """The batch's Summary, or that of a subset of its rows."""
+        def pick(a):
+            return a if a is None or rows is None else a[rows]
+
+        return Summary.of_batch({k: pick(v) for k, v in self.summed.items()}, n_classes, pick(self.weights),
+                                pick(self.labels), pick(self.correct), self.clipped if rows is None else 0,
+                                pick(self.confidence), n_bins, pick(self.loss))
+
+
+class Evaluator:
+    """Scores batches against hard labels or target distributions and keeps the running summaries:
+    overall, per group (``--by``) and the worst samples (``--worst``)."""
+
+    def __init__(self, layout: Layout, settings: Settings, soft: bool, target_kind: str = "probs",
+                 calibration: bool = True, worst: int = 0):
+        self.layout, self.settings, self.soft, self.target_kind = layout, settings, soft, target_kind
+        self.calibration = calibration  # Brier score and confidence bins (score, not kl)
+        self.summary: Summary | None = None
+        self.groups: dict[tuple, Summary] = {}
+        self.worst = Worst(worst) if worst else None
+        self.row = 0
+
+    def targets_of(self, chunk, target_layout_: Layout) -> np.ndarray:
+        """Validated target distributions of a batch (never clipped)."""
+        return prepare(chunk, target_layout_, self.settings, self.target_kind).probs()
+
+    def add(self, chunk, targets: np.ndarray | None = None) -> Scored:
+        scored = self.score_batch(chunk, targets)
+        k, bins = len(self.layout.class_names), self.settings.bins
+        summary = scored.summary(k, bins)
+        self.summary = summary if self.summary is None else self.summary + summary
+        if self.layout.groups:
+            for key, rows in group_rows(chunk.batch, self.layout.groups):
+                part = scored.summary(k, bins, rows)
+                self.groups[key] = self.groups[key] + part if key in self.groups else part
+        if self.worst is not None:
+            self.worst.add_entries(self.worst_candidates(scored))
+        self.row += scored.rows
+        return scored
+
+    def score_batch(self, chunk, targets: np.ndarray | None = None) -> Scored:
+        """Validate and score one batch; no running state changes."""
+        layout, settings = self.layout, self.settings
+        pred = prepare(chunk, layout, settings)
+        n, k = pred.values.shape
+        labels = layout.label_indices(chunk.batch, chunk.first_row) if layout.label else None
+        if self.soft and targets is None:
+            if labels is None:
+                raise UsageError("soft targets need --targets, --target-prefix or --label-smoothing with a label")
+            targets = losses.label_smoothing(labels, k, settings.label_smoothing or 0.0)
+        predicted = losses.argmax_rows(pred.values) if labels is not None else None
+        values, clipped, p_true = self._losses(pred, labels, targets)
+        summed, confidence = values, None
+        if self.calibration:  # in the summary only: per-sample rows keep their documented columns
+            summed = {**values, "brier": losses.brier(pred.probs(), labels, targets)}
+            confidence = losses.top_confidence(pred.q, pred.log_q) if labels is not None else None
+        return Scored(chunk, self.row, values, summed, values["cross_entropy" if self.soft else "nll"],
+                      _weights(chunk, layout), labels, predicted,
+                      (predicted == labels) if labels is not None else None, confidence, p_true, clipped)
+
+    def _losses(self, pred: Prepared, labels, targets) -> tuple[dict[str, np.ndarray], int, np.ndarray | None]:
+        """Per-sample losses (nats), how many probabilities were clipped, and p_true (with labels)."""
+        eps = self.settings.eps
+        if not self.soft:
+            if pred.q is not None:
+                p_true = losses.true_class(pred.q, labels)
+                nll, clipped = losses.hard_label_nll(p_true, eps)
+            else:
+                log_true = losses.true_class(pred.log_q, labels)
+                if self.settings.kind == "log-probs":
+                    log_true, clipped = losses.log_clip(log_true, eps)
+                else:
+                    clipped = 0
+                nll, p_true = -log_true, np.exp(log_true)
+            return {"nll": nll}, clipped, p_true
+        q, log_q, moved = pred.model_side(self.settings.kind, eps)
+        clipped = int(np.count_nonzero(moved & (targets > 0))) if moved is not None else 0
+        ce, h, kl = losses.soft_losses(targets, log_q)
+        out = {"cross_entropy": ce, "entropy": h, "kl": kl}
+        if self.settings.symmetric:
+            q = pred.probs()
+            p_clipped, _ = losses.clip(targets, eps)
+            out["kl_reverse"] = losses.kl_divergence(q, q=p_clipped)
+            out["js"] = losses.js_divergence(targets, q)
+        p_true = np.exp(losses.true_class(log_q, labels)) if labels is not None else None
+        return out, clipped, p_true
+
+    def worst_candidates(self, scored: Scored) -> list[dict]:
+        """The rows of a batch that may belong among the worst: id, label, predicted, p_true, loss."""
+        rows = Worst.candidates(scored.loss, self.worst.n)
+        entries = [{"index": scored.first_index + int(r), "loss": float(scored.loss[r])} for r in rows]
+        if self.layout.key:
+            keys = scored.chunk.batch.column(self.layout.key).take(rows).to_pylist()
+            for entry, key in zip(entries, keys):
+                entry["key"] = key
+        if scored.labels is not None:
+            names = self.layout.class_names
+            for entry, r in zip(entries, rows):
+                entry.update(label=names[scored.labels[r]], predicted=names[scored.predicted[r]],
+                             p_true=float(scored.p_true[r]))
+        return entries
+
+    def per_sample_columns(self, scored: Scored) -> dict[str, Any]:
+        """Columns of the --per-sample output for one batch: key (or 0-based row), label, predicted,
+        p_true and the losses in the report's units."""
+        columns: dict[str, Any] = sample_ids(scored, self.layout)
+        if scored.labels is not None:
+            names = self.layout.class_array
+            columns["label"] = names.take(scored.labels)
+            columns["predicted"] = names.take(scored.predicted)
+            columns["p_true"] = scored.p_true
+        for name, array in scored.values.items():
+            columns[name] = array / self.settings.unit_scale
+        return columns
+
+
+def sample_ids(scored: Scored, layout: Layout) -> dict[str, Any]:
+    """The key column of a batch's rows, or their 0-based positions as `row`."""
+    if layout.key:
+        return {layout.key: scored.chunk.batch.column(layout.key)}
+    return {"row": np.arange(scored.first_index, scored.first_index + scored.rows)}
+
+
+def group_rows(batch, columns: list[str]):
+    """(group key, row indices) for each distinct combination of the group columns in a batch."""
+    import pyarrow as pa
+
+    codes = np.zeros(batch.num_rows, dtype=np.int64)
+    decoders = []
+    for name in columns:
+        column = batch.column(name)
+        if not pa.types.is_dictionary(column.type):  # a group column that is also the key or weight
+            column = column.cast(pa.string()).dictionary_encode()
+        index = integers(column.indices, fill=-1) + 1  # 0 for a missing value
+        codes = codes * (len(column.dictionary) + 1) + index
+        # An empty CSV cell is a missing value, like a null (several codes may decode to None).
+        names = [None if v == "" else v for v in column.dictionary.cast(pa.string()).to_pylist()]
+        decoders.append((index, [None, *names]))
+    order = np.argsort(codes, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(codes[order]) != 0])
+    for start, end in zip(starts, np.r_[starts[1:], len(order)]):
+        rows = order[start:end]
+        yield tuple(values[index[rows[0]]] for index, values in decoders), rows
+
+
+def _log(q: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore"):
+        return np.log(q)
+
+
+def _run(evaluator: Evaluator, sources, layout: Layout, target_sources, pair_key, same_file_targets,
+         separate_targets: bool, probs=None, writer=None, progress=None, explicit_classes=False,
+         on_batch=None) -> None:
+    """Stream the predictions (with their targets, if any) through the evaluator and the writer.
+
+    The reader threads are stopped and joined on every way out, errors included.
+    """
+    from .readers import chunks
+
+    name = sources[0].name
+    with contextlib.ExitStack() as readers:
+        stream = readers.enter_context(chunks(sources, layout.columns, layout.types(sources[0].schema)))
+        index = None
+        if same_file_targets is not None:
+            pairs = ((c, evaluator.targets_of(c, same_file_targets)) for c in stream)
+        elif separate_targets:
+            tname = target_sources[0].name
+            t_layout = target_layout(target_sources[0].schema, tname, layout.class_names, name, probs=probs,
+                                     key=pair_key, explicit=explicit_classes)
+            t_stream = readers.enter_context(chunks(target_sources, t_layout.columns,
+                                                    t_layout.types(target_sources[0].schema)))
+            if pair_key:
+                import pyarrow as pa
+
+                t_chunks = list(t_stream)  # the targets are held in memory to pair by key
+                index = KeyIndex(pa.concat_arrays([c.batch.column(t_layout.key) for c in t_chunks])
+                                 if t_chunks else pa.array([], pa.string()), tname, t_layout.key)
+                t_all = (np.concatenate([evaluator.targets_of(c, t_layout) for c in t_chunks])
+                         if t_chunks else np.zeros((0, len(layout.class_names))))
+
+                def lookup(chunk):
+                    rows = index.rows(chunk.batch.column(pair_key))
+                    return None if rows is None else t_all[rows]
+
+                pairs = ((c, lookup(c)) for c in stream)
+            else:
+                pairs = ((c, evaluator.targets_of(t, t_layout))
+                         for c, t in align_by_position(stream, t_stream, name, tname))
+        else:
+            pairs = ((c, None) for c in stream)
+        rows = 0
+        for chunk, targets in pairs:
+            if index is not None and targets is None:
+                continue  # keys without a target row: reported once every row has been seen
+            scored = evaluator.add(chunk, targets)
+            rows += chunk.batch.num_rows
+            if writer is not None:
+                writer.write(evaluator.per_sample_columns(scored))
+            if on_batch is not None:
+                on_batch(scored)
+            if progress is not None:
+                progress(rows, chunk.bytes_read)
+        if index is not None:
+            index.finish(name)
+    if evaluator.summary is None or evaluator.summary.rows == 0:
+        raise InputError(", ".join(s.name for s in sources), "no data rows")
+    if evaluator.summary.weight <= 0:
+        raise InputError(name, "weights sum to 0: nothing to average", column=layout.weight)

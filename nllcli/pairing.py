@@ -1,0 +1,91 @@
+"""Pairing the rows of two files: by key (in any order) or by position."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from .columns import integers
+from .errors import InputError
+
+
+def align_by_position(left: Iterator, right: Iterator, left_name: str, right_name: str) -> Iterator:
+    """Pairs of equal-length slices of two chunk streams, row i with row i."""
+    from .readers import Chunk
+
+    right = iter(right)
+    current, offset = None, 0
+    left_rows = 0
+    for chunk in left:
+        pos, n_rows = 0, chunk.batch.num_rows
+        while pos < n_rows:
+            if current is None or offset == current.batch.num_rows:
+                current, offset = next(right, None), 0
+                if current is None:
+                    total_left = left_rows + n_rows + sum(c.batch.num_rows for c in left)
+                    raise _count_mismatch(left_name, total_left, right_name, left_rows + pos)
+            take = min(n_rows - pos, current.batch.num_rows - offset)
+            yield (Chunk(chunk.batch.slice(pos, take), chunk.source, chunk.first_row + pos),
+                   Chunk(current.batch.slice(offset, take), current.source, current.first_row + offset))
+            pos += take
+            offset += take
+        left_rows += n_rows
+    leftover = (current.batch.num_rows - offset if current is not None else 0) + sum(c.batch.num_rows for c in right)
+    if leftover:
+        raise _count_mismatch(left_name, left_rows, right_name, left_rows + leftover)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _count_mismatch(left_name, left_rows, right_name, right_rows) -> InputError:
+    return InputError(left_name, f"row counts differ: {left_rows} rows here, {right_rows} rows in {right_name} "
+                                 "(pairing by position; use --key to pair by an id column)")
+
+
+class KeyIndex:
+    """The rows of one file by key, to pair the rows of another file with them in any order.
+
+    Keys missing on either side or repeated are collected while streaming and reported by
+    finish(), once every row has been seen (with the count and the first examples).
+    """
+
+    def __init__(self, keys, name: str, column: str):
+        import pyarrow.compute as pc
+
+        counts = pc.value_counts(keys)
+        duplicated = pc.filter(counts, pc.greater(counts.field("counts"), 1)).field("values").to_pylist()
+        if duplicated:
+            raise InputError(name, f"duplicate keys: {duplicated[:5]}", column=column)
+        self.keys, self.name, self.column = keys, name, column
+        self.used = np.zeros(len(keys), dtype=np.int64)
+        self.missing = 0
+        self.missing_examples: list = []
+
+    def rows(self, keys) -> np.ndarray | None:
+        """Positions of ``keys`` in this file, or None when some are not there (then recorded)."""
+        import pyarrow.compute as pc
+
+        rows = integers(pc.index_in(keys, value_set=self.keys), fill=-1)
+        absent = np.flatnonzero(rows < 0)
+        if absent.size:
+            self.missing += absent.size
+            self.missing_examples += keys.take(absent[:5]).to_pylist()
+            return None
+        self.used += np.bincount(rows, minlength=len(self.used))
+        return rows
+
+    def finish(self, other_name: str) -> None:
+        if self.missing:
+            raise InputError(other_name, f"{_count(self.missing, 'key')} with no row in {self.name}: "
+                                         f"{self.missing_examples[:5]}", column=self.column)
+        repeated = np.flatnonzero(self.used > 1)
+        if repeated.size:
+            raise InputError(other_name, f"duplicate keys: {self.keys.take(repeated[:5]).to_pylist()}",
+                             column=self.column)
+        unused = np.flatnonzero(self.used == 0)
+        if unused.size:
+            raise InputError(self.name, f"{_count(unused.size, 'key')} with no row in {other_name}: "
+                                        f"{self.keys.take(unused[:5]).to_pylist()}", column=self.column)

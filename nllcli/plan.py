@@ -1,0 +1,197 @@
+"""Options and headers -> a plain job: settings checked, inputs opened, columns decided; no rows read."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import losses
+from .columns import Layout, parse_classes, resolve_layout, target_layout
+from .errors import InputError, UsageError
+from .report import UNITS, Gate, Report, check_gate_metrics
+
+if TYPE_CHECKING:
+    from .engine import Evaluator
+
+LABEL_METRICS = ("accuracy", "ece", "mce")  # need a true class per row
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How values are read and scored; shared by every command."""
+
+    kind: str = "probs"
+    eps: float = losses.EPS
+    tol: float = 1e-4
+    renormalize: bool = False
+    base: str = "e"
+    label_smoothing: float | None = None
+    symmetric: bool = False
+    bins: int = 15
+
+    def __post_init__(self):
+        if self.kind not in losses.INPUT_KINDS:
+            raise UsageError(f"--input {self.kind!r}: choose one of {', '.join(losses.INPUT_KINDS)}")
+        if self.base not in UNITS:
+            raise UsageError(f"--base {self.base!r}: choose e, 2 or 10")
+        if not (0 <= self.eps < 0.5):
+            raise UsageError(f"--eps {self.eps:g}: must be in [0, 0.5)")
+        if not (self.tol >= 0):
+            raise UsageError(f"--tol {self.tol:g}: must be >= 0")
+        if self.label_smoothing is not None and not (0 <= self.label_smoothing <= 1):
+            raise UsageError(f"--label-smoothing {self.label_smoothing:g}: must be in [0, 1]")
+        if not (1 <= self.bins <= 10_000):
+            raise UsageError(f"--bins {self.bins}: must be between 1 and 10000")
+
+    @property
+    def unit_scale(self) -> float:
+        return {"e": 1.0, "2": math.log(2), "10": math.log(10)}[self.base]
+
+
+def _check_stdin_once(*inputs) -> None:
+    """Standard input can feed one input only."""
+    paths = [str(i) for x in inputs for i in (x if isinstance(x, (list, tuple)) else [x]) if isinstance(i, (str, Path))]
+    if paths.count("-") > 1:
+        raise UsageError("standard input (-) can be read only once")
+
+
+def _check_per_sample_target(per_sample, *inputs) -> None:
+    """--per-sample must never replace one of the inputs."""
+    if per_sample is None or str(per_sample) == "-":
+        return
+    target = Path(per_sample).resolve()
+    for x in inputs:
+        for path in (x if isinstance(x, (list, tuple)) else [x]):
+            if isinstance(path, (str, Path)) and str(path) != "-" and Path(path).resolve() == target:
+                raise UsageError(f"--per-sample {per_sample}: that is an input file")
+
+
+def _sources(inputs) -> list:
+    from . import readers
+
+    if isinstance(inputs, (str, Path)):
+        return readers.open_sources([str(inputs)])
+    if isinstance(inputs, Sequence) and inputs and all(isinstance(i, (str, Path)) for i in inputs):
+        return readers.open_sources([str(i) for i in inputs])
+    return [readers.Source.from_table(inputs)]
+
+
+def _input_names(sources) -> list[str]:
+    return [s.name for s in sources]
+
+
+def _default_key(explicit: str | None, *schemas) -> str | None:
+    """The pairing key as named in the first file: --key, else 'id' when every file has it.
+
+    Names match regardless of case, as for --label.
+    """
+    wanted = explicit or "id"
+    found = []
+    for schema, name in schemas:
+        match = next((n for n in schema.names if n == wanted), None) or next(
+            (n for n in schema.names if n.lower() == wanted.lower()), None)
+        if match is None and explicit:
+            raise InputError(name, f"key column {explicit!r} is missing")
+        found.append(match)
+    return found[0] if all(found) else None
+
+
+@dataclass
+class ScoreJob:
+    """A resolved `score`: inputs opened, columns decided, settings checked; nothing read yet."""
+
+    settings: Settings
+    soft: bool
+    gates: list[Gate]
+    sources: list
+    target_sources: list
+    pair_key: str | None
+    layout: Layout
+    same_file_targets: Layout | None
+    target_probs: str | None
+    explicit_classes: bool
+    worst: int
+
+    def evaluator(self) -> Evaluator:
+        from .engine import Evaluator
+
+        return Evaluator(self.layout, self.settings, self.soft, worst=self.worst)
+
+    def run(self, evaluator: Evaluator, writer=None, progress=None, on_batch=None) -> None:
+        from .engine import _run
+
+        _run(evaluator, self.sources, self.layout, self.target_sources, self.pair_key, self.same_file_targets,
+             bool(self.target_sources), probs=self.target_probs, writer=writer, progress=progress,
+             explicit_classes=self.explicit_classes, on_batch=on_batch)
+
+    def report(self, evaluator: Evaluator, command: str = "score", inputs: dict | None = None) -> Report:
+        from .report import _report
+
+        inputs = inputs or {"preds": _input_names(self.sources)}
+        if self.target_sources:
+            inputs["targets"] = _input_names(self.target_sources)
+        return _report(command, evaluator, self.settings, inputs, self.gates, self.soft)
+
+
+SCORE_METRICS = ["nll", "cross_entropy", "entropy", "kl", "perplexity", "accuracy", "brier", "ece", "mce"]
+
+
+def plan_score(preds, *, targets=None, label: str | None = None, classes: str | list[str] | None = None,
+               probs: str | None = None, key: str | None = None, weight: str | None = None,
+               positive: str | None = None, input: str = "probs", eps: float = losses.EPS, tol: float = 1e-4,
+               renormalize: bool = False, base: str = "e", target_prefix: str | None = None,
+               target_probs: str | None = None, label_smoothing: float | None = None,
+               bins: int = 15, by: Sequence[str] = (), worst: int = 0, max: Sequence[str] = (),
+               min: Sequence[str] = ()) -> ScoreJob:
+    """Check the options and open the inputs of a `score` (see score())."""
+    settings = Settings(input, eps, tol, renormalize, str(base), label_smoothing, bins=bins)
+    soft = targets is not None or target_prefix is not None or label_smoothing is not None
+    if label_smoothing is not None and (targets is not None or target_prefix is not None):
+        raise UsageError("--label-smoothing softens hard labels; it does not combine with --targets or --target-prefix")
+    if worst < 0:
+        raise UsageError(f"--worst {worst}: must be >= 0")
+    _check_stdin_once(preds, targets)
+    if isinstance(preds, (list, tuple)) and len(preds) == 1:
+        preds = preds[0]
+    gates = _gates(max, min, SCORE_METRICS)
+    sources = _sources(preds)
+    schema, name = sources[0].schema, sources[0].name
+    target_sources = _sources(targets) if targets is not None else []
+    pair_key = _default_key(key, (schema, name), *((s.schema, s.name) for s in target_sources[:1]))
+    reserved = [n for n in schema.names if n.lower().startswith(target_prefix.lower())] if target_prefix else []
+    layout = resolve_layout(schema, name, classes=parse_classes(classes) if isinstance(classes, str) else classes,
+                            label=label, probs=probs, key=pair_key or key, weight=weight, positive=positive,
+                            reserved=reserved, label_required=not soft or label_smoothing is not None,
+                            groups=list(by))
+    if probs and not layout.class_names:
+        layout.class_names = _list_width_names(sources, layout)
+    if soft and layout.binary:
+        raise UsageError("soft targets need one probability column per class (this file has one)")
+    if layout.label is None:
+        for gate in gates:
+            if gate.metric in LABEL_METRICS:
+                raise UsageError(f"--{gate.bound} {gate.metric}=...: {gate.metric} needs a label column (--label)")
+    same_file_targets = (target_layout(schema, name, layout.class_names, name, prefix=target_prefix)
+                         if target_prefix else None)
+    return ScoreJob(settings, soft, gates, sources, target_sources, pair_key, layout, same_file_targets,
+                    target_probs, classes is not None, worst)
+
+
+def _gates(max_: Sequence[str], min_: Sequence[str], available: list[str]) -> list[Gate]:
+    gates = [Gate.parse(t, "max") for t in max_] + [Gate.parse(t, "min") for t in min_]
+    check_gate_metrics(gates, available)
+    return gates
+
+
+def _list_width_names(sources, layout: Layout) -> list[str]:
+    """Class names 0..K-1 for a list column, K from the first row."""
+    first = next(sources[0].batches([layout.list_column], layout.types(sources[0].schema)), None)
+    if first is None:
+        return ["0"]
+    import pyarrow.compute as pc
+
+    width = pc.list_value_length(first.batch.column(0))[0].as_py() or 0
+    return [str(i) for i in range(width)]
