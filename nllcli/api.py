@@ -1,42 +1,73 @@
-"""score() and kl(): plan the job, stream it through the engine, build the Report."""
+"""The Python API, which the command line calls: plan the job, run it through the engine, build the Report.
+
+``preds``, ``targets``, ``p`` and ``q`` are paths (or lists of paths, '-' for standard input),
+pandas DataFrames or pyarrow Tables. Gates (``max=["nll=0.4"]``, ``min=["accuracy=0.9"]``) are
+evaluated into the report (``Report.failed_gates``), not raised.
+"""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
+from pathlib import Path
 
 from . import losses
-from .columns import parse_classes, resolve_layout
-from .engine import Evaluator, Progress, _run
-from .errors import InputError
-from .plan import (
-    Settings,
-    _check_per_sample_target,
-    _check_stdin_once,
-    _default_key,
-    _gates,
-    _input_names,
-    _list_width_names,
-    _sources,
-    plan_score,
-)
-from .report import SYMMETRIC, Report, _report
+from .engine import Progress, Scored, per_sample_columns, run
+from .plan import Job, _check_per_sample_target, plan_kl, plan_score
+from .report import Report, build_report
+
+PathOrData = object  # a path, a list of paths, '-', a pandas DataFrame or a pyarrow Table
 
 
-def score(preds, *, per_sample=None, progress: Progress | None = None, **options) -> Report:
-    """Score predictions against hard labels or soft targets.
+def score(preds: PathOrData, *, targets: PathOrData | None = None, label: str | None = None,
+          classes: str | list[str] | None = None, probs: str | None = None, key: str | None = None,
+          weight: str | None = None, positive: str | None = None, input: str = "probs",
+          eps: float = losses.EPS, tol: float = 1e-4, renormalize: bool = False, base: str = "e",
+          target_prefix: str | None = None, target_probs: str | None = None,
+          label_smoothing: float | None = None, bins: int = 15, by: Sequence[str] = (), worst: int = 0,
+          max: Sequence[str] = (), min: Sequence[str] = (), per_sample: str | Path | None = None,
+          progress: Progress | None = None) -> Report:
+    """Score predictions against hard labels or soft targets (`nll score`).
 
-    ``preds`` and ``targets`` are paths (or lists of paths, '-' for stdin), pandas DataFrames or
-    pyarrow Tables. Options: targets, label, classes, probs, key, weight, positive, input, eps,
-    tol, renormalize, base, target_prefix, target_probs, label_smoothing, bins, by, worst, max,
-    min (gates such as ``max=["nll=0.4"]``, evaluated into the report, not raised).
+    targets: a file of target distributions, paired by ``key`` or by position; target_prefix:
+    targets in the same file as columns PREFIX<class>; label_smoothing: (1 - A) * one_hot + A / K.
+    label, classes, probs (a list column), key, weight, positive (class 1 of a binary file): the
+    columns. input: probs, logits or log-probs; eps: the clip (0: none); tol: how far a row may sum
+    from 1; renormalize: divide rows by their sum; base: e, 2 or 10. bins: confidence bins for
+    ECE; by: group columns; worst: list the N largest losses. per_sample: a .csv or .parquet file
+    (or '-') of one row per sample, written atomically. progress(rows, bytes) is called per batch.
     """
-    _check_per_sample_target(per_sample, preds, options.get("targets"))
-    job = plan_score(preds, **options)
-    evaluator = job.evaluator()
+    _check_per_sample_target(per_sample, preds, targets)
+    job = plan_score(preds, targets=targets, label=label, classes=classes, probs=probs, key=key, weight=weight,
+                     positive=positive, input=input, eps=eps, tol=tol, renormalize=renormalize, base=base,
+                     target_prefix=target_prefix, target_probs=target_probs, label_smoothing=label_smoothing,
+                     bins=bins, by=by, worst=worst, max=max, min=min)
+    return _run_and_report(job, per_sample, progress)
+
+
+def kl(p: PathOrData, q: PathOrData, *, classes: str | list[str] | None = None, probs: str | None = None,
+       key: str | None = None, input: str = "probs", eps: float = losses.EPS, tol: float = 1e-4,
+       renormalize: bool = False, base: str = "e", symmetric: bool = False, max: Sequence[str] = (),
+       min: Sequence[str] = (), per_sample: str | Path | None = None, progress: Progress | None = None) -> Report:
+    """KL(P || Q) per row pair (`nll kl`): P the reference distribution, Q the model (clipped by ``eps``).
+
+    Rows pair by ``key`` (default id, when both have it), else by position. symmetric: also
+    KL(Q || P) and the Jensen-Shannon divergence. The other options are those of score().
+    """
+    _check_per_sample_target(per_sample, p, q)
+    job = plan_kl(p, q, classes=classes, probs=probs, key=key, input=input, eps=eps, tol=tol,
+                  renormalize=renormalize, base=base, symmetric=symmetric, max=max, min=min)
+    return _run_and_report(job, per_sample, progress)
+
+
+def _run_and_report(job: Job, per_sample, progress: Progress | None) -> Report:
     with _atomic(_writer(per_sample)) as writer:
-        job.run(evaluator, writer, progress)
-        return job.report(evaluator)
+        sink = None
+        if writer is not None:
+            def sink(scored: Scored) -> None:
+                writer.write(per_sample_columns(job, scored))
+        state = run(job, sink, progress)
+        return build_report(job, state)
 
 
 @contextlib.contextmanager
@@ -50,35 +81,6 @@ def _atomic(writer):
         raise
     if writer is not None:
         writer.commit()
-
-
-def kl(p, q, *, classes: str | list[str] | None = None, probs: str | None = None, key: str | None = None,
-       input: str = "probs", eps: float = losses.EPS, tol: float = 1e-4, renormalize: bool = False,
-       base: str = "e", symmetric: bool = False, max: Sequence[str] = (), min: Sequence[str] = (),
-       per_sample=None, progress: Progress | None = None) -> Report:
-    """KL(P || Q) per row pair: P the reference distribution, Q the model (clipped by ``eps``)."""
-    settings = Settings(input, eps, tol, renormalize, str(base), symmetric=symmetric)
-    _check_stdin_once(p, q)
-    _check_per_sample_target(per_sample, p, q)
-    names = ["kl", "cross_entropy", "entropy", "perplexity"] + (list(SYMMETRIC) if symmetric else [])
-    gates = _gates(max, min, names)
-    p_sources, q_sources = _sources(p), _sources(q)
-    p_schema, q_schema = p_sources[0].schema, q_sources[0].schema
-    pair_key = _default_key(key, (q_schema, q_sources[0].name), (p_schema, p_sources[0].name))
-    class_list = parse_classes(classes) if isinstance(classes, str) else classes
-    layout = resolve_layout(q_schema, q_sources[0].name, classes=class_list, probs=probs, key=pair_key,
-                            label_required=False)
-    layout.label = None  # a label column is never a class here, and is not needed
-    if probs and not layout.class_names:
-        layout.class_names = _list_width_names(q_sources, layout)
-    if layout.binary:
-        raise InputError(q_sources[0].name, "needs one probability column per class, found one")
-    evaluator = Evaluator(layout, settings, soft=True, target_kind=settings.kind, calibration=False)
-    with _atomic(_writer(per_sample)) as writer:
-        _run(evaluator, q_sources, layout, p_sources, pair_key, None, True, probs=probs, writer=writer,
-             progress=progress, explicit_classes=class_list is not None)
-        return _report("kl", evaluator, settings, {"p": _input_names(p_sources), "q": _input_names(q_sources)},
-                       gates, True)
 
 
 def _writer(per_sample):

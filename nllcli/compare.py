@@ -23,11 +23,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .engine import Scored, group_rows
+from .engine import Scored, group_rows, run
 from .errors import InputError, UsageError
 from .pairing import KeyIndex
-from .plan import ScoreJob, _default_key, _input_names, plan_score
-from .report import INFORMATION_METRICS
+from .plan import Job, _default_key, _input_names, plan_score
+from .report import INFORMATION_METRICS, build_report
 from .summary import Worst
 
 EXACT_ROWS = 20_000
@@ -62,7 +62,7 @@ class Sides:
         return values, labels, np.concatenate(self.weights) if self.weights else np.zeros(0)
 
 
-def compared_metrics(job: ScoreJob) -> list[str]:
+def compared_metrics(job: Job) -> list[str]:
     names = ["nll"] + (["kl"] if job.soft else [])
     if job.layout.label is not None:
         names.append("accuracy")
@@ -113,20 +113,17 @@ def compare(base_preds, new_preds, *, key: str | None = None, confidence: float 
     new_index = {c: j for j, c in enumerate(new_job.layout.class_names)}
     class_map = np.array([new_index[c] for c in base_job.layout.class_names])
 
-    base_eval = base_job.evaluator()
     base_side = Sides.empty(names)
-    base_job.run(base_eval, progress=progress,
-                 on_batch=lambda s: base_side.add(s, names, base_key, class_map))
+    base_state = run(base_job, lambda s: base_side.add(s, names, base_key, class_map), progress)
     pairing = Pairing(base_side, names, base_job.sources[0].name, new_job.sources[0].name, base_key,
                       new_job.layout.groups)
-    new_eval = new_job.evaluator()
-    new_job.run(new_eval, progress=progress, on_batch=lambda s: pairing.add(s, new_key))
+    new_state = run(new_job, lambda s: pairing.add(s, new_key), progress)
     deltas, weights = pairing.finish()
 
-    report = new_job.report(new_eval, "compare", {"base": _input_names(base_job.sources),
-                                                  "new": _input_names(new_job.sources)})
+    report = build_report(new_job, new_state, "compare")
+    report.inputs = {"base": _input_names(base_job.sources), "new": _input_names(new_job.sources)}
     settings = (confidence, resamples, seed, new_job.settings.unit_scale)
-    base_values = dict(zip(names, (base_job.report(base_eval).metrics[n] for n in names)))
+    base_values = dict(zip(names, (build_report(base_job, base_state).metrics[n] for n in names)))
     report.comparison = comparison(names, base_values, report.metrics, deltas, weights, *settings)
     for group in report.groups:
         rows = pairing.group_rows[tuple(group["by"].values())]

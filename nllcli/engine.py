@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,8 +13,8 @@ from . import losses
 from .columns import Layout, floats, integers, target_layout
 from .errors import InputError, UsageError
 from .pairing import KeyIndex, align_by_position
-from .plan import Settings
-from .summary import Summary, Worst
+from .plan import Job, Settings
+from .summary import State, Summary, Worst
 
 Progress = Callable[[int, int], None]  # (rows so far, bytes so far)
 
@@ -128,39 +128,45 @@ class Scored:
                                 pick(self.confidence), n_bins, pick(self.loss))
 
 
-class Evaluator:
-    """Scores batches against hard labels or target distributions and keeps the running summaries:
-    overall, per group (``--by``) and the worst samples (``--worst``)."""
+@dataclass
+class Partition:
+    """Rows to score: one batch, the 0-based position of its first row in the whole input, and
+    the target distributions of its rows (None: hard labels, or targets from its own columns
+    (--target-prefix) or its labels (--label-smoothing))."""
 
-    def __init__(self, layout: Layout, settings: Settings, soft: bool, target_kind: str = "probs",
-                 calibration: bool = True, worst: int = 0):
-        self.layout, self.settings, self.soft, self.target_kind = layout, settings, soft, target_kind
-        self.calibration = calibration  # Brier score and confidence bins (score, not kl)
-        self.summary: Summary | None = None
-        self.groups: dict[tuple, Summary] = {}
-        self.worst = Worst(worst) if worst else None
-        self.row = 0
+    chunk: Any
+    first_index: int = 0
+    targets: np.ndarray | None = None
+
+
+class Scorer:
+    """Scores the partitions of a job: no state is kept between partitions."""
+
+    def __init__(self, job: Job):
+        self.job = job
+        self.layout, self.settings, self.soft = job.layout, job.settings, job.soft
+        self.target_kind, self.calibration = job.target_kind, job.calibration
 
     def targets_of(self, chunk, target_layout_: Layout) -> np.ndarray:
         """Validated target distributions of a batch (never clipped)."""
         return prepare(chunk, target_layout_, self.settings, self.target_kind).probs()
 
-    def add(self, chunk, targets: np.ndarray | None = None) -> Scored:
-        scored = self.score_batch(chunk, targets)
+    def state_of(self, scored: Scored) -> State:
+        """The State of one scored partition: its Summary, its groups' and its worst rows."""
         k, bins = len(self.layout.class_names), self.settings.bins
-        summary = scored.summary(k, bins)
-        self.summary = summary if self.summary is None else self.summary + summary
-        if self.layout.groups:
-            for key, rows in group_rows(chunk.batch, self.layout.groups):
-                part = scored.summary(k, bins, rows)
-                self.groups[key] = self.groups[key] + part if key in self.groups else part
-        if self.worst is not None:
-            self.worst.add_entries(self.worst_candidates(scored))
-        self.row += scored.rows
-        return scored
+        groups = {key: scored.summary(k, bins, rows)
+                  for key, rows in (group_rows(scored.chunk.batch, self.layout.groups) if self.layout.groups else ())}
+        worst = None
+        if self.job.worst:
+            worst = Worst(self.job.worst)
+            worst.add_entries(self.worst_candidates(scored))
+        return State(scored.summary(k, bins), groups, worst)
 
-    def score_batch(self, chunk, targets: np.ndarray | None = None) -> Scored:
-        """Validate and score one batch; no running state changes."""
+    def score(self, part: Partition) -> Scored:
+        """Validate and score one partition."""
+        chunk, targets = part.chunk, part.targets
+        if targets is None and self.job.same_file_targets is not None:
+            targets = self.targets_of(chunk, self.job.same_file_targets)
         layout, settings = self.layout, self.settings
         pred = prepare(chunk, layout, settings)
         n, k = pred.values.shape
@@ -175,7 +181,7 @@ class Evaluator:
         if self.calibration:  # in the summary only: per-sample rows keep their documented columns
             summed = {**values, "brier": losses.brier(pred.probs(), labels, targets)}
             confidence = losses.top_confidence(pred.q, pred.log_q) if labels is not None else None
-        return Scored(chunk, self.row, values, summed, values["cross_entropy" if self.soft else "nll"],
+        return Scored(chunk, part.first_index, values, summed, values["cross_entropy" if self.soft else "nll"],
                       _weights(chunk, layout), labels, predicted,
                       (predicted == labels) if labels is not None else None, confidence, p_true, clipped)
 
@@ -208,7 +214,7 @@ class Evaluator:
 
     def worst_candidates(self, scored: Scored) -> list[dict]:
         """The rows of a batch that may belong among the worst: id, label, predicted, p_true, loss."""
-        rows = Worst.candidates(scored.loss, self.worst.n)
+        rows = Worst.candidates(scored.loss, self.job.worst)
         entries = [{"index": scored.first_index + int(r), "loss": float(scored.loss[r])} for r in rows]
         if self.layout.key:
             keys = scored.chunk.batch.column(self.layout.key).take(rows).to_pylist()
@@ -221,18 +227,19 @@ class Evaluator:
                              p_true=float(scored.p_true[r]))
         return entries
 
-    def per_sample_columns(self, scored: Scored) -> dict[str, Any]:
-        """Columns of the --per-sample output for one batch: key (or 0-based row), label, predicted,
-        p_true and the losses in the report's units."""
-        columns: dict[str, Any] = sample_ids(scored, self.layout)
-        if scored.labels is not None:
-            names = self.layout.class_array
-            columns["label"] = names.take(scored.labels)
-            columns["predicted"] = names.take(scored.predicted)
-            columns["p_true"] = scored.p_true
-        for name, array in scored.values.items():
-            columns[name] = array / self.settings.unit_scale
-        return columns
+
+def per_sample_columns(job: Job, scored: Scored) -> dict[str, Any]:
+    """Columns of the --per-sample output for one batch: key (or 0-based row), label, predicted,
+    p_true and the losses in the report's units."""
+    columns: dict[str, Any] = sample_ids(scored, job.layout)
+    if scored.labels is not None:
+        names = job.layout.class_array
+        columns["label"] = names.take(scored.labels)
+        columns["predicted"] = names.take(scored.predicted)
+        columns["p_true"] = scored.p_true
+    for name, array in scored.values.items():
+        columns[name] = array / job.settings.unit_scale
+    return columns
 
 
 def sample_ids(scored: Scored, layout: Layout) -> dict[str, Any]:
@@ -269,25 +276,51 @@ def _log(q: np.ndarray) -> np.ndarray:
         return np.log(q)
 
 
-def _run(evaluator: Evaluator, sources, layout: Layout, target_sources, pair_key, same_file_targets,
-         separate_targets: bool, probs=None, writer=None, progress=None, explicit_classes=False,
-         on_batch=None) -> None:
-    """Stream the predictions (with their targets, if any) through the evaluator and the writer.
+def score_partition(job: Job, part: Partition) -> State:
+    """The State of one partition of a job's rows; the States of all partitions add up to the
+    State of the whole input, wherever and in whatever order they were scored."""
+    scorer = Scorer(job)
+    return scorer.state_of(scorer.score(part))
 
-    The reader threads are stopped and joined on every way out, errors included.
+
+Sink = Callable[[Scored], None]  # receives each scored batch: per-sample writers, compare's pairing
+
+
+def run(job: Job, sink: Sink | None = None, progress: Progress | None = None) -> State:
+    """Stream a job's rows (with their targets, if any) through the scorer; each scored batch also
+    goes to ``sink``. The reader threads are stopped and joined on every way out, errors included.
     """
+    state = State()
+    scorer = Scorer(job)
+    with contextlib.closing(partitions(job, scorer)) as parts:  # closing joins the reader threads
+        for part in parts:
+            scored = scorer.score(part)
+            state = state + scorer.state_of(scored)
+            if sink is not None:
+                sink(scored)
+            if progress is not None:
+                progress(part.first_index + scored.rows, part.chunk.bytes_read)
+    if state.rows == 0:
+        raise InputError(", ".join(s.name for s in job.sources), "no data rows")
+    if state.overall.weight <= 0:
+        raise InputError(job.sources[0].name, "weights sum to 0: nothing to average", column=job.layout.weight)
+    return state
+
+
+def partitions(job: Job, scorer: Scorer) -> Iterator[Partition]:
+    """The batches of the predictions, each with its position in the input and its targets."""
     from .readers import chunks
 
+    layout, sources, pair_key = job.layout, job.sources, job.pair_key
     name = sources[0].name
     with contextlib.ExitStack() as readers:
         stream = readers.enter_context(chunks(sources, layout.columns, layout.types(sources[0].schema)))
         index = None
-        if same_file_targets is not None:
-            pairs = ((c, evaluator.targets_of(c, same_file_targets)) for c in stream)
-        elif separate_targets:
+        if job.target_sources:
+            target_sources = job.target_sources
             tname = target_sources[0].name
-            t_layout = target_layout(target_sources[0].schema, tname, layout.class_names, name, probs=probs,
-                                     key=pair_key, explicit=explicit_classes)
+            t_layout = target_layout(target_sources[0].schema, tname, layout.class_names, name,
+                                     probs=job.target_probs, key=pair_key, explicit=job.explicit_classes)
             t_stream = readers.enter_context(chunks(target_sources, t_layout.columns,
                                                     t_layout.types(target_sources[0].schema)))
             if pair_key:
@@ -296,7 +329,7 @@ def _run(evaluator: Evaluator, sources, layout: Layout, target_sources, pair_key
                 t_chunks = list(t_stream)  # the targets are held in memory to pair by key
                 index = KeyIndex(pa.concat_arrays([c.batch.column(t_layout.key) for c in t_chunks])
                                  if t_chunks else pa.array([], pa.string()), tname, t_layout.key)
-                t_all = (np.concatenate([evaluator.targets_of(c, t_layout) for c in t_chunks])
+                t_all = (np.concatenate([scorer.targets_of(c, t_layout) for c in t_chunks])
                          if t_chunks else np.zeros((0, len(layout.class_names))))
 
                 def lookup(chunk):
@@ -305,25 +338,15 @@ def _run(evaluator: Evaluator, sources, layout: Layout, target_sources, pair_key
 
                 pairs = ((c, lookup(c)) for c in stream)
             else:
-                pairs = ((c, evaluator.targets_of(t, t_layout))
+                pairs = ((c, scorer.targets_of(t, t_layout))
                          for c, t in align_by_position(stream, t_stream, name, tname))
         else:
             pairs = ((c, None) for c in stream)
-        rows = 0
+        position = 0  # where the next batch starts in the whole input
         for chunk, targets in pairs:
             if index is not None and targets is None:
                 continue  # keys without a target row: reported once every row has been seen
-            scored = evaluator.add(chunk, targets)
-            rows += chunk.batch.num_rows
-            if writer is not None:
-                writer.write(evaluator.per_sample_columns(scored))
-            if on_batch is not None:
-                on_batch(scored)
-            if progress is not None:
-                progress(rows, chunk.bytes_read)
+            yield Partition(chunk, position, targets)
+            position += chunk.batch.num_rows
         if index is not None:
             index.finish(name)
-    if evaluator.summary is None or evaluator.summary.rows == 0:
-        raise InputError(", ".join(s.name for s in sources), "no data rows")
-    if evaluator.summary.weight <= 0:
-        raise InputError(name, "weights sum to 0: nothing to average", column=layout.weight)

@@ -6,15 +6,11 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from . import losses
 from .columns import Layout, parse_classes, resolve_layout, target_layout
 from .errors import InputError, UsageError
-from .report import UNITS, Gate, Report, check_gate_metrics
-
-if TYPE_CHECKING:
-    from .engine import Evaluator
+from .report import SYMMETRIC, UNITS, Gate, check_gate_metrics
 
 LABEL_METRICS = ("accuracy", "ece", "mce")  # need a true class per row
 
@@ -100,9 +96,14 @@ def _default_key(explicit: str | None, *schemas) -> str | None:
 
 
 @dataclass
-class ScoreJob:
-    """A resolved `score`: inputs opened, columns decided, settings checked; nothing read yet."""
+class Job:
+    """A resolved command: inputs opened, columns decided, settings checked; no row read yet.
 
+    ``target_sources`` are the targets of `score` or P of `kl`; ``same_file_targets`` the layout
+    of --target-prefix columns.
+    """
+
+    command: str  # "score" or "kl"
     settings: Settings
     soft: bool
     gates: list[Gate]
@@ -110,30 +111,34 @@ class ScoreJob:
     target_sources: list
     pair_key: str | None
     layout: Layout
-    same_file_targets: Layout | None
-    target_probs: str | None
-    explicit_classes: bool
-    worst: int
+    same_file_targets: Layout | None = None
+    target_probs: str | None = None
+    explicit_classes: bool = False
+    worst: int = 0
 
-    def evaluator(self) -> Evaluator:
-        from .engine import Evaluator
+    @property
+    def calibration(self) -> bool:
+        """Brier score and confidence bins: `score` (and compare), not `kl`."""
+        return self.command != "kl"
 
-        return Evaluator(self.layout, self.settings, self.soft, worst=self.worst)
+    @property
+    def target_kind(self) -> str:
+        """How the target values are read: P of `kl` like Q, targets of `score` as probabilities."""
+        return self.settings.kind if self.command == "kl" else "probs"
 
-    def run(self, evaluator: Evaluator, writer=None, progress=None, on_batch=None) -> None:
-        from .engine import _run
+    @property
+    def labelled(self) -> bool:
+        return self.layout.label is not None
 
-        _run(evaluator, self.sources, self.layout, self.target_sources, self.pair_key, self.same_file_targets,
-             bool(self.target_sources), probs=self.target_probs, writer=writer, progress=progress,
-             explicit_classes=self.explicit_classes, on_batch=on_batch)
-
-    def report(self, evaluator: Evaluator, command: str = "score", inputs: dict | None = None) -> Report:
-        from .report import _report
-
-        inputs = inputs or {"preds": _input_names(self.sources)}
+    @property
+    def inputs(self) -> dict[str, list[str]]:
+        """The files read, by role."""
+        if self.command == "kl":
+            return {"p": _input_names(self.target_sources), "q": _input_names(self.sources)}
+        inputs = {"preds": _input_names(self.sources)}
         if self.target_sources:
             inputs["targets"] = _input_names(self.target_sources)
-        return _report(command, evaluator, self.settings, inputs, self.gates, self.soft)
+        return inputs
 
 
 SCORE_METRICS = ["nll", "cross_entropy", "entropy", "kl", "perplexity", "accuracy", "brier", "ece", "mce"]
@@ -145,7 +150,7 @@ def plan_score(preds, *, targets=None, label: str | None = None, classes: str | 
                renormalize: bool = False, base: str = "e", target_prefix: str | None = None,
                target_probs: str | None = None, label_smoothing: float | None = None,
                bins: int = 15, by: Sequence[str] = (), worst: int = 0, max: Sequence[str] = (),
-               min: Sequence[str] = ()) -> ScoreJob:
+               min: Sequence[str] = ()) -> Job:
     """Check the options and open the inputs of a `score` (see score())."""
     settings = Settings(input, eps, tol, renormalize, str(base), label_smoothing, bins=bins)
     soft = targets is not None or target_prefix is not None or label_smoothing is not None
@@ -176,8 +181,31 @@ def plan_score(preds, *, targets=None, label: str | None = None, classes: str | 
                 raise UsageError(f"--{gate.bound} {gate.metric}=...: {gate.metric} needs a label column (--label)")
     same_file_targets = (target_layout(schema, name, layout.class_names, name, prefix=target_prefix)
                          if target_prefix else None)
-    return ScoreJob(settings, soft, gates, sources, target_sources, pair_key, layout, same_file_targets,
-                    target_probs, classes is not None, worst)
+    return Job("score", settings, soft, gates, sources, target_sources, pair_key, layout, same_file_targets,
+               target_probs, classes is not None, worst)
+
+
+def plan_kl(p, q, *, classes: str | list[str] | None = None, probs: str | None = None, key: str | None = None,
+            input: str = "probs", eps: float = losses.EPS, tol: float = 1e-4, renormalize: bool = False,
+            base: str = "e", symmetric: bool = False, max: Sequence[str] = (), min: Sequence[str] = ()) -> Job:
+    """Check the options and open the inputs of a `kl` (see kl())."""
+    settings = Settings(input, eps, tol, renormalize, str(base), symmetric=symmetric)
+    _check_stdin_once(p, q)
+    names = ["kl", "cross_entropy", "entropy", "perplexity"] + (list(SYMMETRIC) if symmetric else [])
+    gates = _gates(max, min, names)
+    p_sources, q_sources = _sources(p), _sources(q)
+    p_schema, q_schema = p_sources[0].schema, q_sources[0].schema
+    pair_key = _default_key(key, (q_schema, q_sources[0].name), (p_schema, p_sources[0].name))
+    class_list = parse_classes(classes) if isinstance(classes, str) else classes
+    layout = resolve_layout(q_schema, q_sources[0].name, classes=class_list, probs=probs, key=pair_key,
+                            label_required=False)
+    layout.label = None  # a label column is never a class here, and is not needed
+    if probs and not layout.class_names:
+        layout.class_names = _list_width_names(q_sources, layout)
+    if layout.binary:
+        raise InputError(q_sources[0].name, "needs one probability column per class, found one")
+    return Job("kl", settings, True, gates, q_sources, p_sources, pair_key, layout, target_probs=probs,
+               explicit_classes=class_list is not None)
 
 
 def _gates(max_: Sequence[str], min_: Sequence[str], available: list[str]) -> list[Gate]:

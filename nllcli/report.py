@@ -12,9 +12,8 @@ import numpy as np
 from .errors import UsageError
 
 if TYPE_CHECKING:
-    from .engine import Evaluator
-    from .plan import Settings
-    from .summary import Summary
+    from .plan import Job, Settings
+    from .summary import State, Summary
 
 SCHEMA_VERSION = 1
 UNITS = {"e": "nats", "2": "bits", "10": "bans"}
@@ -168,12 +167,14 @@ def _metrics(s: Summary, command: str, settings: Settings, soft: bool, labelled:
     return metrics
 
 
-def _report(command: str, evaluator: Evaluator, settings: Settings, inputs, gates, soft: bool) -> Report:
-    s, layout, scale = evaluator.summary, evaluator.layout, settings.unit_scale
+def build_report(job: Job, state: State, command: str | None = None) -> Report:
+    """The Report of a job from its State: metrics in the asked units, per class, per group, worst."""
+    s, layout, settings, soft = state.overall, job.layout, job.settings, job.soft
+    command, scale = command or job.command, settings.unit_scale
     labelled = layout.label is not None
 
     def metrics_of(summary: Summary) -> dict[str, float]:
-        return _metrics(summary, command, settings, soft, labelled, evaluator.calibration)
+        return _metrics(summary, job.command, settings, soft, labelled, job.calibration)
 
     per_class = []
     if labelled:
@@ -182,20 +183,20 @@ def _report(command: str, evaluator: Evaluator, settings: Settings, inputs, gate
             per_class.append({"class": name, "rows": int(s.class_rows[j]), "nll": float(class_loss[j]),
                               "accuracy": float(s.class_accuracy[j])})
     groups = [{"by": dict(zip(layout.groups, key)), "rows": part.rows, "metrics": metrics_of(part)}
-              for key, part in evaluator.groups.items()]
-    main = "kl" if command == "kl" else "nll"
+              for key, part in state.groups.items()]
+    main = "kl" if job.command == "kl" else "nll"
     groups.sort(key=lambda g: (-_sort_value(g["metrics"][main]), [str(v) for v in g["by"].values()]))
     worst = []
-    if evaluator.worst is not None:
-        for entry in evaluator.worst.entries:
+    if state.worst is not None:
+        for entry in state.worst.entries:
             row = {"row": entry["index"], **{k: v for k, v in entry.items() if k not in ("index", "loss")}}
             worst.append({**row, "loss": entry["loss"] / scale})
     warnings = []
     if s.clipped:
         warnings.append(f"{s.clipped:,} probabilities clipped to [eps, 1 - eps], eps = {settings.eps:.3g}")
-    return Report(command, inputs, s.rows, list(layout.class_names), UNITS[settings.base], metrics_of(s), per_class,
-                  s.clipped, settings.eps, settings.kind, layout.weight is not None, warnings, gates,
-                  calibration=_calibration_rows(s) if evaluator.calibration and labelled else [],
+    return Report(command, job.inputs, s.rows, list(layout.class_names), UNITS[settings.base], metrics_of(s),
+                  per_class, s.clipped, settings.eps, settings.kind, layout.weight is not None, warnings,
+                  job.gates, calibration=_calibration_rows(s) if job.calibration and labelled else [],
                   loss_histogram=_histogram_rows(s, scale), groups=groups, worst=worst)
 
 

@@ -181,3 +181,31 @@ class Worst:
         out = Worst(self.n, list(self.entries))
         out.add_entries(other.entries)
         return out
+
+
+@dataclass
+class State:
+    """Everything a run keeps while streaming: the overall Summary, one Summary per ``--by`` group
+    and the worst samples. ``State() + State()`` is the state of the rows of both, so a partition
+    scored anywhere merges into the whole; ``State()`` is the state of no rows."""
+
+    overall: Summary | None = None
+    groups: dict[tuple, Summary] = dataclasses.field(default_factory=dict)
+    worst: Worst | None = None
+
+    def __add__(self, other: "State") -> "State":
+        groups = dict(self.groups)
+        for key, part in other.groups.items():
+            groups[key] = groups[key] + part if key in groups else part
+        return State(_merge(self.overall, other.overall), groups, _merge(self.worst, other.worst))
+
+    @property
+    def rows(self) -> int:
+        return self.overall.rows if self.overall is not None else 0
+
+
+def _merge(a, b):
+    """a + b, where None is the empty side."""
+    if a is None:
+        return b
+    return a if b is None else a + b

@@ -1104,7 +1104,7 @@ def _boom(*args, **kwargs):
     raise RuntimeError("kaboom")
 
 
-@pytest.mark.parametrize("target", ["nllcli.engine.prepare", "nllcli.engine.Evaluator.add", "nllcli.report._report"])
+@pytest.mark.parametrize("target", ["nllcli.engine.prepare", "nllcli.engine.Scorer.state_of", "nllcli.api.build_report"])
 def test_internal_error_is_one_line(run, preds, monkeypatch, target):
     monkeypatch.setattr(target, _boom)
     result = run("score", preds, "--format", "json")
@@ -1125,7 +1125,7 @@ def test_internal_error_with_debug_shows_traceback(run, preds, monkeypatch):
 
 
 def test_internal_error_removes_per_sample_file(run, preds, tmp_path, monkeypatch):
-    monkeypatch.setattr("nllcli.report._report", _boom)
+    monkeypatch.setattr("nllcli.api.build_report", _boom)
     out = tmp_path / "out.csv"
     result = run("score", preds, "--per-sample", out)
     assert result.exit_code == 3
