@@ -24,9 +24,9 @@ def score(preds: PathOrData, *, targets: PathOrData | None = None, label: str | 
           weight: str | None = None, positive: str | None = None, input: str = "probs",
           eps: float = losses.EPS, tol: float = 1e-4, renormalize: bool = False, base: str = "e",
           target_prefix: str | None = None, target_probs: str | None = None,
-          label_smoothing: float | None = None, bins: int = 15, by: Sequence[str] = (), worst: int = 0,
-          max: Sequence[str] = (), min: Sequence[str] = (), per_sample: str | Path | None = None,
-          progress: Progress | None = None) -> Report:
+          label_smoothing: float | None = None, bins: int = 15, top_k: int | None = None,
+          by: Sequence[str] = (), worst: int = 0, max: Sequence[str] = (), min: Sequence[str] = (),
+          per_sample: str | Path | None = None, progress: Progress | None = None) -> Report:
     """Score predictions against hard labels or soft targets (`nll score`).
 
     targets: a file of target distributions, paired by ``key`` or by position; target_prefix:
@@ -34,14 +34,15 @@ def score(preds: PathOrData, *, targets: PathOrData | None = None, label: str | 
     label, classes, probs (a list column), key, weight, positive (class 1 of a binary file): the
     columns. input: probs, logits or log-probs; eps: the clip (0: none); tol: how far a row may sum
     from 1; renormalize: divide rows by their sum; base: e, 2 or 10. bins: confidence bins for
-    ECE; by: group columns; worst: list the N largest losses. per_sample: a .csv or .parquet file
-    (or '-') of one row per sample, written atomically. progress(rows, bytes) is called per batch.
+    ECE; top_k: also top_k_accuracy (the label among the K likeliest classes); by: group columns;
+    worst: list the N largest losses. per_sample: a .csv or .parquet file (or '-') of one row per
+    sample, written atomically. progress(rows, bytes) is called after each batch.
     """
     _check_per_sample_target(per_sample, preds, targets)
     job = plan_score(preds, targets=targets, label=label, classes=classes, probs=probs, key=key, weight=weight,
                      positive=positive, input=input, eps=eps, tol=tol, renormalize=renormalize, base=base,
                      target_prefix=target_prefix, target_probs=target_probs, label_smoothing=label_smoothing,
-                     bins=bins, by=by, worst=worst, max=max, min=min)
+                     bins=bins, top_k=top_k, by=by, worst=worst, max=max, min=min)
     return _run_and_report(job, per_sample, progress)
 
 

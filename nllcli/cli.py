@@ -269,6 +269,8 @@ def score(
     base: BaseOpt = Base.e,
     bins: Annotated[int, typer.Option("--bins", help="Equal-width confidence bins for ECE and the "
                                       "reliability chart.")] = 15,
+    top_k: Annotated[Optional[int], typer.Option("--top-k", metavar="K", help="Also top_k_accuracy: the "
+                                                 "share of rows whose label is among the K likeliest classes.")] = None,
     by: Annotated[Optional[list[str]], typer.Option("--by", metavar="COL", help="Every metric per group "
                                                     "of this column (camera, site, day). Repeatable.")] = None,
     worst: Annotated[int, typer.Option("--worst", metavar="N", help="List the N samples with the largest "
@@ -288,7 +290,7 @@ def score(
     report = _score_report(preds, targets=targets, label=label, classes=classes, probs=probs, key=key,
                            weight=weight, positive=positive, input=input.value, eps=eps, tol=tol,
                            renormalize=renormalize, base=base.value, target_prefix=target_prefix,
-                           label_smoothing=label_smoothing, bins=bins, by=by or (), worst=worst,
+                           label_smoothing=label_smoothing, bins=bins, top_k=top_k, by=by or (), worst=worst,
                            max=max or (), min=min or (), per_sample=per_sample, quiet=quiet)
     _finish(report, format, per_sample)
 

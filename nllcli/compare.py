@@ -23,15 +23,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import metrics
 from .engine import Scored, group_rows, run
 from .errors import InputError, UsageError
 from .pairing import KeyIndex
 from .plan import Job, _default_key, _input_names, plan_score
-from .report import INFORMATION_METRICS, build_report
+from .report import build_report
 from .summary import Worst
 
 EXACT_ROWS = 20_000
-LOWER_IS_BETTER = {"nll": True, "kl": True, "brier": True, "accuracy": False}
 
 
 @dataclass
@@ -63,22 +63,12 @@ class Sides:
 
 
 def compared_metrics(job: Job) -> list[str]:
-    names = ["nll"] + (["kl"] if job.soft else [])
-    if job.layout.label is not None:
-        names.append("accuracy")
-    return names + ["brier"]
+    """The metrics of the job's report that have per-sample values to pair (see metrics.py)."""
+    return [m.name for m in metrics.reported(job) if m.paired is not None and m.compared(job)]
 
 
 def per_sample_metrics(scored: Scored, names) -> dict[str, np.ndarray]:
-    out = {}
-    for name in names:
-        if name == "nll":
-            out[name] = scored.loss
-        elif name == "accuracy":
-            out[name] = scored.correct.astype(np.float64)
-        else:
-            out[name] = scored.summed[name]
-    return out
+    return {name: metrics.get(name).paired(scored) for name in names}
 
 
 def compare(base_preds, new_preds, *, key: str | None = None, confidence: float = 0.95, resamples: int = 2000,
@@ -142,7 +132,7 @@ def _weighted_mean(values: np.ndarray, weights: np.ndarray, settings, name: str)
     """A group's base value of a metric, in the report's units (zero weights drop their rows)."""
     total = np.multiply(values, weights, out=np.zeros_like(values), where=weights > 0).sum()
     mean = float(total / weights.sum()) if weights.sum() > 0 else float("nan")
-    return mean / settings.unit_scale if name in INFORMATION_METRICS else mean
+    return metrics.in_units(name, mean, settings.unit_scale)
 
 
 def comparison(names, base: dict, new: dict, deltas: dict[str, np.ndarray], weights: np.ndarray,
@@ -151,9 +141,8 @@ def comparison(names, base: dict, new: dict, deltas: dict[str, np.ndarray], weig
     intervals = bootstrap(deltas, weights, resamples, confidence, seed)
     entries = []
     for name in names:
-        unit = scale if name in INFORMATION_METRICS else 1.0
-        low, high = (v / unit for v in intervals[name])
-        better = deltas[name] < 0 if LOWER_IS_BETTER[name] else deltas[name] > 0
+        low, high = (metrics.in_units(name, v, scale) for v in intervals[name])
+        better = deltas[name] < 0 if metrics.get(name).lower_is_better else deltas[name] > 0
         entries.append({
             "metric": name, "base": base[name], "new": new[name], "delta": new[name] - base[name],
             "ci": [low, high], "confidence": confidence, "resamples": resamples, "seed": seed,

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from . import losses
+from . import losses, metrics
 from .columns import Layout, floats, integers, target_layout
 from .errors import InputError, UsageError
 from .pairing import KeyIndex, align_by_position
@@ -146,6 +146,7 @@ class Scorer:
         self.job = job
         self.layout, self.settings, self.soft = job.layout, job.settings, job.soft
         self.target_kind, self.calibration = job.target_kind, job.calibration
+        self.quantities = [(m.name, m.quantity) for m in metrics.reported(job) if m.quantity is not None]
 
     def targets_of(self, chunk, target_layout_: Layout) -> np.ndarray:
         """Validated target distributions of a batch (never clipped)."""
@@ -177,10 +178,11 @@ class Scorer:
             targets = losses.label_smoothing(labels, k, settings.label_smoothing or 0.0)
         predicted = losses.argmax_rows(pred.values) if labels is not None else None
         values, clipped, p_true = self._losses(pred, labels, targets)
-        summed, confidence = values, None
-        if self.calibration:  # in the summary only: per-sample rows keep their documented columns
-            summed = {**values, "brier": losses.brier(pred.probs(), labels, targets)}
-            confidence = losses.top_confidence(pred.q, pred.log_q) if labels is not None else None
+        # The metrics' own quantities are in the summary only: per-sample rows keep their documented columns.
+        summed = {**values, **{name: quantity(pred, labels, targets, settings) for name, quantity in self.quantities}}
+        confidence = None
+        if self.calibration and labels is not None:
+            confidence = losses.top_confidence(pred.q, pred.log_q)
         return Scored(chunk, part.first_index, values, summed, values["cross_entropy" if self.soft else "nll"],
                       _weights(chunk, layout), labels, predicted,
                       (predicted == labels) if labels is not None else None, confidence, p_true, clipped)

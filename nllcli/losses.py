@@ -222,6 +222,19 @@ def argmax_rows(values: np.ndarray) -> np.ndarray:
     return out
 
 
+def top_k_hits(values: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """1.0 where the true class is among the k highest values of its row, else 0.0.
+
+    The rank of the true class y is #{j : v_j > v_y} + #{j < y : v_j = v_y}: ties go to the first
+    column, as for argmax_rows, so k = 1 is the accuracy. Ranks are the same for probabilities,
+    logits and log-probabilities (the transforms are monotone).
+    """
+    true = true_class(values, labels)[:, None]
+    above = np.count_nonzero(values > true, axis=1)
+    tied_before = np.count_nonzero((values == true) & (np.arange(values.shape[1]) < labels[:, None]), axis=1)
+    return ((above + tied_before) < k).astype(np.float64)
+
+
 def true_class(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """values[i, labels[i]] for each row."""
     return values[np.arange(values.shape[0]), labels]

@@ -7,12 +7,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import losses
+from . import losses, metrics
 from .columns import Layout, parse_classes, resolve_layout, target_layout
 from .errors import InputError, UsageError
-from .report import SYMMETRIC, UNITS, Gate, check_gate_metrics
-
-LABEL_METRICS = ("accuracy", "ece", "mce")  # need a true class per row
+from .report import UNITS, Gate, check_gate_metrics
 
 
 @dataclass(frozen=True)
@@ -27,6 +25,7 @@ class Settings:
     label_smoothing: float | None = None
     symmetric: bool = False
     bins: int = 15
+    top_k: int | None = None
 
     def __post_init__(self):
         if self.kind not in losses.INPUT_KINDS:
@@ -41,6 +40,8 @@ class Settings:
             raise UsageError(f"--label-smoothing {self.label_smoothing:g}: must be in [0, 1]")
         if not (1 <= self.bins <= 10_000):
             raise UsageError(f"--bins {self.bins}: must be between 1 and 10000")
+        if self.top_k is not None and self.top_k < 1:
+            raise UsageError(f"--top-k {self.top_k}: must be at least 1")
 
     @property
     def unit_scale(self) -> float:
@@ -141,18 +142,15 @@ class Job:
         return inputs
 
 
-SCORE_METRICS = ["nll", "cross_entropy", "entropy", "kl", "perplexity", "accuracy", "brier", "ece", "mce"]
-
-
 def plan_score(preds, *, targets=None, label: str | None = None, classes: str | list[str] | None = None,
                probs: str | None = None, key: str | None = None, weight: str | None = None,
                positive: str | None = None, input: str = "probs", eps: float = losses.EPS, tol: float = 1e-4,
                renormalize: bool = False, base: str = "e", target_prefix: str | None = None,
                target_probs: str | None = None, label_smoothing: float | None = None,
-               bins: int = 15, by: Sequence[str] = (), worst: int = 0, max: Sequence[str] = (),
-               min: Sequence[str] = ()) -> Job:
+               bins: int = 15, top_k: int | None = None, by: Sequence[str] = (), worst: int = 0,
+               max: Sequence[str] = (), min: Sequence[str] = ()) -> Job:
     """Check the options and open the inputs of a `score` (see score())."""
-    settings = Settings(input, eps, tol, renormalize, str(base), label_smoothing, bins=bins)
+    settings = Settings(input, eps, tol, renormalize, str(base), label_smoothing, bins=bins, top_k=top_k)
     soft = targets is not None or target_prefix is not None or label_smoothing is not None
     if label_smoothing is not None and (targets is not None or target_prefix is not None):
         raise UsageError("--label-smoothing softens hard labels; it does not combine with --targets or --target-prefix")
@@ -161,7 +159,7 @@ def plan_score(preds, *, targets=None, label: str | None = None, classes: str | 
     _check_stdin_once(preds, targets)
     if isinstance(preds, (list, tuple)) and len(preds) == 1:
         preds = preds[0]
-    gates = _gates(max, min, SCORE_METRICS)
+    gates = _gates(max, min, "score", settings)
     sources = _sources(preds)
     schema, name = sources[0].schema, sources[0].name
     target_sources = _sources(targets) if targets is not None else []
@@ -177,7 +175,7 @@ def plan_score(preds, *, targets=None, label: str | None = None, classes: str | 
         raise UsageError("soft targets need one probability column per class (this file has one)")
     if layout.label is None:
         for gate in gates:
-            if gate.metric in LABEL_METRICS:
+            if metrics.get(gate.metric).needs_label:
                 raise UsageError(f"--{gate.bound} {gate.metric}=...: {gate.metric} needs a label column (--label)")
     same_file_targets = (target_layout(schema, name, layout.class_names, name, prefix=target_prefix)
                          if target_prefix else None)
@@ -191,8 +189,7 @@ def plan_kl(p, q, *, classes: str | list[str] | None = None, probs: str | None =
     """Check the options and open the inputs of a `kl` (see kl())."""
     settings = Settings(input, eps, tol, renormalize, str(base), symmetric=symmetric)
     _check_stdin_once(p, q)
-    names = ["kl", "cross_entropy", "entropy", "perplexity"] + (list(SYMMETRIC) if symmetric else [])
-    gates = _gates(max, min, names)
+    gates = _gates(max, min, "kl", settings)
     p_sources, q_sources = _sources(p), _sources(q)
     p_schema, q_schema = p_sources[0].schema, q_sources[0].schema
     pair_key = _default_key(key, (q_schema, q_sources[0].name), (p_schema, p_sources[0].name))
@@ -208,9 +205,14 @@ def plan_kl(p, q, *, classes: str | list[str] | None = None, probs: str | None =
                explicit_classes=class_list is not None)
 
 
-def _gates(max_: Sequence[str], min_: Sequence[str], available: list[str]) -> list[Gate]:
+def _gates(max_: Sequence[str], min_: Sequence[str], command: str, settings: Settings) -> list[Gate]:
     gates = [Gate.parse(t, "max") for t in max_] + [Gate.parse(t, "min") for t in min_]
-    check_gate_metrics(gates, available)
+    offered = [m.name for m in metrics.offered(command, settings)]
+    for gate in gates:
+        metric = metrics.get(gate.metric)
+        if gate.metric not in offered and metric is not None and command in metric.commands and metric.option:
+            raise UsageError(f"--{gate.bound} {gate.metric}=...: {gate.metric} needs {metric.option}")
+    check_gate_metrics(gates, offered)
     return gates
 
 

@@ -9,8 +9,10 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any
 
+from . import metrics as metric_table
 from .errors import UsageError
-from .report import INFORMATION_METRICS, Report
+from .report import Report
+
 
 def to_json(report: Report, indent: int | None = 2) -> str:
     """Strict JSON (no NaN or Infinity), with schema_version."""
@@ -57,7 +59,7 @@ def write_table(report: Report, stream: IO[str]) -> None:
     metrics.add_column("value", justify="right")
     metrics.add_column("unit")
     for name, value in report.metrics.items():
-        unit = report.units if name in INFORMATION_METRICS else ""
+        unit = report.units if metric_table.is_information(name) else ""
         metrics.add_row(name, _number(value), unit)
     console.print(metrics)
     if report.per_class:
@@ -150,8 +152,8 @@ def _groups_table(report: Report, style: dict):
             table.add_row(*[_text(v) for v in group["by"].values()], f"{group['rows']:,}", _number(nll["base"]),
                           _number(nll["new"]), f"{nll['delta']:+.6f}", _interval(nll["ci"]))
         return table
-    shown = [m for m in ("nll", "kl", "accuracy", "brier", "ece") if m in report.groups[0]["metrics"]
-             and not (m == "kl" and "nll" in report.metrics and report.metrics.get("entropy") == 0)]
+    shown = [m.name for m in metric_table.METRICS if m.in_groups and m.name in report.groups[0]["metrics"]
+             and not (m.name == "kl" and "nll" in report.metrics and report.metrics.get("entropy") == 0)]
     for metric in shown:
         table.add_column(metric, justify="right")
     for group in report.groups:

@@ -12,14 +12,11 @@ import numpy as np
 from .errors import UsageError
 
 if TYPE_CHECKING:
-    from .plan import Job, Settings
+    from .plan import Job
     from .summary import State, Summary
 
 SCHEMA_VERSION = 1
 UNITS = {"e": "nats", "2": "bits", "10": "bans"}
-# Quantities measured in information units (converted by --base); the rest are unitless.
-INFORMATION_METRICS = ("nll", "cross_entropy", "entropy", "kl", "kl_reverse", "js")
-SYMMETRIC = ("kl_reverse", "js")
 
 
 @dataclass(frozen=True)
@@ -81,6 +78,7 @@ class Report:
     worst: list[dict[str, Any]] = field(default_factory=list)  # --worst: the largest losses
     comparison: list[dict[str, Any]] = field(default_factory=list)  # compare: one entry per metric
     regression: str | None = None  # compare --fail-if-worse: why the new model is clearly worse
+    top_k: int | None = None  # --top-k: the K of top_k_accuracy
 
     @property
     def failed_gates(self) -> list[Gate]:
@@ -110,6 +108,7 @@ class Report:
             "input": self.input_kind,
             "eps": self.eps,
             "weighted": self.weighted,
+            "top_k": self.top_k,
             "metrics": metrics,
             "per_class": per_class,
             "clipped": self.clipped,
@@ -143,28 +142,12 @@ def _nonfinite_kind(value: float | None) -> str | None:
 # -- building a report from summaries ------------------------------------------------------
 
 
-def _metrics(s: Summary, command: str, settings: Settings, soft: bool, labelled: bool,
-             calibration: bool) -> dict[str, float]:
+def metric_values(s: Summary, job: Job) -> dict[str, float]:
     """The report's metrics from a summary (all rows, or one group), in the asked units."""
-    nats = s.mean("cross_entropy" if soft else "nll")
-    if soft:
-        metrics = {"nll": nats, "cross_entropy": nats, "entropy": s.mean("entropy"), "kl": s.mean("kl")}
-        for name in SYMMETRIC if settings.symmetric else ():
-            metrics[name] = s.mean(name)
-    else:
-        metrics = {"nll": nats, "cross_entropy": nats, "entropy": 0.0, "kl": nats}
-    if command == "kl":
-        metrics.pop("nll")
-    metrics = {k: (v / settings.unit_scale if k in INFORMATION_METRICS else v) for k, v in metrics.items()}
-    # Perplexity is exp of the mean loss in nats, whatever the unit asked for.
-    metrics["perplexity"] = math.inf if nats > 709.0 else math.exp(nats)  # NaN stays NaN
-    if labelled:
-        metrics["accuracy"] = s.accuracy
-    if calibration:
-        metrics["brier"] = s.mean("brier")
-        if labelled:
-            metrics["ece"], metrics["mce"] = s.calibration_errors()
-    return metrics
+    from . import metrics
+
+    scale = job.settings.unit_scale
+    return {m.name: metrics.in_units(m.name, m.finish(s, job), scale) for m in metrics.reported(job)}
 
 
 def build_report(job: Job, state: State, command: str | None = None) -> Report:
@@ -173,16 +156,13 @@ def build_report(job: Job, state: State, command: str | None = None) -> Report:
     command, scale = command or job.command, settings.unit_scale
     labelled = layout.label is not None
 
-    def metrics_of(summary: Summary) -> dict[str, float]:
-        return _metrics(summary, job.command, settings, soft, labelled, job.calibration)
-
     per_class = []
     if labelled:
         class_loss = s.class_mean("cross_entropy" if soft else "nll") / scale
         for j, name in enumerate(layout.class_names):
             per_class.append({"class": name, "rows": int(s.class_rows[j]), "nll": float(class_loss[j]),
                               "accuracy": float(s.class_accuracy[j])})
-    groups = [{"by": dict(zip(layout.groups, key)), "rows": part.rows, "metrics": metrics_of(part)}
+    groups = [{"by": dict(zip(layout.groups, key)), "rows": part.rows, "metrics": metric_values(part, job)}
               for key, part in state.groups.items()]
     main = "kl" if job.command == "kl" else "nll"
     groups.sort(key=lambda g: (-_sort_value(g["metrics"][main]), [str(v) for v in g["by"].values()]))
@@ -194,10 +174,13 @@ def build_report(job: Job, state: State, command: str | None = None) -> Report:
     warnings = []
     if s.clipped:
         warnings.append(f"{s.clipped:,} probabilities clipped to [eps, 1 - eps], eps = {settings.eps:.3g}")
-    return Report(command, job.inputs, s.rows, list(layout.class_names), UNITS[settings.base], metrics_of(s),
+    if settings.top_k is not None and labelled and settings.top_k >= len(layout.class_names):
+        warnings.append(f"--top-k {settings.top_k} with {len(layout.class_names)} classes: every row counts "
+                        "as a hit, top_k_accuracy is 1")
+    return Report(command, job.inputs, s.rows, list(layout.class_names), UNITS[settings.base], metric_values(s, job),
                   per_class, s.clipped, settings.eps, settings.kind, layout.weight is not None, warnings,
                   job.gates, calibration=_calibration_rows(s) if job.calibration and labelled else [],
-                  loss_histogram=_histogram_rows(s, scale), groups=groups, worst=worst)
+                  loss_histogram=_histogram_rows(s, scale), groups=groups, worst=worst, top_k=settings.top_k)
 
 
 def _sort_value(value: float) -> float:

@@ -57,3 +57,17 @@ def assert_input_error(result, *fragments, streamed=False):
     for fragment in fragments:
         assert fragment in line, f"{fragment!r} not in {line!r}"
     return line
+
+
+def broken_kernel(*args, **kwargs):
+    raise RuntimeError("kaboom")
+
+
+def add_broken_metric(monkeypatch, stage: str, command: str = "score") -> None:
+    """Add to the public metric table a metric whose kernel (stage "batch") or whose finishing
+    step (stage "report") has a bug: the way an internal error of ours meets the user."""
+    from nllcli import metrics
+
+    broken = (metrics.Metric("broken", (command,), finish=broken_kernel) if stage == "report" else
+              metrics.Metric("broken", (command,), finish=lambda s, job: 0.0, quantity=broken_kernel))
+    monkeypatch.setattr(metrics, "METRICS", (*metrics.METRICS, broken))

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import (arrow_table, assert_input_error, loads_strict, one_line, parquet_bytes, table_text,
+from helpers import (add_broken_metric, arrow_table, assert_input_error, loads_strict, one_line, parquet_bytes, table_text,
                      write_csv)
 
 EPS = float(np.finfo(np.float64).eps)
@@ -658,11 +658,9 @@ def test_kl_empty_and_header_only(run, tmp_path, p_file):
     assert_input_error(run("kl", tmp_path / "p_header.csv", tmp_path / "header.csv"), "no data rows")
 
 
-def test_kl_internal_error(run, p_file, q_file, monkeypatch):
-    def boom(*args, **kwargs):
-        raise RuntimeError("kaboom")
-
-    monkeypatch.setattr("nllcli.pairing.KeyIndex.rows", boom)
+@pytest.mark.parametrize("stage", ["batch", "report"])
+def test_kl_internal_error(run, p_file, q_file, monkeypatch, stage):
+    add_broken_metric(monkeypatch, stage, command="kl")
     result = run("kl", p_file, q_file, "--per-sample", p_file.parent / "out.csv")
     assert result.exit_code == 3 and result.stdout == ""
     assert "--debug" in one_line(result.stderr)

@@ -18,8 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 
 import nllcli
-from helpers import (arrow_table, assert_input_error, loads_strict, one_line, parquet_bytes, table_text,
-                     write_csv)
+from helpers import (add_broken_metric, arrow_table, assert_input_error, loads_strict, one_line, parquet_bytes,
+                     table_text, write_csv)
 
 EPS = float(np.finfo(np.float64).eps)
 
@@ -1100,13 +1100,9 @@ def test_no_background_thread_outlives_an_input_error(run, tmp_path, rows):
 # -- internal errors -------------------------------------------------------------------------
 
 
-def _boom(*args, **kwargs):
-    raise RuntimeError("kaboom")
-
-
-@pytest.mark.parametrize("target", ["nllcli.engine.prepare", "nllcli.engine.Scorer.state_of", "nllcli.api.build_report"])
-def test_internal_error_is_one_line(run, preds, monkeypatch, target):
-    monkeypatch.setattr(target, _boom)
+@pytest.mark.parametrize("stage", ["batch", "report"])
+def test_internal_error_is_one_line(run, preds, monkeypatch, stage):
+    add_broken_metric(monkeypatch, stage)
     result = run("score", preds, "--format", "json")
     assert result.exit_code == 3
     assert result.stdout == ""
@@ -1116,16 +1112,17 @@ def test_internal_error_is_one_line(run, preds, monkeypatch, target):
 
 
 def test_internal_error_with_debug_shows_traceback(run, preds, monkeypatch):
-    monkeypatch.setattr("nllcli.engine.prepare", _boom)
+    add_broken_metric(monkeypatch, "batch")
     result = run("score", preds, "--debug")
     assert result.exit_code == 3
     assert "Traceback" in result.stderr
     assert "kaboom" in result.stderr
-    assert "_boom" in result.stderr  # the frame that raised
+    assert "broken_kernel" in result.stderr  # the frame that raised
 
 
-def test_internal_error_removes_per_sample_file(run, preds, tmp_path, monkeypatch):
-    monkeypatch.setattr("nllcli.api.build_report", _boom)
+@pytest.mark.parametrize("stage", ["batch", "report"])
+def test_internal_error_removes_per_sample_file(run, preds, tmp_path, monkeypatch, stage):
+    add_broken_metric(monkeypatch, stage)
     out = tmp_path / "out.csv"
     result = run("score", preds, "--per-sample", out)
     assert result.exit_code == 3
