@@ -26,7 +26,7 @@ import numpy as np
 from . import metrics
 from .engine import Scored, group_rows, run
 from .errors import InputError, UsageError
-from .pairing import KeyIndex
+from .pairing import ByPosition, KeyIndex
 from .plan import Job, _default_key, _input_names, plan_score
 from .report import build_report
 from .summary import Worst
@@ -164,8 +164,8 @@ class Pairing:
         # order of the new file's rows.
         total = len(self.weights)
         self.deltas = {n: np.zeros(total) for n in names}
-        self.offset = 0  # rows of the new model seen so far
-        self.keys = self.index = None
+        self.keys = None
+        self.index: KeyIndex | ByPosition = ByPosition(total, base_name)
         if key:
             import pyarrow as pa
 
@@ -174,17 +174,9 @@ class Pairing:
 
     def add(self, scored: Scored, key: str | None) -> None:
         n = scored.rows
-        if self.index is not None:
-            rows = self.index.rows(scored.chunk.batch.column(key))
-            if rows is None:
-                return  # keys without a partner: reported by finish(), once every row is seen
-        else:
-            rows = np.arange(self.offset, self.offset + n)
-            total = len(self.weights)
-            if rows[-1] >= total:
-                raise InputError(self.new_name, f"row counts differ: more rows here than the {total} rows in "
-                                                f"{self.base_name} (pairing by position; use --key to pair by an id column)")
-        self.offset += n
+        rows = self.index.rows(scored.chunk.batch.column(key) if key else n)
+        if rows is None:
+            return  # rows without a partner: reported by finish(), once every row is seen
         if self.labels is not None and scored.labels is not None:
             disagree = np.flatnonzero(self.labels[rows] != scored.labels)
             if disagree.size:
@@ -220,12 +212,7 @@ class Pairing:
         return entries
 
     def finish(self) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        total = len(self.weights)
-        if self.index is not None:
-            self.index.finish(self.new_name)
-        elif self.offset != total:
-            raise InputError(self.new_name, f"row counts differ: {self.offset} rows here, {total} rows in "
-                                            f"{self.base_name} (pairing by position; use --key to pair by an id column)")
+        self.index.finish(self.new_name)
         return self.deltas, self.weights
 
 

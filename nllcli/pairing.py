@@ -1,4 +1,10 @@
-"""Pairing the rows of two files: by key (in any order) or by position."""
+"""Pairing the rows of two files: by key, in any order (KeyIndex), or by position.
+
+Both pairers take the rows of one file batch by batch and give, for each batch, the positions of
+the partner rows in the other file, or None when some have no partner; what is wrong is said by
+finish(), once every row has been seen. align_by_position pairs two streams slice by slice,
+with the same message when the row counts differ.
+"""
 
 from __future__ import annotations
 
@@ -24,7 +30,7 @@ def align_by_position(left: Iterator, right: Iterator, left_name: str, right_nam
                 current, offset = next(right, None), 0
                 if current is None:
                     total_left = left_rows + n_rows + sum(c.batch.num_rows for c in left)
-                    raise _count_mismatch(left_name, total_left, right_name, left_rows + pos)
+                    raise count_mismatch(left_name, total_left, right_name, left_rows + pos)
             take = min(n_rows - pos, current.batch.num_rows - offset)
             yield (Chunk(chunk.batch.slice(pos, take), chunk.source, chunk.first_row + pos),
                    Chunk(current.batch.slice(offset, take), current.source, current.first_row + offset))
@@ -33,16 +39,33 @@ def align_by_position(left: Iterator, right: Iterator, left_name: str, right_nam
         left_rows += n_rows
     leftover = (current.batch.num_rows - offset if current is not None else 0) + sum(c.batch.num_rows for c in right)
     if leftover:
-        raise _count_mismatch(left_name, left_rows, right_name, left_rows + leftover)
+        raise count_mismatch(left_name, left_rows, right_name, left_rows + leftover)
 
 
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
-def _count_mismatch(left_name, left_rows, right_name, right_rows) -> InputError:
+def count_mismatch(left_name, left_rows, right_name, right_rows) -> InputError:
     return InputError(left_name, f"row counts differ: {left_rows} rows here, {right_rows} rows in {right_name} "
                                  "(pairing by position; use --key to pair by an id column)")
+
+
+class ByPosition:
+    """Row i of one file with row i of another file of ``total`` rows, batch after batch."""
+
+    def __init__(self, total: int, name: str):
+        self.total, self.name = total, name
+        self.seen = 0  # rows of the other file so far
+
+    def rows(self, n: int) -> np.ndarray | None:
+        """Positions of the next ``n`` rows here, or None when this file has run out."""
+        start, self.seen = self.seen, self.seen + n
+        return np.arange(start, self.seen) if self.seen <= self.total else None
+
+    def finish(self, other_name: str) -> None:
+        if self.seen != self.total:
+            raise count_mismatch(other_name, self.seen, self.name, self.total)
 
 
 class KeyIndex:
