@@ -23,12 +23,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import metrics
-from .engine import Scored, group_rows, run
+from . import losses, metrics
+from .engine import Progress, Scored, group_rows, run
 from .errors import InputError, UsageError
 from .pairing import ByPosition, KeyIndex
 from .plan import Job, _default_key, _input_names, plan_score
-from .report import build_report
+from .report import Report, build_report
 from .summary import Worst
 
 EXACT_ROWS = 20_000
@@ -72,13 +72,21 @@ def per_sample_metrics(scored: Scored, names) -> dict[str, np.ndarray]:
 
 
 def compare(base_preds, new_preds, *, key: str | None = None, confidence: float = 0.95, resamples: int = 2000,
-            seed: int = 0, fail_if_worse: float | None = None, max: Sequence[str] = (),
-            min: Sequence[str] = (), by: Sequence[str] = (), worst: int = 0, progress=None, **options):
-    """Compare two prediction files for the same samples; returns a Report with `comparison`.
+            seed: int = 0, fail_if_worse: float | None = None, max: Sequence[str] = (), min: Sequence[str] = (),
+            by: Sequence[str] = (), worst: int = 0, targets=None, label: str | None = None,
+            classes: str | list[str] | None = None, probs: str | None = None, weight: str | None = None,
+            positive: str | None = None, input: str = "probs", eps: float = losses.EPS, tol: float = 1e-4,
+            renormalize: bool = False, base: str = "e", target_prefix: str | None = None,
+            target_probs: str | None = None, label_smoothing: float | None = None, bins: int = 15,
+            top_k: int | None = None, per_sample: None = None, progress: Progress | None = None) -> Report:
+    """Compare two prediction files for the same samples (`nll compare`); a Report with `comparison`.
 
-    ``options`` are those of score(). Gates (max/min) apply to the new model; ``fail_if_worse``
-    marks a clear nll regression (see Report.regression). ``by`` compares per group (groups from
-    the new file), each with its own interval; ``worst`` lists the samples whose loss rose most.
+    Both files are read with the options of score() (targets, label, ..., top_k). Rows pair by
+    ``key`` (default id, when both have it), else by position. confidence, resamples, seed: the
+    paired bootstrap. Gates (max/min) apply to the new model; ``fail_if_worse`` marks a clear nll
+    regression (see Report.regression). ``by`` compares per group (groups from the new file), each
+    with its own interval; ``worst`` lists the samples whose loss rose most. ``per_sample`` is not
+    available here (a UsageError): run score() on each file.
     """
     if not 0 < confidence < 1:
         raise UsageError(f"--confidence {confidence:g}: must be between 0 and 1")
@@ -86,10 +94,14 @@ def compare(base_preds, new_preds, *, key: str | None = None, confidence: float 
         raise UsageError(f"--resamples {resamples}: must be at least 1")
     if worst < 0:
         raise UsageError(f"--worst {worst}: must be >= 0")
-    if options.get("per_sample"):
+    if per_sample:
         raise UsageError("--per-sample is not available in compare (run score on each file)")
-    base_job = plan_score(base_preds, key=key, **options)
-    new_job = plan_score(new_preds, key=key, max=max, min=min, by=by, **options)
+    options = dict(targets=targets, label=label, classes=classes, probs=probs, key=key, weight=weight,
+                   positive=positive, input=input, eps=eps, tol=tol, renormalize=renormalize, base=base,
+                   target_prefix=target_prefix, target_probs=target_probs, label_smoothing=label_smoothing,
+                   bins=bins, top_k=top_k)
+    base_job = plan_score(base_preds, **options)
+    new_job = plan_score(new_preds, max=max, min=min, by=by, **options)
     pair = _default_key(key, (base_job.sources[0].schema, base_job.sources[0].name),
                         (new_job.sources[0].schema, new_job.sources[0].name))
     base_key = new_key = None
