@@ -27,7 +27,7 @@ from . import losses, metrics
 from .engine import Progress, Scored, group_rows, run
 from .errors import InputError, UsageError
 from .pairing import ByPosition, KeyIndex
-from .plan import Job, _default_key, _input_names, plan_score
+from .plan import Job, _check_stdin_once, _default_key, _input_names, plan_score
 from .report import Report, build_report
 from .summary import Worst
 
@@ -96,6 +96,7 @@ def compare(base_preds, new_preds, *, key: str | None = None, confidence: float 
         raise UsageError(f"--worst {worst}: must be >= 0")
     if per_sample:
         raise UsageError("--per-sample is not available in compare (run score on each file)")
+    _check_stdin_once(base_preds, new_preds, targets)
     options = dict(targets=targets, label=label, classes=classes, probs=probs, key=key, weight=weight,
                    positive=positive, input=input, eps=eps, tol=tol, renormalize=renormalize, base=base,
                    target_prefix=target_prefix, target_probs=target_probs, label_smoothing=label_smoothing,

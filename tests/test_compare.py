@@ -752,3 +752,9 @@ def test_zero_weight_row_with_infinite_loss_is_dropped_from_the_interval():
         row = rows_by(report, m)
         assert math.isfinite(row["delta"]), m
         assert row["ci"] == pytest.approx(list(expected[m]), rel=1e-9, abs=1e-15), m
+
+
+def test_standard_input_feeds_one_side_only(run):
+    text = "id,label,p_a,p_b\n1,a,0.6,0.4\n"
+    result = run("compare", "-", "-", input=text)
+    assert result.exit_code == 2 and "standard input (-) can be read only once" in result.stderr
