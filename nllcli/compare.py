@@ -18,7 +18,7 @@ pairing by key) and the paired differences; nothing else grows with the number o
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,7 +68,13 @@ def compared_metrics(job: Job) -> list[str]:
 
 
 def per_sample_metrics(scored: Scored, names) -> dict[str, np.ndarray]:
-    return {name: metrics.get(name).paired(scored) for name in names}
+    return {name: _paired(metrics.find(name))(scored) for name in names}
+
+
+def _paired(metric: metrics.Metric) -> Callable[[Scored], np.ndarray]:
+    if metric.paired is None:
+        raise ValueError(f"{metric.name} has no per-sample values to pair")
+    return metric.paired
 
 
 def compare(base_preds, new_preds, *, key: str | None = None, confidence: float = 0.95, resamples: int = 2000,
@@ -155,7 +161,7 @@ def comparison(names, base: dict, new: dict, deltas: dict[str, np.ndarray], weig
     entries = []
     for name in names:
         low, high = (metrics.in_units(name, v, scale) for v in intervals[name])
-        better = deltas[name] < 0 if metrics.get(name).lower_is_better else deltas[name] > 0
+        better = deltas[name] < 0 if metrics.find(name).lower_is_better else deltas[name] > 0
         entries.append({
             "metric": name, "base": base[name], "new": new[name], "delta": new[name] - base[name],
             "ci": [low, high], "confidence": confidence, "resamples": resamples, "seed": seed,
@@ -168,7 +174,7 @@ class Pairing:
     """Pairs each batch of the new model with the base rows and keeps the differences."""
 
     def __init__(self, base: Sides, names, base_name: str, new_name: str, key: str | None,
-                 groups: list[str] = ()):
+                 groups: Sequence[str] = ()):
         self.values, self.labels, self.weights = base.arrays()
         self.groups = groups
         self._group_parts: dict[tuple, list[np.ndarray]] = {}  # base row positions, batch by batch
@@ -221,7 +227,8 @@ class Pairing:
             if self.labels is not None:
                 entry["label"] = class_names[self.labels[r]]
             entries.append({**entry, "base_loss": float(base_loss / scale),
-                            "new_loss": float((base_loss + nll_delta[r]) / scale), "delta": float(nll_delta[r] / scale)})
+                            "new_loss": float((base_loss + nll_delta[r]) / scale),
+                            "delta": float(nll_delta[r] / scale)})
         return entries
 
     def finish(self) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -255,7 +262,8 @@ def bootstrap(deltas: dict[str, np.ndarray], weights: np.ndarray, resamples: int
         for m in names:
             means[m][start:start + count] = sums[m][rows].sum(axis=1) / total
     tail = (1.0 - confidence) / 2.0
-    return {m: tuple(float(x) for x in np.quantile(means[m], [tail, 1.0 - tail])) for m in names}
+    bounds = {m: np.quantile(means[m], [tail, 1.0 - tail]) for m in names}
+    return {m: (float(low), float(high)) for m, (low, high) in bounds.items()}
 
 
 def regression(report, threshold: float | None) -> str | None:

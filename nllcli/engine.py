@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,11 +53,12 @@ def _raise_problem(problem: losses.Problem | None, chunk, layout: Layout) -> Non
     """An InputError naming the file, the column (or the range of class columns) and the rows."""
     if problem is None:
         return
-    columns = layout.class_columns or [layout.list_column]
+    columns = layout.class_columns or [layout.list_column or ""]
+    column: str | list[str] = columns[0]
     if problem.column is not None:
         column = columns[min(problem.column, len(columns) - 1)]  # a binary file has one column for two
-    else:
-        column = [columns[0], columns[-1]] if len(columns) > 1 else columns[0]
+    elif len(columns) > 1:
+        column = [columns[0], columns[-1]]
     rows = (chunk.first_row + problem.rows).tolist()
     raise InputError(chunk.source, problem.message, column=column, rows=rows, total=len(rows), hint=problem.hint)
 
@@ -217,12 +218,13 @@ class Scorer:
     def worst_candidates(self, scored: Scored) -> list[dict]:
         """The rows of a batch that may belong among the worst: id, label, predicted, p_true, loss."""
         rows = Worst.candidates(scored.loss, self.job.worst)
-        entries = [{"index": scored.first_index + int(r), "loss": float(scored.loss[r])} for r in rows]
+        entries: list[dict[str, Any]] = [{"index": scored.first_index + int(r), "loss": float(scored.loss[r])}
+                                         for r in rows]
         if self.layout.key:
             keys = scored.chunk.batch.column(self.layout.key).take(rows).to_pylist()
             for entry, key in zip(entries, keys):
                 entry["key"] = key
-        if scored.labels is not None:
+        if scored.labels is not None and scored.predicted is not None and scored.p_true is not None:
             names = self.layout.class_names
             for entry, r in zip(entries, rows):
                 entry.update(label=names[scored.labels[r]], predicted=names[scored.predicted[r]],
@@ -251,7 +253,7 @@ def sample_ids(scored: Scored, layout: Layout) -> dict[str, Any]:
     return {"row": np.arange(scored.first_index, scored.first_index + scored.rows)}
 
 
-def group_rows(batch, columns: list[str]):
+def group_rows(batch, columns: Sequence[str]) -> Iterator[tuple[tuple, np.ndarray]]:
     """(group key, row indices) for each distinct combination of the group columns in a batch."""
     import pyarrow as pa
 
@@ -304,12 +306,12 @@ def run(job: Job, sink: Sink | None = None, progress: Progress | None = None) ->
                 progress(part.first_index + scored.rows, part.chunk.bytes_read)
     if state.rows == 0:
         raise InputError(", ".join(s.name for s in job.sources), "no data rows")
-    if state.overall.weight <= 0:
+    if state.summary.weight <= 0:
         raise InputError(job.sources[0].name, "weights sum to 0: nothing to average", column=job.layout.weight)
     return state
 
 
-def partitions(job: Job, scorer: Scorer) -> Iterator[Partition]:
+def partitions(job: Job, scorer: Scorer) -> Generator[Partition, None, None]:
     """The batches of the predictions, each with its position in the input and its targets."""
     from .readers import chunks
 
@@ -330,7 +332,7 @@ def partitions(job: Job, scorer: Scorer) -> Iterator[Partition]:
 
                 t_chunks = list(t_stream)  # the targets are held in memory to pair by key
                 index = KeyIndex(pa.concat_arrays([c.batch.column(t_layout.key) for c in t_chunks])
-                                 if t_chunks else pa.array([], pa.string()), tname, t_layout.key)
+                                 if t_chunks else pa.array([], pa.string()), tname, t_layout.key or pair_key)
                 t_all = (np.concatenate([scorer.targets_of(c, t_layout) for c in t_chunks])
                          if t_chunks else np.zeros((0, len(layout.class_names))))
 

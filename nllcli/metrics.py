@@ -59,7 +59,14 @@ def _brier(pred: Prepared, labels, targets, settings: Settings):
 def _top_k_hits(pred: Prepared, labels, targets, settings: Settings):
     from . import losses
 
-    return losses.top_k_hits(pred.values, labels, settings.top_k)
+    return losses.top_k_hits(pred.values, labels, settings.top_k or 1)
+
+
+def _hits(correct: np.ndarray | None) -> np.ndarray:
+    """0/1 per row as floats (a metric that needs a label has one)."""
+    if correct is None:
+        raise ValueError("accuracy needs labels")
+    return correct.astype(float)
 
 
 SCORE, KL = "score", "kl"
@@ -76,9 +83,10 @@ METRICS: tuple[Metric, ...] = (
            option="--symmetric"),
     Metric("perplexity", (SCORE, KL), _perplexity),
     Metric("accuracy", (SCORE,), lambda s, job: s.accuracy, lower_is_better=False, needs_label=True,
-           paired=lambda s: s.correct.astype(float), in_groups=True),
+           paired=lambda s: _hits(s.correct), in_groups=True),
     Metric("top_k_accuracy", (SCORE,), lambda s, job: s.mean("top_k_accuracy"), lower_is_better=False,
-           needs_label=True, applies=lambda settings: settings.top_k is not None, option="--top-k K", quantity=_top_k_hits,
+           needs_label=True, applies=lambda settings: settings.top_k is not None, option="--top-k K",
+           quantity=_top_k_hits,
            paired=lambda s: s.summed["top_k_accuracy"], in_groups=True),
     Metric("brier", (SCORE,), lambda s, job: s.mean("brier"), quantity=_brier, paired=lambda s: s.summed["brier"],
            in_groups=True),
@@ -89,6 +97,14 @@ METRICS: tuple[Metric, ...] = (
 
 def get(name: str) -> Metric | None:
     return next((m for m in METRICS if m.name == name), None)
+
+
+def find(name: str) -> Metric:
+    """The metric of that name (a KeyError for a name not in the table)."""
+    metric = get(name)
+    if metric is None:
+        raise KeyError(name)
+    return metric
 
 
 def offered(command: str, settings: Settings) -> list[Metric]:

@@ -175,7 +175,7 @@ def plan_score(preds, *, targets=None, label: str | None = None, classes: str | 
         raise UsageError("soft targets need one probability column per class (this file has one)")
     if layout.label is None:
         for gate in gates:
-            if metrics.get(gate.metric).needs_label:
+            if metrics.find(gate.metric).needs_label:
                 raise UsageError(f"--{gate.bound} {gate.metric}=...: {gate.metric} needs a label column (--label)")
     same_file_targets = (target_layout(schema, name, layout.class_names, name, prefix=target_prefix)
                          if target_prefix else None)

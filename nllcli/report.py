@@ -152,7 +152,7 @@ def metric_values(s: Summary, job: Job) -> dict[str, float]:
 
 def build_report(job: Job, state: State, command: str | None = None) -> Report:
     """The Report of a job from its State: metrics in the asked units, per class, per group, worst."""
-    s, layout, settings, soft = state.overall, job.layout, job.settings, job.soft
+    s, layout, settings, soft = state.summary, job.layout, job.settings, job.soft
     command, scale = command or job.command, settings.unit_scale
     labelled = layout.label is not None
 
@@ -162,8 +162,9 @@ def build_report(job: Job, state: State, command: str | None = None) -> Report:
         for j, name in enumerate(layout.class_names):
             per_class.append({"class": name, "rows": int(s.class_rows[j]), "nll": float(class_loss[j]),
                               "accuracy": float(s.class_accuracy[j])})
-    groups = [{"by": dict(zip(layout.groups, key)), "rows": part.rows, "metrics": metric_values(part, job)}
-              for key, part in state.groups.items()]
+    groups: list[dict[str, Any]] = [
+        {"by": dict(zip(layout.groups, key)), "rows": part.rows, "metrics": metric_values(part, job)}
+        for key, part in state.groups.items()]
     main = "kl" if job.command == "kl" else "nll"
     groups.sort(key=lambda g: (-_sort_value(g["metrics"][main]), [str(v) for v in g["by"].values()]))
     worst = []

@@ -203,6 +203,13 @@ class State:
     def rows(self) -> int:
         return self.overall.rows if self.overall is not None else 0
 
+    @property
+    def summary(self) -> Summary:
+        """The overall Summary (there is none before a row was added)."""
+        if self.overall is None:
+            raise ValueError("no rows in this state")
+        return self.overall
+
 
 def _merge(a, b):
     """a + b, where None is the empty side."""
