@@ -13,7 +13,7 @@ from pathlib import Path
 
 from . import losses
 from .engine import Progress, Scored, per_sample_columns, run
-from .plan import Job, _check_per_sample_target, plan_kl, plan_score
+from .plan import Job, check_per_sample_target, plan_kl, plan_score
 from .report import Report, build_report
 
 PathOrData = object  # a path, a list of paths, '-', a pandas DataFrame or a pyarrow Table
@@ -38,7 +38,7 @@ def score(preds: PathOrData, *, targets: PathOrData | None = None, label: str | 
     worst: list the N largest losses. per_sample: a .csv or .parquet file (or '-') of one row per
     sample, written atomically. progress(rows, bytes) is called after each batch.
     """
-    _check_per_sample_target(per_sample, preds, targets)
+    check_per_sample_target(per_sample, preds, targets)
     job = plan_score(preds, targets=targets, label=label, classes=classes, probs=probs, key=key, weight=weight,
                      positive=positive, input=input, eps=eps, tol=tol, renormalize=renormalize, base=base,
                      target_prefix=target_prefix, target_probs=target_probs, label_smoothing=label_smoothing,
@@ -55,7 +55,7 @@ def kl(p: PathOrData, q: PathOrData, *, classes: str | list[str] | None = None, 
     Rows pair by ``key`` (default id, when both have it), else by position. symmetric: also
     KL(Q || P) and the Jensen-Shannon divergence. The other options are those of score().
     """
-    _check_per_sample_target(per_sample, p, q)
+    check_per_sample_target(per_sample, p, q)
     job = plan_kl(p, q, classes=classes, probs=probs, key=key, input=input, eps=eps, tol=tol,
                   renormalize=renormalize, base=base, symmetric=symmetric, max=max, min=min)
     return _run_and_report(job, per_sample, progress)

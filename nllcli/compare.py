@@ -17,6 +17,7 @@ pairing by key) and the paired differences; nothing else grows with the number o
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,8 +28,8 @@ from . import losses, metrics
 from .engine import Progress, Scored, group_rows, run
 from .errors import InputError, UsageError
 from .pairing import ByPosition, KeyIndex
-from .plan import Job, _check_stdin_once, _default_key, _input_names, plan_score
-from .report import Report, build_report
+from .plan import Job, check_stdin_once, default_key, input_names, plan_score
+from .report import Report, build_report, metric_values
 from .summary import Worst
 
 EXACT_ROWS = 20_000
@@ -102,14 +103,14 @@ def compare(base_preds, new_preds, *, key: str | None = None, confidence: float 
         raise UsageError(f"--worst {worst}: must be >= 0")
     if per_sample:
         raise UsageError("--per-sample is not available in compare (run score on each file)")
-    _check_stdin_once(base_preds, new_preds, targets)
+    check_stdin_once(base_preds, new_preds, targets)
     options = dict(targets=targets, label=label, classes=classes, probs=probs, key=key, weight=weight,
                    positive=positive, input=input, eps=eps, tol=tol, renormalize=renormalize, base=base,
                    target_prefix=target_prefix, target_probs=target_probs, label_smoothing=label_smoothing,
                    bins=bins, top_k=top_k)
     base_job = plan_score(base_preds, **options)
     new_job = plan_score(new_preds, max=max, min=min, by=by, **options)
-    pair = _default_key(key, (base_job.sources[0].schema, base_job.sources[0].name),
+    pair = default_key(key, (base_job.sources[0].schema, base_job.sources[0].name),
                         (new_job.sources[0].schema, new_job.sources[0].name))
     base_key = new_key = None
     if pair:
@@ -129,27 +130,29 @@ def compare(base_preds, new_preds, *, key: str | None = None, confidence: float 
     new_state = run(new_job, lambda s: pairing.add(s, new_key), progress)
     deltas, weights = pairing.finish()
 
-    report = build_report(new_job, new_state, "compare")
-    report.inputs = {"base": _input_names(base_job.sources), "new": _input_names(new_job.sources)}
+    new_report = build_report(new_job, new_state, "compare")
     settings = (confidence, resamples, seed, new_job.settings.unit_scale)
-    base_values = dict(zip(names, (build_report(base_job, base_state).metrics[n] for n in names)))
-    report.comparison = comparison(names, base_values, report.metrics, deltas, weights, *settings)
-    for group in report.groups:
+    base_values = metric_values(base_state.summary, base_job)
+    groups = []
+    for group in new_report.groups:
         rows = pairing.group_rows[tuple(group["by"].values())]
         group_base = {n: _weighted_mean(pairing.values[n][rows], weights[rows], new_job.settings, n)
                       for n in names}
-        group["comparison"] = comparison(names, group_base, group["metrics"],
-                                         {n: d[rows] for n, d in deltas.items()}, weights[rows], *settings)
-    report.groups.sort(key=lambda g: -g["comparison"][0]["delta"])  # the largest nll increase first
-    report.worst = pairing.most_worsened(worst, deltas["nll"], new_job.layout.class_names,
-                                         new_job.settings.unit_scale) if worst else []
-    report.regression = regression(report, fail_if_worse)
-    return report
+        groups.append({**group, "comparison": comparison(names, group_base, group["metrics"],
+                                                         {n: d[rows] for n, d in deltas.items()}, weights[rows],
+                                                         *settings)})
+    groups.sort(key=lambda g: -g["comparison"][0]["delta"])  # the largest nll increase first
+    report = dataclasses.replace(
+        new_report, inputs={"base": input_names(base_job.sources), "new": input_names(new_job.sources)},
+        comparison=comparison(names, base_values, new_report.metrics, deltas, weights, *settings), groups=groups,
+        worst=pairing.most_worsened(worst, deltas["nll"], new_job.layout.class_names,
+                                    new_job.settings.unit_scale) if worst else [])
+    return dataclasses.replace(report, regression=regression(report, fail_if_worse))
 
 
 def _weighted_mean(values: np.ndarray, weights: np.ndarray, settings, name: str) -> float:
     """A group's base value of a metric, in the report's units (zero weights drop their rows)."""
-    total = np.multiply(values, weights, out=np.zeros_like(values), where=weights > 0).sum()
+    total = losses.weighted(values, weights).sum()
     mean = float(total / weights.sum()) if weights.sum() > 0 else float("nan")
     return metrics.in_units(name, mean, settings.unit_scale)
 
@@ -246,7 +249,7 @@ def bootstrap(deltas: dict[str, np.ndarray], weights: np.ndarray, resamples: int
     names = list(deltas)
     n = len(weights)
     # A zero weight drops a row even when its difference is infinite or undefined.
-    sums = {m: np.multiply(weights, deltas[m], out=np.zeros(n), where=weights > 0) for m in names}
+    sums = {m: losses.weighted(deltas[m], weights) for m in names}
     if n > EXACT_ROWS:  # strided blocks: block b holds rows b, b + B, b + 2B, ...
         blocks = np.arange(n) % EXACT_ROWS
         sums = {m: np.bincount(blocks, weights=sums[m], minlength=EXACT_ROWS) for m in names}

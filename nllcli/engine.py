@@ -299,7 +299,7 @@ def run(job: Job, sink: Sink | None = None, progress: Progress | None = None) ->
     with contextlib.closing(partitions(job, scorer)) as parts:  # closing joins the reader threads
         for part in parts:
             scored = scorer.score(part)
-            state = state + scorer.state_of(scored)
+            state += scorer.state_of(scored)
             if sink is not None:
                 sink(scored)
             if progress is not None:

@@ -222,6 +222,12 @@ def argmax_rows(values: np.ndarray) -> np.ndarray:
     return out
 
 
+def weighted(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """values * weights, and 0 where the weight is 0: a zero weight drops a row even when its value
+    is infinite or undefined (0 * inf would be NaN)."""
+    return np.multiply(values, weights, out=np.zeros(len(values)), where=weights > 0)
+
+
 def top_k_hits(values: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     """1.0 where the true class is among the k highest values of its row, else 0.0.
 

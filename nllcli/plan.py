@@ -48,14 +48,14 @@ class Settings:
         return {"e": 1.0, "2": math.log(2), "10": math.log(10)}[self.base]
 
 
-def _check_stdin_once(*inputs) -> None:
+def check_stdin_once(*inputs) -> None:
     """Standard input can feed one input only."""
     paths = [str(i) for x in inputs for i in (x if isinstance(x, (list, tuple)) else [x]) if isinstance(i, (str, Path))]
     if paths.count("-") > 1:
         raise UsageError("standard input (-) can be read only once")
 
 
-def _check_per_sample_target(per_sample, *inputs) -> None:
+def check_per_sample_target(per_sample, *inputs) -> None:
     """--per-sample must never replace one of the inputs."""
     if per_sample is None or str(per_sample) == "-":
         return
@@ -66,7 +66,7 @@ def _check_per_sample_target(per_sample, *inputs) -> None:
                 raise UsageError(f"--per-sample {per_sample}: that is an input file")
 
 
-def _sources(inputs) -> list:
+def open_inputs(inputs) -> list:
     from . import readers
 
     if isinstance(inputs, (str, Path)):
@@ -76,11 +76,11 @@ def _sources(inputs) -> list:
     return [readers.Source.from_table(inputs)]
 
 
-def _input_names(sources) -> list[str]:
+def input_names(sources) -> list[str]:
     return [s.name for s in sources]
 
 
-def _default_key(explicit: str | None, *schemas) -> str | None:
+def default_key(explicit: str | None, *schemas) -> str | None:
     """The pairing key as named in the first file: --key, else 'id' when every file has it.
 
     Names match regardless of case, as for --label.
@@ -135,10 +135,10 @@ class Job:
     def inputs(self) -> dict[str, list[str]]:
         """The files read, by role."""
         if self.command == "kl":
-            return {"p": _input_names(self.target_sources), "q": _input_names(self.sources)}
-        inputs = {"preds": _input_names(self.sources)}
+            return {"p": input_names(self.target_sources), "q": input_names(self.sources)}
+        inputs = {"preds": input_names(self.sources)}
         if self.target_sources:
-            inputs["targets"] = _input_names(self.target_sources)
+            inputs["targets"] = input_names(self.target_sources)
         return inputs
 
 
@@ -156,14 +156,14 @@ def plan_score(preds, *, targets=None, label: str | None = None, classes: str | 
         raise UsageError("--label-smoothing softens hard labels; it does not combine with --targets or --target-prefix")
     if worst < 0:
         raise UsageError(f"--worst {worst}: must be >= 0")
-    _check_stdin_once(preds, targets)
+    check_stdin_once(preds, targets)
     if isinstance(preds, (list, tuple)) and len(preds) == 1:
         preds = preds[0]
-    gates = _gates(max, min, "score", settings)
-    sources = _sources(preds)
+    gates = parse_gates(max, min, "score", settings)
+    sources = open_inputs(preds)
     schema, name = sources[0].schema, sources[0].name
-    target_sources = _sources(targets) if targets is not None else []
-    pair_key = _default_key(key, (schema, name), *((s.schema, s.name) for s in target_sources[:1]))
+    target_sources = open_inputs(targets) if targets is not None else []
+    pair_key = default_key(key, (schema, name), *((s.schema, s.name) for s in target_sources[:1]))
     reserved = [n for n in schema.names if n.lower().startswith(target_prefix.lower())] if target_prefix else []
     layout = resolve_layout(schema, name, classes=parse_classes(classes) if isinstance(classes, str) else classes,
                             label=label, probs=probs, key=pair_key or key, weight=weight, positive=positive,
@@ -188,11 +188,11 @@ def plan_kl(p, q, *, classes: str | list[str] | None = None, probs: str | None =
             base: str = "e", symmetric: bool = False, max: Sequence[str] = (), min: Sequence[str] = ()) -> Job:
     """Check the options and open the inputs of a `kl` (see kl())."""
     settings = Settings(input, eps, tol, renormalize, str(base), symmetric=symmetric)
-    _check_stdin_once(p, q)
-    gates = _gates(max, min, "kl", settings)
-    p_sources, q_sources = _sources(p), _sources(q)
+    check_stdin_once(p, q)
+    gates = parse_gates(max, min, "kl", settings)
+    p_sources, q_sources = open_inputs(p), open_inputs(q)
     p_schema, q_schema = p_sources[0].schema, q_sources[0].schema
-    pair_key = _default_key(key, (q_schema, q_sources[0].name), (p_schema, p_sources[0].name))
+    pair_key = default_key(key, (q_schema, q_sources[0].name), (p_schema, p_sources[0].name))
     class_list = parse_classes(classes) if isinstance(classes, str) else classes
     layout = resolve_layout(q_schema, q_sources[0].name, classes=class_list, probs=probs, key=pair_key,
                             label_required=False)
@@ -205,7 +205,7 @@ def plan_kl(p, q, *, classes: str | list[str] | None = None, probs: str | None =
                explicit_classes=class_list is not None)
 
 
-def _gates(max_: Sequence[str], min_: Sequence[str], command: str, settings: Settings) -> list[Gate]:
+def parse_gates(max_: Sequence[str], min_: Sequence[str], command: str, settings: Settings) -> list[Gate]:
     gates = [Gate.parse(t, "max") for t in max_] + [Gate.parse(t, "min") for t in min_]
     offered = [m.name for m in metrics.offered(command, settings)]
     for gate in gates:

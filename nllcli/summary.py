@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import losses
+
 # Edges of the per-sample loss histogram, in nats: fixed, so that histograms merge. The last bin
 # is open-ended.
 LOSS_EDGES = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 40.0)
@@ -65,7 +67,7 @@ class Summary:
             weighted = [values[name] for name in names]
             out.weight = float(n)
         else:  # a zero weight drops a row even when its loss is infinite
-            weighted = [np.multiply(values[name], weights, out=np.zeros(n), where=weights > 0) for name in names]
+            weighted = [losses.weighted(values[name], weights) for name in names]
             out.weight = float(weights.sum())
         out.sums = np.array([x.sum() for x in weighted]) if names else out.sums
 
@@ -194,10 +196,16 @@ class State:
     worst: Worst | None = None
 
     def __add__(self, other: "State") -> "State":
-        groups = dict(self.groups)
+        out = State(self.overall, dict(self.groups), self.worst)
+        out += other
+        return out
+
+    def __iadd__(self, other: "State") -> "State":
+        """Add in place (a stream adds one batch at a time; the parts added are never changed)."""
         for key, part in other.groups.items():
-            groups[key] = groups[key] + part if key in groups else part
-        return State(_merge(self.overall, other.overall), groups, _merge(self.worst, other.worst))
+            self.groups[key] = self.groups[key] + part if key in self.groups else part
+        self.overall, self.worst = _merge(self.overall, other.overall), _merge(self.worst, other.worst)
+        return self
 
     @property
     def rows(self) -> int:
