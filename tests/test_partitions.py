@@ -123,3 +123,16 @@ def test_worst_rows_carry_their_position_in_the_input():
     assert sorted(e["index"] for e in late.worst.entries) == list(range(40, 50))
     scored = Scorer(job).score(Partition(Chunk(batch.slice(40, 10), "t", 41), 40))
     assert scored.first_index == 40
+
+
+def test_a_state_travels_between_processes():
+    """A State is plain data: pickled (as an engine shipping partitions elsewhere would), it merges the same."""
+    import pickle
+
+    rng = np.random.default_rng(5)
+    job = plan_score(predictions(rng, 120), by=["camera"], worst=3, weight="w")
+    batch = whole_batch(job)
+    parts = [score_partition(job, Partition(Chunk(batch.slice(s, 40), "t", s + 1), s)) for s in (0, 40, 80)]
+    shipped = [pickle.loads(pickle.dumps(p)) for p in parts]
+    assert_same(build_report(job, shipped[0] + shipped[1] + shipped[2]).to_dict(),
+                build_report(job, run(job)).to_dict())
