@@ -1,4 +1,8 @@
-"""Batch -> scored rows -> running summaries: validate and score one batch, fold it into the summaries."""
+"""Batch -> Scored -> State: validate and score one partition of rows, fold it into a State.
+
+score_partition(job, partition) is the unit of work, with no state kept between partitions;
+run(job, sink, progress) streams a job's batches through it and adds up their States.
+"""
 
 from __future__ import annotations
 
@@ -105,7 +109,7 @@ class Scored:
     chunk: Any
     first_index: int  # 0-based position of the batch's first row in the whole input
     values: dict[str, np.ndarray]  # per-sample losses, in nats
-    summed: dict[str, np.ndarray]  # the quantities summed in the Summary (values, plus brier)
+    summed: dict[str, np.ndarray]  # summed in the Summary: values, plus the metric table's quantities
     loss: np.ndarray  # the main loss: nll, or cross_entropy against soft targets
     weights: np.ndarray | None
     labels: np.ndarray | None
