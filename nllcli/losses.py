@@ -5,14 +5,17 @@ distribution (one-hot for a hard label y). All logarithms are natural; callers c
 
     cross-entropy  CE(t, q) = -sum_k t_k log q_k        (= -log q_y for a hard label)
     entropy        H(t)     = -sum_k t_k log t_k        (0 for a hard label)
-    KL divergence  KL(t||q) =  sum_k t_k log(t_k / q_k) (= CE - H, but computed directly)
+    KL divergence  KL(t||q) =  sum_k t_k log(t_k / q_k) - t_k + q_k
+                            (= sum_k t_k log(t_k / q_k) = CE - H for distributions, but computed
+                            from per-element terms that are never negative)
 
-with the convention 0 * log 0 = 0, so classes with t_k = 0 never contribute.
+with the convention 0 * log 0 = 0, so classes with t_k = 0 contribute nothing to CE and H.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -108,20 +111,37 @@ def renormalize_rows(p: np.ndarray) -> np.ndarray:
     return p / p.sum(axis=1, keepdims=True)
 
 
-def clip(p: np.ndarray, eps: float) -> tuple[np.ndarray, int]:
-    """Clip probabilities to [eps, 1 - eps] (scikit-learn's rule); also return how many moved."""
-    if eps <= 0:
-        return p, 0
-    clipped = np.clip(p, eps, 1.0 - eps)
-    return clipped, int(np.count_nonzero(clipped != p))
+class Clipped(NamedTuple):
+    """Values clipped to [eps, 1 - eps] and which of them moved, split by what it costs.
+
+    ``raised``: values below eps (zeros, mostly) raised to eps; each now costs -log(eps) nats
+    (36.04 with the default eps) instead of more, or infinity. ``lowered``: values above 1 - eps
+    (an exact 1.0) lowered to 1 - eps; the loss changes by at most -log(1 - eps), about eps nats.
+    Both masks are None when nothing can move (eps <= 0).
+    """
+
+    values: np.ndarray
+    raised: np.ndarray | None = None
+    lowered: np.ndarray | None = None
+
+    @property
+    def moved(self) -> int:
+        return 0 if self.raised is None else int(np.count_nonzero(self.raised) + np.count_nonzero(self.lowered))
 
 
-def log_clip(log_p: np.ndarray, eps: float) -> tuple[np.ndarray, int]:
-    """The same clip for log-probabilities: to [log eps, log(1 - eps)]."""
+def clip(p: np.ndarray, eps: float) -> Clipped:
+    """Clip probabilities to [eps, 1 - eps] (scikit-learn's rule), noting which moved and how."""
     if eps <= 0:
-        return log_p, 0
-    clipped = np.clip(log_p, np.log(eps), np.log1p(-eps))
-    return clipped, int(np.count_nonzero(clipped != log_p))
+        return Clipped(p)
+    return Clipped(np.clip(p, eps, 1.0 - eps), p < eps, p > 1.0 - eps)
+
+
+def log_clip(log_p: np.ndarray, eps: float) -> Clipped:
+    """The same clip for log-probabilities: to [log eps, log(1 - eps)] (-inf is a zero)."""
+    if eps <= 0:
+        return Clipped(log_p)
+    low, high = np.log(eps), np.log1p(-eps)
+    return Clipped(np.clip(log_p, low, high), log_p < low, log_p > high)
 
 
 def label_smoothing(labels: np.ndarray, n_classes: int, alpha: float) -> np.ndarray:
@@ -143,44 +163,73 @@ def safe_log(x: np.ndarray) -> np.ndarray:
 _TINY = float(np.nextafter(0.0, 1.0))
 
 
-def soft_losses(t: np.ndarray, log_q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(CE, H, KL) per row against targets t, sharing the products t log t and t log q.
+def soft_losses(t: np.ndarray, log_q: np.ndarray, q: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(CE, H, KL) per row against targets t, sharing log t. Pass ``q`` when it is at hand
+    (otherwise it is exp(log_q)).
 
-    KL sums the per-element differences t_k log t_k - t_k log q_k, so it never subtracts the two
-    large row sums CE and H.
+    CE and H are the row sums of -t log q and -t log t; KL is kl_divergence, summed from
+    non-negative terms, so it never subtracts CE and H (two large sums that cancel).
     """
-    t_log_t = t * (np.log(t) if t.min(initial=1.0) > 0 else safe_log(t))
-    with np.errstate(invalid="ignore"):
-        t_log_q = t * log_q  # NaN where t = 0 meets log q = -inf (--eps 0), fixed below
+    log_t = np.log(t) if t.min(initial=1.0) > 0 else safe_log(t)
+    t_log_t = t * log_t
     entropy_rows = 0.0 - t_log_t.sum(axis=1)  # 0 - (-0) is +0
-    np.subtract(t_log_t, t_log_q, out=t_log_t)
-    return -_sum_rows(t_log_q, t), entropy_rows, _sum_rows(t_log_t, t)
+    with np.errstate(invalid="ignore"):
+        t_log_q = t * log_q  # NaN where t = 0 meets log q = -inf (--eps 0): 0 log 0 = 0
+    t_log_q[np.isnan(t_log_q) & (t == 0)] = 0.0
+    kl = kl_divergence(t, q=q, log_q=log_q, log_t=log_t)
+    return -t_log_q.sum(axis=1), entropy_rows, kl
 
 
-def _sum_rows(product: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """Row sums of products of t, taking 0 * log 0 = 0 where a NaN says that happened."""
-    sums = product.sum(axis=1)
-    broken = np.flatnonzero(np.isnan(sums))
-    if broken.size:
-        rows = product[broken]
-        rows[t[broken] == 0] = 0.0
-        sums[broken] = rows.sum(axis=1)
-    return sums
+# Taylor coefficients of (1 + r) log1p(r) - r = sum_{n>=2} (-1)^n r^n / (n (n - 1)), from r^2 on.
+# For |r| <= NEAR the terms after n = 17 are below 1e-17 of the sum.
+NEAR = 0.1
+_NEAR_SERIES = np.array([(-1.0) ** n / (n * (n - 1)) for n in range(2, 18)])
+
+
+def relative_entropy_terms(t: np.ndarray, q: np.ndarray, log_q: np.ndarray,
+                           log_t: np.ndarray | None = None) -> np.ndarray:
+    """Per-element t log(t / q) - t + q (scipy.special.kl_div): >= 0 for every t, q >= 0.
+
+    Where |t - q| <= NEAR * q it is evaluated as q ((1 + r) log1p(r) - r) with r = (t - q) / q
+    (t - q is exact there) by the series q r^2 (1/2 - r/6 + r^2/12 - ...), so nearly equal
+    values keep their digits instead of cancelling to rounding noise. Elsewhere
+    t (log t - log q) + (q - t), from ``log_q`` (finite even where q underflows to 0, for logits).
+    t = 0 gives q; t > 0 = q gives +inf.
+    """
+    log_t = safe_log(t) if log_t is None else log_t
+    gap = q - t
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf where t = 0 meets q = 0
+        terms = np.subtract(log_t, log_q)
+        terms *= t
+        terms += gap
+    np.copyto(terms, q, where=t == 0)
+    near = np.abs(gap) <= NEAR * q
+    near &= q > 0
+    if near.any():
+        q_near = q[near]
+        r = -gap[near] / q_near
+        terms[near] = q_near * r * r * np.polynomial.polynomial.polyval(r, _NEAR_SERIES)
+    return terms
 
 
 def kl_divergence(t: np.ndarray, q: np.ndarray | None = None, log_q: np.ndarray | None = None,
                   log_t: np.ndarray | None = None) -> np.ndarray:
-    """KL(t || q) = sum_k t_k (log t_k - log q_k) per row, as scipy.special.rel_entr summed.
+    """KL(t || q) = sum_k t_k log(t_k / q_k) per row (scipy.special.rel_entr summed), never negative.
 
-    Each term is formed before summing, never as CE - H (two large sums that cancel).
-    Pass ``q`` or ``log_q``; ``log_t`` saves recomputing the logarithms of t.
+    Formed as sum_k [t_k log(t_k / q_k) - t_k + q_k] + sum_k (t_k - q_k): the first sum has
+    terms >= 0 that keep their digits when t and q nearly agree (relative_entropy_terms); the
+    second is 0 for rows of equal mass and otherwise the exact correction (rows clipped by eps,
+    or summing to 1 only within --tol), so CE = H + KL holds. A result below 0, possible only
+    when q has more mass than t, is the rounding of rows that are not distributions: it is 0.
+    Pass ``q`` or ``log_q`` (or both); ``log_t`` saves recomputing the logarithms of t.
     """
-    log_t = safe_log(t) if log_t is None else log_t
-    with np.errstate(divide="ignore"):
+    with np.errstate(divide="ignore", under="ignore"):
         log_q = np.log(q) if log_q is None else log_q
-    with np.errstate(invalid="ignore"):  # inf - inf where t = 0 meets q = 0
-        difference = log_t - log_q
-        return _sum_rows(np.multiply(t, difference, out=difference), t)
+        q = np.exp(log_q) if q is None else q
+    kl = relative_entropy_terms(t, q, log_q, log_t).sum(axis=1)
+    kl -= np.subtract(q, t).sum(axis=1)
+    return np.maximum(kl, 0.0, out=kl)
 
 
 def js_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:
@@ -227,8 +276,8 @@ def true_class(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return values[np.arange(values.shape[0]), labels]
 
 
-def hard_label_nll(p_true: np.ndarray, eps: float) -> tuple[np.ndarray, int]:
-    """-log(clip(p_y)) from the probabilities of the true classes; also the count clipped."""
-    p_true, n_clipped = clip(p_true, eps)
+def hard_label_nll(p_true: np.ndarray, eps: float) -> tuple[np.ndarray, Clipped]:
+    """-log(clip(p_y)) from the probabilities of the true classes; also what the clip moved."""
+    clipped = clip(p_true, eps)
     with np.errstate(divide="ignore"):
-        return -np.log(p_true), n_clipped
+        return -np.log(clipped.values), clipped
