@@ -188,17 +188,18 @@ _NEAR_SERIES = np.array([(-1.0) ** n / (n * (n - 1)) for n in range(2, 18)])
 
 
 def relative_entropy_terms(t: np.ndarray, q: np.ndarray, log_q: np.ndarray,
-                           log_t: np.ndarray | None = None) -> np.ndarray:
+                           log_t: np.ndarray | None = None, gap: np.ndarray | None = None) -> np.ndarray:
     """Per-element t log(t / q) - t + q (scipy.special.kl_div): >= 0 for every t, q >= 0.
 
     Where |t - q| <= NEAR * q it is evaluated as q ((1 + r) log1p(r) - r) with r = (t - q) / q
     (t - q is exact there) by the series q r^2 (1/2 - r/6 + r^2/12 - ...), so nearly equal
     values keep their digits instead of cancelling to rounding noise. Elsewhere
     t (log t - log q) + (q - t), from ``log_q`` (finite even where q underflows to 0, for logits).
-    t = 0 gives q; t > 0 = q gives +inf.
+    t = 0 gives q; t > 0 = q gives +inf. ``gap`` is q - t when the caller knows it more exactly
+    than the subtraction of the rounded q (Jensen-Shannon's mixture).
     """
     log_t = safe_log(t) if log_t is None else log_t
-    gap = q - t
+    gap = q - t if gap is None else gap
     with np.errstate(invalid="ignore", over="ignore"):  # inf - inf where t = 0 meets q = 0
         terms = np.subtract(log_t, log_q)
         terms *= t
@@ -214,7 +215,7 @@ def relative_entropy_terms(t: np.ndarray, q: np.ndarray, log_q: np.ndarray,
 
 
 def kl_divergence(t: np.ndarray, q: np.ndarray | None = None, log_q: np.ndarray | None = None,
-                  log_t: np.ndarray | None = None) -> np.ndarray:
+                  log_t: np.ndarray | None = None, gap: np.ndarray | None = None) -> np.ndarray:
     """KL(t || q) = sum_k t_k log(t_k / q_k) per row (scipy.special.rel_entr summed), never negative.
 
     Formed as sum_k [t_k log(t_k / q_k) - t_k + q_k] + sum_k (t_k - q_k): the first sum has
@@ -222,20 +223,28 @@ def kl_divergence(t: np.ndarray, q: np.ndarray | None = None, log_q: np.ndarray 
     second is 0 for rows of equal mass and otherwise the exact correction (rows clipped by eps,
     or summing to 1 only within --tol), so CE = H + KL holds. A result below 0, possible only
     when q has more mass than t, is the rounding of rows that are not distributions: it is 0.
-    Pass ``q`` or ``log_q`` (or both); ``log_t`` saves recomputing the logarithms of t.
+    Pass ``q`` or ``log_q`` (or both); ``log_t`` saves recomputing the logarithms of t, ``gap``
+    gives q - t (see relative_entropy_terms).
     """
     with np.errstate(divide="ignore", under="ignore"):
         log_q = np.log(q) if log_q is None else log_q
         q = np.exp(log_q) if q is None else q
-    kl = relative_entropy_terms(t, q, log_q, log_t).sum(axis=1)
-    kl -= np.subtract(q, t).sum(axis=1)
+    gap = q - t if gap is None else gap
+    kl = relative_entropy_terms(t, q, log_q, log_t, gap).sum(axis=1)
+    kl -= gap.sum(axis=1)
     return np.maximum(kl, 0.0, out=kl)
 
 
 def js_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """Jensen-Shannon divergence: (KL(p||m) + KL(q||m)) / 2 with m = (p + q) / 2; at most log 2."""
+    """Jensen-Shannon divergence: (KL(p||m) + KL(q||m)) / 2 with m = (p + q) / 2; at most log 2.
+
+    m - p = (q - p) / 2 is passed as formed from p and q (exact where they nearly agree), not
+    from the rounded m, so nearly equal rows keep their digits.
+    """
     m = 0.5 * (p + q)
-    return 0.5 * (kl_divergence(p, m) + kl_divergence(q, m))
+    half_gap = np.subtract(q, p)
+    half_gap *= 0.5
+    return 0.5 * (kl_divergence(p, m, gap=half_gap) + kl_divergence(q, m, gap=-half_gap))
 
 
 def brier(q: np.ndarray, labels: np.ndarray | None = None, t: np.ndarray | None = None) -> np.ndarray:
