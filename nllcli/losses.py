@@ -14,6 +14,7 @@ with the convention 0 * log 0 = 0, so classes with t_k = 0 contribute nothing to
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -165,53 +166,108 @@ _TINY = float(np.nextafter(0.0, 1.0))
 
 def soft_losses(t: np.ndarray, log_q: np.ndarray, q: np.ndarray | None = None
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(CE, H, KL) per row against targets t, sharing log t. Pass ``q`` when it is at hand
-    (otherwise it is exp(log_q)).
+    """(CE, H, KL) per row against targets t, sharing the products t log t and t log q. Pass ``q``
+    when it is at hand (otherwise it is exp(log_q), which loses digits for nearly equal rows).
 
-    CE and H are the row sums of -t log q and -t log t; KL is kl_divergence, summed from
+    CE and H are the row sums of -t log q and -t log t; KL is kl_divergence's, from
     non-negative terms, so it never subtracts CE and H (two large sums that cancel).
     """
-    log_t = np.log(t) if t.min(initial=1.0) > 0 else safe_log(t)
-    t_log_t = t * log_t
-    entropy_rows = 0.0 - t_log_t.sum(axis=1)  # 0 - (-0) is +0
+    t_log_t = t * (np.log(t) if t.min(initial=1.0) > 0 else safe_log(t))
     with np.errstate(invalid="ignore"):
-        t_log_q = t * log_q  # NaN where t = 0 meets log q = -inf (--eps 0): 0 log 0 = 0
-    t_log_q[np.isnan(t_log_q) & (t == 0)] = 0.0
-    kl = kl_divergence(t, q=q, log_q=log_q, log_t=log_t)
-    return -t_log_q.sum(axis=1), entropy_rows, kl
+        t_log_q = t * log_q  # NaN where t = 0 meets log q = -inf (--eps 0), fixed below
+    entropy_rows = 0.0 - t_log_t.sum(axis=1)  # 0 - (-0) is +0
+    ce_rows = -_sum_rows(t_log_q, t)
+    if q is None:
+        with np.errstate(under="ignore"):
+            q = np.exp(log_q)
+    with np.errstate(invalid="ignore"):  # inf - inf: t > 0 = q
+        t_log_ratio = np.subtract(t_log_t, t_log_q, out=t_log_t)
+    return ce_rows, entropy_rows, _kl_rows(t, q, q - t, t_log_ratio)
 
 
-# Taylor coefficients of (1 + r) log1p(r) - r = sum_{n>=2} (-1)^n r^n / (n (n - 1)), from r^2 on.
-# For |r| <= NEAR the terms after n = 17 are below 1e-17 of the sum.
+def _sum_rows(product: np.ndarray, t: np.ndarray, fill: np.ndarray | None = None) -> np.ndarray:
+    """Row sums of terms with a factor t, taking the NaN of 0 * log 0 as 0 (or as ``fill``)."""
+    sums = product.sum(axis=1)
+    broken = np.flatnonzero(np.isnan(sums))
+    if broken.size:
+        rows = product[broken]
+        zero = t[broken] == 0
+        rows[zero] = 0.0 if fill is None else fill[broken][zero]
+        sums[broken] = rows.sum(axis=1)
+    return sums
+
+
+# Where |u| <= NEAR for u = (t - q) / (t + q), t log(t/q) - t + q is summed as the series below;
+# its first omitted term is below 1e-19 of the value.
 NEAR = 0.1
-_NEAR_SERIES = np.array([(-1.0) ** n / (n * (n - 1)) for n in range(2, 18)])
+_ATANH_SERIES = np.array([1.0 / (2 * k + 1) for k in range(1, 10)])  # 1/3, 1/5, ..., 1/19
 
 
 def relative_entropy_terms(t: np.ndarray, q: np.ndarray, log_q: np.ndarray,
                            log_t: np.ndarray | None = None, gap: np.ndarray | None = None) -> np.ndarray:
     """Per-element t log(t / q) - t + q (scipy.special.kl_div): >= 0 for every t, q >= 0.
 
-    Where |t - q| <= NEAR * q it is evaluated as q ((1 + r) log1p(r) - r) with r = (t - q) / q
-    (t - q is exact there) by the series q r^2 (1/2 - r/6 + r^2/12 - ...), so nearly equal
-    values keep their digits instead of cancelling to rounding noise. Elsewhere
+    With u = (t - q) / (t + q), log(t / q) = 2 atanh(u), so the term is exactly
+    u (t - q) + 2 t (u^3/3 + u^5/5 + ...), a sum of a non-negative part and a much smaller one.
+    Where |u| <= NEAR (t within about 20% of q; t - q is exact there) it is evaluated so, and
+    nearly equal values keep their digits instead of cancelling to rounding noise. Elsewhere
     t (log t - log q) + (q - t), from ``log_q`` (finite even where q underflows to 0, for logits).
     t = 0 gives q; t > 0 = q gives +inf. ``gap`` is q - t when the caller knows it more exactly
     than the subtraction of the rounded q (Jensen-Shannon's mixture).
     """
     log_t = safe_log(t) if log_t is None else log_t
     gap = q - t if gap is None else gap
-    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf where t = 0 meets q = 0
+    with np.errstate(invalid="ignore"):  # inf - inf where t = 0 meets q = 0
         terms = np.subtract(log_t, log_q)
         terms *= t
-        terms += gap
-    np.copyto(terms, q, where=t == 0)
-    near = np.abs(gap) <= NEAR * q
-    near &= q > 0
-    if near.any():
-        q_near = q[near]
-        r = -gap[near] / q_near
-        terms[near] = q_near * r * r * np.polynomial.polynomial.polyval(r, _NEAR_SERIES)
+    terms = _terms(t, q, gap, terms)
+    np.copyto(terms, q, where=np.isnan(terms) & (t == 0))
     return terms
+
+
+def _terms(t: np.ndarray, q: np.ndarray, gap: np.ndarray, t_log_ratio: np.ndarray) -> np.ndarray:
+    """relative_entropy_terms from t log(t/q) and q - t, in place in ``t_log_ratio``."""
+    terms = t_log_ratio
+    terms += gap
+    with np.errstate(invalid="ignore", divide="ignore"):  # 0 / 0 where t = q = 0: NaN, not near
+        v = np.add(t, q)
+        np.divide(gap, v, out=v)  # v = -u = (q - t) / (t + q): the series is odd in u
+        size = np.abs(v)
+        near = size < NEAR
+    if not near.any():
+        return terms
+    top = float(size.max(where=near, initial=0.0))
+    # The series up to u^(2m+1) / (2m+1), m the fewest terms with top^(2m) below 2^-60: all nine
+    # at the edge |u| = NEAR, two for |u| <= 1e-5.
+    m = len(_ATANH_SERIES)
+    if 0 < top <= 0.05:
+        m = min(m, max(1, math.ceil(-30 * math.log(2) / math.log(top))))
+    coefficients = _ATANH_SERIES[:m]
+    whole = np.count_nonzero(near) * 2 > near.size  # mostly near: no gathers, overwrite the far ones
+    v_near, t_near, gap_near = (v, t, gap) if whole else (v[near], t[near], gap[near])
+    w = v_near * v_near
+    series = np.full_like(v_near, coefficients[-1])
+    for c in coefficients[-2::-1]:
+        series *= w
+        series += c
+    series *= w
+    series *= v_near
+    series *= t_near
+    series *= -2.0  # 2 t (u^3/3 + ...) with u = -v
+    w = np.multiply(v_near, gap_near, out=w)
+    series += w  # u (t - q) = v (q - t)
+    if whole:
+        np.copyto(terms, series, where=near)
+    else:
+        terms[near] = series
+    return terms
+
+
+def _kl_rows(t: np.ndarray, q: np.ndarray, gap: np.ndarray, t_log_ratio: np.ndarray) -> np.ndarray:
+    """KL per row from t log(t/q) and q - t: the terms, plus the mass correction, at least 0."""
+    kl = _sum_rows(_terms(t, q, gap, t_log_ratio), t, fill=q)
+    kl -= gap.sum(axis=1)
+    return np.maximum(kl, 0.0, out=kl)
 
 
 def kl_divergence(t: np.ndarray, q: np.ndarray | None = None, log_q: np.ndarray | None = None,
@@ -229,10 +285,11 @@ def kl_divergence(t: np.ndarray, q: np.ndarray | None = None, log_q: np.ndarray 
     with np.errstate(divide="ignore", under="ignore"):
         log_q = np.log(q) if log_q is None else log_q
         q = np.exp(log_q) if q is None else q
-    gap = q - t if gap is None else gap
-    kl = relative_entropy_terms(t, q, log_q, log_t, gap).sum(axis=1)
-    kl -= gap.sum(axis=1)
-    return np.maximum(kl, 0.0, out=kl)
+    log_t = safe_log(t) if log_t is None else log_t
+    with np.errstate(invalid="ignore"):  # inf - inf where t = 0 meets q = 0
+        t_log_ratio = np.subtract(log_t, log_q)
+        t_log_ratio *= t
+    return _kl_rows(t, q, q - t if gap is None else gap, t_log_ratio)
 
 
 def js_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:
