@@ -749,19 +749,22 @@ def _report(command: str, evaluator: Evaluator, settings: Settings, inputs, gate
 
 def _clip_warnings(s: Summary, settings: Settings, command: str, soft: bool, metrics: dict[str, float]) -> list[str]:
     """Zeros raised to eps, loudly with what they cost; values lowered from 1 as a short note."""
-    what = ("probabilities of Q where P > 0" if command == "kl" else
-            "predicted probabilities of classes with target > 0" if soft else "true-class probabilities")
+    def values(n: int) -> str:
+        noun = "probability" if n == 1 else "probabilities"
+        what = (f"{noun} of Q where P > 0" if command == "kl" else
+                f"predicted {noun} where the target is > 0" if soft else f"true-class {noun}")
+        return f"{n:,} {what} {'was' if n == 1 else 'were'}"
+
     main = "nll" if "nll" in metrics else "cross_entropy"
     units, scale, eps = UNITS[settings.base], settings.unit_scale, settings.eps
     out = []
     if s.clipped_zero:
         each = -math.log(eps) / scale
         share = s.zero_loss / s.weight / scale if s.weight > 0 else math.nan
-        out.append(f"{s.clipped_zero:,} {what} were 0 or below eps = {eps:.3g} and were clipped to eps: "
-                   f"each costs {each:.4g} {units} (-log eps), together "
-                   f"{share:.6g} of the mean {main} {metrics[main]:.6g}")
+        out.append(f"{values(s.clipped_zero)} 0 or below eps = {eps:.3g}, clipped to eps: each costs "
+                   f"{each:.4g} {units} (-log eps), together {share:.6g} of the mean {main} {metrics[main]:.6g}")
     if s.clipped_nudged:
-        out.append(f"note: {s.clipped_nudged:,} {what} of 1 were clipped to 1 - eps "
+        out.append(f"note: {values(s.clipped_nudged)} 1, clipped to 1 - eps "
                    f"(a loss change of about {eps / scale:.2g} {units} each)")
     return out
 

@@ -166,10 +166,10 @@ def test_gaussian_nb_zeros_are_told_apart_from_nudged_ones(gaussian_nb):
     assert (out["clipped_zero"], out["clipped_nudged"], out["clipped"]) == (zeros, ones, zeros + ones)
     loud, quiet = out["warnings"][:2]
     share = zeros * -math.log(EPS) / len(y)
-    assert loud == (f"{zeros} true-class probabilities were 0 or below eps = 2.22e-16 and were clipped to eps: "
+    assert loud == (f"{zeros} true-class probabilities were 0 or below eps = 2.22e-16, clipped to eps: "
                     f"each costs 36.04 nats (-log eps), together {share:.6g} of the mean nll "
                     f"{report.metrics['nll']:.6g}")
-    assert quiet.startswith(f"note: {ones} true-class probabilities of 1 were clipped to 1 - eps")
+    assert quiet == f"note: {ones} true-class probabilities were 1, clipped to 1 - eps (a loss change of about 2.2e-16 nats each)"
 
 
 def test_tiny_but_positive_true_class_counts_as_a_zero():
@@ -197,9 +197,10 @@ def test_soft_targets_count_zeros_only_where_the_target_is_positive():
     assert (report.clipped_zero, report.clipped_nudged, report.clipped) == (1, 1, 2)
     share = 0.5 * -math.log(EPS) / 2
     assert f"together {share:.6g} of the mean cross_entropy" in report.warnings[0]
-    assert report.warnings[0].startswith("1 probabilities of Q where P > 0 were 0 or below eps")
+    assert report.warnings[0].startswith("1 probability of Q where P > 0 was 0 or below eps")
     scored = nllcli.score(q, targets=t)
     assert (scored.clipped_zero, scored.clipped_nudged) == (1, 1)
+    assert scored.warnings[0].startswith("1 predicted probability where the target is > 0 was 0 or below eps")
 
 
 def test_log_probs_minus_inf_is_a_zero_and_zero_is_nudged():
@@ -232,8 +233,8 @@ def test_cli_json_and_table_say_what_the_clip_did(run, run_json, tmp_path):
     table = run("score", path)
     assert table.exit_code == 0
     text = " ".join(table.stdout.split())  # the table may wrap long lines
-    assert "1 true-class probabilities were 0 or below eps = 2.22e-16 and were clipped to eps" in text
-    assert "note: 1 true-class probabilities of 1 were clipped to 1 - eps" in text
+    assert "1 true-class probability was 0 or below eps = 2.22e-16, clipped to eps" in text
+    assert "note: 1 true-class probability was 1, clipped to 1 - eps" in text
 
 
 # -- perplexity --------------------------------------------------------------------------------
