@@ -234,33 +234,53 @@ def _terms(t: np.ndarray, q: np.ndarray, gap: np.ndarray, t_log_ratio: np.ndarra
         np.divide(gap, v, out=v)  # v = -u = (q - t) / (t + q): the series is odd in u
         size = np.abs(v)
         near = size < NEAR
-    if not near.any():
+    count = np.count_nonzero(near)
+    if not count:
         return terms
-    top = float(size.max(where=near, initial=0.0))
-    # The series up to u^(2m+1) / (2m+1), m the fewest terms with top^(2m) below 2^-60: all nine
-    # at the edge |u| = NEAR, two for |u| <= 1e-5.
+    if count * 2 > near.size:  # mostly near: the series on everything, then the far ones put back
+        series = _near_series(v, t, gap, top=float(size.max(where=near, initial=0.0)))
+        np.copyto(terms, series, where=near)
+        return terms
+    order = _common_order(t, gap, v, near, terms)
+    if order is None:
+        terms[near] = _near_series(v[near], t[near], gap[near])
+        return terms
+    index = np.flatnonzero(near.ravel(order))  # flat views of arrays laid out alike: cheap take/put
+    series = _near_series(*(a.ravel(order).take(index) for a in (v, t, gap)))
+    terms.ravel(order)[index] = series
+    return terms
+
+
+def _common_order(*arrays: np.ndarray) -> str | None:
+    """'C' or 'F' when every array is contiguous in that order (then ravel gives views)."""
+    if all(a.flags.c_contiguous for a in arrays):
+        return "C"
+    if all(a.flags.f_contiguous for a in arrays):
+        return "F"
+    return None
+
+
+def _near_series(v: np.ndarray, t: np.ndarray, gap: np.ndarray, top: float | None = None) -> np.ndarray:
+    """u (t - q) + 2 t (u^3/3 + u^5/5 + ...) with u = -v, for |u| < NEAR, with as many terms as
+    the largest |u| (``top``, else the largest |v|) needs: top^(2m) below 2^-60, all nine at
+    |u| = NEAR, two for |u| <= 1e-5."""
+    top = float(np.abs(v).max()) if top is None else top
     m = len(_ATANH_SERIES)
     if 0 < top <= 0.05:
         m = min(m, max(1, math.ceil(-30 * math.log(2) / math.log(top))))
     coefficients = _ATANH_SERIES[:m]
-    whole = np.count_nonzero(near) * 2 > near.size  # mostly near: no gathers, overwrite the far ones
-    v_near, t_near, gap_near = (v, t, gap) if whole else (v[near], t[near], gap[near])
-    w = v_near * v_near
-    series = np.full_like(v_near, coefficients[-1])
+    w = v * v
+    series = np.full_like(v, coefficients[-1])
     for c in coefficients[-2::-1]:
         series *= w
         series += c
     series *= w
-    series *= v_near
-    series *= t_near
+    series *= v
+    series *= t
     series *= -2.0  # 2 t (u^3/3 + ...) with u = -v
-    w = np.multiply(v_near, gap_near, out=w)
+    w = np.multiply(v, gap, out=w)
     series += w  # u (t - q) = v (q - t)
-    if whole:
-        np.copyto(terms, series, where=near)
-    else:
-        terms[near] = series
-    return terms
+    return series
 
 
 def _kl_rows(t: np.ndarray, q: np.ndarray, gap: np.ndarray, t_log_ratio: np.ndarray) -> np.ndarray:
