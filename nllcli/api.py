@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -139,12 +140,16 @@ class RowClips:
     ``zero``: values below eps raised to eps (an exact 0 would cost an infinite loss; each now
     costs -log eps, 36.04 nats with the default eps); ``nudged``: values above 1 - eps lowered to
     1 - eps (the loss moves by at most -log(1 - eps), about eps); ``zero_loss``: the loss (nats)
-    the raised values carry, t_k * -log(eps) each.
+    the raised values carry, t_k * -log(eps) each. With --symmetric, ``reverse_zero`` counts the
+    target values below eps where q_k > 0, raised to eps for KL(q || t), and ``reverse_loss`` is
+    their part of that KL, q_k log(q_k / eps) - q_k + eps each.
     """
 
     zero: np.ndarray
     nudged: np.ndarray
     zero_loss: np.ndarray
+    reverse_zero: np.ndarray | None = None
+    reverse_loss: np.ndarray | None = None
 
     @classmethod
     def of(cls, clipped: losses.Clipped | None, eps: float, targets: np.ndarray | None = None) -> "RowClips | None":
@@ -158,14 +163,33 @@ class RowClips:
         return cls(zero.sum(axis=1), (clipped.lowered & observed).sum(axis=1),
                    np.where(zero, targets, 0.0).sum(axis=1) * -math.log(eps))
 
+    @classmethod
+    def with_reverse(cls, clips: "RowClips | None", clipped_targets: losses.Clipped, q: np.ndarray) -> "RowClips":
+        """``clips`` (None: nothing clipped on q) with the target zeros the reverse KL met."""
+        zero = clipped_targets.raised & (q > 0)
+        with np.errstate(divide="ignore"):
+            eps_q = clipped_targets.values
+            cost = np.where(zero, q * (np.log(np.where(zero, q, 1.0)) - np.log(eps_q)) - q + eps_q, 0.0)
+        if clips is None:
+            none = np.zeros(len(q), dtype=np.int64)
+            clips = cls(none, none, np.zeros(len(q)))
+        return dataclasses.replace(clips, reverse_zero=zero.sum(axis=1), reverse_loss=cost.sum(axis=1))
+
     def counts(self, weights: np.ndarray | None, rows: np.ndarray | None = None) -> dict[str, Any]:
         """The Summary.of_batch arguments for these rows (all when ``rows`` is None)."""
-        zero, nudged, loss = (a if rows is None else a[rows] for a in (self.zero, self.nudged, self.zero_loss))
-        if weights is not None:
-            loss = loss * (weights if rows is None else weights[rows])
-        n_zero = int(np.count_nonzero(zero) if zero.dtype == bool else zero.sum())
-        n_nudged = int(np.count_nonzero(nudged) if nudged.dtype == bool else nudged.sum())
-        return {"clipped": n_zero + n_nudged, "clipped_zero": n_zero, "zero_loss": float(loss.sum())}
+        def count(a):
+            a = a if rows is None else a[rows]
+            return int(np.count_nonzero(a) if a.dtype == bool else a.sum())
+
+        def weighted(a):
+            a = a if rows is None else a[rows]
+            return float((a if weights is None else a * (weights if rows is None else weights[rows])).sum())
+
+        out = {"clipped": count(self.zero) + count(self.nudged), "clipped_zero": count(self.zero),
+               "zero_loss": weighted(self.zero_loss)}
+        if self.reverse_zero is not None:
+            out.update(reverse_zero=count(self.reverse_zero), reverse_zero_loss=weighted(self.reverse_loss))
+        return out
 
 
 @dataclass
@@ -269,12 +293,16 @@ class Evaluator:
         q, log_q, clipped = pred.model_side(self.settings.kind, eps)
         ce, h, kl = losses.soft_losses(targets, log_q, q)
         out = {"cross_entropy": ce, "entropy": h, "kl": kl}
+        clips = RowClips.of(clipped, eps, targets)
         if self.settings.symmetric:
             q = pred.probs()
-            out["kl_reverse"] = losses.kl_divergence(q, q=losses.clip(targets, eps).values)
+            clipped_targets = losses.clip(targets, eps)
+            out["kl_reverse"] = losses.kl_divergence(q, q=clipped_targets.values)
             out["js"] = losses.js_divergence(targets, q)
+            if clipped_targets.raised is not None and clipped_targets.raised.any():
+                clips = RowClips.with_reverse(clips, clipped_targets, q)
         p_true = np.exp(losses.true_class(log_q, labels)) if labels is not None else None
-        return out, RowClips.of(clipped, eps, targets), p_true
+        return out, clips, p_true
 
     def worst_candidates(self, scored: Scored) -> list[dict]:
         """The rows of a batch that may belong among the worst: id, label, predicted, p_true, loss."""
@@ -744,7 +772,8 @@ def _report(command: str, evaluator: Evaluator, settings: Settings, inputs, gate
                   s.clipped, settings.eps, settings.kind, layout.weight is not None, warnings, gates,
                   calibration=_calibration_rows(s) if evaluator.calibration and labelled else [],
                   loss_histogram=_histogram_rows(s, scale), groups=groups, worst=worst,
-                  clipped_zero=s.clipped_zero, clipped_nudged=s.clipped_nudged)
+                  clipped_zero=s.clipped_zero, clipped_nudged=s.clipped_nudged,
+                  clipped_zero_reverse=s.reverse_zero)
 
 
 def _clip_warnings(s: Summary, settings: Settings, command: str, soft: bool, metrics: dict[str, float]) -> list[str]:
@@ -766,6 +795,11 @@ def _clip_warnings(s: Summary, settings: Settings, command: str, soft: bool, met
     if s.clipped_nudged:
         out.append(f"note: {values(s.clipped_nudged)} 1, clipped to 1 - eps "
                    f"(a loss change of about {eps / scale:.2g} {units} each)")
+    if s.reverse_zero:
+        noun = "probability of P was" if s.reverse_zero == 1 else "probabilities of P were"
+        share = s.reverse_zero_loss / s.weight / scale if s.weight > 0 else math.nan
+        out.append(f"kl_reverse: {s.reverse_zero:,} {noun} 0 or below eps = {eps:.3g} where Q > 0, clipped to eps: "
+                   f"together {share:.6g} of the mean kl_reverse {metrics['kl_reverse']:.6g}")
     return out
 
 

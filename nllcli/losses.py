@@ -5,9 +5,9 @@ distribution (one-hot for a hard label y). All logarithms are natural; callers c
 
     cross-entropy  CE(t, q) = -sum_k t_k log q_k        (= -log q_y for a hard label)
     entropy        H(t)     = -sum_k t_k log t_k        (0 for a hard label)
-    KL divergence  KL(t||q) =  sum_k t_k log(t_k / q_k) - t_k + q_k
-                            (= sum_k t_k log(t_k / q_k) = CE - H for distributions, but computed
-                            from per-element terms that are never negative)
+    KL divergence  KL(t||q) =  sum_k t_k log(t_k / q_k)  (= CE - H, but computed directly, as
+                               sum_k [t_k log(t_k / q_k) - t_k + q_k] + sum_k (t_k - q_k): terms
+                               that are never negative, and 0 for rows of equal mass)
 
 with the convention 0 * log 0 = 0, so classes with t_k = 0 contribute nothing to CE and H.
 """
@@ -197,7 +197,7 @@ def _sum_rows(product: np.ndarray, t: np.ndarray, fill: np.ndarray | None = None
     return sums
 
 
-# Where |u| <= NEAR for u = (t - q) / (t + q), t log(t/q) - t + q is summed as the series below;
+# Where |u| < NEAR for u = (t - q) / (t + q), t log(t/q) - t + q is summed as the series below;
 # its first omitted term is below 1e-19 of the value.
 NEAR = 0.1
 _ATANH_SERIES = np.array([1.0 / (2 * k + 1) for k in range(1, 10)])  # 1/3, 1/5, ..., 1/19
@@ -209,10 +209,10 @@ def relative_entropy_terms(t: np.ndarray, q: np.ndarray, log_q: np.ndarray,
 
     With u = (t - q) / (t + q), log(t / q) = 2 atanh(u), so the term is exactly
     u (t - q) + 2 t (u^3/3 + u^5/5 + ...), a sum of a non-negative part and a much smaller one.
-    Where |u| <= NEAR (t within about 20% of q; t - q is exact there) it is evaluated so, and
+    Where |u| < NEAR (t within about 20% of q; t - q is exact there) it is evaluated so, and
     nearly equal values keep their digits instead of cancelling to rounding noise. Elsewhere
     t (log t - log q) + (q - t), from ``log_q`` (finite even where q underflows to 0, for logits).
-    t = 0 gives q; t > 0 = q gives +inf. ``gap`` is q - t when the caller knows it more exactly
+    t = 0 gives q; t > 0 with q = 0 gives +inf. ``gap`` is q - t when the caller knows it more exactly
     than the subtraction of the rounded q (Jensen-Shannon's mixture).
     """
     log_t = safe_log(t) if log_t is None else log_t

@@ -88,6 +88,7 @@ class Report:
     regression: str | None = None  # compare --fail-if-worse: why the new model is clearly worse
     clipped_zero: int = 0  # observed-class probabilities below eps raised to eps: -log(eps) each
     clipped_nudged: int = 0  # observed-class probabilities above 1 - eps lowered to 1 - eps
+    clipped_zero_reverse: int = 0  # --symmetric: target probabilities below eps where q > 0
 
     @property
     def failed_gates(self) -> list[Gate]:
@@ -143,6 +144,7 @@ class Report:
             "clipped": self.clipped,
             "clipped_zero": self.clipped_zero,
             "clipped_nudged": self.clipped_nudged,
+            "clipped_zero_reverse": self.clipped_zero_reverse,
             "warnings": warnings,
             "calibration": self.calibration,
             "loss_histogram": self.loss_histogram,

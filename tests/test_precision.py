@@ -288,3 +288,20 @@ def test_cli_writes_the_overflow_warning(run_json, tmp_path):
     assert code == 0, err
     assert data["metrics"]["perplexity"] is None
     assert any(w.startswith("perplexity overflows float64: mean loss 900.0 nats") for w in data["warnings"])
+
+
+def test_reverse_kl_names_the_target_zeros_it_clipped():
+    """KL(Q || P) meets P = 0 under Q > 0: P is clipped to eps there, and that is most of it."""
+    p = pd.DataFrame({"p_a": [1.0, 0.5, 0.2], "p_b": [0.0, 0.5, 0.8]})
+    q = pd.DataFrame({"p_a": [0.9, 0.5, 0.2], "p_b": [0.1, 0.5, 0.8]})
+    report = nllcli.kl(p, q, symmetric=True)
+    assert report.to_dict()["clipped_zero_reverse"] == 1
+    # Q is not clipped; P's 1.0 lowered to 1 - eps for the reverse KL moves nothing visible: not counted
+    assert report.clipped_zero == report.clipped_nudged == 0
+    part = (0.1 * math.log(0.1 / EPS) - 0.1 + EPS) / 3  # that entry's term of the reverse KL
+    expected = (0.1 * math.log(0.1 / EPS) + 0.9 * math.log(0.9 / (1 - EPS))) / 3
+    assert report.metrics["kl_reverse"] == pytest.approx(expected, rel=1e-12)
+    assert report.warnings[-1] == ("kl_reverse: 1 probability of P was 0 or below eps = 2.22e-16 where Q > 0, "
+                                   f"clipped to eps: together {part:.6g} of the mean kl_reverse "
+                                   f"{report.metrics['kl_reverse']:.6g}")
+    assert nllcli.kl(p, q).to_dict()["clipped_zero_reverse"] == 0  # without --symmetric nothing is reversed
