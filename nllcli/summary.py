@@ -47,7 +47,8 @@ class Summary:
     def empty(cls, names: tuple[str, ...], n_classes: int, n_bins: int = 15) -> "Summary":
         m, k = len(names), n_classes
         return cls(names, k, 0, 0.0, np.zeros(m), 0.0, np.zeros(k, np.int64), np.zeros(k),
-                   np.zeros((k, m)), np.zeros(k), 0, 0, 0.0, 0, 0.0, np.zeros(n_bins), np.zeros(n_bins), np.zeros(n_bins),
+                   np.zeros((k, m)), np.zeros(k), 0, 0, 0.0, 0, 0.0,
+                   np.zeros(n_bins), np.zeros(n_bins), np.zeros(n_bins),
                    np.zeros(len(LOSS_EDGES)))
 
     @classmethod

@@ -169,7 +169,8 @@ def test_gaussian_nb_zeros_are_told_apart_from_nudged_ones(gaussian_nb):
     assert loud == (f"{zeros} true-class probabilities were 0 or below eps = 2.22e-16, clipped to eps: "
                     f"each costs 36.04 nats (-log eps), together {share:.6g} of the mean nll "
                     f"{report.metrics['nll']:.6g}")
-    assert quiet == f"note: {ones} true-class probabilities were 1, clipped to 1 - eps (a loss change of about 2.2e-16 nats each)"
+    assert quiet == (f"note: {ones} true-class probabilities were 1, clipped to 1 - eps "
+                     "(a loss change of about 2.2e-16 nats each)")
 
 
 def test_tiny_but_positive_true_class_counts_as_a_zero():
