@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ import numpy as np
 from . import losses
 from .columns import Layout, floats, integers, parse_classes, resolve_layout, target_layout
 from .errors import InputError, UsageError
-from .report import INFORMATION_METRICS, UNITS, Gate, Report, check_gate_metrics
+from .report import INFORMATION_METRICS, UNITS, Gate, Report, check_gate_metrics, perplexity
 from .summary import Summary, Worst
 
 SYMMETRIC = ("kl_reverse", "js")
@@ -62,19 +63,19 @@ class Prepared:
     q: np.ndarray | None  # probabilities, when the input is probabilities
     log_q: np.ndarray | None  # log-probabilities, for logits and log-probs
 
-    def model_side(self, kind: str, eps: float) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
-        """(clipped probabilities or None, log-probabilities, mask of the values clipping moved).
+    def model_side(self, kind: str, eps: float) -> tuple[np.ndarray | None, np.ndarray, losses.Clipped | None]:
+        """(clipped probabilities or None, log-probabilities, what the clip moved or None).
 
         Probabilities and log-probabilities are clipped to [eps, 1 - eps]; logits are exact.
         """
         if self.q is not None:
             if eps <= 0 or (self.q.min() >= eps and self.q.max() <= 1.0 - eps):
                 return self.q, _log(self.q), None  # nothing to clip: the usual case, two cheap passes
-            q, _ = losses.clip(self.q, eps)
-            return q, _log(q), q != self.q
+            clipped = losses.clip(self.q, eps)
+            return clipped.values, _log(clipped.values), clipped
         if kind == "log-probs":
-            log_q, _ = losses.log_clip(self.log_q, eps)
-            return None, log_q, log_q != self.log_q
+            clipped = losses.log_clip(self.log_q, eps)
+            return None, clipped.values, clipped
         return None, self.log_q, None
 
     def probs(self) -> np.ndarray:
@@ -133,6 +134,65 @@ def _weights(chunk, layout: Layout) -> np.ndarray | None:
 
 
 @dataclass
+class RowClips:
+    """Per row, what the clip did to the probabilities of observed classes (true class, or t_k > 0).
+
+    ``zero``: values below eps raised to eps (an exact 0 would cost an infinite loss; each now
+    costs -log eps, 36.04 nats with the default eps); ``nudged``: values above 1 - eps lowered to
+    1 - eps (the loss moves by at most -log(1 - eps), about eps); ``zero_loss``: the loss (nats)
+    the raised values carry, t_k * -log(eps) each. With --symmetric, ``reverse_zero`` counts the
+    target values below eps where q_k > 0, raised to eps for KL(q || t), and ``reverse_loss`` is
+    their part of that KL, q_k log(q_k / eps) - q_k + eps each.
+    """
+
+    zero: np.ndarray
+    nudged: np.ndarray
+    zero_loss: np.ndarray
+    reverse_zero: np.ndarray | None = None
+    reverse_loss: np.ndarray | None = None
+
+    @classmethod
+    def of(cls, clipped: losses.Clipped | None, eps: float, targets: np.ndarray | None = None) -> "RowClips | None":
+        """From a clip of the true-class values (n,), or of all values (n, K) against targets."""
+        if clipped is None or clipped.raised is None:
+            return None
+        if targets is None:
+            return cls(clipped.raised, clipped.lowered, clipped.raised * -math.log(eps))
+        observed = targets > 0
+        zero = clipped.raised & observed
+        return cls(zero.sum(axis=1), (clipped.lowered & observed).sum(axis=1),
+                   np.where(zero, targets, 0.0).sum(axis=1) * -math.log(eps))
+
+    @classmethod
+    def with_reverse(cls, clips: "RowClips | None", clipped_targets: losses.Clipped, q: np.ndarray) -> "RowClips":
+        """``clips`` (None: nothing clipped on q) with the target zeros the reverse KL met."""
+        zero = clipped_targets.raised & (q > 0)
+        with np.errstate(divide="ignore"):
+            eps_q = clipped_targets.values
+            cost = np.where(zero, q * (np.log(np.where(zero, q, 1.0)) - np.log(eps_q)) - q + eps_q, 0.0)
+        if clips is None:
+            none = np.zeros(len(q), dtype=np.int64)
+            clips = cls(none, none, np.zeros(len(q)))
+        return dataclasses.replace(clips, reverse_zero=zero.sum(axis=1), reverse_loss=cost.sum(axis=1))
+
+    def counts(self, weights: np.ndarray | None, rows: np.ndarray | None = None) -> dict[str, Any]:
+        """The Summary.of_batch arguments for these rows (all when ``rows`` is None)."""
+        def count(a):
+            a = a if rows is None else a[rows]
+            return int(np.count_nonzero(a) if a.dtype == bool else a.sum())
+
+        def weighted(a):
+            a = a if rows is None else a[rows]
+            return float((a if weights is None else a * (weights if rows is None else weights[rows])).sum())
+
+        out = {"clipped": count(self.zero) + count(self.nudged), "clipped_zero": count(self.zero),
+               "zero_loss": weighted(self.zero_loss)}
+        if self.reverse_zero is not None:
+            out.update(reverse_zero=count(self.reverse_zero), reverse_zero_loss=weighted(self.reverse_loss))
+        return out
+
+
+@dataclass
 class Scored:
     """Everything computed for one batch, row by row (arrays of length n)."""
 
@@ -147,7 +207,7 @@ class Scored:
     correct: np.ndarray | None
     confidence: np.ndarray | None
     p_true: np.ndarray | None
-    clipped: int
+    clips: RowClips | None  # None: nothing clipped
 
     @property
     def rows(self) -> int:
@@ -158,9 +218,10 @@ class Scored:
         def pick(a):
             return a if a is None or rows is None else a[rows]
 
+        clips = self.clips.counts(self.weights, rows) if self.clips is not None else {}
         return Summary.of_batch({k: pick(v) for k, v in self.summed.items()}, n_classes, pick(self.weights),
-                                pick(self.labels), pick(self.correct), self.clipped if rows is None else 0,
-                                pick(self.confidence), n_bins, pick(self.loss))
+                                pick(self.labels), pick(self.correct), confidence=pick(self.confidence),
+                                n_bins=n_bins, loss=pick(self.loss), **clips)
 
 
 class Evaluator:
@@ -205,17 +266,18 @@ class Evaluator:
                 raise UsageError("soft targets need --targets, --target-prefix or --label-smoothing with a label")
             targets = losses.label_smoothing(labels, k, settings.label_smoothing or 0.0)
         predicted = losses.argmax_rows(pred.values) if labels is not None else None
-        values, clipped, p_true = self._losses(pred, labels, targets)
+        values, clips, p_true = self._losses(pred, labels, targets)
         summed, confidence = values, None
         if self.calibration:  # in the summary only: per-sample rows keep their documented columns
             summed = {**values, "brier": losses.brier(pred.probs(), labels, targets)}
             confidence = losses.top_confidence(pred.q, pred.log_q) if labels is not None else None
         return Scored(chunk, self.row, values, summed, values["cross_entropy" if self.soft else "nll"],
                       _weights(chunk, layout), labels, predicted,
-                      (predicted == labels) if labels is not None else None, confidence, p_true, clipped)
+                      (predicted == labels) if labels is not None else None, confidence, p_true, clips)
 
-    def _losses(self, pred: Prepared, labels, targets) -> tuple[dict[str, np.ndarray], int, np.ndarray | None]:
-        """Per-sample losses (nats), how many probabilities were clipped, and p_true (with labels)."""
+    def _losses(self, pred: Prepared, labels, targets) -> tuple[dict[str, np.ndarray], RowClips | None,
+                                                                  np.ndarray | None]:
+        """Per-sample losses (nats), what the clip moved, and p_true (with labels)."""
         eps = self.settings.eps
         if not self.soft:
             if pred.q is not None:
@@ -223,23 +285,24 @@ class Evaluator:
                 nll, clipped = losses.hard_label_nll(p_true, eps)
             else:
                 log_true = losses.true_class(pred.log_q, labels)
-                if self.settings.kind == "log-probs":
-                    log_true, clipped = losses.log_clip(log_true, eps)
-                else:
-                    clipped = 0
+                clipped = losses.log_clip(log_true, eps) if self.settings.kind == "log-probs" else None
+                if clipped is not None:
+                    log_true = clipped.values
                 nll, p_true = -log_true, np.exp(log_true)
-            return {"nll": nll}, clipped, p_true
-        q, log_q, moved = pred.model_side(self.settings.kind, eps)
-        clipped = int(np.count_nonzero(moved & (targets > 0))) if moved is not None else 0
-        ce, h, kl = losses.soft_losses(targets, log_q)
+            return {"nll": nll}, RowClips.of(clipped, eps), p_true
+        q, log_q, clipped = pred.model_side(self.settings.kind, eps)
+        ce, h, kl = losses.soft_losses(targets, log_q, q)
         out = {"cross_entropy": ce, "entropy": h, "kl": kl}
+        clips = RowClips.of(clipped, eps, targets)
         if self.settings.symmetric:
             q = pred.probs()
-            p_clipped, _ = losses.clip(targets, eps)
-            out["kl_reverse"] = losses.kl_divergence(q, q=p_clipped)
+            clipped_targets = losses.clip(targets, eps)
+            out["kl_reverse"] = losses.kl_divergence(q, q=clipped_targets.values)
             out["js"] = losses.js_divergence(targets, q)
+            if clipped_targets.raised is not None and clipped_targets.raised.any():
+                clips = RowClips.with_reverse(clips, clipped_targets, q)
         p_true = np.exp(losses.true_class(log_q, labels)) if labels is not None else None
-        return out, clipped, p_true
+        return out, clips, p_true
 
     def worst_candidates(self, scored: Scored) -> list[dict]:
         """The rows of a batch that may belong among the worst: id, label, predicted, p_true, loss."""
@@ -671,7 +734,7 @@ def _metrics(s: Summary, command: str, settings: Settings, soft: bool, labelled:
         metrics.pop("nll")
     metrics = {k: (v / settings.unit_scale if k in INFORMATION_METRICS else v) for k, v in metrics.items()}
     # Perplexity is exp of the mean loss in nats, whatever the unit asked for.
-    metrics["perplexity"] = math.inf if nats > 709.0 else math.exp(nats)  # NaN stays NaN
+    metrics["perplexity"] = perplexity(nats)
     if labelled:
         metrics["accuracy"] = s.accuracy
     if calibration:
@@ -703,13 +766,41 @@ def _report(command: str, evaluator: Evaluator, settings: Settings, inputs, gate
         for entry in evaluator.worst.entries:
             row = {"row": entry["index"], **{k: v for k, v in entry.items() if k not in ("index", "loss")}}
             worst.append({**row, "loss": entry["loss"] / scale})
-    warnings = []
-    if s.clipped:
-        warnings.append(f"{s.clipped:,} probabilities clipped to [eps, 1 - eps], eps = {settings.eps:.3g}")
-    return Report(command, inputs, s.rows, list(layout.class_names), UNITS[settings.base], metrics_of(s), per_class,
+    metrics = metrics_of(s)
+    warnings = _clip_warnings(s, settings, command, soft, metrics)
+    return Report(command, inputs, s.rows, list(layout.class_names), UNITS[settings.base], metrics, per_class,
                   s.clipped, settings.eps, settings.kind, layout.weight is not None, warnings, gates,
                   calibration=_calibration_rows(s) if evaluator.calibration and labelled else [],
-                  loss_histogram=_histogram_rows(s, scale), groups=groups, worst=worst)
+                  loss_histogram=_histogram_rows(s, scale), groups=groups, worst=worst,
+                  clipped_zero=s.clipped_zero, clipped_nudged=s.clipped_nudged,
+                  clipped_zero_reverse=s.reverse_zero)
+
+
+def _clip_warnings(s: Summary, settings: Settings, command: str, soft: bool, metrics: dict[str, float]) -> list[str]:
+    """Zeros raised to eps, loudly with what they cost; values lowered from 1 as a short note."""
+    def values(n: int) -> str:
+        noun = "probability" if n == 1 else "probabilities"
+        what = (f"{noun} of Q where P > 0" if command == "kl" else
+                f"predicted {noun} where the target is > 0" if soft else f"true-class {noun}")
+        return f"{n:,} {what} {'was' if n == 1 else 'were'}"
+
+    main = "nll" if "nll" in metrics else "cross_entropy"
+    units, scale, eps = UNITS[settings.base], settings.unit_scale, settings.eps
+    out = []
+    if s.clipped_zero:
+        each = -math.log(eps) / scale
+        share = s.zero_loss / s.weight / scale if s.weight > 0 else math.nan
+        out.append(f"{values(s.clipped_zero)} 0 or below eps = {eps:.3g}, clipped to eps: each costs "
+                   f"{each:.4g} {units} (-log eps), together {share:.6g} of the mean {main} {metrics[main]:.6g}")
+    if s.clipped_nudged:
+        out.append(f"note: {values(s.clipped_nudged)} 1, clipped to 1 - eps "
+                   f"(a loss change of about {eps / scale:.2g} {units} each)")
+    if s.reverse_zero:
+        noun = "probability of P was" if s.reverse_zero == 1 else "probabilities of P were"
+        share = s.reverse_zero_loss / s.weight / scale if s.weight > 0 else math.nan
+        out.append(f"kl_reverse: {s.reverse_zero:,} {noun} 0 or below eps = {eps:.3g} where Q > 0, clipped to eps: "
+                   f"together {share:.6g} of the mean kl_reverse {metrics['kl_reverse']:.6g}")
+    return out
 
 
 def _sort_value(value: float) -> float:

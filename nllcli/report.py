@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +14,17 @@ SCHEMA_VERSION = 1
 UNITS = {"e": "nats", "2": "bits", "10": "bans"}
 # Quantities measured in information units (converted by --base); the rest are unitless.
 INFORMATION_METRICS = ("nll", "cross_entropy", "entropy", "kl", "kl_reverse", "js")
+NATS_PER_UNIT = {"nats": 1.0, "bits": math.log(2), "bans": math.log(10)}
+# exp(x) overflows float64 above this: log of the largest double, 709.78.
+PERPLEXITY_LIMIT = math.log(sys.float_info.max)
+
+
+def perplexity(mean_nats: float) -> float:
+    """exp of the mean loss in nats; +inf when that overflows float64 (mean above 709.78)."""
+    try:
+        return math.exp(mean_nats)  # NaN stays NaN, +inf stays +inf
+    except OverflowError:
+        return math.inf
 
 
 @dataclass(frozen=True)
@@ -62,7 +74,7 @@ class Report:
     units: str
     metrics: dict[str, float]
     per_class: list[dict[str, Any]] = field(default_factory=list)
-    clipped: int = 0
+    clipped: int = 0  # clipped_zero + clipped_nudged
     eps: float = 0.0
     input_kind: str = "probs"
     weighted: bool = False
@@ -74,18 +86,42 @@ class Report:
     worst: list[dict[str, Any]] = field(default_factory=list)  # --worst: the largest losses
     comparison: list[dict[str, Any]] = field(default_factory=list)  # compare: one entry per metric
     regression: str | None = None  # compare --fail-if-worse: why the new model is clearly worse
+    clipped_zero: int = 0  # observed-class probabilities below eps raised to eps: -log(eps) each
+    clipped_nudged: int = 0  # observed-class probabilities above 1 - eps lowered to 1 - eps
+    clipped_zero_reverse: int = 0  # --symmetric: target probabilities below eps where q > 0
 
     @property
     def failed_gates(self) -> list[Gate]:
         return [g for g in self.gates if not g.passes(self.metrics.get(g.metric))]
 
     def all_warnings(self, for_json: bool = False) -> list[str]:
-        """The warnings, plus one for each metric that is infinite or undefined."""
-        reasons = {"infinite": "infinite (a probability of an observed class is 0; see --eps)",
-                   "undefined": "undefined"}
-        notes = [f"{name} is {reasons[kind]}" + ("; written as null" if for_json else "")
-                 for name, kind in ((n, _nonfinite_kind(v)) for n, v in self.metrics.items()) if kind]
-        return self.warnings + notes
+        """The warnings, plus one for each metric that is infinite or undefined (overall, then per
+        group, at most five groups)."""
+        suffix = "; written as null" if for_json else ""
+        notes = [note + suffix for note in self._nonfinite_notes(self.metrics)]
+        group_notes = [f"group {_group_name(g['by'])}: {note}{suffix}"
+                       for g in self.groups for note in self._nonfinite_notes(g["metrics"])]
+        if len(group_notes) > 5:
+            group_notes = group_notes[:5] + [f"... and {len(group_notes) - 5} more group metrics that are "
+                                             f"infinite or undefined{suffix}"]
+        return self.warnings + notes + group_notes
+
+    def _nonfinite_notes(self, metrics: dict[str, float]) -> list[str]:
+        """Why each metric of ``metrics`` is infinite or undefined."""
+        loss = metrics.get("nll", metrics.get("cross_entropy"))
+        notes = []
+        for name, value in metrics.items():
+            kind = _nonfinite_kind(value)
+            if kind is None:
+                continue
+            if name == "perplexity" and kind == "infinite" and loss is not None and math.isfinite(loss):
+                nats = loss * NATS_PER_UNIT[self.units]
+                notes.append(f"perplexity overflows float64: mean loss {nats:.1f} nats > {PERPLEXITY_LIMIT:.2f}")
+            elif kind == "infinite":
+                notes.append(f"{name} is infinite (a probability of an observed class is 0; see --eps)")
+            else:
+                notes.append(f"{name} is undefined")
+        return notes
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict: no NaN or infinity (they become null, with a warning)."""
@@ -106,6 +142,9 @@ class Report:
             "metrics": metrics,
             "per_class": per_class,
             "clipped": self.clipped,
+            "clipped_zero": self.clipped_zero,
+            "clipped_nudged": self.clipped_nudged,
+            "clipped_zero_reverse": self.clipped_zero_reverse,
             "warnings": warnings,
             "calibration": self.calibration,
             "loss_histogram": self.loss_histogram,
@@ -121,6 +160,10 @@ class Report:
                        "value": _finite_or_none(self.metrics.get(g.metric)),
                        "passed": g.passes(self.metrics.get(g.metric))} for g in self.gates],
         }
+
+
+def _group_name(by: dict[str, Any]) -> str:
+    return ", ".join(f"{column}={value}" for column, value in by.items())
 
 
 def _finite_or_none(value: float | None) -> float | None:
