@@ -159,7 +159,9 @@ def csv_reference(data: bytes, classes: list[str]) -> tuple[int, float]:
     rows = [r for r in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=False) if r]
     header, body = rows[0], rows[1:]
     assert all(len(r) == len(header) for r in body), "nll scored rows of uneven width"
-    label_col = next(header.index(n) for wanted in LABEL_NAMES for n in header if n.lower() == wanted)
+    label_col = next((header.index(n) for wanted in LABEL_NAMES for n in header if n.lower() == wanted), None)
+    if label_col is None:  # no label's name: the one column whose values all name classes
+        label_col = next(j for j, n in enumerate(header) if all(r[j].strip() in classes for r in body))
     columns = [_class_column(header, c) for c in classes]
     p = np.array([[float(r[j]) for j in columns] for r in body], dtype=np.float64)
     y = np.array([_label_index(r[label_col], classes) for r in body])
