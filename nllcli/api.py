@@ -469,6 +469,9 @@ class ScoreJob:
              explicit_classes=self.explicit_classes, on_batch=on_batch)
 
     def report(self, evaluator: Evaluator, command: str = "score", inputs: dict | None = None) -> Report:
+        notes, self.layout.notes = self.layout.notes, []  # said once, after the run succeeded
+        for note in notes:  # what was guessed about the columns
+            sys.stderr.write(f"nll: {note}\n")
         inputs = inputs or {"preds": _input_names(self.sources)}
         if self.target_sources:
             inputs["targets"] = _input_names(self.target_sources)
@@ -505,8 +508,6 @@ def plan_score(preds, *, targets=None, label: str | None = None, classes: str | 
                             label=label, probs=probs, key=pair_key or key, weight=weight, positive=positive,
                             reserved=reserved, label_required=not soft or label_smoothing is not None,
                             groups=list(by), ignore=list(ignore or ()), sample=sources[0].head)
-    for note in layout.notes:
-        sys.stderr.write(f"nll: {note}\n")
     if layout.list_column and not layout.class_names:
         layout.class_names = _list_width_names(sources, layout)
     if soft and layout.binary:

@@ -265,8 +265,12 @@ def index_columns(schema: pa.Schema) -> list[str]:
 
 
 def index_key(schema: pa.Schema) -> str | None:
-    """The first integer index column, which may serve as the key when there is no id column."""
-    return next((n for n in index_columns(schema) if pa.types.is_integer(schema.field(n).type)), None)
+    """The first named integer index column, which may serve as the key when there is no id column.
+
+    pandas' unnamed '' is left out: an empty name cannot label per-sample rows.
+    """
+    return next((n for n in index_columns(schema) if n.strip() and pa.types.is_integer(schema.field(n).type)),
+                None)
 
 
 def _predicted(name: str) -> bool:
@@ -290,10 +294,10 @@ def resolve_layout(schema: pa.Schema, source: str, *, classes: list[str] | None 
         sample = _LazySample(sample)
     names = schema.names
     ignored = [_find(names, c, source, "--ignore") for c in ignore or []]
-    key_col = _find(names, key, source, "key") if key else next((n for n in names if n.lower() == DEFAULT_KEY), None)
+    key_col = _find(names, key, source, "key") if key else next((n for n in names if _fold(n) == DEFAULT_KEY), None)
     label_col = _find(names, label, source, "label") if label else None
     if label_col is None and use_default_label:
-        label_col = next((n for wanted in LABEL_NAMES for n in names if n.lower() == wanted and n not in ignored),
+        label_col = next((n for wanted in LABEL_NAMES for n in names if _fold(n) == wanted and n not in ignored),
                          None)
     weight_col = _find(names, weight, source, "weight") if weight else None
     group_cols = [_find(names, g, source, "--by") for g in groups or []]

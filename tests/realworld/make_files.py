@@ -30,6 +30,42 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 
+# Every file write_all() makes, in order; the last three need polars.
+FILES = [
+    "iris_pandas_index.csv",
+    "iris_pandas_noindex.csv",
+    "iris_species.csv",
+    "iris_species_index.csv",
+    "iris_y_pred.csv",
+    "iris_index.parquet",
+    "iris_named_index.parquet",
+    "iris_reset_index.csv",
+    "iris_unnamed_0.csv",
+    "iris_pandas_index.tsv",
+    "iris_pandas_index.csv.gz",
+    "iris_named_index.csv",
+    "digits_pandas_index.csv",
+    "digits_y_pred.csv",
+    "digits_prediction.parquet",
+    "digits_list.parquet",
+    "digits_savetxt.csv",
+    "digits_savetxt_no_comment.csv",
+    "digits_logits.csv",
+    "digits_p_prefix.csv",
+    "wine_cultivar.csv",
+    "wine_float_label.csv",
+    "wine_truth.csv",
+    "cancer_p_benign.csv",
+    "cancer_p_malignant.parquet",
+    "cancer_proba_index.csv",
+    "cancer_two_columns.csv",
+    "wine_polars.csv",
+    "wine_polars.parquet",
+    "iris_polars.csv",
+]
+POLARS_FILES = FILES[-3:]
+
+
 def fitted(loader):
     """(test-set DataFrame index, true class indices, probabilities, logits, class names)."""
     data = loader()
@@ -52,6 +88,7 @@ def write_all(out: Path) -> list[dict]:
     layouts: list[dict] = []
 
     def add(file, y, probs, args=(), **extra):
+        assert file == FILES[len(layouts)], file  # FILES lists them all, for pytest's parameters
         layouts.append({"file": file, "args": list(args), **expected(y, probs, **extra)})
 
     # iris: class names as columns, labels as names
