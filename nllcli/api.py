@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from . import losses
-from .columns import Layout, floats, integers, parse_classes, resolve_layout, target_layout
+from .columns import (Layout, column_not_found, find_column, floats, index_key, integers, parse_classes,
+                      resolve_layout, target_layout)
 from .errors import InputError, UsageError
 from .report import INFORMATION_METRICS, UNITS, Gate, Report, check_gate_metrics, perplexity
 from .summary import Summary, Worst
@@ -487,19 +489,22 @@ def _input_names(sources) -> list[str]:
 
 
 def _default_key(explicit: str | None, *schemas) -> str | None:
-    """The pairing key as named in the first file: --key, else 'id' when every file has it.
+    """The pairing key as named in the first file: --key, else 'id' when every file has it, else
+    an integer pandas index column of the same name in every file.
 
     Names match regardless of case, as for --label.
     """
     wanted = explicit or "id"
     found = []
     for schema, name in schemas:
-        match = next((n for n in schema.names if n == wanted), None) or next(
-            (n for n in schema.names if n.lower() == wanted.lower()), None)
+        match = find_column(schema.names, wanted)
         if match is None and explicit:
-            raise InputError(name, f"key column {explicit!r} is missing")
+            raise column_not_found(schema.names, explicit, name, "key")
         found.append(match)
-    return found[0] if all(found) else None
+    if all(found):
+        return found[0]
+    index = [index_key(schema) for schema, _ in schemas]
+    return index[0] if not explicit and index[0] is not None and len(set(index)) == 1 else None
 
 
 @dataclass
@@ -527,6 +532,9 @@ class ScoreJob:
              explicit_classes=self.explicit_classes, on_batch=on_batch)
 
     def report(self, evaluator: Evaluator, command: str = "score", inputs: dict | None = None) -> Report:
+        notes, self.layout.notes = self.layout.notes, []  # said once, after the run succeeded
+        for note in notes:  # what was guessed about the columns
+            sys.stderr.write(f"nll: {note}\n")
         inputs = inputs or {"preds": _input_names(self.sources)}
         if self.target_sources:
             inputs["targets"] = _input_names(self.target_sources)
@@ -542,7 +550,7 @@ def plan_score(preds, *, targets=None, label: str | None = None, classes: str | 
                renormalize: bool = False, base: str = "e", target_prefix: str | None = None,
                target_probs: str | None = None, label_smoothing: float | None = None,
                bins: int = 15, by: Sequence[str] = (), worst: int = 0, max: Sequence[str] = (),
-               min: Sequence[str] = ()) -> ScoreJob:
+               min: Sequence[str] = (), ignore: Sequence[str] = ()) -> ScoreJob:
     """Check the options and open the inputs of a `score` (see score())."""
     settings = Settings(input, eps, tol, renormalize, str(base), label_smoothing, bins=bins)
     soft = targets is not None or target_prefix is not None or label_smoothing is not None
@@ -562,8 +570,8 @@ def plan_score(preds, *, targets=None, label: str | None = None, classes: str | 
     layout = resolve_layout(schema, name, classes=parse_classes(classes) if isinstance(classes, str) else classes,
                             label=label, probs=probs, key=pair_key or key, weight=weight, positive=positive,
                             reserved=reserved, label_required=not soft or label_smoothing is not None,
-                            groups=list(by))
-    if probs and not layout.class_names:
+                            groups=list(by), ignore=list(ignore or ()), sample=sources[0].head)
+    if layout.list_column and not layout.class_names:
         layout.class_names = _list_width_names(sources, layout)
     if soft and layout.binary:
         raise UsageError("soft targets need one probability column per class (this file has one)")
@@ -609,7 +617,7 @@ def _atomic(writer):
 def kl(p, q, *, classes: str | list[str] | None = None, probs: str | None = None, key: str | None = None,
        input: str = "probs", eps: float = losses.EPS, tol: float = 1e-4, renormalize: bool = False,
        base: str = "e", symmetric: bool = False, max: Sequence[str] = (), min: Sequence[str] = (),
-       per_sample=None, progress: Progress | None = None) -> Report:
+       per_sample=None, progress: Progress | None = None, ignore: Sequence[str] = ()) -> Report:
     """KL(P || Q) per row pair: P the reference distribution, Q the model (clipped by ``eps``)."""
     settings = Settings(input, eps, tol, renormalize, str(base), symmetric=symmetric)
     _check_stdin_once(p, q)
@@ -621,9 +629,9 @@ def kl(p, q, *, classes: str | list[str] | None = None, probs: str | None = None
     pair_key = _default_key(key, (q_schema, q_sources[0].name), (p_schema, p_sources[0].name))
     class_list = parse_classes(classes) if isinstance(classes, str) else classes
     layout = resolve_layout(q_schema, q_sources[0].name, classes=class_list, probs=probs, key=pair_key,
-                            label_required=False)
+                            label_required=False, ignore=list(ignore or ()))
     layout.label = None  # a label column is never a class here, and is not needed
-    if probs and not layout.class_names:
+    if layout.list_column and not layout.class_names:
         layout.class_names = _list_width_names(q_sources, layout)
     if layout.binary:
         raise InputError(q_sources[0].name, "needs one probability column per class, found one")

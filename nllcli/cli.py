@@ -75,6 +75,9 @@ Probs = Annotated[Optional[str], typer.Option("--probs", help="One list column h
                                               "(Parquet list<double>).")]
 Key = Annotated[Optional[str], typer.Option("--key", help="Column identifying rows; pairs files.",
                                             show_default="id, when present")]
+Ignore = Annotated[Optional[list[str]], typer.Option("--ignore", metavar="COL", help="Not a class (classes: "
+                    "--classes, else p_* columns, else numeric columns other than label, key, weight, --by, "
+                    "index and y_pred/prediction columns). Repeatable.")]
 Input = Annotated[InputKind, typer.Option("--input", help="What the class columns hold.")]
 Eps = Annotated[float, typer.Option("--eps", help="Clip probabilities into eps..1-eps; 0 for exact "
                                     "maths (infinite losses allowed).", show_default="float64 epsilon, 2.2e-16")]
@@ -256,6 +259,7 @@ def score(
     probs: Probs = None,
     key: Key = None,
     weight: Annotated[Optional[str], typer.Option("--weight", help="Column of sample weights.")] = None,
+    ignore: Ignore = None,
     positive: Annotated[Optional[str], typer.Option("--positive", help="Label of class 1 when a single "
                                                     "column holds P(class 1).")] = None,
     target_prefix: Annotated[Optional[str], typer.Option("--target-prefix", help="Targets in the same file, "
@@ -286,7 +290,7 @@ def score(
     gate failed, 2 usage or input error, 3 internal error.
     """
     report = _score_report(preds, targets=targets, label=label, classes=classes, probs=probs, key=key,
-                           weight=weight, positive=positive, input=input.value, eps=eps, tol=tol,
+                           weight=weight, ignore=ignore or (), positive=positive, input=input.value, eps=eps, tol=tol,
                            renormalize=renormalize, base=base.value, target_prefix=target_prefix,
                            label_smoothing=label_smoothing, bins=bins, by=by or (), worst=worst,
                            max=max or (), min=min or (), per_sample=per_sample, quiet=quiet)
@@ -373,6 +377,7 @@ def kl(
     classes: Classes = None,
     probs: Probs = None,
     key: Key = None,
+    ignore: Ignore = None,
     symmetric: Annotated[bool, typer.Option("--symmetric", help="Also KL(Q||P) and the Jensen-Shannon "
                                             "divergence.")] = False,
     input: Input = InputKind.probs,
@@ -397,7 +402,7 @@ def kl(
     with _ProgressBar(quiet, _total_bytes([p, q])) as progress:
         report = api.kl(p, q, classes=classes, probs=probs, key=key, input=input.value, eps=eps, tol=tol,
                         renormalize=renormalize, base=base.value, symmetric=symmetric, max=max or (),
-                        min=min or (), per_sample=per_sample, progress=progress)
+                        min=min or (), per_sample=per_sample, progress=progress, ignore=ignore or ())
     _finish(report, format, per_sample)
 
 
