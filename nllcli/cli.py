@@ -1,6 +1,7 @@
 """The `nll` command line: parse options, call the library, render, choose the exit code.
 
-Exit codes: 0 ok, 1 a gate failed, 2 usage or input error, 3 internal error, 130 interrupted.
+Exit codes: 0 ok, 1 a gate failed, 2 usage, input or environment error, 3 internal error,
+130 interrupted, 129 / 143 ended by SIGHUP / SIGTERM.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import typer
 from typer.core import TyperGroup
 
 from ._version import __version__
-from .errors import EXIT_GATE, EXIT_INTERNAL, EXIT_INTERRUPTED, NllError
+from .errors import (EXIT_GATE, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_SIGNAL_BASE, NllError, Terminated,
+                     environment_fault, visible)
 
 
 class OneLineErrors(TyperGroup):
@@ -96,9 +98,13 @@ EPS_DEFAULT = float.fromhex("0x1.0p-52")  # float64 machine epsilon, without imp
 
 
 def _err(message: str) -> None:
-    """One line on stderr, whatever the message holds (a column name with a newline, say)."""
-    sys.stderr.write(message.rstrip("\n").replace("\r", "\\r").replace("\n", "\\n") + "\n")
-    sys.stderr.flush()
+    """One line on stderr, whatever the message holds: a newline, an escape sequence or a bidi mark
+    in a column or file name is shown escaped. A closed stderr swallows it (there is no one to tell)."""
+    try:
+        sys.stderr.write(visible(message.rstrip("\n")) + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 def _silence_stdout() -> None:
@@ -129,16 +135,32 @@ def handle_errors(command):
         except KeyboardInterrupt:
             _err("nll: interrupted")
             raise typer.Exit(EXIT_INTERRUPTED) from None
+        except Terminated as exc:
+            _err(f"nll: terminated by {exc}")
+            raise typer.Exit(EXIT_SIGNAL_BASE + exc.signum) from None
         except BrokenPipeError:
             _silence_stdout()
             raise typer.Exit(0) from None
-        except Exception as exc:  # a bug of ours: one line, the traceback only with --debug
+        except OSError as exc:
+            fault = environment_fault(exc)
+            if fault is None:
+                _internal_error(exc, debug)
             if debug:
                 traceback.print_exc()
-            _err(f"nll: internal error: {type(exc).__name__}: {exc}; run with --debug for details")
-            raise typer.Exit(EXIT_INTERNAL) from None
+            _err(f"nll: error: {fault}")
+            raise typer.Exit(fault.exit_code) from None
+        except Exception as exc:
+            _internal_error(exc, debug)
 
     return wrapper
+
+
+def _internal_error(exc: Exception, debug: bool):
+    """A bug of ours: one line, the traceback only with --debug, exit 3."""
+    if debug:
+        traceback.print_exc()
+    _err(f"nll: internal error: {type(exc).__name__}: {exc}; run with --debug for details")
+    raise typer.Exit(EXIT_INTERNAL) from None
 
 
 def _skip_pyarrow_pandas_check() -> None:
@@ -434,12 +456,47 @@ def _main(
     """Score classifier prediction files from the command line."""
 
 
+def _guard_standard_streams() -> None:
+    """Give a closed standard stream (`>&-`, `2>&-`, `<&-`) a stand-in, before any file is opened.
+
+    Otherwise the next file opened would take its number and receive what was meant for it. A
+    closed stdin reads as empty; a closed stdout fails every write with "Bad file descriptor" (exit 2:
+    the results went nowhere); a closed stderr swallows messages, the exit code staying as it is.
+    """
+    for fd, flags in ((0, os.O_RDONLY), (1, os.O_RDONLY), (2, os.O_WRONLY)):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        stand_in = os.open(os.devnull, flags)
+        if stand_in != fd:
+            os.dup2(stand_in, fd)
+            os.close(stand_in)
+        if fd == 0:
+            sys.stdin = open(0, "r", closefd=False)
+        elif fd == 1:
+            sys.stdout = open(1, "w", closefd=False)  # read-only /dev/null: writes fail with EBADF
+        else:
+            sys.stderr = open(2, "w", closefd=False)
+
+
+def _on_termination(signum, frame) -> None:
+    raise Terminated(signum)
+
+
 def main() -> None:
     """Console entry point.
 
+    SIGTERM and SIGHUP unwind like Ctrl-C (temporary files removed), then exit 128 + the signal.
     Leaves with os._exit once the output is flushed: a reader thread may still be blocked on a
     slow pipe, or inside pyarrow, and must not meet the interpreter's shutdown.
     """
+    import signal
+
+    _guard_standard_streams()
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _on_termination)
     try:
         app(prog_name="nll")
         code = 0
@@ -448,9 +505,12 @@ def main() -> None:
     except KeyboardInterrupt:  # before a command started
         _err("nll: interrupted")
         code = EXIT_INTERRUPTED
+    except Terminated as exc:
+        _err(f"nll: terminated by {exc}")
+        code = EXIT_SIGNAL_BASE + exc.signum
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except (OSError, ValueError):  # a closed pipe: nothing more can be said there
+        except (OSError, ValueError, AttributeError):  # a closed pipe: nothing more can be said there
             pass
     os._exit(code)
