@@ -14,15 +14,41 @@ from enum import Enum
 from typing import Annotated, Optional
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from ._version import __version__
 from .errors import (EXIT_GATE, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_SIGNAL_BASE, NllError, Terminated,
                      environment_fault, visible)
 
 
+def _plain_metavars(command, ctx) -> None:
+    """--help without type noise: a flag shows no value, an option its metavar (FILE, COLUMN, N), an
+    argument only its name (typer shows `<bool>`, `<str>`, `<list[str]>`), and the usage line names
+    required arguments as `PREDS...` or `BASE NEW` rather than `{PREDS}...`."""
+    for param in command.get_params(ctx):
+        if isinstance(param, TyperArgument):
+            param.display_type_rich = lambda ctx: None
+            if param.required:
+                param._usage_display_name = functools.partial(
+                    lambda param: param.display_name_raw + ("..." if param.nargs != 1 else ""), param)
+        elif param.metavar is None and getattr(param, "is_flag", False):
+            param.metavar = ""
+
+
+class PlainHelp(TyperCommand):
+    """A command whose --help lists flags without type noise, examples at the end."""
+
+    def format_help(self, ctx, formatter) -> None:
+        _plain_metavars(self, ctx)
+        super().format_help(ctx, formatter)
+
+
 class OneLineErrors(TyperGroup):
     """Bad options get one line on stderr, like every other error of nll (not a usage box)."""
+
+    def format_help(self, ctx, formatter) -> None:
+        _plain_metavars(self, ctx)
+        super().format_help(ctx, formatter)
 
     def main(self, *args, standalone_mode: bool = True, **kwargs):
         if not standalone_mode:
@@ -70,29 +96,55 @@ class Format(str, Enum):
     ndjson = "ndjson"
 
 
-# Options shared by the commands, declared once.
-Classes = Annotated[Optional[str], typer.Option("--classes", help="Class names in order, comma-separated; "
-                                                "columns are NAME or p_NAME / prob_NAME / proba_NAME.")]
-Probs = Annotated[Optional[str], typer.Option("--probs", help="One list column holding each row's vector "
-                                              "(Parquet list<double>).")]
-Key = Annotated[Optional[str], typer.Option("--key", help="Column identifying rows; pairs files.",
-                                            show_default="id, when present")]
-Input = Annotated[InputKind, typer.Option("--input", help="What the class columns hold.")]
-Eps = Annotated[float, typer.Option("--eps", help="Clip probabilities into eps..1-eps; 0 for exact "
-                                    "maths (infinite losses allowed).", show_default="float64 epsilon, 2.2e-16")]
-Tol = Annotated[float, typer.Option("--tol", help="How far a row may sum from 1.")]
-Renormalize = Annotated[bool, typer.Option("--renormalize", help="Divide each row by its sum.")]
-BaseOpt = Annotated[Base, typer.Option("--base", help="Logarithm base: e (nats), 2 (bits), 10 (bans).")]
-FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="table (plain text when piped), json, "
-                                           "or ndjson (the JSON report on one line).")]
-PerSample = Annotated[Optional[str], typer.Option("--per-sample", help="Write one row per sample to a "
-                                                  ".csv or .parquet file, or - for CSV on stdout.")]
+# Options shared by the commands, declared once. Help texts are Rich markup: a literal [ is written \\[.
+Classes = Annotated[Optional[str], typer.Option("--classes", metavar="NAMES", help="Class names in order, "
+                                                "comma-separated, for columns NAME, p_NAME, prob_NAME or proba_NAME.")]
+Probs = Annotated[Optional[str], typer.Option("--probs", metavar="COLUMN", help="A single list column holding "
+                                              "each row's vector (Parquet list<double>).")]
+Key = Annotated[Optional[str], typer.Option("--key", metavar="COLUMN", help="Column naming the rows, used to "
+                                            "pair two files.", show_default="id, when present")]
+Input = Annotated[InputKind, typer.Option("--input", metavar="probs|logits|log-probs",
+                                          help="What the class columns hold.")]
+Eps = Annotated[float, typer.Option("--eps", metavar="X", help="Clip probabilities into \\[X, 1 - X]; 0 gives "
+                                    "exact maths, where a zero on the true class costs an infinite loss.",
+                                    show_default="float64 epsilon, 2.2e-16")]
+Tol = Annotated[float, typer.Option("--tol", metavar="X", help="How far from 1 a row of probabilities may sum.")]
+Renormalize = Annotated[bool, typer.Option("--renormalize", help="Divide each row by its sum instead of "
+                                           "requiring it to sum to 1.")]
+BaseOpt = Annotated[Base, typer.Option("--base", metavar="e|2|10", help="Logarithm base: e (nats), 2 (bits) "
+                                       "or 10 (bans).")]
+FormatOpt = Annotated[Format, typer.Option("--format", "-f", metavar="table|json|ndjson", help="A table (plain "
+                                           "text when piped), a JSON report, or the same report on one line.")]
+PerSample = Annotated[Optional[str], typer.Option("--per-sample", metavar="FILE", help="Write one row per sample "
+                                                  "to a .csv or .parquet file, or - for CSV on standard output.")]
 Max = Annotated[Optional[list[str]], typer.Option("--max", metavar="METRIC=VALUE",
-                                                  help="Fail (exit 1) if METRIC is above VALUE. Repeatable.")]
+                                                  help="Exit 1 if METRIC is above VALUE (repeatable).")]
 Min = Annotated[Optional[list[str]], typer.Option("--min", metavar="METRIC=VALUE",
-                                                  help="Fail (exit 1) if METRIC is below VALUE. Repeatable.")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
-Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
+                                                  help="Exit 1 if METRIC is below VALUE (repeatable).")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Hide the progress bar.")]
+Debug = Annotated[bool, typer.Option("--debug", help="Show the traceback of an error.")]
+
+# The common calls, shown at the end of each command's --help; each one runs as it is in sample_data/.
+EXAMPLES = {
+    "score": ["nll score robot_tools.csv",
+              "nll score robot_tools.csv --by camera --worst 5",
+              "nll score robot_tools_logits.csv --input logits --base 2",
+              "nll score robot_tools.csv --targets robot_tools_annotators.csv",
+              "nll score robot_tools.csv --per-sample losses.csv",
+              "nll score robot_tools.csv --format json --max nll=0.5 --min accuracy=0.85"],
+    "kl": ["nll kl robot_tools_annotators.csv robot_tools.csv",
+           "nll kl robot_tools_annotators.csv robot_tools.csv --symmetric --format json"],
+    "compare": ["nll compare robot_tools.csv robot_tools_model_b.csv",
+                "nll compare robot_tools.csv robot_tools_model_b.csv --by camera --worst 5",
+                "nll compare robot_tools.csv robot_tools_model_b.csv --fail-if-worse 0 -f json"],
+    "plot": ["nll plot robot_tools.csv -o robot_tools.png",
+             "nll plot robot_tools.csv --targets robot_tools_annotators.csv -o soft.svg"],
+}
+
+
+def _epilog(command: str) -> str:
+    return "Examples, in the sample_data folder:\n\n" + "\n".join(EXAMPLES[command])
+
 
 EPS_DEFAULT = float.fromhex("0x1.0p-52")  # float64 machine epsilon, without importing numpy
 
@@ -265,34 +317,35 @@ def _finish(report, fmt: Format, per_sample: str | None) -> None:
         raise typer.Exit(EXIT_GATE)
 
 
-@app.command()
+@app.command(cls=PlainHelp, epilog=_epilog("score"))
 @handle_errors
 def score(
-    preds: Annotated[list[str], typer.Argument(help="Prediction files (.csv, .tsv, .csv.gz, .parquet), "
-                                               "directories of them, or - for stdin.", show_default=False)],
-    targets: Annotated[Optional[str], typer.Option("--targets", help="File of target distributions "
-                                                   "(soft labels) paired by --key or by position.")] = None,
-    label: Annotated[Optional[str], typer.Option("--label", help="Label column.", show_default="first of "
+    preds: Annotated[list[str], typer.Argument(metavar="PREDS", help="Prediction files (.csv, .tsv, .csv.gz, "
+                                               ".parquet), directories of them, or - for standard input.",
+                                               show_default=False)],
+    targets: Annotated[Optional[str], typer.Option("--targets", metavar="FILE", help="A file of target "
+                                                   "distributions (soft labels), paired by --key or by position.")] = None,
+    label: Annotated[Optional[str], typer.Option("--label", metavar="COLUMN", help="The column of true labels.", show_default="first of "
                                                  "label, y, y_true, target, true_label, class")] = None,
     classes: Classes = None,
     probs: Probs = None,
     key: Key = None,
-    weight: Annotated[Optional[str], typer.Option("--weight", help="Column of sample weights.")] = None,
-    positive: Annotated[Optional[str], typer.Option("--positive", help="Label of class 1 when a single "
-                                                    "column holds P(class 1).")] = None,
-    target_prefix: Annotated[Optional[str], typer.Option("--target-prefix", help="Targets in the same file, "
-                                                         "as columns PREFIX<class>.")] = None,
-    label_smoothing: Annotated[Optional[float], typer.Option("--label-smoothing", help="Score against "
-                                                             "(1-A)*one_hot + A/K.")] = None,
+    weight: Annotated[Optional[str], typer.Option("--weight", metavar="COLUMN", help="A column of sample weights.")] = None,
+    positive: Annotated[Optional[str], typer.Option("--positive", metavar="LABEL", help="The label of class 1 when "
+                                                    "a single column holds P(class 1).")] = None,
+    target_prefix: Annotated[Optional[str], typer.Option("--target-prefix", metavar="PREFIX", help="Targets in the "
+                                                         "same file, as columns PREFIX<class>.")] = None,
+    label_smoothing: Annotated[Optional[float], typer.Option("--label-smoothing", metavar="A", help="Score against "
+                                                             "(1 - A) * one-hot + A / K.")] = None,
     input: Input = InputKind.probs,
     eps: Eps = EPS_DEFAULT,
     tol: Tol = 1e-4,
     renormalize: Renormalize = False,
     base: BaseOpt = Base.e,
-    bins: Annotated[int, typer.Option("--bins", help="Equal-width confidence bins for ECE and the "
-                                      "reliability chart.")] = 15,
-    by: Annotated[Optional[list[str]], typer.Option("--by", metavar="COL", help="Every metric per group "
-                                                    "of this column (camera, site, day). Repeatable.")] = None,
+    bins: Annotated[int, typer.Option("--bins", metavar="N", help="Equal-width confidence bins for ECE and "
+                                      "the reliability chart.")] = 15,
+    by: Annotated[Optional[list[str]], typer.Option("--by", metavar="COLUMN", help="Every metric per value of "
+                                                    "COLUMN (camera, site, day); repeat for combinations.")] = None,
     worst: Annotated[int, typer.Option("--worst", metavar="N", help="List the N samples with the largest "
                                        "loss.")] = 0,
     format: FormatOpt = Format.table,
@@ -304,8 +357,9 @@ def score(
 ) -> None:
     """Mean and per-sample NLL against hard labels, or cross-entropy, entropy and KL against soft targets.
 
-    Also Brier score, calibration error (ECE, MCE) and accuracy. Exit codes: 0 ok, 1 a --max/--min
-    gate failed, 2 usage or input error, 3 internal error.
+    Also accuracy, the Brier score and calibration errors (ECE, MCE), overall, per class and per --by group.
+
+    Exit codes: 0 ok, 1 a --max/--min gate failed, 2 usage, input or environment error, 3 a bug of nll.
     """
     report = _score_report(preds, targets=targets, label=label, classes=classes, probs=probs, key=key,
                            weight=weight, positive=positive, input=input.value, eps=eps, tol=tol,
@@ -331,12 +385,14 @@ def _plain(options: dict) -> dict:
 
 
 def _plot(output: str, **options) -> None:
-    r"""Draw a reliability diagram, confidence and per-sample loss histograms and per-class NLL.
+    r"""Draw a reliability diagram, confidence and per-sample loss histograms and per-class NLL in one image.
 
-    Takes the options of `nll score`; needs matplotlib (pip install 'nllcli\[plot]').
+    Takes the options of `nll score` and needs matplotlib (pip install 'nllcli\[plot]').
     """
     from .plot import write_plot
+    from .render import refuse_input_as_output
 
+    refuse_input_as_output(output, "--output", [options.get("preds"), options.get("targets")])
     write_plot(output)  # fails early, before reading, if matplotlib is missing or the suffix is wrong
     options = _plain(options)
     report = _score_report(options.pop("preds"), **options)
@@ -350,9 +406,10 @@ def _compare(base_file: str, new_file: str, format: Format, quiet: bool, **optio
     """Did NEW get worse than BASE on the same samples? Paired deltas with bootstrap intervals.
 
     Rows pair by --key (default id, when both files have it), else by position; labels must agree.
-    Takes the options of `nll score`. --fail-if-worse D exits 1 when the nll delta is above D
-    and so is its whole confidence interval; --max/--min gate the new model's metrics. --by
-    compares per group; --worst N lists the samples whose loss rose most.
+
+    Takes the options of `nll score`; --by compares per group, --worst N lists the samples whose loss rose most.
+
+    --fail-if-worse D exits 1 when the nll delta and its whole interval are above D; --max/--min gate NEW.
     """
     _prepare_process()
     from .compare import compare
@@ -383,20 +440,21 @@ def _derived_command(name: str, implementation, drop: set[str], front=(), back=(
     command.__signature__ = inspect.Signature(params)
     command.__annotations__ = {p.name: p.annotation for p in params}
     command.__doc__ = implementation.__doc__
-    app.command(name)(handle_errors(command))
+    app.command(name, cls=PlainHelp, epilog=_epilog(name))(handle_errors(command))
 
 
-@app.command()
+@app.command(cls=PlainHelp, epilog=_epilog("kl"))
 @handle_errors
 def kl(
-    p: Annotated[str, typer.Argument(help="Reference distributions P (the data), or - for stdin.",
+    p: Annotated[str, typer.Argument(metavar="P", help="Reference distributions P (the data), or - for "
+                                     "standard input.", show_default=False)],
+    q: Annotated[str, typer.Argument(metavar="Q", help="Model distributions Q, or - for standard input.",
                                      show_default=False)],
-    q: Annotated[str, typer.Argument(help="Model distributions Q, or - for stdin.", show_default=False)],
     classes: Classes = None,
     probs: Probs = None,
     key: Key = None,
-    symmetric: Annotated[bool, typer.Option("--symmetric", help="Also KL(Q||P) and the Jensen-Shannon "
-                                            "divergence.")] = False,
+    symmetric: Annotated[bool, typer.Option("--symmetric", help="Also report KL(Q || P) and the "
+                                            "Jensen-Shannon divergence.")] = False,
     input: Input = InputKind.probs,
     eps: Eps = EPS_DEFAULT,
     tol: Tol = 1e-4,
@@ -424,7 +482,8 @@ def kl(
 
 
 _derived_command("plot", _plot, drop={"format", "per_sample", "max", "min"}, front=[(
-    "output", Annotated[str, typer.Option("--output", "-o", help="Image to write: .png, .svg or .pdf.",
+    "output", Annotated[str, typer.Option("--output", "-o", metavar="FILE", help="The image to write: "
+                                          ".png, .svg or .pdf.",
                                           show_default=False)])])
 _derived_command("compare", _compare, drop={"preds", "per_sample"}, front=[
     ("base_file", Annotated[str, typer.Argument(metavar="BASE", help="Predictions of the model in use.",
@@ -432,10 +491,12 @@ _derived_command("compare", _compare, drop={"preds", "per_sample"}, front=[
     ("new_file", Annotated[str, typer.Argument(metavar="NEW", help="Predictions of the candidate model.",
                                                show_default=False)]),
 ], back=[
-    ("confidence", Annotated[float, typer.Option("--confidence", help="Level of the intervals.")], 0.95),
-    ("resamples", Annotated[int, typer.Option("--resamples", help="Bootstrap resamples.")], 2000),
-    ("seed", Annotated[int, typer.Option("--seed", help="Bootstrap seed: the same run gives the same "
-                                         "intervals.")], 0),
+    ("confidence", Annotated[float, typer.Option("--confidence", metavar="LEVEL", help="The level of the "
+                                               "bootstrap intervals.")], 0.95),
+    ("resamples", Annotated[int, typer.Option("--resamples", metavar="N", help="How many bootstrap "
+                                              "resamples to draw.")], 2000),
+    ("seed", Annotated[int, typer.Option("--seed", metavar="N", help="The bootstrap seed, so that a run "
+                                         "repeats exactly.")], 0),
     ("fail_if_worse", Annotated[Optional[float], typer.Option(
         "--fail-if-worse", metavar="DELTA", help="Exit 1 when the nll delta and its whole interval are "
         "above DELTA (0: any clear regression).")], None),
