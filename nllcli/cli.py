@@ -35,26 +35,39 @@ def _plain_metavars(command, ctx) -> None:
             param.metavar = ""
 
 
+def _format_help(command, base, ctx, formatter) -> None:
+    """Help without type noise, ended quietly by a closed pipe (`nll score --help | head -1`).
+
+    Rich answers a broken pipe with SystemExit(1), the gate-failed code: it becomes exit 0.
+    """
+    _plain_metavars(command, ctx)
+    try:
+        base.format_help(command, ctx, formatter)
+    except (SystemExit, BrokenPipeError):
+        _silence_stdout()
+        raise typer.Exit(0) from None
+
+
 class PlainHelp(TyperCommand):
     """A command whose --help lists flags without type noise, examples at the end."""
 
     def format_help(self, ctx, formatter) -> None:
-        _plain_metavars(self, ctx)
-        super().format_help(ctx, formatter)
+        _format_help(self, TyperCommand, ctx, formatter)
 
 
 class OneLineErrors(TyperGroup):
     """Bad options get one line on stderr, like every other error of nll (not a usage box)."""
 
     def format_help(self, ctx, formatter) -> None:
-        _plain_metavars(self, ctx)
-        super().format_help(ctx, formatter)
+        _format_help(self, TyperGroup, ctx, formatter)
 
     def main(self, *args, standalone_mode: bool = True, **kwargs):
         if not standalone_mode:
             return super().main(*args, standalone_mode=False, **kwargs)
         try:
             code = super().main(*args, standalone_mode=False, **kwargs)
+        except OSError as exc:  # writing the help or the version: a full disk, a closed stdout
+            sys.exit(_stdout_fault(exc))
         except Exception as exc:  # Click's usage errors: they carry an exit code and a message
             if not hasattr(exc, "format_message") or not isinstance(getattr(exc, "exit_code", None), int):
                 raise
@@ -505,7 +518,11 @@ _derived_command("compare", _compare, drop={"preds", "per_sample"}, front=[
 
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"nll {__version__}")
+        try:
+            sys.stdout.write(f"nll {__version__}\n")
+            sys.stdout.flush()
+        except BrokenPipeError:  # Click would make it exit 1, the gate-failed code
+            _silence_stdout()
         raise typer.Exit()
 
 
@@ -569,9 +586,32 @@ def main() -> None:
     except Terminated as exc:
         _err(f"nll: terminated by {exc}")
         code = EXIT_SIGNAL_BASE + exc.signum
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError, AttributeError):  # a closed pipe: nothing more can be said there
-            pass
+    except OSError as exc:  # not met inside a command
+        code = _stdout_fault(exc)
+    code = _flush_stdout(code)
+    try:
+        sys.stderr.flush()
+    except (OSError, ValueError, AttributeError):  # nothing more can be said there
+        pass
     os._exit(code)
+
+
+def _flush_stdout(code: int) -> int:
+    """Flush what is left for stdout; a full disk there is exit 2, a closed pipe is not an error."""
+    try:
+        sys.stdout.flush()
+    except OSError as exc:
+        return code or _stdout_fault(exc)
+    except (ValueError, AttributeError):
+        pass
+    return code
+
+
+def _stdout_fault(exc: OSError) -> int:
+    """The exit code of an OSError met writing stdout outside a command (help, version, last flush)."""
+    if isinstance(exc, BrokenPipeError):
+        _silence_stdout()
+        return 0
+    fault = environment_fault(exc, "standard output")
+    _err(f"nll: error: {fault}" if fault else f"nll: internal error: {type(exc).__name__}: {exc}")
+    return fault.exit_code if fault else EXIT_INTERNAL

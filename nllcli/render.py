@@ -160,14 +160,16 @@ def _cells(*values) -> list:
     return [_cell(v) for v in values]
 
 
-def _table(style: dict, plain: bool, *columns: tuple[str, str]):
-    """A table with these (header, justify) columns. Piped, cells are never wrapped nor cut; on a
-    terminal a long cell folds onto the next line rather than losing its end to an ellipsis."""
+def _table(style: dict, plain: bool, *columns: tuple):
+    """A table with these (header, justify[, may_wrap]) columns. Piped, cells are never wrapped nor
+    cut; on a terminal numbers (right-justified, unless may_wrap) stay whole and a long text cell
+    (left, unless may_wrap is False) folds onto the next line rather than losing its end."""
     from rich.table import Table
 
     table = Table(**style)
-    for header, justify in columns:
-        table.add_column(_cell(header), justify=justify, no_wrap=plain, overflow="fold")
+    for header, justify, *may_wrap in columns:
+        wraps = may_wrap[0] if may_wrap else justify != "right"
+        table.add_column(_cell(header), justify=justify, no_wrap=plain or not wraps, overflow="fold")
     return table
 
 
@@ -204,8 +206,8 @@ def _reliability_chart(report: Report, plain: bool, style: dict):
 def _comparison_table(report: Report, style: dict, plain: bool = True):
     """Base against new, metric by metric, with the paired bootstrap interval of the difference."""
     level = report.comparison[0]["confidence"]
-    table = _table(style, plain, *((column, "left" if column == "metric" else "right") for column in
-                                   ("metric", "base", "new", "delta", f"{level:.0%} interval", "new better")))
+    table = _table(style, plain, ("metric", "left", False), ("base", "right"), ("new", "right"), ("delta", "right"),
+                   (f"{level:.0%} interval", "right", True), ("new better", "right"))
     for row in report.comparison:
         table.add_row(*_cells(row["metric"], _number(row["base"]), _number(row["new"]), f"{row['delta']:+.6f}",
                               _interval(row["ci"]), f"{row['new_better_share']:.1%}"))
@@ -282,7 +284,8 @@ class PerSampleWriter:
     def open(cls, target) -> "PerSampleWriter":
         target = str(target)
         if target != "-":
-            if not target.lower().endswith((".csv", ".parquet", ".pq")):
+            device = os.path.exists(target) and not os.path.isfile(target) and not os.path.isdir(target)
+            if not device and not target.lower().endswith((".csv", ".parquet", ".pq")):  # /dev/null, a FIFO: CSV
                 raise UsageError(f"--per-sample {target}: name a .csv or .parquet file, or - for stdout")
             check_destination(target, "--per-sample")
         return cls(target)
