@@ -109,7 +109,7 @@ class Format(str, Enum):
     ndjson = "ndjson"
 
 
-# Options shared by the commands, declared once. Help texts are Rich markup: a literal [ is written \\[.
+# Options shared by the commands, declared once. Help texts are Rich markup: a literal [ is escaped as \[.
 Classes = Annotated[Optional[str], typer.Option("--classes", metavar="NAMES", help="Class names in order, "
                                                 "comma-separated, for columns NAME, p_NAME, prob_NAME or proba_NAME.")]
 Probs = Annotated[Optional[str], typer.Option("--probs", metavar="COLUMN", help="A single list column holding "
