@@ -36,13 +36,23 @@ def _plain_metavars(command, ctx) -> None:
 
 
 def _format_help(command, base, ctx, formatter) -> None:
-    """Help without type noise, ended quietly by a closed pipe (`nll score --help | head -1`).
+    """Help without type noise; piped, without trailing spaces; ended quietly by a closed pipe
+    (`nll score --help | head -1`), which Rich answers with SystemExit(1), the gate-failed code."""
+    import io
 
-    Rich answers a broken pipe with SystemExit(1), the gate-failed code: it becomes exit 0.
-    """
     _plain_metavars(command, ctx)
     try:
-        base.format_help(command, ctx, formatter)
+        if sys.stdout.isatty():
+            base.format_help(command, ctx, formatter)
+            return
+        real, sys.stdout = sys.stdout, io.StringIO()  # Rich prints the help to sys.stdout as it is then
+        try:
+            base.format_help(command, ctx, formatter)
+        finally:
+            captured, sys.stdout = sys.stdout.getvalue(), real
+        real.write("".join(line.rstrip() + "\n" for line in captured.splitlines()))
+        real.flush()
+        _silence_stdout()  # Click echoes one more newline: a reader gone by then would make it exit 1
     except (SystemExit, BrokenPipeError):
         _silence_stdout()
         raise typer.Exit(0) from None

@@ -142,6 +142,12 @@ def test_help_has_no_type_noise_and_ends_with_examples(run, command):
         assert example in text
 
 
+def test_piped_help_has_no_trailing_spaces(run):
+    for command in ("score", "compare"):
+        lines = run(command, "--help").stdout.splitlines()
+        assert lines and all(line == line.rstrip() for line in lines)
+
+
 def test_help_flags_and_values(run):
     text = run("score", "--help").stdout
     lines = {line.split()[1]: line for line in text.splitlines() if line.startswith("│ --")}
