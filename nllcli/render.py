@@ -15,10 +15,13 @@ import stat
 import sys
 import tempfile
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from .errors import UsageError, environment_fault, visible
 from .report import INFORMATION_METRICS, Report
+
+if TYPE_CHECKING:
+    from rich.text import Text
 
 PLAIN_WIDTH = 1_000_000  # piped or redirected: no table is ever wrapped or cut
 
@@ -149,7 +152,7 @@ def _terminal_size(stream: IO[str], fallback):
                              size.lines)
 
 
-def _cell(value) -> "Text":
+def _cell(value) -> Text:
     """A table cell or line of text: data shown as it is, never read as markup."""
     from rich.text import Text
 
@@ -203,7 +206,7 @@ def _reliability_chart(report: Report, plain: bool, style: dict):
     return table
 
 
-def _comparison_table(report: Report, style: dict, plain: bool = True):
+def _comparison_table(report: Report, style: dict, plain: bool):
     """Base against new, metric by metric, with the paired bootstrap interval of the difference."""
     level = report.comparison[0]["confidence"]
     table = _table(style, plain, ("metric", "left", False), ("base", "right"), ("new", "right"), ("delta", "right"),

@@ -9,10 +9,10 @@ import unicodedata
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import loads_strict
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from helpers import loads_strict
 from nllcli.errors import visible
 
 HOSTILE_PIECES = ["\x1b[2J", "\x1b]0;title\x07", "\x1b]8;;file:///etc/passwd\x1b\\", "\x9b31m", "\x7f", "\x00",

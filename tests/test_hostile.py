@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers import loads_strict
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -226,7 +225,7 @@ def test_signal_during_per_sample_removes_the_temp_file(tmp_path, signum, code):
         assert temp.name.startswith(".p.csv.") and temp.name.endswith(".tmp")
         assert (temp.stat().st_mode & 0o777) == 0o600
         process.send_signal(signum)
-        stdout, stderr = process.communicate(timeout=60)
+        _, stderr = process.communicate(timeout=60)
     finally:
         stop.set()
         if process.poll() is None:

@@ -8,13 +8,12 @@ import shutil
 import stat
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-
 from helpers import assert_input_error, loads_strict, write_csv
+
 from nllcli.cli import EXAMPLES
-from nllcli.errors import visible
+from nllcli.errors import OutputError, visible
 from nllcli.render import AtomicFile, to_json
 
 
@@ -208,7 +207,7 @@ def test_atomic_file_removes_its_temp_when_the_rename_fails(tmp_path):
     file.temp.write_text("x\n")
     target.mkdir()  # os.replace of a file over a directory fails
     (target / "keep").write_text("")
-    with pytest.raises(Exception):
+    with pytest.raises(OutputError, match="Is a directory"):
         file.commit()
     assert not file.temp.exists()
 
