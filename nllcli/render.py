@@ -353,7 +353,8 @@ def check_destination(target: str, option: str) -> None:
     """Refuse early an output whose folder is missing or that is a directory."""
     folder = Path(target).resolve().parent
     if not folder.is_dir():
-        raise UsageError(f"{option} {target}: folder {folder} does not exist")
+        raise UsageError(f"{option} {target}: {folder} is not a folder" if folder.exists() else
+                         f"{option} {target}: folder {folder} does not exist")
     if Path(target).is_dir():
         raise UsageError(f"{option} {target}: is a directory")
 

@@ -274,3 +274,9 @@ def test_plot_output_onto_an_input_is_refused(run, samples, tmp_path):
     result = run("plot", tmp_path / "in", "-o", path)
     assert_input_error(result, "--output", "that is an input file")
     assert path.read_bytes() == data.read_bytes()
+
+
+def test_per_sample_under_a_file_says_it_is_not_a_folder(run, samples, tmp_path):
+    (tmp_path / "f.csv").write_text("")
+    result = run("score", samples / "robot_tools.csv", "--per-sample", tmp_path / "f.csv" / "x.csv")
+    assert_input_error(result, "f.csv is not a folder")
