@@ -464,14 +464,13 @@ def _check_stdin_once(*inputs) -> None:
 
 
 def _check_per_sample_target(per_sample, *inputs) -> None:
-    """--per-sample must never replace one of the inputs."""
+    """--per-sample must never replace one of the inputs (same device and inode, directories
+    expanded, standard input included)."""
     if per_sample is None or str(per_sample) == "-":
         return
-    target = Path(per_sample).resolve()
-    for x in inputs:
-        for path in (x if isinstance(x, (list, tuple)) else [x]):
-            if isinstance(path, (str, Path)) and str(path) != "-" and Path(path).resolve() == target:
-                raise UsageError(f"--per-sample {per_sample}: that is an input file")
+    from .render import refuse_input_as_output
+
+    refuse_input_as_output(str(per_sample), "--per-sample", inputs)
 
 
 def _sources(inputs) -> list:
