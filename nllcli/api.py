@@ -13,7 +13,7 @@ from pathlib import Path
 
 from . import losses
 from .engine import Progress, Scored, per_sample_columns, run
-from .plan import Job, check_per_sample_target, plan_kl, plan_score
+from .plan import Job, check_per_sample_target, plan_kl, plan_score, say_notes
 from .report import Report, build_report
 
 PathOrData = object  # a path, a list of paths, '-', a pandas DataFrame or a pyarrow Table
@@ -21,7 +21,8 @@ PathOrData = object  # a path, a list of paths, '-', a pandas DataFrame or a pya
 
 def score(preds: PathOrData, *, targets: PathOrData | None = None, label: str | None = None,
           classes: str | list[str] | None = None, probs: str | None = None, key: str | None = None,
-          weight: str | None = None, positive: str | None = None, input: str = "probs",
+          weight: str | None = None, ignore: Sequence[str] = (), positive: str | None = None,
+          input: str = "probs",
           eps: float = losses.EPS, tol: float = 1e-4, renormalize: bool = False, base: str = "e",
           target_prefix: str | None = None, target_probs: str | None = None,
           label_smoothing: float | None = None, bins: int = 15, top_k: int | None = None,
@@ -32,15 +33,17 @@ def score(preds: PathOrData, *, targets: PathOrData | None = None, label: str | 
     targets: a file of target distributions, paired by ``key`` or by position; target_prefix:
     targets in the same file as columns PREFIX<class>; label_smoothing: (1 - A) * one_hot + A / K.
     label, classes, probs (a list column), key, weight, positive (class 1 of a binary file): the
-    columns. input: probs, logits or log-probs; eps: the clip (0: none); tol: how far a row may sum
-    from 1; renormalize: divide rows by their sum; base: e, 2 or 10. bins: confidence bins for
-    ECE; top_k: also top_k_accuracy (the label among the K likeliest classes); by: group columns;
-    worst: list the N largest losses. per_sample: a .csv or .parquet file (or '-') of one row per
-    sample, written atomically. progress(rows, bytes) is called after each batch.
+    columns; ignore: columns that play no part. input: probs, logits or log-probs; eps: the clip
+    (0: none); tol: how far a row may sum from 1; renormalize: divide rows by their sum; base: e,
+    2 or 10. bins: confidence bins for ECE; top_k: also top_k_accuracy (the label among the K
+    likeliest classes); by: group columns; worst: list the N largest losses. per_sample: a .csv or
+    .parquet file (or '-') of one row per sample, written atomically. progress(rows, bytes) is
+    called after each batch.
     """
     check_per_sample_target(per_sample, preds, targets)
     job = plan_score(preds, targets=targets, label=label, classes=classes, probs=probs, key=key, weight=weight,
-                     positive=positive, input=input, eps=eps, tol=tol, renormalize=renormalize, base=base,
+                     ignore=ignore, positive=positive, input=input, eps=eps, tol=tol, renormalize=renormalize,
+                     base=base,
                      target_prefix=target_prefix, target_probs=target_probs, label_smoothing=label_smoothing,
                      bins=bins, top_k=top_k, by=by, worst=worst, max=max, min=min)
     return _run_and_report(job, per_sample, progress)
@@ -49,7 +52,8 @@ def score(preds: PathOrData, *, targets: PathOrData | None = None, label: str | 
 def kl(p: PathOrData, q: PathOrData, *, classes: str | list[str] | None = None, probs: str | None = None,
        key: str | None = None, input: str = "probs", eps: float = losses.EPS, tol: float = 1e-4,
        renormalize: bool = False, base: str = "e", symmetric: bool = False, max: Sequence[str] = (),
-       min: Sequence[str] = (), per_sample: str | Path | None = None, progress: Progress | None = None) -> Report:
+       min: Sequence[str] = (), ignore: Sequence[str] = (), per_sample: str | Path | None = None,
+       progress: Progress | None = None) -> Report:
     """KL(P || Q) per row pair (`nll kl`): P the reference distribution, Q the model (clipped by ``eps``).
 
     Rows pair by ``key`` (default id, when both have it), else by position. symmetric: also
@@ -57,7 +61,7 @@ def kl(p: PathOrData, q: PathOrData, *, classes: str | list[str] | None = None, 
     """
     check_per_sample_target(per_sample, p, q)
     job = plan_kl(p, q, classes=classes, probs=probs, key=key, input=input, eps=eps, tol=tol,
-                  renormalize=renormalize, base=base, symmetric=symmetric, max=max, min=min)
+                  renormalize=renormalize, base=base, symmetric=symmetric, max=max, min=min, ignore=ignore)
     return _run_and_report(job, per_sample, progress)
 
 
@@ -68,7 +72,10 @@ def _run_and_report(job: Job, per_sample, progress: Progress | None) -> Report:
             def sink(scored: Scored) -> None:
                 writer.write(per_sample_columns(job, scored))
         state = run(job, sink, progress)
-        return build_report(job, state)
+        report = build_report(job, state)
+    if job.command == "score":
+        say_notes(job)
+    return report
 
 
 @contextlib.contextmanager

@@ -1,6 +1,7 @@
 """The `nll` command line: parse options, call the library, render, choose the exit code.
 
-Exit codes: 0 ok, 1 a gate failed, 2 usage or input error, 3 internal error, 130 interrupted.
+Exit codes: 0 ok, 1 a gate failed, 2 usage, input or environment error, 3 internal error,
+130 interrupted, 129 / 143 ended by SIGHUP / SIGTERM.
 """
 
 from __future__ import annotations
@@ -13,20 +14,70 @@ from enum import Enum
 from typing import Annotated, Optional
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from ._version import __version__
-from .errors import EXIT_GATE, EXIT_INTERNAL, EXIT_INTERRUPTED, NllError
+from .errors import (EXIT_GATE, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_SIGNAL_BASE, NllError, Terminated,
+                     environment_fault, visible)
+
+
+def _plain_metavars(command, ctx) -> None:
+    """--help without type noise: a flag shows no value, an option its metavar (FILE, COLUMN, N), an
+    argument only its name (typer shows `<bool>`, `<str>`, `<list[str]>`), and the usage line names
+    required arguments as `PREDS...` or `BASE NEW` rather than `{PREDS}...`."""
+    for param in command.get_params(ctx):
+        if isinstance(param, TyperArgument):
+            param.display_type_rich = lambda ctx: None
+            if param.required:
+                param._usage_display_name = functools.partial(
+                    lambda param: param.display_name_raw + ("..." if param.nargs != 1 else ""), param)
+        elif param.metavar is None and getattr(param, "is_flag", False):
+            param.metavar = ""
+
+
+def _format_help(command, base, ctx, formatter) -> None:
+    """Help without type noise; piped, without trailing spaces; ended quietly by a closed pipe
+    (`nll score --help | head -1`), which Rich answers with SystemExit(1), the gate-failed code."""
+    import io
+
+    _plain_metavars(command, ctx)
+    try:
+        if sys.stdout.isatty():
+            base.format_help(command, ctx, formatter)
+            return
+        real, sys.stdout = sys.stdout, io.StringIO()  # Rich prints the help to sys.stdout as it is then
+        try:
+            base.format_help(command, ctx, formatter)
+        finally:
+            captured, sys.stdout = sys.stdout.getvalue(), real
+        real.write("".join(line.rstrip() + "\n" for line in captured.splitlines()))
+        real.flush()
+        _silence_stdout()  # Click echoes one more newline: a reader gone by then would make it exit 1
+    except (SystemExit, BrokenPipeError):
+        _silence_stdout()
+        raise typer.Exit(0) from None
+
+
+class PlainHelp(TyperCommand):
+    """A command whose --help lists flags without type noise, examples at the end."""
+
+    def format_help(self, ctx, formatter) -> None:
+        _format_help(self, TyperCommand, ctx, formatter)
 
 
 class OneLineErrors(TyperGroup):
     """Bad options get one line on stderr, like every other error of nll (not a usage box)."""
+
+    def format_help(self, ctx, formatter) -> None:
+        _format_help(self, TyperGroup, ctx, formatter)
 
     def main(self, *args, standalone_mode: bool = True, **kwargs):
         if not standalone_mode:
             return super().main(*args, standalone_mode=False, **kwargs)
         try:
             code = super().main(*args, standalone_mode=False, **kwargs)
+        except OSError as exc:  # writing the help or the version: a full disk, a closed stdout
+            sys.exit(_stdout_fault(exc))
         except Exception as exc:  # Click's usage errors: they carry an exit code and a message
             if not hasattr(exc, "format_message") or not isinstance(getattr(exc, "exit_code", None), int):
                 raise
@@ -68,37 +119,71 @@ class Format(str, Enum):
     ndjson = "ndjson"
 
 
-# Options shared by the commands, declared once.
-Classes = Annotated[Optional[str], typer.Option("--classes", help="Class names in order, comma-separated; "
-                                                "columns are NAME or p_NAME / prob_NAME / proba_NAME.")]
-Probs = Annotated[Optional[str], typer.Option("--probs", help="One list column holding each row's vector "
-                                              "(Parquet list<double>).")]
-Key = Annotated[Optional[str], typer.Option("--key", help="Column identifying rows; pairs files.",
-                                            show_default="id, when present")]
-Input = Annotated[InputKind, typer.Option("--input", help="What the class columns hold.")]
-Eps = Annotated[float, typer.Option("--eps", help="Clip probabilities into eps..1-eps; 0 for exact "
-                                    "maths (infinite losses allowed).", show_default="float64 epsilon, 2.2e-16")]
-Tol = Annotated[float, typer.Option("--tol", help="How far a row may sum from 1.")]
-Renormalize = Annotated[bool, typer.Option("--renormalize", help="Divide each row by its sum.")]
-BaseOpt = Annotated[Base, typer.Option("--base", help="Logarithm base: e (nats), 2 (bits), 10 (bans).")]
-FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="table (plain text when piped), json, "
-                                           "or ndjson (the JSON report on one line).")]
-PerSample = Annotated[Optional[str], typer.Option("--per-sample", help="Write one row per sample to a "
-                                                  ".csv or .parquet file, or - for CSV on stdout.")]
+# Options shared by the commands, declared once. Help texts are Rich markup: a literal [ is escaped as \[.
+Classes = Annotated[Optional[str], typer.Option("--classes", metavar="NAMES", help="Class names in order, "
+                                                "comma-separated, for columns NAME, p_NAME, prob_NAME or proba_NAME.")]
+Probs = Annotated[Optional[str], typer.Option("--probs", metavar="COLUMN", help="A single list column holding "
+                                              "each row's vector (Parquet list<double>).")]
+Key = Annotated[Optional[str], typer.Option("--key", metavar="COLUMN", help="Column naming the rows, used to "
+                                            "pair two files.", show_default="id, when present")]
+Ignore = Annotated[Optional[list[str]], typer.Option("--ignore", metavar="COLUMN", help="A column that is "
+                                                 "not a class (repeatable). Classes are the --classes columns, "
+                                                 "else the p_* columns, else the numeric columns with no other "
+                                                 "role (label, key, weight, --by, index, predicted label).")]
+Input = Annotated[InputKind, typer.Option("--input", metavar="probs|logits|log-probs",
+                                          help="What the class columns hold.")]
+Eps = Annotated[float, typer.Option("--eps", metavar="X", help="Clip probabilities into \\[X, 1 - X]; 0 gives "
+                                    "exact maths, where a zero on the true class costs an infinite loss.",
+                                    show_default="float64 epsilon, 2.2e-16")]
+Tol = Annotated[float, typer.Option("--tol", metavar="X", help="How far from 1 a row of probabilities may sum.")]
+Renormalize = Annotated[bool, typer.Option("--renormalize", help="Divide each row by its sum instead of "
+                                           "requiring it to sum to 1.")]
+BaseOpt = Annotated[Base, typer.Option("--base", metavar="e|2|10", help="Logarithm base: e (nats), 2 (bits) "
+                                       "or 10 (bans).")]
+FormatOpt = Annotated[Format, typer.Option("--format", "-f", metavar="table|json|ndjson", help="A table (plain "
+                                           "text when piped), a JSON report, or the same report on one line.")]
+PerSample = Annotated[Optional[str], typer.Option("--per-sample", metavar="FILE", help="Write one row per sample "
+                                                  "to a .csv or .parquet file, or - for CSV on standard output.")]
 Max = Annotated[Optional[list[str]], typer.Option("--max", metavar="METRIC=VALUE",
-                                                  help="Fail (exit 1) if METRIC is above VALUE. Repeatable.")]
+                                                  help="Exit 1 if METRIC is above VALUE (repeatable).")]
 Min = Annotated[Optional[list[str]], typer.Option("--min", metavar="METRIC=VALUE",
-                                                  help="Fail (exit 1) if METRIC is below VALUE. Repeatable.")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
-Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
+                                                  help="Exit 1 if METRIC is below VALUE (repeatable).")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Hide the progress bar.")]
+Debug = Annotated[bool, typer.Option("--debug", help="Show the traceback of an error.")]
+
+# The common calls, shown at the end of each command's --help; each one runs as it is in sample_data/.
+EXAMPLES = {
+    "score": ["nll score robot_tools.csv",
+              "nll score robot_tools.csv --by camera --worst 5",
+              "nll score robot_tools_logits.csv --input logits --base 2",
+              "nll score robot_tools.csv --targets robot_tools_annotators.csv",
+              "nll score robot_tools.csv --per-sample losses.csv",
+              "nll score robot_tools.csv --format json --max nll=0.5 --min accuracy=0.85"],
+    "kl": ["nll kl robot_tools_annotators.csv robot_tools.csv",
+           "nll kl robot_tools_annotators.csv robot_tools.csv --symmetric --format json"],
+    "compare": ["nll compare robot_tools.csv robot_tools_model_b.csv",
+                "nll compare robot_tools.csv robot_tools_model_b.csv --by camera --worst 5",
+                "nll compare robot_tools.csv robot_tools_model_b.csv --fail-if-worse 0 -f json"],
+    "plot": ["nll plot robot_tools.csv -o robot_tools.png",
+             "nll plot robot_tools.csv --targets robot_tools_annotators.csv -o soft.svg"],
+}
+
+
+def _epilog(command: str) -> str:
+    return "Examples, in the sample_data folder:\n\n" + "\n".join(EXAMPLES[command])
+
 
 EPS_DEFAULT = float.fromhex("0x1.0p-52")  # float64 machine epsilon, without importing numpy
 
 
 def _err(message: str) -> None:
-    """One line on stderr, whatever the message holds (a column name with a newline, say)."""
-    sys.stderr.write(message.rstrip("\n").replace("\r", "\\r").replace("\n", "\\n") + "\n")
-    sys.stderr.flush()
+    """One line on stderr, whatever the message holds: a newline, an escape sequence or a bidi mark
+    in a column or file name is shown escaped. A closed stderr swallows it (there is no one to tell)."""
+    try:
+        sys.stderr.write(visible(message.rstrip("\n")) + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 def _silence_stdout() -> None:
@@ -129,16 +214,32 @@ def handle_errors(command):
         except KeyboardInterrupt:
             _err("nll: interrupted")
             raise typer.Exit(EXIT_INTERRUPTED) from None
+        except Terminated as exc:
+            _err(f"nll: terminated by {exc}")
+            raise typer.Exit(EXIT_SIGNAL_BASE + exc.signum) from None
         except BrokenPipeError:
             _silence_stdout()
             raise typer.Exit(0) from None
-        except Exception as exc:  # a bug of ours: one line, the traceback only with --debug
+        except OSError as exc:
+            fault = environment_fault(exc)
+            if fault is None:
+                _internal_error(exc, debug)
             if debug:
                 traceback.print_exc()
-            _err(f"nll: internal error: {type(exc).__name__}: {exc}; run with --debug for details")
-            raise typer.Exit(EXIT_INTERNAL) from None
+            _err(f"nll: error: {fault}")
+            raise typer.Exit(fault.exit_code) from None
+        except Exception as exc:
+            _internal_error(exc, debug)
 
     return wrapper
+
+
+def _internal_error(exc: Exception, debug: bool):
+    """A bug of ours: one line, the traceback only with --debug, exit 3."""
+    if debug:
+        traceback.print_exc()
+    _err(f"nll: internal error: {type(exc).__name__}: {exc}; run with --debug for details")
+    raise typer.Exit(EXIT_INTERNAL) from None
 
 
 def _skip_pyarrow_pandas_check() -> None:
@@ -243,36 +344,38 @@ def _finish(report, fmt: Format, per_sample: str | None) -> None:
         raise typer.Exit(EXIT_GATE)
 
 
-@app.command()
+@app.command(cls=PlainHelp, epilog=_epilog("score"))
 @handle_errors
 def score(
-    preds: Annotated[list[str], typer.Argument(help="Prediction files (.csv, .tsv, .csv.gz, .parquet), "
-                                               "directories of them, or - for stdin.", show_default=False)],
-    targets: Annotated[Optional[str], typer.Option("--targets", help="File of target distributions "
-                                                   "(soft labels) paired by --key or by position.")] = None,
-    label: Annotated[Optional[str], typer.Option("--label", help="Label column.", show_default="first of "
+    preds: Annotated[list[str], typer.Argument(metavar="PREDS", help="Prediction files (.csv, .tsv, .csv.gz, "
+                                               ".parquet), directories of them, or - for standard input.",
+                                               show_default=False)],
+    targets: Annotated[Optional[str], typer.Option("--targets", metavar="FILE", help="A file of target "
+                                                   "distributions (soft labels), paired by --key or by position.")] = None,
+    label: Annotated[Optional[str], typer.Option("--label", metavar="COLUMN", help="The column of true labels.", show_default="first of "
                                                  "label, y, y_true, target, true_label, class")] = None,
     classes: Classes = None,
     probs: Probs = None,
     key: Key = None,
-    weight: Annotated[Optional[str], typer.Option("--weight", help="Column of sample weights.")] = None,
-    positive: Annotated[Optional[str], typer.Option("--positive", help="Label of class 1 when a single "
-                                                    "column holds P(class 1).")] = None,
-    target_prefix: Annotated[Optional[str], typer.Option("--target-prefix", help="Targets in the same file, "
-                                                         "as columns PREFIX<class>.")] = None,
-    label_smoothing: Annotated[Optional[float], typer.Option("--label-smoothing", help="Score against "
-                                                             "(1-A)*one_hot + A/K.")] = None,
+    weight: Annotated[Optional[str], typer.Option("--weight", metavar="COLUMN", help="A column of sample weights.")] = None,
+    ignore: Ignore = None,
+    positive: Annotated[Optional[str], typer.Option("--positive", metavar="LABEL", help="The label of class 1 when "
+                                                    "a single column holds P(class 1).")] = None,
+    target_prefix: Annotated[Optional[str], typer.Option("--target-prefix", metavar="PREFIX", help="Targets in the "
+                                                         "same file, as columns PREFIX<class>.")] = None,
+    label_smoothing: Annotated[Optional[float], typer.Option("--label-smoothing", metavar="A", help="Score against "
+                                                             "(1 - A) * one-hot + A / K.")] = None,
     input: Input = InputKind.probs,
     eps: Eps = EPS_DEFAULT,
     tol: Tol = 1e-4,
     renormalize: Renormalize = False,
     base: BaseOpt = Base.e,
-    bins: Annotated[int, typer.Option("--bins", help="Equal-width confidence bins for ECE and the "
-                                      "reliability chart.")] = 15,
-    top_k: Annotated[Optional[int], typer.Option("--top-k", metavar="K", help="Also top_k_accuracy: the "
-                                                 "share of rows whose label is among the K likeliest classes.")] = None,
-    by: Annotated[Optional[list[str]], typer.Option("--by", metavar="COL", help="Every metric per group "
-                                                    "of this column (camera, site, day). Repeatable.")] = None,
+    bins: Annotated[int, typer.Option("--bins", metavar="N", help="Equal-width confidence bins for ECE and "
+                                      "the reliability chart.")] = 15,
+    top_k: Annotated[Optional[int], typer.Option("--top-k", metavar="K", help="Also top_k_accuracy: the share "
+                                                 "of rows whose label is among the K likeliest classes.")] = None,
+    by: Annotated[Optional[list[str]], typer.Option("--by", metavar="COLUMN", help="Every metric per value of "
+                                                    "COLUMN (camera, site, day); repeat for combinations.")] = None,
     worst: Annotated[int, typer.Option("--worst", metavar="N", help="List the N samples with the largest "
                                        "loss.")] = 0,
     format: FormatOpt = Format.table,
@@ -284,11 +387,12 @@ def score(
 ) -> None:
     """Mean and per-sample NLL against hard labels, or cross-entropy, entropy and KL against soft targets.
 
-    Also Brier score, calibration error (ECE, MCE) and accuracy. Exit codes: 0 ok, 1 a --max/--min
-    gate failed, 2 usage or input error, 3 internal error.
+    Also accuracy, the Brier score and calibration errors (ECE, MCE), overall, per class and per --by group.
+
+    Exit codes: 0 ok, 1 a --max/--min gate failed, 2 usage, input or environment error, 3 a bug of nll.
     """
     report = _score_report(preds, targets=targets, label=label, classes=classes, probs=probs, key=key,
-                           weight=weight, positive=positive, input=input.value, eps=eps, tol=tol,
+                           weight=weight, ignore=ignore or (), positive=positive, input=input.value, eps=eps, tol=tol,
                            renormalize=renormalize, base=base.value, target_prefix=target_prefix,
                            label_smoothing=label_smoothing, bins=bins, top_k=top_k, by=by or (), worst=worst,
                            max=max or (), min=min or (), per_sample=per_sample, quiet=quiet)
@@ -311,12 +415,14 @@ def _plain(options: dict) -> dict:
 
 
 def _plot(output: str, **options) -> None:
-    r"""Draw a reliability diagram, confidence and per-sample loss histograms and per-class NLL.
+    r"""Draw a reliability diagram, confidence and per-sample loss histograms and per-class NLL in one image.
 
-    Takes the options of `nll score`; needs matplotlib (pip install 'nllcli\[plot]').
+    Takes the options of `nll score` and needs matplotlib (pip install 'nllcli\[plot]').
     """
     from .plot import write_plot
+    from .render import refuse_input_as_output
 
+    refuse_input_as_output(output, "--output", [options.get("preds"), options.get("targets")])
     write_plot(output)  # fails early, before reading, if matplotlib is missing or the suffix is wrong
     options = _plain(options)
     report = _score_report(options.pop("preds"), **options)
@@ -330,9 +436,10 @@ def _compare(base_file: str, new_file: str, format: Format, quiet: bool, **optio
     """Did NEW get worse than BASE on the same samples? Paired deltas with bootstrap intervals.
 
     Rows pair by --key (default id, when both files have it), else by position; labels must agree.
-    Takes the options of `nll score`. --fail-if-worse D exits 1 when the nll delta is above D
-    and so is its whole confidence interval; --max/--min gate the new model's metrics. --by
-    compares per group; --worst N lists the samples whose loss rose most.
+
+    Takes the options of `nll score`; --by compares per group, --worst N lists the samples whose loss rose most.
+
+    --fail-if-worse D exits 1 when the nll delta and its whole interval are above D; --max/--min gate NEW.
     """
     _prepare_process()
     from .compare import compare
@@ -363,20 +470,22 @@ def _derived_command(name: str, implementation, drop: set[str], front=(), back=(
     command.__signature__ = inspect.Signature(params)
     command.__annotations__ = {p.name: p.annotation for p in params}
     command.__doc__ = implementation.__doc__
-    app.command(name)(handle_errors(command))
+    app.command(name, cls=PlainHelp, epilog=_epilog(name))(handle_errors(command))
 
 
-@app.command()
+@app.command(cls=PlainHelp, epilog=_epilog("kl"))
 @handle_errors
 def kl(
-    p: Annotated[str, typer.Argument(help="Reference distributions P (the data), or - for stdin.",
+    p: Annotated[str, typer.Argument(metavar="P", help="Reference distributions P (the data), or - for "
+                                     "standard input.", show_default=False)],
+    q: Annotated[str, typer.Argument(metavar="Q", help="Model distributions Q, or - for standard input.",
                                      show_default=False)],
-    q: Annotated[str, typer.Argument(help="Model distributions Q, or - for stdin.", show_default=False)],
     classes: Classes = None,
     probs: Probs = None,
     key: Key = None,
-    symmetric: Annotated[bool, typer.Option("--symmetric", help="Also KL(Q||P) and the Jensen-Shannon "
-                                            "divergence.")] = False,
+    ignore: Ignore = None,
+    symmetric: Annotated[bool, typer.Option("--symmetric", help="Also report KL(Q || P) and the "
+                                            "Jensen-Shannon divergence.")] = False,
     input: Input = InputKind.probs,
     eps: Eps = EPS_DEFAULT,
     tol: Tol = 1e-4,
@@ -399,12 +508,13 @@ def kl(
     with _ProgressBar(quiet, _total_bytes([p, q])) as progress:
         report = api.kl(p, q, classes=classes, probs=probs, key=key, input=input.value, eps=eps, tol=tol,
                         renormalize=renormalize, base=base.value, symmetric=symmetric, max=max or (),
-                        min=min or (), per_sample=per_sample, progress=progress)
+                        min=min or (), per_sample=per_sample, progress=progress, ignore=ignore or ())
     _finish(report, format, per_sample)
 
 
 _derived_command("plot", _plot, drop={"format", "per_sample", "max", "min"}, front=[(
-    "output", Annotated[str, typer.Option("--output", "-o", help="Image to write: .png, .svg or .pdf.",
+    "output", Annotated[str, typer.Option("--output", "-o", metavar="FILE", help="The image to write: "
+                                          ".png, .svg or .pdf.",
                                           show_default=False)])])
 _derived_command("compare", _compare, drop={"preds", "per_sample"}, front=[
     ("base_file", Annotated[str, typer.Argument(metavar="BASE", help="Predictions of the model in use.",
@@ -412,10 +522,12 @@ _derived_command("compare", _compare, drop={"preds", "per_sample"}, front=[
     ("new_file", Annotated[str, typer.Argument(metavar="NEW", help="Predictions of the candidate model.",
                                                show_default=False)]),
 ], back=[
-    ("confidence", Annotated[float, typer.Option("--confidence", help="Level of the intervals.")], 0.95),
-    ("resamples", Annotated[int, typer.Option("--resamples", help="Bootstrap resamples.")], 2000),
-    ("seed", Annotated[int, typer.Option("--seed", help="Bootstrap seed: the same run gives the same "
-                                         "intervals.")], 0),
+    ("confidence", Annotated[float, typer.Option("--confidence", metavar="LEVEL", help="The level of the "
+                                               "bootstrap intervals.")], 0.95),
+    ("resamples", Annotated[int, typer.Option("--resamples", metavar="N", help="How many bootstrap "
+                                              "resamples to draw.")], 2000),
+    ("seed", Annotated[int, typer.Option("--seed", metavar="N", help="The bootstrap seed, so that a run "
+                                         "repeats exactly.")], 0),
     ("fail_if_worse", Annotated[Optional[float], typer.Option(
         "--fail-if-worse", metavar="DELTA", help="Exit 1 when the nll delta and its whole interval are "
         "above DELTA (0: any clear regression).")], None),
@@ -424,7 +536,11 @@ _derived_command("compare", _compare, drop={"preds", "per_sample"}, front=[
 
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"nll {__version__}")
+        try:
+            sys.stdout.write(f"nll {__version__}\n")
+            sys.stdout.flush()
+        except BrokenPipeError:  # Click would make it exit 1, the gate-failed code
+            _silence_stdout()
         raise typer.Exit()
 
 
@@ -436,12 +552,47 @@ def _main(
     """Score classifier prediction files from the command line."""
 
 
+def _guard_standard_streams() -> None:
+    """Give a closed standard stream (`>&-`, `2>&-`, `<&-`) a stand-in, before any file is opened.
+
+    Otherwise the next file opened would take its number and receive what was meant for it. A
+    closed stdin reads as empty; a closed stdout fails every write with "Bad file descriptor" (exit 2:
+    the results went nowhere); a closed stderr swallows messages, the exit code staying as it is.
+    """
+    for fd, flags in ((0, os.O_RDONLY), (1, os.O_RDONLY), (2, os.O_WRONLY)):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        stand_in = os.open(os.devnull, flags)
+        if stand_in != fd:
+            os.dup2(stand_in, fd)
+            os.close(stand_in)
+        if fd == 0:
+            sys.stdin = open(0, "r", closefd=False)
+        elif fd == 1:
+            sys.stdout = open(1, "w", closefd=False)  # read-only /dev/null: writes fail with EBADF
+        else:
+            sys.stderr = open(2, "w", closefd=False)
+
+
+def _on_termination(signum, frame) -> None:
+    raise Terminated(signum)
+
+
 def main() -> None:
     """Console entry point.
 
+    SIGTERM and SIGHUP unwind like Ctrl-C (temporary files removed), then exit 128 + the signal.
     Leaves with os._exit once the output is flushed: a reader thread may still be blocked on a
     slow pipe, or inside pyarrow, and must not meet the interpreter's shutdown.
     """
+    import signal
+
+    _guard_standard_streams()
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _on_termination)
     try:
         app(prog_name="nll")
         code = 0
@@ -450,9 +601,35 @@ def main() -> None:
     except KeyboardInterrupt:  # before a command started
         _err("nll: interrupted")
         code = EXIT_INTERRUPTED
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # a closed pipe: nothing more can be said there
-            pass
+    except Terminated as exc:
+        _err(f"nll: terminated by {exc}")
+        code = EXIT_SIGNAL_BASE + exc.signum
+    except OSError as exc:  # not met inside a command
+        code = _stdout_fault(exc)
+    code = _flush_stdout(code)
+    try:
+        sys.stderr.flush()
+    except (OSError, ValueError, AttributeError):  # nothing more can be said there
+        pass
     os._exit(code)
+
+
+def _flush_stdout(code: int) -> int:
+    """Flush what is left for stdout; a full disk there is exit 2, a closed pipe is not an error."""
+    try:
+        sys.stdout.flush()
+    except OSError as exc:
+        return code or _stdout_fault(exc)
+    except (ValueError, AttributeError):
+        pass
+    return code
+
+
+def _stdout_fault(exc: OSError) -> int:
+    """The exit code of an OSError met writing stdout outside a command (help, version, last flush)."""
+    if isinstance(exc, BrokenPipeError):
+        _silence_stdout()
+        return 0
+    fault = environment_fault(exc, "standard output")
+    _err(f"nll: error: {fault}" if fault else f"nll: internal error: {type(exc).__name__}: {exc}")
+    return fault.exit_code if fault else EXIT_INTERNAL

@@ -5,12 +5,20 @@ A prediction file comes in one of three layouts:
 - wide: one column per class, found by ``--classes``, by a shared prefix (``p_``, ``prob_``,
   ``proba_``; the class name is the rest), or else every numeric column that has no other role;
 - binary: a single probability column, P(class 1);
-- list: one column holding the whole vector (Parquet ``list<double>``), chosen with ``--probs``.
+- list: one column holding the whole vector (Parquet ``list<double>``), chosen with ``--probs``
+  or, when it is the file's only list column, by itself.
+
+Never classes: the label, key, weight and ``--by`` columns, ``--ignore`` columns, index columns
+(pandas' ``''``, ``Unnamed: N``, ``index``, ``__index_level_N__``, the index named in a Parquet
+file's pandas metadata) and columns of predicted labels (``y_pred``, ``prediction``, ...).
 """
 
 from __future__ import annotations
 
+import difflib
 import functools
+import math
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -23,6 +31,11 @@ CLASS_PREFIXES = ("p_", "prob_", "proba_")
 LABEL_NAMES = ("label", "y", "y_true", "target", "true_label", "class")
 DEFAULT_KEY = "id"
 BINARY_LABELS = {"0": 0, "1": 1, "false": 0, "true": 1}
+# Columns that pandas writes for a DataFrame's index: never classes.
+INDEX_PATTERN = re.compile(r"(|index|Unnamed: \d+|__index_level_\d+__)", re.IGNORECASE)
+# Columns of predicted labels (argmax classes): never classes, never the label.
+PREDICTED_NAMES = ("y_pred", "pred", "preds", "prediction", "predictions", "predicted", "pred_label",
+                   "predicted_label", "pred_class", "predicted_class", "y_hat", "yhat", "argmax")
 
 
 @dataclass
@@ -40,6 +53,7 @@ class Layout:
     binary: bool = False
     extra: list[str] = field(default_factory=list)  # more columns to read (same-file targets)
     groups: list[str] = field(default_factory=list)  # --by columns
+    notes: list[str] = field(default_factory=list)  # what was guessed, for stderr
 
     @property
     def columns(self) -> list[str]:
@@ -95,7 +109,8 @@ class Layout:
         distinct = [v.strip() for v in names.to_pylist()]
         lookup = self._label_lookup
         # -1 marks an unknown label, -2 a missing one (also the slot for null codes, index -1).
-        mapped = np.array([-2 if v == "" else lookup.get(v, -1) for v in distinct] + [-2], dtype=np.intp)
+        mapped = np.array([-2 if v == "" else lookup.get(v, lookup.get(whole_number(v), -1)) for v in distinct]
+                          + [-2], dtype=np.intp)
         index = mapped[integers(labels.indices, fill=-1)]
         if index.min(initial=0) >= 0:
             return index
@@ -106,9 +121,10 @@ class Layout:
         bad = np.flatnonzero(index == -1)
         codes = integers(labels.indices, fill=-1)[bad]
         seen = list(dict.fromkeys(distinct[c] for c in codes[:100]))[:5]
+        hint = ("one probability column is P(class 1): labels 0/1 or false/true, or name class 1 with "
+                "--positive LABEL" if self.binary else "labels match class names, or integer positions 0..K-1")
         raise InputError(self.source, f"labels not among the classes {self.class_names}: {seen}",
-                         column=self.label, rows=(first_row + bad).tolist(), total=bad.size,
-                         hint="labels match class names, or integer positions 0..K-1")
+                         column=self.label, rows=(first_row + bad).tolist(), total=bad.size, hint=hint)
 
     @functools.cached_property
     def _label_lookup(self) -> dict[str, int]:
@@ -159,6 +175,15 @@ def _is_int(text: str) -> bool:
     return text.strip().lstrip("+-").isdigit()
 
 
+def whole_number(text: str) -> str | None:
+    """'2.0' or '2.000000000000000000e+00' -> '2' (a float label that is a whole number), else None."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return str(int(value)) if math.isfinite(value) and value.is_integer() else None
+
+
 def _list_matrix(column: pa.Array, width: int, source: str, name: str, first_row: int) -> np.ndarray:
     lengths = integers(column.value_lengths(), fill=-1)
     bad = np.flatnonzero(lengths != width)
@@ -171,16 +196,36 @@ def _list_matrix(column: pa.Array, width: int, source: str, name: str, first_row
 # -- resolution ------------------------------------------------------------------------------
 
 
-def _find(names: list[str], wanted: str, source: str, role: str) -> str:
+def _fold(name: str) -> str:
+    return name.strip().casefold()
+
+
+def find_column(names: list[str], wanted: str) -> str | None:
+    """The column named ``wanted`` (also regardless of case and surrounding spaces), None if absent."""
     if wanted in names:
         return wanted
-    folded = [n for n in names if n.lower() == wanted.lower()]
-    if len(folded) == 1:
-        return folded[0]
-    raise InputError(source, f"no {role} column {wanted!r} (columns: {_shorten(names)})")
+    folded = [n for n in names if _fold(n) == _fold(wanted)]
+    return folded[0] if folded else None
 
 
-def _shorten(names: list[str], limit: int = 8) -> str:
+def _find(names: list[str], wanted: str, source: str, role: str) -> str:
+    found = find_column(names, wanted)
+    if found is None:
+        raise column_not_found(names, wanted, source, role)
+    return found
+
+
+def column_not_found(names: list[str], wanted: str, source: str, role: str) -> InputError:
+    """"label column 'lable' is missing (did you mean 'label'? columns: ...)"."""
+    close = difflib.get_close_matches(wanted, names, n=1, cutoff=0.6) or difflib.get_close_matches(
+        _fold(wanted), [_fold(n) for n in names], n=1, cutoff=0.6)
+    if close and close[0] not in names:  # matched on the folded names: show the real one
+        close = [next(n for n in names if _fold(n) == close[0])]
+    suggestion = f"did you mean {close[0]!r}? " if close else ""
+    return InputError(source, f"{role} column {wanted!r} is missing ({suggestion}columns: {_shorten(names)})")
+
+
+def _shorten(names: list[str], limit: int = 20) -> str:
     shown = ", ".join(repr(n) for n in names[:limit])
     return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
 
@@ -194,49 +239,91 @@ def _prefixed(names: list[str], prefix: str) -> list[str]:
 
 
 def check_unique(schema: pa.Schema, source: str) -> None:
+    """Column names must be distinct, also regardless of case and surrounding spaces."""
     duplicates = [n for n, count in Counter(schema.names).items() if count > 1]
     if duplicates:
         raise InputError(source, f"duplicate column names: {duplicates}")
+    first_of: dict[str, str] = {}
+    for name in schema.names:
+        other = first_of.setdefault(_fold(name), name)
+        if other != name:
+            raise InputError(source, f"columns {other!r} and {name!r} differ only by case or surrounding "
+                                     "spaces: rename one")
+
+
+def index_columns(schema: pa.Schema) -> list[str]:
+    """Columns that hold a pandas index: by their name, or listed in the file's pandas metadata."""
+    listed = set()
+    try:
+        metadata = schema.pandas_metadata or {}
+    except (ValueError, TypeError):  # metadata that is not JSON: no index listed
+        metadata = {}
+    for entry in metadata.get("index_columns", []) if isinstance(metadata, dict) else []:
+        if isinstance(entry, str):
+            listed.add(entry)
+    return [n for n in schema.names if n in listed or INDEX_PATTERN.fullmatch(n.strip())]
+
+
+def index_key(schema: pa.Schema) -> str | None:
+    """The first named integer index column, which may serve as the key when there is no id column.
+
+    pandas' unnamed '' is left out: an empty name cannot label per-sample rows.
+    """
+    return next((n for n in index_columns(schema) if n.strip() and pa.types.is_integer(schema.field(n).type)),
+                None)
+
+
+def _predicted(name: str) -> bool:
+    return _fold(name) in PREDICTED_NAMES
 
 
 def resolve_layout(schema: pa.Schema, source: str, *, classes: list[str] | None = None,
                    label: str | None = None, probs: str | None = None, key: str | None = None,
                    weight: str | None = None, positive: str | None = None,
                    reserved: list[str] | None = None, label_required: bool = True,
-                   use_default_label: bool = True, groups: list[str] | None = None) -> Layout:
+                   use_default_label: bool = True, groups: list[str] | None = None,
+                   ignore: list[str] | None = None, sample=None) -> Layout:
     """Decide each column's role from the header (names and the types inferred from it).
 
-    ``reserved`` columns (same-file targets) are read but are never classes, nor are ``groups``.
+    ``reserved`` columns (same-file targets) are read but are never classes, nor are ``groups``,
+    ``ignore``, index and predicted-label columns. ``sample`` (the first rows, or a function
+    reading them) lets the label be found by its values when no column has a label's name.
     """
     check_unique(schema, source)
+    if callable(sample):  # read only when a decision needs the values
+        sample = _LazySample(sample)
     names = schema.names
-    key_col = _find(names, key, source, "key") if key else next((n for n in names if n.lower() == DEFAULT_KEY), None)
+    ignored = [_find(names, c, source, "--ignore") for c in ignore or []]
+    key_col = _find(names, key, source, "key") if key else next((n for n in names if _fold(n) == DEFAULT_KEY), None)
     label_col = _find(names, label, source, "label") if label else None
     if label_col is None and use_default_label:
-        label_col = next((n for wanted in LABEL_NAMES for n in names if n.lower() == wanted), None)
-    if label_col is None and label_required:
-        raise InputError(source, f"no label column: name one with --label (looked for {', '.join(LABEL_NAMES)})")
+        label_col = next((n for wanted in LABEL_NAMES for n in names if _fold(n) == wanted and n not in ignored),
+                         None)
     weight_col = _find(names, weight, source, "weight") if weight else None
     group_cols = [_find(names, g, source, "--by") for g in groups or []]
     taken = {key_col, label_col, weight_col, *(reserved or []), *group_cols}
+    never_classes = taken | set(ignored) | set(index_columns(schema)) | {n for n in names if _predicted(n)}
     layout = Layout(source, [], label=label_col, key=key_col, weight=weight_col,
                     extra=list(reserved or []), groups=group_cols)
+    free = [n for n in names if n not in never_classes]
+    lists = [n for n in free if _is_list(schema.field(n).type)]
+    if not probs and not classes and len(lists) == 1 and not any(_prefixed(free, p) for p in CLASS_PREFIXES):
+        probs = lists[0]  # the file's only list column is the probability vector
 
     if probs:
         layout.list_column = _find(names, probs, source, "probability list")
         value_type = schema.field(layout.list_column).type
-        if not (pa.types.is_list(value_type) or pa.types.is_large_list(value_type)
-                or pa.types.is_fixed_size_list(value_type)):
+        if not _is_list(value_type):
             raise InputError(source, f"--probs needs a list column (Parquet list<double>), found {value_type}",
                              column=layout.list_column)
         layout.class_names = classes or []  # filled from the first row's length when not given
         return layout
 
+    numeric_rule = False
     if classes:
         layout.class_columns = [_class_column(names, c, source) for c in classes]
         layout.class_names = list(classes)
     else:
-        free = [n for n in names if n not in taken]
         for prefix in CLASS_PREFIXES:
             found = _prefixed(free, prefix)
             if found:
@@ -244,21 +331,150 @@ def resolve_layout(schema: pa.Schema, source: str, *, classes: list[str] | None 
                 layout.class_names = [n[len(prefix):] for n in found]
                 break
         else:
+            numeric_rule = True
             layout.class_columns = [n for n in free if _numeric(schema.field(n).type)]
             layout.class_names = list(layout.class_columns)
+    if layout.label is None and label_required and use_default_label and sample is not None:
+        _label_by_values(layout, sample, [n for n in free if n not in layout.class_columns or numeric_rule],
+                         positive)
+    if layout.label is None and label_required:
+        raise InputError(source, f"no label column: name one with --label (looked for {', '.join(LABEL_NAMES)}, "
+                                 f"and for one column whose values all name classes; columns: {_shorten(names)})")
     if not layout.class_columns:
+        hint = "; or --probs COL for a list column" if lists else ""
         raise InputError(source, "no class columns: name them with --classes, or prefix them p_ "
-                                 f"(columns: {_shorten(names)})")
+                                 f"(columns: {_shorten(names)}){hint}")
     clash = taken & set(layout.class_columns) - {None}
     if clash:
         raise UsageError(f"{source}: column {sorted(clash)[0]!r} cannot be both a class and a label, key, weight or group")
+    if numeric_rule and sample is not None and layout.label is not None:
+        _check_text_classes(layout, sample, [n for n in free if n != layout.label and n not in layout.class_columns])
     if len(layout.class_columns) == 1:
         layout.binary = True
+        if positive is None and sample is not None and layout.label is not None:
+            positive = _positive_from_labels(layout, _texts(sample, layout.label) or [])
         layout.positive = positive
         layout.class_names = ["0", "1"] if positive is None else [f"not {positive}", positive]
     elif positive is not None:
         raise UsageError("--positive is for files with a single probability column")
     return layout
+
+
+class _LazySample:
+    """A sample table read on first use."""
+
+    def __init__(self, read):
+        self._read, self._table = read, None
+
+    def __getattr__(self, name):
+        if self._table is None:
+            self._table = self._read()
+        return getattr(self._table, name)
+
+
+def _is_list(t: pa.DataType) -> bool:
+    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
+
+
+def _texts(sample: pa.Table, column: str) -> list[str] | None:
+    """The non-empty values of a sample column as label text; None if it holds something else."""
+    if column not in sample.column_names:
+        return None
+    values = sample.column(column)
+    if pa.types.is_dictionary(values.type):
+        values = values.cast(values.type.value_type)
+    texts = []
+    for value in values.to_pylist():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        elif isinstance(value, float):
+            if not value.is_integer():
+                return None  # a fraction names no class
+        elif not isinstance(value, (int, str)):
+            return None
+        value = str(value).strip()
+        if value:
+            texts.append(value)
+    return texts
+
+
+def _names_classes(texts: list[str], lookup: dict) -> bool:
+    """Every value names a class (or indexes one), as label_indices() will read it."""
+    return all(v in lookup or whole_number(v) in lookup for v in set(texts))
+
+
+def _label_by_values(layout: Layout, sample: pa.Table, candidates: list[str], positive: str | None) -> None:
+    """Take as the label the one column whose sampled values all name classes; say so in the notes."""
+    found = []
+    for name in candidates:
+        texts = _texts(sample, name)
+        if not texts:
+            continue
+        classes = [c for c in layout.class_columns if c != name]
+        class_names = [n for c, n in zip(layout.class_columns, layout.class_names) if c != name]
+        if len(classes) == 1:
+            trial = Layout(layout.source, ["0", "1"], class_columns=classes, binary=True)
+            x = positive or _binary_class_name(trial)
+            matches = (positive is None and _names_classes(texts, trial._label_lookup)) or (
+                x in texts and len(set(texts)) <= 2)
+        else:
+            matches = len(classes) > 1 and _names_classes(texts, Layout(layout.source, class_names)._label_lookup)
+        if matches:
+            found.append(name)
+    if len(found) > 1:
+        raise InputError(layout.source, f"no column is named as a label, and several hold class names: "
+                                        f"{_shorten(found)}: name one with --label")
+    if found:
+        layout.label = found[0]
+        if found[0] in layout.class_columns:
+            j = layout.class_columns.index(found[0])
+            del layout.class_columns[j], layout.class_names[j]
+        layout.notes.append(f"{layout.source}: label column {found[0]!r} found by its values "
+                            "(they all name classes; --label names another)")
+
+
+def _binary_class_name(layout: Layout) -> str:
+    """The class a single probability column is about: 'benign' for p_benign."""
+    column = layout.class_columns[0]
+    prefix = next((p for p in CLASS_PREFIXES if column.lower().startswith(p) and len(column) > len(p)), "")
+    return column[len(prefix):]
+
+
+def _positive_from_labels(layout: Layout, texts: list[str]) -> str | None:
+    """p_X with labels that are not 0/1 but contain X: X is class 1 (as --positive X)."""
+    x = _binary_class_name(layout)
+    zero_one = Layout(layout.source, ["0", "1"], binary=True)._label_lookup
+    if not texts or _names_classes(texts, zero_one) or x not in texts:
+        return None
+    layout.notes.append(f"{layout.source}: column {layout.class_columns[0]!r} taken as P({x}) against the "
+                        f"other labels (as --positive {x})")
+    return x
+
+
+def _check_text_classes(layout: Layout, sample: pa.Table, text_columns: list[str]) -> None:
+    """A text column named like a class (its name is among the labels) is a class that is not
+    numeric: an error naming it and its first rows, never a class silently left out."""
+    labels = set(_texts(sample, layout.label) or [])
+    for name in text_columns:
+        if name.strip() not in labels or name not in sample.column_names:
+            continue
+        values = sample.column(name).to_pylist()
+        rows = [i + 1 for i, v in enumerate(values) if v is not None and whole_number(str(v)) is None
+                and not _is_float(str(v))]
+        first = values[rows[0] - 1] if rows else None
+        raise InputError(layout.source, f"looks like a class (its name is a label) but holds text {first!r}",
+                         column=name, rows=rows[:5] or None, total=len(rows),
+                         hint="fix those values, or --ignore the column")
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
 
 
 def _class_column(names: list[str], wanted: str, source: str) -> str:

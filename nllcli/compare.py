@@ -28,7 +28,7 @@ from . import losses, metrics
 from .engine import Progress, Scored, group_rows, run
 from .errors import InputError, UsageError
 from .pairing import ByPosition, KeyIndex
-from .plan import Job, check_stdin_once, default_key, input_names, plan_score
+from .plan import Job, check_stdin_once, default_key, input_names, plan_score, say_notes
 from .report import Report, build_report, metric_values
 from .summary import Worst
 
@@ -82,7 +82,8 @@ def compare(base_preds, new_preds, *, key: str | None = None, confidence: float 
             seed: int = 0, fail_if_worse: float | None = None, max: Sequence[str] = (), min: Sequence[str] = (),
             by: Sequence[str] = (), worst: int = 0, targets=None, label: str | None = None,
             classes: str | list[str] | None = None, probs: str | None = None, weight: str | None = None,
-            positive: str | None = None, input: str = "probs", eps: float = losses.EPS, tol: float = 1e-4,
+            ignore: Sequence[str] = (), positive: str | None = None, input: str = "probs",
+            eps: float = losses.EPS, tol: float = 1e-4,
             renormalize: bool = False, base: str = "e", target_prefix: str | None = None,
             target_probs: str | None = None, label_smoothing: float | None = None, bins: int = 15,
             top_k: int | None = None, per_sample: None = None, progress: Progress | None = None) -> Report:
@@ -105,7 +106,7 @@ def compare(base_preds, new_preds, *, key: str | None = None, confidence: float 
         raise UsageError("--per-sample is not available in compare (run score on each file)")
     check_stdin_once(base_preds, new_preds, targets)
     options = dict(targets=targets, label=label, classes=classes, probs=probs, key=key, weight=weight,
-                   positive=positive, input=input, eps=eps, tol=tol, renormalize=renormalize, base=base,
+                   ignore=ignore, positive=positive, input=input, eps=eps, tol=tol, renormalize=renormalize, base=base,
                    target_prefix=target_prefix, target_probs=target_probs, label_smoothing=label_smoothing,
                    bins=bins, top_k=top_k)
     base_job = plan_score(base_preds, **options)
@@ -131,6 +132,8 @@ def compare(base_preds, new_preds, *, key: str | None = None, confidence: float 
     deltas, weights = pairing.finish()
 
     new_report = build_report(new_job, new_state, "compare")
+    say_notes(base_job)
+    say_notes(new_job)
     settings = (confidence, resamples, seed, new_job.settings.unit_scale)
     base_values = metric_values(base_state.summary, base_job)
     groups = []

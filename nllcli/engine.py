@@ -31,19 +31,19 @@ class Prepared:
     q: np.ndarray | None  # probabilities, when the input is probabilities
     log_q: np.ndarray | None  # log-probabilities, for logits and log-probs
 
-    def model_side(self, kind: str, eps: float) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
-        """(clipped probabilities or None, log-probabilities, mask of the values clipping moved).
+    def model_side(self, kind: str, eps: float) -> tuple[np.ndarray | None, np.ndarray, losses.Clipped | None]:
+        """(clipped probabilities or None, log-probabilities, what the clip moved or None).
 
         Probabilities and log-probabilities are clipped to [eps, 1 - eps]; logits are exact.
         """
         if self.q is not None:
             if eps <= 0 or (self.q.min() >= eps and self.q.max() <= 1.0 - eps):
                 return self.q, _log(self.q), None  # nothing to clip: the usual case, two cheap passes
-            q, _ = losses.clip(self.q, eps)
-            return q, _log(q), q != self.q
+            clipped = losses.clip(self.q, eps)
+            return clipped.values, _log(clipped.values), clipped
         if kind == "log-probs":
-            log_q, _ = losses.log_clip(self.log_q, eps)
-            return None, log_q, log_q != self.log_q
+            clipped = losses.log_clip(self.log_q, eps)
+            return None, clipped.values, clipped
         return None, self.log_q, None
 
     def probs(self) -> np.ndarray:
@@ -117,7 +117,7 @@ class Scored:
     correct: np.ndarray | None
     confidence: np.ndarray | None
     p_true: np.ndarray | None
-    clipped: int
+    clips: losses.RowClips | None  # None: nothing clipped
 
     @property
     def rows(self) -> int:
@@ -128,9 +128,10 @@ class Scored:
         def pick(a):
             return a if a is None or rows is None else a[rows]
 
+        clips = self.clips.counts(self.weights, rows) if self.clips is not None else {}
         return Summary.of_batch({k: pick(v) for k, v in self.summed.items()}, n_classes, pick(self.weights),
-                                pick(self.labels), pick(self.correct), self.clipped if rows is None else 0,
-                                pick(self.confidence), n_bins, pick(self.loss))
+                                pick(self.labels), pick(self.correct), confidence=pick(self.confidence),
+                                n_bins=n_bins, loss=pick(self.loss), **clips)
 
 
 @dataclass
@@ -182,7 +183,7 @@ class Scorer:
                 raise UsageError("soft targets need --targets, --target-prefix or --label-smoothing with a label")
             targets = losses.label_smoothing(labels, k, settings.label_smoothing or 0.0)
         predicted = losses.argmax_rows(pred.values) if labels is not None else None
-        values, clipped, p_true = self._losses(pred, labels, targets)
+        values, clips, p_true = self._losses(pred, labels, targets)
         # The metrics' own quantities are in the summary only: per-sample rows keep their documented columns.
         summed = {**values, **{name: quantity(pred, labels, targets, settings) for name, quantity in self.quantities}}
         confidence = None
@@ -190,10 +191,11 @@ class Scorer:
             confidence = losses.top_confidence(pred.q, pred.log_q)
         return Scored(chunk, part.first_index, values, summed, values["cross_entropy" if self.soft else "nll"],
                       _weights(chunk, layout), labels, predicted,
-                      (predicted == labels) if labels is not None else None, confidence, p_true, clipped)
+                      (predicted == labels) if labels is not None else None, confidence, p_true, clips)
 
-    def _losses(self, pred: Prepared, labels, targets) -> tuple[dict[str, np.ndarray], int, np.ndarray | None]:
-        """Per-sample losses (nats), how many probabilities were clipped, and p_true (with labels)."""
+    def _losses(self, pred: Prepared, labels, targets) -> tuple[dict[str, np.ndarray], losses.RowClips | None,
+                                                                  np.ndarray | None]:
+        """Per-sample losses (nats), what the clip moved, and p_true (with labels)."""
         eps = self.settings.eps
         if not self.soft:
             if pred.q is not None:
@@ -201,23 +203,24 @@ class Scorer:
                 nll, clipped = losses.hard_label_nll(p_true, eps)
             else:
                 log_true = losses.true_class(pred.log_q, labels)
-                if self.settings.kind == "log-probs":
-                    log_true, clipped = losses.log_clip(log_true, eps)
-                else:
-                    clipped = 0
+                clipped = losses.log_clip(log_true, eps) if self.settings.kind == "log-probs" else None
+                if clipped is not None:
+                    log_true = clipped.values
                 nll, p_true = -log_true, np.exp(log_true)
-            return {"nll": nll}, clipped, p_true
-        q, log_q, moved = pred.model_side(self.settings.kind, eps)
-        clipped = int(np.count_nonzero(moved & (targets > 0))) if moved is not None else 0
-        ce, h, kl = losses.soft_losses(targets, log_q)
+            return {"nll": nll}, losses.RowClips.of(clipped, eps), p_true
+        q, log_q, clipped = pred.model_side(self.settings.kind, eps)
+        ce, h, kl = losses.soft_losses(targets, log_q, q)
         out = {"cross_entropy": ce, "entropy": h, "kl": kl}
+        clips = losses.RowClips.of(clipped, eps, targets)
         if self.settings.symmetric:
             q = pred.probs()
-            p_clipped, _ = losses.clip(targets, eps)
-            out["kl_reverse"] = losses.kl_divergence(q, q=p_clipped)
+            clipped_targets = losses.clip(targets, eps)
+            out["kl_reverse"] = losses.kl_divergence(q, q=clipped_targets.values)
             out["js"] = losses.js_divergence(targets, q)
+            if clipped_targets.raised is not None and clipped_targets.raised.any():
+                clips = losses.RowClips.with_reverse(clips, clipped_targets, q)
         p_true = np.exp(losses.true_class(log_q, labels)) if labels is not None else None
-        return out, clipped, p_true
+        return out, clips, p_true
 
     def worst_candidates(self, scored: Scored) -> list[dict]:
         """The rows of a batch that may belong among the worst: id, label, predicted, p_true, loss."""

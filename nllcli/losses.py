@@ -5,14 +5,19 @@ distribution (one-hot for a hard label y). All logarithms are natural; callers c
 
     cross-entropy  CE(t, q) = -sum_k t_k log q_k        (= -log q_y for a hard label)
     entropy        H(t)     = -sum_k t_k log t_k        (0 for a hard label)
-    KL divergence  KL(t||q) =  sum_k t_k log(t_k / q_k) (= CE - H, but computed directly)
+    KL divergence  KL(t||q) =  sum_k t_k log(t_k / q_k)  (= CE - H, but computed directly, as
+                               sum_k [t_k log(t_k / q_k) - t_k + q_k] + sum_k (t_k - q_k): terms
+                               that are never negative, and 0 for rows of equal mass)
 
-with the convention 0 * log 0 = 0, so classes with t_k = 0 never contribute.
+with the convention 0 * log 0 = 0, so classes with t_k = 0 contribute nothing to CE and H.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -108,20 +113,37 @@ def renormalize_rows(p: np.ndarray) -> np.ndarray:
     return p / p.sum(axis=1, keepdims=True)
 
 
-def clip(p: np.ndarray, eps: float) -> tuple[np.ndarray, int]:
-    """Clip probabilities to [eps, 1 - eps] (scikit-learn's rule); also return how many moved."""
-    if eps <= 0:
-        return p, 0
-    clipped = np.clip(p, eps, 1.0 - eps)
-    return clipped, int(np.count_nonzero(clipped != p))
+class Clipped(NamedTuple):
+    """Values clipped to [eps, 1 - eps] and which of them moved, split by what it costs.
+
+    ``raised``: values below eps (zeros, mostly) raised to eps; each now costs -log(eps) nats
+    (36.04 with the default eps) instead of more, or infinity. ``lowered``: values above 1 - eps
+    (an exact 1.0) lowered to 1 - eps; the loss changes by at most -log(1 - eps), about eps nats.
+    Both masks are None when nothing can move (eps <= 0).
+    """
+
+    values: np.ndarray
+    raised: np.ndarray | None = None
+    lowered: np.ndarray | None = None
+
+    @property
+    def moved(self) -> int:
+        return 0 if self.raised is None else int(np.count_nonzero(self.raised) + np.count_nonzero(self.lowered))
 
 
-def log_clip(log_p: np.ndarray, eps: float) -> tuple[np.ndarray, int]:
-    """The same clip for log-probabilities: to [log eps, log(1 - eps)]."""
+def clip(p: np.ndarray, eps: float) -> Clipped:
+    """Clip probabilities to [eps, 1 - eps] (scikit-learn's rule), noting which moved and how."""
     if eps <= 0:
-        return log_p, 0
-    clipped = np.clip(log_p, np.log(eps), np.log1p(-eps))
-    return clipped, int(np.count_nonzero(clipped != log_p))
+        return Clipped(p)
+    return Clipped(np.clip(p, eps, 1.0 - eps), p < eps, p > 1.0 - eps)
+
+
+def log_clip(log_p: np.ndarray, eps: float) -> Clipped:
+    """The same clip for log-probabilities: to [log eps, log(1 - eps)] (-inf is a zero)."""
+    if eps <= 0:
+        return Clipped(log_p)
+    low, high = np.log(eps), np.log1p(-eps)
+    return Clipped(np.clip(log_p, low, high), log_p < low, log_p > high)
 
 
 def label_smoothing(labels: np.ndarray, n_classes: int, alpha: float) -> np.ndarray:
@@ -143,50 +165,164 @@ def safe_log(x: np.ndarray) -> np.ndarray:
 _TINY = float(np.nextafter(0.0, 1.0))
 
 
-def soft_losses(t: np.ndarray, log_q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(CE, H, KL) per row against targets t, sharing the products t log t and t log q.
+def soft_losses(t: np.ndarray, log_q: np.ndarray, q: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(CE, H, KL) per row against targets t, sharing the products t log t and t log q. Pass ``q``
+    when it is at hand (otherwise it is exp(log_q), which loses digits for nearly equal rows).
 
-    KL sums the per-element differences t_k log t_k - t_k log q_k, so it never subtracts the two
-    large row sums CE and H.
+    CE and H are the row sums of -t log q and -t log t; KL is kl_divergence's, from
+    non-negative terms, so it never subtracts CE and H (two large sums that cancel).
     """
     t_log_t = t * (np.log(t) if t.min(initial=1.0) > 0 else safe_log(t))
     with np.errstate(invalid="ignore"):
         t_log_q = t * log_q  # NaN where t = 0 meets log q = -inf (--eps 0), fixed below
     entropy_rows = 0.0 - t_log_t.sum(axis=1)  # 0 - (-0) is +0
-    np.subtract(t_log_t, t_log_q, out=t_log_t)
-    return -_sum_rows(t_log_q, t), entropy_rows, _sum_rows(t_log_t, t)
+    ce_rows = -_sum_rows(t_log_q, t)
+    if q is None:
+        with np.errstate(under="ignore"):
+            q = np.exp(log_q)
+    with np.errstate(invalid="ignore"):  # inf - inf: t > 0 = q
+        t_log_ratio = np.subtract(t_log_t, t_log_q, out=t_log_t)
+    return ce_rows, entropy_rows, _kl_rows(t, q, q - t, t_log_ratio)
 
 
-def _sum_rows(product: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """Row sums of products of t, taking 0 * log 0 = 0 where a NaN says that happened."""
+def _sum_rows(product: np.ndarray, t: np.ndarray, fill: np.ndarray | None = None) -> np.ndarray:
+    """Row sums of terms with a factor t, taking the NaN of 0 * log 0 as 0 (or as ``fill``)."""
     sums = product.sum(axis=1)
     broken = np.flatnonzero(np.isnan(sums))
     if broken.size:
         rows = product[broken]
-        rows[t[broken] == 0] = 0.0
+        zero = t[broken] == 0
+        rows[zero] = 0.0 if fill is None else fill[broken][zero]
         sums[broken] = rows.sum(axis=1)
     return sums
 
 
-def kl_divergence(t: np.ndarray, q: np.ndarray | None = None, log_q: np.ndarray | None = None,
-                  log_t: np.ndarray | None = None) -> np.ndarray:
-    """KL(t || q) = sum_k t_k (log t_k - log q_k) per row, as scipy.special.rel_entr summed.
+# Where |u| < NEAR for u = (t - q) / (t + q), t log(t/q) - t + q is summed as the series below;
+# its first omitted term is below 1e-19 of the value.
+NEAR = 0.1
+_ATANH_SERIES = np.array([1.0 / (2 * k + 1) for k in range(1, 10)])  # 1/3, 1/5, ..., 1/19
 
-    Each term is formed before summing, never as CE - H (two large sums that cancel).
-    Pass ``q`` or ``log_q``; ``log_t`` saves recomputing the logarithms of t.
+
+def relative_entropy_terms(t: np.ndarray, q: np.ndarray, log_q: np.ndarray,
+                           log_t: np.ndarray | None = None, gap: np.ndarray | None = None) -> np.ndarray:
+    """Per-element t log(t / q) - t + q (scipy.special.kl_div): >= 0 for every t, q >= 0.
+
+    With u = (t - q) / (t + q), log(t / q) = 2 atanh(u), so the term is exactly
+    u (t - q) + 2 t (u^3/3 + u^5/5 + ...), a sum of a non-negative part and a much smaller one.
+    Where |u| < NEAR (t within about 20% of q; t - q is exact there) it is evaluated so, and
+    nearly equal values keep their digits instead of cancelling to rounding noise. Elsewhere
+    t (log t - log q) + (q - t), from ``log_q`` (finite even where q underflows to 0, for logits).
+    t = 0 gives q; t > 0 with q = 0 gives +inf. ``gap`` is q - t when the caller knows it more exactly
+    than the subtraction of the rounded q (Jensen-Shannon's mixture).
     """
     log_t = safe_log(t) if log_t is None else log_t
-    with np.errstate(divide="ignore"):
-        log_q = np.log(q) if log_q is None else log_q
+    gap = q - t if gap is None else gap
     with np.errstate(invalid="ignore"):  # inf - inf where t = 0 meets q = 0
-        difference = log_t - log_q
-        return _sum_rows(np.multiply(t, difference, out=difference), t)
+        terms = np.subtract(log_t, log_q)
+        terms *= t
+    terms = _terms(t, q, gap, terms)
+    np.copyto(terms, q, where=np.isnan(terms) & (t == 0))
+    return terms
+
+
+def _terms(t: np.ndarray, q: np.ndarray, gap: np.ndarray, t_log_ratio: np.ndarray) -> np.ndarray:
+    """relative_entropy_terms from t log(t/q) and q - t, in place in ``t_log_ratio``."""
+    terms = t_log_ratio
+    terms += gap
+    with np.errstate(invalid="ignore", divide="ignore"):  # 0 / 0 where t = q = 0: NaN, not near
+        v = np.add(t, q)
+        np.divide(gap, v, out=v)  # v = -u = (q - t) / (t + q): the series is odd in u
+        size = np.abs(v)
+        near = size < NEAR
+    count = np.count_nonzero(near)
+    if not count:
+        return terms
+    if count * 2 > near.size:  # mostly near: the series on everything, then the far ones put back
+        series = _near_series(v, t, gap, top=float(size.max(where=near, initial=0.0)))
+        np.copyto(terms, series, where=near)
+        return terms
+    order = _common_order(t, gap, v, near, terms)
+    if order is None:
+        terms[near] = _near_series(v[near], t[near], gap[near])
+        return terms
+    index = np.flatnonzero(near.ravel(order))  # flat views of arrays laid out alike: cheap take/put
+    series = _near_series(*(a.ravel(order).take(index) for a in (v, t, gap)))
+    terms.ravel(order)[index] = series
+    return terms
+
+
+def _common_order(*arrays: np.ndarray) -> str | None:
+    """'C' or 'F' when every array is contiguous in that order (then ravel gives views)."""
+    if all(a.flags.c_contiguous for a in arrays):
+        return "C"
+    if all(a.flags.f_contiguous for a in arrays):
+        return "F"
+    return None
+
+
+def _near_series(v: np.ndarray, t: np.ndarray, gap: np.ndarray, top: float | None = None) -> np.ndarray:
+    """u (t - q) + 2 t (u^3/3 + u^5/5 + ...) with u = -v, for |u| < NEAR, with as many terms as
+    the largest |u| (``top``, else the largest |v|) needs: top^(2m) below 2^-60, all nine at
+    |u| = NEAR, two for |u| <= 1e-5."""
+    top = float(np.abs(v).max()) if top is None else top
+    m = len(_ATANH_SERIES)
+    if 0 < top <= 0.05:
+        m = min(m, max(1, math.ceil(-30 * math.log(2) / math.log(top))))
+    coefficients = _ATANH_SERIES[:m]
+    w = v * v
+    series = np.full_like(v, coefficients[-1])
+    for c in coefficients[-2::-1]:
+        series *= w
+        series += c
+    series *= w
+    series *= v
+    series *= t
+    series *= -2.0  # 2 t (u^3/3 + ...) with u = -v
+    w = np.multiply(v, gap, out=w)
+    series += w  # u (t - q) = v (q - t)
+    return series
+
+
+def _kl_rows(t: np.ndarray, q: np.ndarray, gap: np.ndarray, t_log_ratio: np.ndarray) -> np.ndarray:
+    """KL per row from t log(t/q) and q - t: the terms, plus the mass correction, at least 0."""
+    kl = _sum_rows(_terms(t, q, gap, t_log_ratio), t, fill=q)
+    kl -= gap.sum(axis=1)
+    return np.maximum(kl, 0.0, out=kl)
+
+
+def kl_divergence(t: np.ndarray, q: np.ndarray | None = None, log_q: np.ndarray | None = None,
+                  log_t: np.ndarray | None = None, gap: np.ndarray | None = None) -> np.ndarray:
+    """KL(t || q) = sum_k t_k log(t_k / q_k) per row (scipy.special.rel_entr summed), never negative.
+
+    Formed as sum_k [t_k log(t_k / q_k) - t_k + q_k] + sum_k (t_k - q_k): the first sum has
+    terms >= 0 that keep their digits when t and q nearly agree (relative_entropy_terms); the
+    second is 0 for rows of equal mass and otherwise the exact correction (rows clipped by eps,
+    or summing to 1 only within --tol), so CE = H + KL holds. A result below 0, possible only
+    when q has more mass than t, is the rounding of rows that are not distributions: it is 0.
+    Pass ``q`` or ``log_q`` (or both); ``log_t`` saves recomputing the logarithms of t, ``gap``
+    gives q - t (see relative_entropy_terms).
+    """
+    with np.errstate(divide="ignore", under="ignore"):
+        log_q = np.log(q) if log_q is None else log_q
+        q = np.exp(log_q) if q is None else q
+    log_t = safe_log(t) if log_t is None else log_t
+    with np.errstate(invalid="ignore"):  # inf - inf where t = 0 meets q = 0
+        t_log_ratio = np.subtract(log_t, log_q)
+        t_log_ratio *= t
+    return _kl_rows(t, q, q - t if gap is None else gap, t_log_ratio)
 
 
 def js_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """Jensen-Shannon divergence: (KL(p||m) + KL(q||m)) / 2 with m = (p + q) / 2; at most log 2."""
+    """Jensen-Shannon divergence: (KL(p||m) + KL(q||m)) / 2 with m = (p + q) / 2; at most log 2.
+
+    m - p = (q - p) / 2 is passed as formed from p and q (exact where they nearly agree), not
+    from the rounded m, so nearly equal rows keep their digits.
+    """
     m = 0.5 * (p + q)
-    return 0.5 * (kl_divergence(p, m) + kl_divergence(q, m))
+    half_gap = np.subtract(q, p)
+    half_gap *= 0.5
+    return 0.5 * (kl_divergence(p, m, gap=half_gap) + kl_divergence(q, m, gap=-half_gap))
 
 
 def brier(q: np.ndarray, labels: np.ndarray | None = None, t: np.ndarray | None = None) -> np.ndarray:
@@ -246,8 +382,67 @@ def true_class(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return values[np.arange(values.shape[0]), labels]
 
 
-def hard_label_nll(p_true: np.ndarray, eps: float) -> tuple[np.ndarray, int]:
-    """-log(clip(p_y)) from the probabilities of the true classes; also the count clipped."""
-    p_true, n_clipped = clip(p_true, eps)
+def hard_label_nll(p_true: np.ndarray, eps: float) -> tuple[np.ndarray, Clipped]:
+    """-log(clip(p_y)) from the probabilities of the true classes; also what the clip moved."""
+    clipped = clip(p_true, eps)
     with np.errstate(divide="ignore"):
-        return -np.log(p_true), n_clipped
+        return -np.log(clipped.values), clipped
+
+
+@dataclass
+class RowClips:
+    """Per row, what the clip did to the probabilities of observed classes (true class, or t_k > 0).
+
+    ``zero``: values below eps raised to eps (an exact 0 would cost an infinite loss; each now
+    costs -log eps, 36.04 nats with the default eps); ``nudged``: values above 1 - eps lowered to
+    1 - eps (the loss moves by at most -log(1 - eps), about eps); ``zero_loss``: the loss (nats)
+    the raised values carry, t_k * -log(eps) each. With --symmetric, ``reverse_zero`` counts the
+    target values below eps where q_k > 0, raised to eps for KL(q || t), and ``reverse_loss`` is
+    their part of that KL, q_k log(q_k / eps) - q_k + eps each.
+    """
+
+    zero: np.ndarray
+    nudged: np.ndarray
+    zero_loss: np.ndarray
+    reverse_zero: np.ndarray | None = None
+    reverse_loss: np.ndarray | None = None
+
+    @classmethod
+    def of(cls, clipped: Clipped | None, eps: float, targets: np.ndarray | None = None) -> "RowClips | None":
+        """From a clip of the true-class values (n,), or of all values (n, K) against targets."""
+        if clipped is None or clipped.raised is None:
+            return None
+        if targets is None:
+            return cls(clipped.raised, clipped.lowered, clipped.raised * -math.log(eps))
+        observed = targets > 0
+        zero = clipped.raised & observed
+        return cls(zero.sum(axis=1), (clipped.lowered & observed).sum(axis=1),
+                   np.where(zero, targets, 0.0).sum(axis=1) * -math.log(eps))
+
+    @classmethod
+    def with_reverse(cls, clips: "RowClips | None", clipped_targets: Clipped, q: np.ndarray) -> "RowClips":
+        """``clips`` (None: nothing clipped on q) with the target zeros the reverse KL met."""
+        zero = clipped_targets.raised & (q > 0)
+        with np.errstate(divide="ignore"):
+            eps_q = clipped_targets.values
+            cost = np.where(zero, q * (np.log(np.where(zero, q, 1.0)) - np.log(eps_q)) - q + eps_q, 0.0)
+        if clips is None:
+            none = np.zeros(len(q), dtype=np.int64)
+            clips = cls(none, none, np.zeros(len(q)))
+        return dataclasses.replace(clips, reverse_zero=zero.sum(axis=1), reverse_loss=cost.sum(axis=1))
+
+    def counts(self, weights: np.ndarray | None, rows: np.ndarray | None = None) -> dict[str, Any]:
+        """The Summary.of_batch arguments for these rows (all when ``rows`` is None)."""
+        def count(a):
+            a = a if rows is None else a[rows]
+            return int(np.count_nonzero(a) if a.dtype == bool else a.sum())
+
+        def weighted(a):
+            a = a if rows is None else a[rows]
+            return float((a if weights is None else a * (weights if rows is None else weights[rows])).sum())
+
+        out = {"clipped": count(self.zero) + count(self.nudged), "clipped_zero": count(self.zero),
+               "zero_loss": weighted(self.zero_loss)}
+        if self.reverse_zero is not None:
+            out.update(reverse_zero=count(self.reverse_zero), reverse_zero_loss=weighted(self.reverse_loss))
+        return out

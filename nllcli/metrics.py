@@ -9,7 +9,6 @@ and whether the groups table shows it. Adding a metric = a kernel in losses.py +
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -46,8 +45,9 @@ def _loss(s: Summary, job: Job) -> float:
 
 
 def _perplexity(s: Summary, job: Job) -> float:
-    nats = _loss(s, job)  # exp of the mean loss in nats, whatever the unit asked for
-    return math.inf if nats > 709.0 else math.exp(nats)  # NaN stays NaN
+    from .report import perplexity
+
+    return perplexity(_loss(s, job))  # exp of the mean loss in nats, whatever the unit asked for
 
 
 def _brier(pred: Prepared, labels, targets, settings: Settings):

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import losses, metrics
-from .columns import Layout, parse_classes, resolve_layout, target_layout
+from .columns import Layout, column_not_found, find_column, index_key, parse_classes, resolve_layout, target_layout
 from .errors import InputError, UsageError
 from .report import UNITS, Gate, check_gate_metrics
 
@@ -56,14 +57,13 @@ def check_stdin_once(*inputs) -> None:
 
 
 def check_per_sample_target(per_sample, *inputs) -> None:
-    """--per-sample must never replace one of the inputs."""
+    """--per-sample must never replace one of the inputs (same device and inode, directories
+    expanded, standard input included)."""
     if per_sample is None or str(per_sample) == "-":
         return
-    target = Path(per_sample).resolve()
-    for x in inputs:
-        for path in (x if isinstance(x, (list, tuple)) else [x]):
-            if isinstance(path, (str, Path)) and str(path) != "-" and Path(path).resolve() == target:
-                raise UsageError(f"--per-sample {per_sample}: that is an input file")
+    from .render import refuse_input_as_output
+
+    refuse_input_as_output(str(per_sample), "--per-sample", inputs)
 
 
 def open_inputs(inputs) -> list:
@@ -81,19 +81,22 @@ def input_names(sources) -> list[str]:
 
 
 def default_key(explicit: str | None, *schemas) -> str | None:
-    """The pairing key as named in the first file: --key, else 'id' when every file has it.
+    """The pairing key as named in the first file: --key, else 'id' when every file has it, else
+    an integer pandas index column of the same name in every file.
 
     Names match regardless of case, as for --label.
     """
     wanted = explicit or "id"
     found = []
     for schema, name in schemas:
-        match = next((n for n in schema.names if n == wanted), None) or next(
-            (n for n in schema.names if n.lower() == wanted.lower()), None)
+        match = find_column(schema.names, wanted)
         if match is None and explicit:
-            raise InputError(name, f"key column {explicit!r} is missing")
+            raise column_not_found(schema.names, explicit, name, "key")
         found.append(match)
-    return found[0] if all(found) else None
+    if all(found):
+        return found[0]
+    index = [index_key(schema) for schema, _ in schemas]
+    return index[0] if not explicit and index[0] is not None and len(set(index)) == 1 else None
 
 
 @dataclass
@@ -148,7 +151,7 @@ def plan_score(preds, *, targets=None, label: str | None = None, classes: str | 
                renormalize: bool = False, base: str = "e", target_prefix: str | None = None,
                target_probs: str | None = None, label_smoothing: float | None = None,
                bins: int = 15, top_k: int | None = None, by: Sequence[str] = (), worst: int = 0,
-               max: Sequence[str] = (), min: Sequence[str] = ()) -> Job:
+               max: Sequence[str] = (), min: Sequence[str] = (), ignore: Sequence[str] = ()) -> Job:
     """Check the options and open the inputs of a `score` (see score())."""
     settings = Settings(input, eps, tol, renormalize, str(base), label_smoothing, bins=bins, top_k=top_k)
     soft = targets is not None or target_prefix is not None or label_smoothing is not None
@@ -168,8 +171,8 @@ def plan_score(preds, *, targets=None, label: str | None = None, classes: str | 
     layout = resolve_layout(schema, name, classes=parse_classes(classes) if isinstance(classes, str) else classes,
                             label=label, probs=probs, key=pair_key or key, weight=weight, positive=positive,
                             reserved=reserved, label_required=not soft or label_smoothing is not None,
-                            groups=list(by))
-    if probs and not layout.class_names:
+                            groups=list(by), ignore=list(ignore or ()), sample=sources[0].head)
+    if layout.list_column and not layout.class_names:
         layout.class_names = _list_width_names(sources, layout)
     if soft and layout.binary:
         raise UsageError("soft targets need one probability column per class (this file has one)")
@@ -185,7 +188,8 @@ def plan_score(preds, *, targets=None, label: str | None = None, classes: str | 
 
 def plan_kl(p, q, *, classes: str | list[str] | None = None, probs: str | None = None, key: str | None = None,
             input: str = "probs", eps: float = losses.EPS, tol: float = 1e-4, renormalize: bool = False,
-            base: str = "e", symmetric: bool = False, max: Sequence[str] = (), min: Sequence[str] = ()) -> Job:
+            base: str = "e", symmetric: bool = False, max: Sequence[str] = (), min: Sequence[str] = (),
+            ignore: Sequence[str] = ()) -> Job:
     """Check the options and open the inputs of a `kl` (see kl())."""
     settings = Settings(input, eps, tol, renormalize, str(base), symmetric=symmetric)
     check_stdin_once(p, q)
@@ -195,14 +199,21 @@ def plan_kl(p, q, *, classes: str | list[str] | None = None, probs: str | None =
     pair_key = default_key(key, (q_schema, q_sources[0].name), (p_schema, p_sources[0].name))
     class_list = parse_classes(classes) if isinstance(classes, str) else classes
     layout = resolve_layout(q_schema, q_sources[0].name, classes=class_list, probs=probs, key=pair_key,
-                            label_required=False)
+                            label_required=False, ignore=list(ignore or ()))
     layout.label = None  # a label column is never a class here, and is not needed
-    if probs and not layout.class_names:
+    if layout.list_column and not layout.class_names:
         layout.class_names = _list_width_names(q_sources, layout)
     if layout.binary:
         raise InputError(q_sources[0].name, "needs one probability column per class, found one")
     return Job("kl", settings, True, gates, q_sources, p_sources, pair_key, layout, target_probs=probs,
                explicit_classes=class_list is not None)
+
+
+def say_notes(job: Job) -> None:
+    """What was guessed about the columns, on stderr, once the run succeeded (then forgotten)."""
+    notes, job.layout.notes = job.layout.notes, []
+    for note in notes:
+        sys.stderr.write(f"nll: {note}\n")
 
 
 def parse_gates(max_: Sequence[str], min_: Sequence[str], command: str, settings: Settings) -> list[Gate]:

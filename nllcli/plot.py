@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from .errors import UsageError
+from .errors import UsageError, visible
 from .report import Report
 
 FORMATS = ("png", "svg", "pdf")
@@ -28,15 +28,15 @@ def write_plot(output: str, report: Report | None = None) -> None:
         from matplotlib.figure import Figure
     except ImportError:
         raise UsageError("nll plot needs matplotlib: pip install 'nllcli[plot]'") from None
-    if not path.resolve().parent.is_dir():
-        raise UsageError(f"--output {output}: folder {path.resolve().parent} does not exist")
-    if path.is_dir():
-        raise UsageError(f"--output {output}: is a directory")
+    from .render import check_destination
+
+    check_destination(output, "--output")
     if report is None:
         return
     with matplotlib.rc_context():
         matplotlib.rcdefaults()  # the same figure whatever the user's matplotlibrc says
         matplotlib.rcParams["svg.hashsalt"] = "nll"  # stable ids in SVG
+        matplotlib.rcParams["text.parse_math"] = False  # a '$' in a class or file name is text, not mathtext
         fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
         FigureCanvasAgg(fig)  # no pyplot, no GUI
         _draw(fig, report)
@@ -45,12 +45,12 @@ def write_plot(output: str, report: Report | None = None) -> None:
 
 def _save(fig, path: Path, fmt: str) -> None:
     """Write to a temporary file beside PATH, then rename it over PATH; leave nothing behind on error."""
-    from .render import AtomicFile
+    from .render import AtomicFile, reported_as
 
     metadata = {"svg": {"Date": None}, "pdf": {"CreationDate": None}}.get(fmt)  # no timestamps
     file = AtomicFile(path, suffix=path.suffix)
     try:
-        with open(file.temp, "wb") as sink:
+        with reported_as(str(path)), open(file.temp, "wb") as sink:
             fig.savefig(sink, format=fmt, metadata=metadata)
         file.commit()
     except BaseException:
@@ -139,7 +139,7 @@ def _per_class(ax, report: Report) -> None:
     notes = [f"{_num(r['nll'])}{chr(10) if few else ' · '}acc {_percent(r['accuracy'])}" for r in rows]
     ax.bar_label(bars, notes, fontsize=8 if few else 7, padding=2, rotation=0 if few else 90,
                  bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5})
-    ax.set_xticks(range(len(rows)), [str(r["class"]) for r in rows], fontsize=8,
+    ax.set_xticks(range(len(rows)), [visible(r["class"]) for r in rows], fontsize=8,
                   **({} if few else {"rotation": 40, "ha": "right", "rotation_mode": "anchor"}))
     top = max(*heights, overall or 0.0, 1e-9)
     ax.set(ylabel=f"mean {_loss_name(report)} ({report.units})", ylim=(0, top * (1.25 if few else 1.6)))
@@ -151,7 +151,7 @@ def _note(ax, text: str) -> None:
 
 
 def _inputs(report: Report) -> str:
-    names = {role: [Path(n).name for n in paths] for role, paths in report.inputs.items()}
+    names = {role: [visible(Path(n).name) for n in paths] for role, paths in report.inputs.items()}
     shown = [", ".join(ns[:3]) + (f" (+{len(ns) - 3} more)" if len(ns) > 3 else "") for ns in names.values()]
     return " vs targets ".join(shown)
 

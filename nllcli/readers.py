@@ -63,6 +63,20 @@ class Source:
     _table: pa.Table | None = field(default=None, repr=False)
     _raw: pa.NativeFile | None = field(default=None, repr=False)
     _head: bytes = field(default=b"", repr=False)  # a stream's first bytes, for error messages
+    column_names: list[str] | None = None  # a header line read differently (numpy's '# a,b,c')
+    sample: pa.Table | None = field(default=None, repr=False)  # the first rows, as header inference saw them
+
+    def head(self, rows: int = 1000) -> pa.Table:
+        """The first rows: the sample header inference parsed (CSV), or the first batch (Parquet)."""
+        if self.sample is None and self.format == "table":
+            self.sample = self._table.slice(0, rows)
+        elif self.sample is None:
+            try:
+                first = next(self._parquet_file().iter_batches(batch_size=rows), None)
+            except (pa.ArrowException, OSError) as exc:
+                raise InputError(self.name, f"cannot read Parquet: {_first_line(str(exc))}") from exc
+            self.sample = pa.Table.from_batches([first]) if first is not None else self.schema.empty_table()
+        return self.sample
 
     @classmethod
     def from_table(cls, data, name: str = "<table>") -> "Source":
@@ -98,7 +112,8 @@ class Source:
     # -- CSV -------------------------------------------------------------------------------
 
     def _csv_options(self, columns=None, types=None, use_threads=True, check_utf8=True):
-        read = pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES, use_threads=use_threads)
+        read = pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES, use_threads=use_threads,
+                                 column_names=self.column_names, skip_rows=1 if self.column_names else 0)
         parse = pacsv.ParseOptions(delimiter=self.delimiter, newlines_in_values=True)
         convert = pacsv.ConvertOptions(include_columns=columns, column_types=types, check_utf8=check_utf8,
                                        strings_can_be_null=False, quoted_strings_can_be_null=False)
@@ -371,9 +386,12 @@ def _with_header(source: Source, head: bytes, delimiter: str | None) -> Source:
     source.delimiter = delimiter
     # Infer types from the first rows only; a cut last line is dropped.
     complete = head if head.endswith(b"\n") else head[: head.rfind(b"\n") + 1] or head
-    source.delimiter = delimiter
+    if first_line.startswith(b"# "):  # numpy.savetxt(..., header=...) writes '# a,b,c': the header
+        names = next(csv.reader([first_line[2:].decode("utf-8", "replace").rstrip("\r")], delimiter=delimiter))
+        source.column_names = names
     try:
         table = pacsv.read_csv(io.BytesIO(complete), **source._csv_options())
+        source.sample = table
         source.schema = _numeric_like(table)
         _ = source.schema.names  # column names that are not UTF-8 fail here, not later
     except UnicodeDecodeError as exc:
@@ -384,24 +402,27 @@ def _with_header(source: Source, head: bytes, delimiter: str | None) -> Source:
 
 
 NUMBER = r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
+# Numbers written another way: a decimal comma, or a spreadsheet's error value.
+BROKEN_NUMBER = r"^\s*([-+]?\d*,\d+|#(DIV/0!|VALUE!|REF!|NAME\?|NUM!|NULL!|N/A))\s*$"
 # What pyarrow parses as a float64, or as a missing value.
 _NUMERIC = re.compile(r"\s*([-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|[-+]?(inf|infinity|nan)"
                       r"|#N/A(\s*N/A)?|#NA|N/A|NA|NULL|-?1\.#(IND|QNAN))?\s*", re.IGNORECASE)
 
 
 def _numeric_like(table: pa.Table, sample: int = 1000) -> pa.Schema:
-    """The inferred schema, with text columns that are mostly numbers typed float64.
+    """The inferred schema, with text columns of numbers and broken numbers typed float64.
 
-    A stray bad value ('x', '#DIV/0!') in the first rows makes pyarrow infer a text column; it is
-    still a numeric column with a bad value, to be reported at its row, not silently ignored.
+    A text column is numeric when more than half of its non-empty sampled values are numbers or
+    numbers written another way (``0,5``, ``#DIV/0!``, ``#VALUE!``): it is a numeric column with
+    bad values, to be reported at their rows when read as numbers, never silently left out.
     Up to ``sample`` values are checked (in Python: pyarrow.compute costs start-up time).
     """
-    number = re.compile(NUMBER)
+    number, broken = re.compile(NUMBER), re.compile(BROKEN_NUMBER, re.IGNORECASE)
     fields = []
     for field_, column in zip(table.schema, table.columns):
         if pa.types.is_string(field_.type) and len(column) > 0:
-            values = column.slice(0, sample).to_pylist()
-            if sum(1 for v in values if number.match(v)) * 2 > len(values):
+            values = [v for v in column.slice(0, sample).to_pylist() if v is not None and v.strip()]
+            if values and sum(1 for v in values if number.match(v) or broken.match(v)) * 2 > len(values):
                 field_ = field_.with_type(pa.float64())
         fields.append(field_)
     return pa.schema(fields)

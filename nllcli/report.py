@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -12,11 +13,22 @@ import numpy as np
 from .errors import UsageError
 
 if TYPE_CHECKING:
-    from .plan import Job
+    from .plan import Job, Settings
     from .summary import State, Summary
 
 SCHEMA_VERSION = 1
 UNITS = {"e": "nats", "2": "bits", "10": "bans"}
+NATS_PER_UNIT = {"nats": 1.0, "bits": math.log(2), "bans": math.log(10)}
+# exp(x) overflows float64 above this: log of the largest double, 709.78.
+PERPLEXITY_LIMIT = math.log(sys.float_info.max)
+
+
+def perplexity(mean_nats: float) -> float:
+    """exp of the mean loss in nats; +inf when that overflows float64 (mean above 709.78)."""
+    try:
+        return math.exp(mean_nats)  # NaN stays NaN, +inf stays +inf
+    except OverflowError:
+        return math.inf
 
 
 @dataclass(frozen=True)
@@ -66,7 +78,7 @@ class Report:
     units: str
     metrics: dict[str, float]
     per_class: list[dict[str, Any]] = field(default_factory=list)
-    clipped: int = 0
+    clipped: int = 0  # clipped_zero + clipped_nudged
     eps: float = 0.0
     input_kind: str = "probs"
     weighted: bool = False
@@ -79,18 +91,42 @@ class Report:
     comparison: list[dict[str, Any]] = field(default_factory=list)  # compare: one entry per metric
     regression: str | None = None  # compare --fail-if-worse: why the new model is clearly worse
     top_k: int | None = None  # --top-k: the K of top_k_accuracy
+    clipped_zero: int = 0  # observed-class probabilities below eps raised to eps: -log(eps) each
+    clipped_nudged: int = 0  # observed-class probabilities above 1 - eps lowered to 1 - eps
+    clipped_zero_reverse: int = 0  # --symmetric: target probabilities below eps where q > 0
 
     @property
     def failed_gates(self) -> list[Gate]:
         return [g for g in self.gates if not g.passes(self.metrics.get(g.metric))]
 
     def all_warnings(self, for_json: bool = False) -> list[str]:
-        """The warnings, plus one for each metric that is infinite or undefined."""
-        reasons = {"infinite": "infinite (a probability of an observed class is 0; see --eps)",
-                   "undefined": "undefined"}
-        notes = [f"{name} is {reasons[kind]}" + ("; written as null" if for_json else "")
-                 for name, kind in ((n, _nonfinite_kind(v)) for n, v in self.metrics.items()) if kind]
-        return self.warnings + notes
+        """The warnings, plus one for each metric that is infinite or undefined (overall, then per
+        group, at most five groups)."""
+        suffix = "; written as null" if for_json else ""
+        notes = [note + suffix for note in self._nonfinite_notes(self.metrics)]
+        group_notes = [f"group {_group_name(g['by'])}: {note}{suffix}"
+                       for g in self.groups for note in self._nonfinite_notes(g["metrics"])]
+        if len(group_notes) > 5:
+            group_notes = group_notes[:5] + [f"... and {len(group_notes) - 5} more group metrics that are "
+                                             f"infinite or undefined{suffix}"]
+        return self.warnings + notes + group_notes
+
+    def _nonfinite_notes(self, metrics: dict[str, float]) -> list[str]:
+        """Why each metric of ``metrics`` is infinite or undefined."""
+        loss = metrics.get("nll", metrics.get("cross_entropy"))
+        notes = []
+        for name, value in metrics.items():
+            kind = _nonfinite_kind(value)
+            if kind is None:
+                continue
+            if name == "perplexity" and kind == "infinite" and loss is not None and math.isfinite(loss):
+                nats = loss * NATS_PER_UNIT[self.units]
+                notes.append(f"perplexity overflows float64: mean loss {nats:.1f} nats > {PERPLEXITY_LIMIT:.2f}")
+            elif kind == "infinite":
+                notes.append(f"{name} is infinite (a probability of an observed class is 0; see --eps)")
+            else:
+                notes.append(f"{name} is undefined")
+        return notes
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict: no NaN or infinity (they become null, with a warning)."""
@@ -112,6 +148,9 @@ class Report:
             "metrics": metrics,
             "per_class": per_class,
             "clipped": self.clipped,
+            "clipped_zero": self.clipped_zero,
+            "clipped_nudged": self.clipped_nudged,
+            "clipped_zero_reverse": self.clipped_zero_reverse,
             "warnings": warnings,
             "calibration": self.calibration,
             "loss_histogram": self.loss_histogram,
@@ -127,6 +166,10 @@ class Report:
                        "value": _finite_or_none(self.metrics.get(g.metric)),
                        "passed": g.passes(self.metrics.get(g.metric))} for g in self.gates],
         }
+
+
+def _group_name(by: dict[str, Any]) -> str:
+    return ", ".join(f"{column}={value}" for column, value in by.items())
 
 
 def _finite_or_none(value: float | None) -> float | None:
@@ -172,16 +215,43 @@ def build_report(job: Job, state: State, command: str | None = None) -> Report:
         for entry in state.worst.entries:
             row = {"row": entry["index"], **{k: v for k, v in entry.items() if k not in ("index", "loss")}}
             worst.append({**row, "loss": entry["loss"] / scale})
-    warnings = []
-    if s.clipped:
-        warnings.append(f"{s.clipped:,} probabilities clipped to [eps, 1 - eps], eps = {settings.eps:.3g}")
+    metrics = metric_values(s, job)
+    warnings = _clip_warnings(s, settings, command, soft, metrics)
     if settings.top_k is not None and labelled and settings.top_k >= len(layout.class_names):
         warnings.append(f"--top-k {settings.top_k} with {len(layout.class_names)} classes: every row counts "
                         "as a hit, top_k_accuracy is 1")
-    return Report(command, job.inputs, s.rows, list(layout.class_names), UNITS[settings.base], metric_values(s, job),
+    return Report(command, job.inputs, s.rows, list(layout.class_names), UNITS[settings.base], metrics,
                   per_class, s.clipped, settings.eps, settings.kind, layout.weight is not None, warnings,
                   job.gates, calibration=_calibration_rows(s) if job.calibration and labelled else [],
-                  loss_histogram=_histogram_rows(s, scale), groups=groups, worst=worst, top_k=settings.top_k)
+                  loss_histogram=_histogram_rows(s, scale), groups=groups, worst=worst, top_k=settings.top_k,
+                  clipped_zero=s.clipped_zero, clipped_nudged=s.clipped_nudged, clipped_zero_reverse=s.reverse_zero)
+
+
+def _clip_warnings(s: Summary, settings: Settings, command: str, soft: bool, metrics: dict[str, float]) -> list[str]:
+    """Zeros raised to eps, loudly with what they cost; values lowered from 1 as a short note."""
+    def values(n: int) -> str:
+        noun = "probability" if n == 1 else "probabilities"
+        what = (f"{noun} of Q where P > 0" if command == "kl" else
+                f"predicted {noun} where the target is > 0" if soft else f"true-class {noun}")
+        return f"{n:,} {what} {'was' if n == 1 else 'were'}"
+
+    main = "nll" if "nll" in metrics else "cross_entropy"
+    units, scale, eps = UNITS[settings.base], settings.unit_scale, settings.eps
+    out = []
+    if s.clipped_zero:
+        each = -math.log(eps) / scale
+        share = s.zero_loss / s.weight / scale if s.weight > 0 else math.nan
+        out.append(f"{values(s.clipped_zero)} 0 or below eps = {eps:.3g}, clipped to eps: each costs "
+                   f"{each:.4g} {units} (-log eps), together {share:.6g} of the mean {main} {metrics[main]:.6g}")
+    if s.clipped_nudged:
+        out.append(f"note: {values(s.clipped_nudged)} 1, clipped to 1 - eps "
+                   f"(a loss change of about {eps / scale:.2g} {units} each)")
+    if s.reverse_zero:
+        noun = "probability of P was" if s.reverse_zero == 1 else "probabilities of P were"
+        share = s.reverse_zero_loss / s.weight / scale if s.weight > 0 else math.nan
+        out.append(f"kl_reverse: {s.reverse_zero:,} {noun} 0 or below eps = {eps:.3g} where Q > 0, clipped to eps: "
+                   f"together {share:.6g} of the mean kl_reverse {metrics['kl_reverse']:.6g}")
+    return out
 
 
 def _sort_value(value: float) -> float:

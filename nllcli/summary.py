@@ -35,7 +35,11 @@ class Summary:
     class_weight: np.ndarray  # (K,)
     class_sums: np.ndarray  # (K, M)
     class_correct: np.ndarray  # (K,)
-    clipped: int
+    clipped: int  # observed-class probabilities the clip moved: clipped_zero + clipped_nudged
+    clipped_zero: int  # of them, those raised from below eps (zeros), each costing -log(eps)
+    zero_loss: float  # weighted sum of the loss (nats) those raised values carry
+    reverse_zero: int  # --symmetric: target values below eps raised to eps where q > 0
+    reverse_zero_loss: float  # their weighted part of the reverse KL (nats)
     bin_weight: np.ndarray  # (B,) calibration bins of top-label confidence
     bin_confidence: np.ndarray  # (B,) weighted sum of confidence
     bin_correct: np.ndarray  # (B,) weighted count correct
@@ -45,24 +49,30 @@ class Summary:
     def empty(cls, names: tuple[str, ...], n_classes: int, n_bins: int = 15) -> "Summary":
         m, k = len(names), n_classes
         return cls(names, k, 0, 0.0, np.zeros(m), 0.0, np.zeros(k, np.int64), np.zeros(k),
-                   np.zeros((k, m)), np.zeros(k), 0, np.zeros(n_bins), np.zeros(n_bins), np.zeros(n_bins),
+                   np.zeros((k, m)), np.zeros(k), 0, 0, 0.0, 0, 0.0,
+                   np.zeros(n_bins), np.zeros(n_bins), np.zeros(n_bins),
                    np.zeros(len(LOSS_EDGES)))
 
     @classmethod
     def of_batch(cls, values: dict[str, np.ndarray], n_classes: int, weights: np.ndarray | None = None,
                  labels: np.ndarray | None = None, correct: np.ndarray | None = None,
                  clipped: int = 0, confidence: np.ndarray | None = None, n_bins: int = 15,
-                 loss: np.ndarray | None = None) -> "Summary":
+                 loss: np.ndarray | None = None, clipped_zero: int = 0, zero_loss: float = 0.0,
+                 reverse_zero: int = 0, reverse_zero_loss: float = 0.0) -> "Summary":
         """Summarise one batch.
 
         ``values`` maps each quantity to its (n,) per-sample array; ``labels`` and ``correct``
         give per-class sums and accuracy; ``confidence`` (top-label probability, with labels)
-        fills the calibration bins; ``loss`` (nats) the loss histogram.
+        fills the calibration bins; ``loss`` (nats) the loss histogram. ``clipped`` counts the
+        clipped values, ``clipped_zero`` those of them raised from below eps, and ``zero_loss`` is
+        the weighted loss those carry; ``reverse_zero`` and ``reverse_zero_loss`` the same for the
+        targets clipped in the reverse KL.
         """
         names = tuple(values)
         n = len(next(iter(values.values()))) if values else 0
         out = cls.empty(names, n_classes, n_bins)
-        out.rows, out.clipped = n, clipped
+        out.rows, out.clipped, out.clipped_zero, out.zero_loss = n, clipped, clipped_zero, zero_loss
+        out.reverse_zero, out.reverse_zero_loss = reverse_zero, reverse_zero_loss
         if weights is None:  # the common case: counts instead of sums of ones
             weighted = [values[name] for name in names]
             out.weight = float(n)
@@ -105,6 +115,11 @@ class Summary:
         return Summary(**{f.name: getattr(self, f.name) if f.name in _SHAPE_FIELDS
                           else getattr(self, f.name) + getattr(other, f.name)
                           for f in dataclasses.fields(self)})
+
+    @property
+    def clipped_nudged(self) -> int:
+        """Clipped values lowered from above 1 - eps: each moves the loss by at most about eps."""
+        return self.clipped - self.clipped_zero
 
     def mean(self, name: str) -> float:
         """Weighted mean of one quantity: sum(w * x) / sum(w) (scikit-learn's rule)."""

@@ -459,8 +459,8 @@ def test_binary_with_positive_label(score_json, tmp_path):
 
 def test_binary_labels_need_positive(run, tmp_path):
     rows = [("r1", "dog", 0.9), ("r2", "cat", 0.2)]
-    path = write_csv(tmp_path / "preds.csv", ["id", "label", "p_dog"], rows)
-    assert_input_error(run("score", path), "preds.csv", "'label'", "dog")
+    path = write_csv(tmp_path / "preds.csv", ["id", "label", "p_wolf"], rows)
+    assert_input_error(run("score", path), "preds.csv", "'label'", "dog", "--positive")
 
 
 def test_positive_needs_a_single_column(run, preds):

@@ -127,28 +127,33 @@ def test_logsumexp_of_log_probs_with_minus_inf():
 
 # -- clipping, renormalising, smoothing ------------------------------------------------------
 
-def test_clip_bounds_and_count():
+def test_clip_bounds_and_what_moved():
     p = rows([0, .5, 1], [1e-20, .5, 1 - 1e-20], [.2, .3, .5])
-    clipped, n = losses.clip(p, 1e-3)
-    assert n == 4
-    assert clipped.min() == 1e-3 and clipped.max() == 1 - 1e-3
-    np.testing.assert_array_equal(clipped[2], p[2])
+    clipped = losses.clip(p, 1e-3)
+    assert clipped.moved == 4
+    assert clipped.values.min() == 1e-3 and clipped.values.max() == 1 - 1e-3
+    np.testing.assert_array_equal(clipped.values[2], p[2])
+    # raised: the zero and 1e-20 (they now cost -log eps); lowered: the 1 and 1 - 1e-20 (= 1.0)
+    np.testing.assert_array_equal(clipped.raised, [[True, False, False], [True, False, False], [False] * 3])
+    np.testing.assert_array_equal(clipped.lowered, [[False, False, True], [False, False, True], [False] * 3])
 
 
 def test_clip_with_eps_zero_is_identity():
     p = rows([0, 1])
-    clipped, n = losses.clip(p, 0.0)
-    assert n == 0 and clipped is p
+    clipped = losses.clip(p, 0.0)
+    assert clipped.moved == 0 and clipped.values is p and clipped.raised is None
 
 
 def test_log_clip_matches_clip_in_log_space():
     p = rows([0, .5, 1], [1e-20, .3, .7])
     with np.errstate(divide="ignore"):
-        log_clipped, n = losses.log_clip(np.log(p), 1e-3)
-    clipped, n_probs = losses.clip(p, 1e-3)
-    assert n == n_probs == 3
-    np.testing.assert_allclose(log_clipped, np.log(clipped), rtol=1e-12)
-    assert losses.log_clip(np.log(p[1:]), 0.0)[1] == 0
+        log_clipped = losses.log_clip(np.log(p), 1e-3)
+    clipped = losses.clip(p, 1e-3)
+    assert log_clipped.moved == clipped.moved == 3
+    np.testing.assert_array_equal(log_clipped.raised, clipped.raised)
+    np.testing.assert_array_equal(log_clipped.lowered, clipped.lowered)
+    np.testing.assert_allclose(log_clipped.values, np.log(clipped.values), rtol=1e-12)
+    assert losses.log_clip(np.log(p[1:]), 0.0).moved == 0
 
 
 def test_renormalize_rows():
@@ -310,13 +315,13 @@ def test_true_class():
 
 
 def test_hard_label_nll_clips_zero_and_one():
-    nll, n = losses.hard_label_nll(np.array([0.0, 1.0, 0.5]), EPS)
-    assert n == 2
+    nll, clipped = losses.hard_label_nll(np.array([0.0, 1.0, 0.5]), EPS)
+    assert clipped.raised.tolist() == [True, False, False] and clipped.lowered.tolist() == [False, True, False]
     np.testing.assert_allclose(nll, [36.04365338911715, -math.log1p(-EPS), math.log(2)], rtol=1e-15)
 
 
 def test_hard_label_nll_without_clipping():
     with np.errstate(divide="ignore"):
-        nll, n = losses.hard_label_nll(np.array([0.0, 1.0, 0.25]), 0.0)
-    assert n == 0
+        nll, clipped = losses.hard_label_nll(np.array([0.0, 1.0, 0.25]), 0.0)
+    assert clipped.moved == 0
     assert nll.tolist() == [INF, 0.0, math.log(4)]

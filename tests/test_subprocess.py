@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shlex
 import subprocess
 
@@ -103,3 +104,58 @@ def test_version(nll_exe):
     assert result.returncode == 0
     assert result.stdout.strip() == f"nll {nllcli.__version__}"
     assert result.stderr == ""
+
+
+def _pipefail(script: str, cwd):
+    """Run a bash pipeline under pipefail; stdout of the script, stderr of the command kept apart."""
+    return _run(["bash", "-c", f"set -o pipefail; {script}"], cwd=cwd)
+
+
+HEAD_COMMANDS = {
+    "score": "score robot_tools.csv --by camera --worst 50",
+    "kl": "kl robot_tools_annotators.csv robot_tools.csv --symmetric",
+    "compare": "compare robot_tools.csv robot_tools_model_b.csv --by camera --worst 200 --resamples 200",
+}
+
+
+@pytest.mark.parametrize("fmt", ["table", "json", "ndjson"])
+@pytest.mark.parametrize("command", sorted(HEAD_COMMANDS))
+def test_head_ends_quietly_with_0(nll_exe, samples, tmp_path, command, fmt):
+    nll = " ".join(shlex.quote(part) for part in nll_exe)
+    err = shlex.quote(str(tmp_path / "err.txt"))
+    for _ in range(2):  # the pipe may close before, during or after the write
+        result = _pipefail(f"{nll} {HEAD_COMMANDS[command]} -f {fmt} 2>{err} | head -1 >/dev/null; "
+                           f"echo status=$?; cat {err}", cwd=samples)
+        assert result.stdout.splitlines() == ["status=0"], result.stdout
+
+
+def test_head_on_per_sample_rows_ends_quietly_with_0(nll_exe, big_csv):
+    nll = " ".join(shlex.quote(part) for part in nll_exe)
+    for fmt in ("table", "json", "ndjson"):
+        result = _pipefail(f"{nll} score {shlex.quote(str(big_csv))} --per-sample - -f {fmt} 2>err.txt "
+                           "| head -1 >/dev/null; echo status=$?; grep -c -e Traceback -e 'nll: ' err.txt",
+                           cwd=big_csv.parent)
+        assert result.stdout.splitlines() == ["status=0", "0"], result.stdout
+
+
+def test_head_on_plot_messages_and_help_ends_with_0(nll_exe, samples, tmp_path):
+    nll = " ".join(shlex.quote(part) for part in nll_exe)
+    out = shlex.quote(str(tmp_path / "p.png"))
+    scripts = [f"{nll} plot robot_tools.csv -o {out} 2>&1 | head -1 >/dev/null",
+               *(f"{nll} {command} --help | head -1 >/dev/null" for command in ("", "score", "kl", "compare", "plot")),
+               f"{nll} --version | head -0"]
+    for script in scripts:
+        result = _pipefail(f"{script}; echo status=$?", cwd=samples)
+        assert result.stdout.splitlines() == ["status=0"], (script, result.stdout, result.stderr)
+        assert result.stderr == "", (script, result.stderr)
+
+
+def test_piped_table_has_the_full_width_without_columns(nll_exe, samples):
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "_TYPER_FORCE_DISABLE_TERMINAL")}
+    result = _run([*nll_exe, "compare", "robot_tools.csv", "robot_tools_model_b.csv", "--worst", "2"], cwd=samples,
+                  env=env)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[1].split() == ["metric", "base", "new", "delta", "95%", "interval", "new", "better"]
+    assert lines[2].startswith("nll       0.404979  0.365134  -0.039845  [-0.078763, +0.000187]")
+    assert all(line == line.rstrip() for line in lines)
