@@ -75,6 +75,8 @@ class Layout:
         if self.list_column is not None:
             return _list_matrix(batch.column(self.list_column), len(self.class_names), self.source,
                                 self.list_column, first_row)
+        if len(self.class_columns) > 64:  # many classes: one conversion, not one per column
+            return batch.select(self.class_columns).to_tensor(null_to_nan=True, row_major=False).to_numpy()
         n = batch.num_rows
         out = np.empty((n, len(self.class_columns)), dtype=np.float64, order="F")
         for j, name in enumerate(self.class_columns):
