@@ -293,10 +293,10 @@ def _mib(size: int) -> str:
     return f"{size / (1 << 20):g} MiB"
 
 
-def os_error(name: str, exc: OSError) -> InputError:
+def os_error(name: str, exc: OSError, doing: str = "") -> InputError:
     """An operating-system fault as one line: the path and the reason ('permission denied')."""
     reason = (exc.strerror or str(exc)).rstrip(".")
-    reason = reason[:1].lower() + reason[1:]
+    reason = doing + reason[:1].lower() + reason[1:]
     if isinstance(exc, PermissionError) and name != STDIN and not name.startswith("<"):
         folder = _unenterable_folder(Path(name))
         if folder is not None:
@@ -389,7 +389,7 @@ def _data_files(folder: Path, seen: set[tuple[int, int]]) -> Iterator[str]:
         with os.scandir(folder) as listing:
             entries = sorted(listing, key=lambda e: e.name)
     except OSError as exc:
-        raise os_error(str(folder), exc) from exc
+        raise os_error(str(folder), exc, doing="cannot list folder: ") from exc
     for entry in entries:
         if entry.name.startswith((".", "_")):
             continue
