@@ -305,13 +305,13 @@ def os_error(name: str, exc: OSError, doing: str = "") -> InputError:
 
 
 def _unenterable_folder(path: Path) -> Path | None:
-    """The folder above ``path`` whose entries cannot be looked up, if that is why it failed."""
-    path = path.absolute()
-    for folder in reversed(path.parents):
+    """The folder on ``path`` (as given) whose entries cannot be looked up, if that is why it failed."""
+    parts = path.parts
+    for depth in range(1, len(parts)):
         try:
-            os.stat(folder / path.relative_to(folder).parts[0])
+            os.stat(Path(*parts[: depth + 1]))
         except PermissionError:
-            return folder
+            return Path(*parts[:depth])
         except OSError:
             return None
     return None
