@@ -3,8 +3,8 @@
 Every source is read twice at most: once for its header (column names and the types pyarrow
 infers from the first block, used to pick the class columns), then streamed with only the needed
 columns and explicit types, so a column that looks integral in its first block cannot break the
-read later. Standard input is streamed too; only Parquet on stdin is buffered (its index sits at
-the end of the file).
+read later. Standard input is streamed too; only Parquet on stdin is copied to a temporary file
+first (its index sits at the end of the file).
 
 Memory and time stay bounded whatever the bytes: the header sample is read in pieces and stops at
 a NUL byte (binary), at HEADER_LIMIT bytes without a line end, or at a row longer than ROW_LIMIT.
