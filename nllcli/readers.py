@@ -251,12 +251,28 @@ class Source:
         return pq.ParquetFile(source, pre_buffer=False)
 
     def _parquet_batches(self, columns, types) -> Iterator[pa.RecordBatch]:
-        rows = max(1, min(PARQUET_BATCH_ROWS, PARQUET_BATCH_VALUES // max(1, len(columns))))
         try:
-            for batch in self._parquet_file().iter_batches(batch_size=rows, columns=columns):
+            parquet = self._parquet_file()
+            rows = max(1, min(PARQUET_BATCH_ROWS, PARQUET_BATCH_VALUES // self._values_per_row(parquet, columns)))
+            for batch in parquet.iter_batches(batch_size=rows, columns=columns):
                 yield _cast(batch, types, self.name)
         except (pa.ArrowException, OSError) as exc:
             raise InputError(self.name, f"cannot read Parquet: {_first_line(str(exc))}") from exc
+
+
+    def _values_per_row(self, parquet, columns: list[str]) -> int:
+        """Values a row holds in ``columns``: one per plain column, a list column's mean length in
+        the first row group (a list of 200,000 probabilities is 200,000 values)."""
+        nested = {c for c in columns if pa.types.is_nested(self.schema.field(c).type)}
+        count = len(columns) - len(nested)
+        meta = parquet.metadata
+        if nested and meta.num_row_groups and meta.row_group(0).num_rows:
+            group = meta.row_group(0)
+            for j in range(group.num_columns):
+                chunk = group.column(j)
+                if chunk.path_in_schema.split(".")[0] in nested:
+                    count += -(-chunk.num_values // group.num_rows)
+        return max(1, count)
 
 
 def _cast(batch: pa.RecordBatch, types: dict[str, pa.DataType], source: str) -> pa.RecordBatch:

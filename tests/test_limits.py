@@ -240,6 +240,18 @@ def test_wide_parquet_batches_are_bounded_in_values(wide):
     assert max(sizes) * WIDE_K <= readers.PARQUET_BATCH_VALUES
 
 
+def test_parquet_list_batches_are_bounded_in_values(tmp_path):
+    """A list column of 5,000 probabilities per row counts as 5,000 values per row."""
+    k, n = 5_000, 2_000
+    p = np.random.default_rng(3).dirichlet(np.ones(k), size=n)
+    lists = pa.FixedSizeListArray.from_arrays(pa.array(p.ravel()), k).cast(pa.list_(pa.float64()))
+    pq.write_table(pa.table({"label": pa.array(np.arange(n) % k), "probs": lists}), tmp_path / "p.parquet")
+    source = readers.open_source(str(tmp_path / "p.parquet"))
+    sizes = [c.batch.num_rows for c in source.batches(["label", "probs"], {"probs": pa.list_(pa.float64())})]
+    assert sum(sizes) == n
+    assert max(sizes) * (k + 1) <= readers.PARQUET_BATCH_VALUES
+
+
 def test_block_grows_with_the_row_width_only(tmp_path, samples):
     assert readers.open_source(str(samples / "robot_tools.csv")).block_size == readers.CSV_BLOCK_BYTES
     path = tmp_path / "wide.csv"
