@@ -761,9 +761,10 @@ def _report(command: str, evaluator: Evaluator, settings: Settings, inputs, gate
     per_class = []
     if labelled:
         class_loss = s.class_mean("cross_entropy" if soft else "nll") / scale
+        class_accuracy = s.class_accuracy  # computed for every class: once, not once per class
         for j, name in enumerate(layout.class_names):
             per_class.append({"class": name, "rows": int(s.class_rows[j]), "nll": float(class_loss[j]),
-                              "accuracy": float(s.class_accuracy[j])})
+                              "accuracy": float(class_accuracy[j])})
     groups = [{"by": dict(zip(layout.groups, key)), "rows": part.rows, "metrics": metrics_of(part)}
               for key, part in evaluator.groups.items()]
     main = "kl" if command == "kl" else "nll"
