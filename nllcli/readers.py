@@ -691,14 +691,17 @@ class Prefetch:
             raise StopIteration
         return item
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> None:
         self._stop.set()
-        self._thread.join()
+        self._thread.join(timeout)
 
     def __enter__(self) -> "Prefetch":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        # Interrupted (Ctrl-C, SIGTERM, SIGHUP): the thread may be blocked reading a pipe that
+        # sends nothing more, so it gets a second to stop; the process is leaving anyway.
+        interrupted = exc_type is not None and not issubclass(exc_type, Exception)
+        self.close(timeout=1.0 if interrupted else None)
 
 
