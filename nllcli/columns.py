@@ -89,6 +89,8 @@ class Layout:
         if self.list_column is not None:
             return _list_matrix(batch.column(self.list_column), len(self.class_names), self.source,
                                 self.list_column, first_row)
+        if len(self.class_columns) > 64:  # many classes: one conversion, not one per column
+            return batch.select(self.class_columns).to_tensor(null_to_nan=True, row_major=False).to_numpy()
         n = batch.num_rows
         out = np.empty((n, len(self.class_columns)), dtype=np.float64, order="F")
         for j, name in enumerate(self.class_columns):
@@ -506,8 +508,9 @@ def target_layout(schema: pa.Schema, source: str, class_names: list[str], other:
         layout.label = None
         if probs:
             layout.class_names = list(class_names)
-    missing = [c for c in class_names if c not in layout.class_names]
-    extra = [c for c in layout.class_names if c not in class_names]
+    here, there = set(layout.class_names), set(class_names)  # sets: 200,000 classes are compared
+    missing = [c for c in class_names if c not in here]
+    extra = [c for c in layout.class_names if c not in there]
     if missing or extra:
         raise InputError(source, f"class sets differ: {missing or 'none'} missing here, "
                                  f"{extra or 'none'} missing in {other}")

@@ -3,8 +3,14 @@
 Every source is read twice at most: once for its header (column names and the types pyarrow
 infers from the first block, used to pick the class columns), then streamed with only the needed
 columns and explicit types, so a column that looks integral in its first block cannot break the
-read later. Standard input is streamed too; only Parquet on stdin is buffered (its index sits at
-the end of the file).
+read later. Standard input is streamed too; only Parquet on stdin is copied to a temporary file
+first (its index sits at the end of the file).
+
+Memory and time stay bounded whatever the bytes: the header sample is read in pieces and stops at
+a NUL byte (binary), at HEADER_LIMIT bytes without a line end, or at a row longer than ROW_LIMIT.
+CSV blocks are 1 MiB, larger for wide rows (sized from the longest row of the sample; a file is
+read again with a larger block if a later row does not fit, up to ROW_LIMIT). Parquet batches hold
+at most PARQUET_BATCH_VALUES values, so wide files come in fewer rows per batch.
 """
 
 from __future__ import annotations
@@ -13,23 +19,32 @@ import csv
 import gzip
 import io
 import itertools
+import os
 import queue
 import re
+import shutil
 import stat
 import sys
+import tempfile
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from .errors import InputError, UsageError
 
 STDIN = "-"
-CSV_BLOCK_BYTES = 1 << 20
+CSV_BLOCK_BYTES = 1 << 20  # the block for ordinary rows (benchmarked)
+HEADER_LIMIT = 16 << 20  # the longest header line read (about a million class names)
+ROW_LIMIT = 64 << 20  # the longest data row read, and the largest CSV block
+ROWS_PER_BLOCK = 16  # a block for wide rows holds at least this many of the longest sampled row
+SAMPLE_ROWS = 2  # data rows the header sample holds at least (types, block size), when there are any
 PARQUET_BATCH_ROWS = 65536
+PARQUET_BATCH_VALUES = 1 << 22  # values (rows x columns) per Parquet batch: wide files, fewer rows
 PARQUET_MAGIC = b"PAR1"
 GZIP_MAGIC = b"\x1f\x8b"
 CSV_SUFFIXES = (".csv", ".tsv", ".txt", ".csv.gz", ".tsv.gz", ".txt.gz", ".gz")
@@ -58,6 +73,7 @@ class Source:
     compressed: bool = False
     size: int | None = None
     num_rows: int | None = None  # known up front for Parquet
+    block_size: int = CSV_BLOCK_BYTES  # CSV: grows with the row width
     _stdin: io.RawIOBase | None = field(default=None, repr=False)
     _parquet_buffer: pa.Buffer | None = field(default=None, repr=False)
     _table: pa.Table | None = field(default=None, repr=False)
@@ -112,7 +128,7 @@ class Source:
     # -- CSV -------------------------------------------------------------------------------
 
     def _csv_options(self, columns=None, types=None, use_threads=True, check_utf8=True):
-        read = pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES, use_threads=use_threads,
+        read = pacsv.ReadOptions(block_size=self.block_size, use_threads=use_threads,
                                  column_names=self.column_names, skip_rows=1 if self.column_names else 0)
         parse = pacsv.ParseOptions(delimiter=self.delimiter, newlines_in_values=True)
         convert = pacsv.ConvertOptions(include_columns=columns, column_types=types, check_utf8=check_utf8,
@@ -124,18 +140,45 @@ class Source:
             stream = self._stdin
             self._stdin = None  # standard input can be streamed only once
             return stream
-        self._raw = pa.OSFile(str(self.path), "r")
+        if self._raw is not None:  # read again: with a larger block, or to locate an error
+            self._raw.close()
+        try:
+            self._raw = pa.OSFile(str(self.path), "r")
+        except OSError as exc:
+            raise os_error(self.name, exc) from exc
         return pa.CompressedInputStream(self._raw, "gzip") if self.compressed else self._raw
 
     def _csv_batches(self, columns, types) -> Iterator[pa.RecordBatch]:
-        try:
-            # A Python stream is read on this thread only: Arrow's own threads must not call
-            # back into Python (they could still be doing so when the interpreter exits).
-            options = self._csv_options(columns, types, use_threads=self._stdin is None)
-            reader = pacsv.open_csv(self._open_raw(), **options)
-            yield from reader
-        except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, UnicodeDecodeError) as exc:
-            raise self._csv_error(exc) from exc
+        """The batches of the file; a row too long for the block makes a file be read again with
+        a block 4 times larger (up to ROW_LIMIT), skipping the rows already given."""
+        done = 0
+        # A Python stream is read on this thread only: Arrow's own threads must not call
+        # back into Python (they could still be doing so when the interpreter exits).
+        use_threads = self._stdin is None
+        while True:
+            skip = done
+            try:
+                reader = pacsv.open_csv(self._open_raw(), **self._csv_options(columns, types, use_threads))
+                for batch in reader:
+                    if skip:
+                        batch, skip = batch.slice(min(skip, batch.num_rows)), max(0, skip - batch.num_rows)
+                    if batch.num_rows:
+                        done += batch.num_rows
+                        yield batch
+                return
+            except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, UnicodeDecodeError) as exc:
+                if not _straddles(exc):
+                    raise self._csv_error(exc) from exc
+                if self.path is None or self.block_size >= ROW_LIMIT:
+                    raise self._row_too_long(done + 1) from exc
+                self.block_size = min(ROW_LIMIT, self.block_size * 4)
+
+    def _row_too_long(self, row: int) -> InputError:
+        if self.path is None:  # a stream cannot be read again with a larger block
+            return InputError(self.name, f"row longer than the {_mib(self.block_size)} block chosen from the "
+                                         "first rows of a stream", rows=[row],
+                              hint=f"give the file by its path: rows up to {_mib(ROW_LIMIT)} are read")
+        return InputError(self.name, f"row longer than {_mib(ROW_LIMIT)}", rows=[row])
 
     def _csv_error(self, exc: Exception) -> InputError:
         """Turn a pyarrow CSV error into one line naming the column and first rows where known."""
@@ -155,6 +198,8 @@ class Source:
             return InputError(self.name, f"malformed CSV: {detail.split(':')[0]}", rows=rows)
         if isinstance(exc, (OSError, UnicodeDecodeError)) and "gzip" in message.lower():
             return InputError(self.name, f"cannot decompress: {message}")
+        if isinstance(exc, OSError) and exc.errno is not None:
+            return os_error(self.name, exc)
         if "UTF8" in message or "UTF-8" in message:
             return InputError(self.name, "text is not valid UTF-8 (re-save the file as UTF-8)")
         return InputError(self.name, f"cannot read CSV: {message}")
@@ -194,11 +239,11 @@ class Source:
         byte cannot hide the row); a stream is searched in the sample read for its header.
         Blank lines are not rows, as for pyarrow. A broken file simply ends early.
         """
-        if self.path is not None:
-            raw = gzip.open(self.path, "rb") if self.compressed else open(self.path, "rb")
-        else:
-            raw = io.BytesIO(self._head)
         try:
+            if self.path is not None:
+                raw = gzip.open(self.path, "rb") if self.compressed else open(self.path, "rb")
+            else:
+                raw = io.BytesIO(self._head)
             with io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="") as text:
                 yield from (r for r in csv.reader(text, delimiter=self.delimiter) if r)
         except (OSError, EOFError, csv.Error):
@@ -222,10 +267,27 @@ class Source:
 
     def _parquet_batches(self, columns, types) -> Iterator[pa.RecordBatch]:
         try:
-            for batch in self._parquet_file().iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns):
+            parquet = self._parquet_file()
+            rows = max(1, min(PARQUET_BATCH_ROWS, PARQUET_BATCH_VALUES // self._values_per_row(parquet, columns)))
+            for batch in parquet.iter_batches(batch_size=rows, columns=columns):
                 yield _cast(batch, types, self.name)
         except (pa.ArrowException, OSError) as exc:
             raise InputError(self.name, f"cannot read Parquet: {_first_line(str(exc))}") from exc
+
+
+    def _values_per_row(self, parquet, columns: list[str]) -> int:
+        """Values a row holds in ``columns``: one per plain column, a list column's mean length in
+        the first row group (a list of 200,000 probabilities is 200,000 values)."""
+        nested = {c for c in columns if pa.types.is_nested(self.schema.field(c).type)}
+        count = len(columns) - len(nested)
+        meta = parquet.metadata
+        if nested and meta.num_row_groups and meta.row_group(0).num_rows:
+            group = meta.row_group(0)
+            for j in range(group.num_columns):
+                chunk = group.column(j)
+                if chunk.path_in_schema.split(".")[0] in nested:
+                    count += -(-chunk.num_values // group.num_rows)
+        return max(1, count)
 
 
 def _cast(batch: pa.RecordBatch, types: dict[str, pa.DataType], source: str) -> pa.RecordBatch:
@@ -251,6 +313,39 @@ def _cast(batch: pa.RecordBatch, types: dict[str, pa.DataType], source: str) -> 
                 raise InputError(source, f"cannot use {array.type} values as {wanted}", column=name) from exc
         arrays.append(array)
     return pa.RecordBatch.from_arrays(arrays, names=batch.schema.names)
+
+
+def _straddles(exc: Exception) -> bool:
+    """pyarrow's error for a row that does not fit in one block."""
+    return "straddling" in str(exc)
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1 << 20):g} MiB"
+
+
+def os_error(name: str, exc: OSError, doing: str = "") -> InputError:
+    """An operating-system fault as one line: the path and the reason ('permission denied')."""
+    reason = (exc.strerror or str(exc)).rstrip(".")
+    reason = doing + reason[:1].lower() + reason[1:]
+    if isinstance(exc, PermissionError) and name != STDIN and not name.startswith("<"):
+        folder = _unenterable_folder(Path(name))
+        if folder is not None:
+            reason += f" (cannot enter folder {str(folder)!r})"
+    return InputError(name, reason)
+
+
+def _unenterable_folder(path: Path) -> Path | None:
+    """The folder on ``path`` (as given) whose entries cannot be looked up, if that is why it failed."""
+    parts = path.parts
+    for depth in range(1, len(parts)):
+        try:
+            os.stat(Path(*parts[: depth + 1]))
+        except PermissionError:
+            return Path(*parts[:depth])
+        except OSError:
+            return None
+    return None
 
 
 def _first_line(text: str) -> str:
@@ -285,15 +380,14 @@ class _Replay(io.RawIOBase):
 
 
 def expand_inputs(paths: Iterable[str]) -> list[str]:
-    """Paths as given, with each directory replaced by the data files below it (sorted)."""
+    """Paths as given, with each directory replaced by the data files below it (sorted).
+
+    A folder or file below it that cannot be read is an error, never skipped.
+    """
     expanded: list[str] = []
     for raw in paths:
-        path = Path(raw)
-        if raw != STDIN and path.is_dir():
-            # Hidden and underscore entries (.ipynb_checkpoints, _temporary, _SUCCESS) are not data.
-            found = sorted(str(p) for p in path.rglob("*")
-                           if p.is_file() and p.name.lower().endswith(CSV_SUFFIXES + PARQUET_SUFFIXES)
-                           and not any(part.startswith((".", "_")) for part in p.relative_to(path).parts))
+        if raw != STDIN and _is_dir(raw):
+            found = sorted(_data_files(Path(raw), set()))
             if not found:
                 raise InputError(raw, "directory holds no .csv, .tsv or .parquet files")
             expanded.extend(found)
@@ -304,35 +398,78 @@ def expand_inputs(paths: Iterable[str]) -> list[str]:
     return expanded
 
 
+def _is_dir(raw: str) -> bool:
+    try:
+        return stat.S_ISDIR(os.stat(raw).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False  # opening it says what is wrong
+    except OSError as exc:
+        raise os_error(raw, exc) from exc
+
+
+def _data_files(folder: Path, seen: set[tuple[int, int]]) -> Iterator[str]:
+    """The data files below ``folder``, following links to folders once each.
+
+    Hidden and underscore entries (.ipynb_checkpoints, _temporary, _SUCCESS) are not data.
+    """
+    try:
+        info = folder.stat()
+        if (info.st_dev, info.st_ino) in seen:
+            return
+        seen.add((info.st_dev, info.st_ino))
+        with os.scandir(folder) as listing:
+            entries = sorted(listing, key=lambda e: e.name)
+    except OSError as exc:
+        raise os_error(str(folder), exc, doing="cannot list folder: ") from exc
+    for entry in entries:
+        if entry.name.startswith((".", "_")):
+            continue
+        path = folder / entry.name
+        try:
+            if entry.is_dir():
+                yield from _data_files(path, seen)
+            elif entry.name.lower().endswith(CSV_SUFFIXES + PARQUET_SUFFIXES):
+                if not entry.is_file() and entry.is_symlink():
+                    raise InputError(str(path), "broken symbolic link")
+                yield str(path)
+        except OSError as exc:
+            raise os_error(str(path), exc) from exc
+
+
 def open_source(raw: str) -> Source:
     """Open one path (or '-') and read its header. Raises InputError with the file name."""
     if raw == STDIN:
         return _open_stdin()
     path = Path(raw)
-    if not path.exists():
-        raise InputError(raw, "no such file")
-    if path.is_dir():
-        raise InputError(raw, "is a directory")
     try:
-        if not stat.S_ISREG(path.stat().st_mode):  # a pipe, <(command), a device: one pass only
+        info = path.stat()
+        if stat.S_ISDIR(info.st_mode):
+            raise InputError(raw, "is a directory")
+        if not stat.S_ISREG(info.st_mode):  # a pipe, <(command), a device: one pass only
             return _open_stream(open(path, "rb"), raw)
         with open(path, "rb") as handle:
             magic = handle.read(4)
-        size = path.stat().st_size
+    except FileNotFoundError as exc:
+        raise InputError(raw, "no such file") from exc
     except OSError as exc:
-        raise InputError(raw, f"cannot open: {exc.strerror or exc}") from exc
-    if size == 0:
+        raise os_error(raw, exc) from exc
+    if info.st_size == 0:
         raise InputError(raw, "file is empty")
     lower = path.name.lower()
     if magic == PARQUET_MAGIC or lower.endswith(PARQUET_SUFFIXES):
-        source = Source(raw, path, "parquet", pa.schema([]), size=size)
+        source = Source(raw, path, "parquet", pa.schema([]), size=info.st_size)
         source.schema = _parquet_schema(source)
         return source
     compressed = magic[:2] == GZIP_MAGIC
     delimiter = "\t" if lower.endswith((".tsv", ".tsv.gz")) else None
-    source = Source(raw, path, "csv", pa.schema([]), compressed=compressed, size=size)
-    header = _read_head(pa.input_stream(str(path), compression="gzip" if compressed else None), raw)
-    return _with_header(source, header, delimiter)
+    source = Source(raw, path, "csv", pa.schema([]), compressed=compressed, size=info.st_size)
+    try:
+        stream = pa.input_stream(str(path), compression="gzip" if compressed else None)
+    except OSError as exc:
+        raise os_error(raw, exc) from exc
+    with stream:
+        head, source.block_size = _read_head(stream, raw)
+    return _with_header(source, head, delimiter)
 
 
 def _open_stdin() -> Source:
@@ -340,12 +477,20 @@ def _open_stdin() -> Source:
 
 
 def _open_stream(stream, name: str) -> Source:
-    """A source read once from a stream (stdin, a pipe): CSV is streamed, Parquet buffered."""
-    head = stream.read(4)
+    """A source read once from a stream (stdin, a pipe): CSV is streamed, Parquet spooled to a
+    temporary file (its index sits at the end), which is memory-mapped and already deleted."""
+    try:
+        head = stream.read(4)
+        if head == PARQUET_MAGIC:
+            with tempfile.NamedTemporaryFile(prefix="nll-stdin-", suffix=".parquet") as spool:
+                spool.write(head)
+                shutil.copyfileobj(stream, spool, CSV_BLOCK_BYTES)
+                spool.flush()
+                data = pa.memory_map(spool.name).read_buffer()  # stays valid once the file is gone
+    except OSError as exc:
+        raise os_error(name, exc) from exc
     if head == PARQUET_MAGIC:
-        data = head + stream.read()
-        source = Source(name, None, "parquet", pa.schema([]), size=len(data),
-                        _parquet_buffer=pa.py_buffer(data))
+        source = Source(name, None, "parquet", pa.schema([]), size=data.size, _parquet_buffer=data)
         source.schema = _parquet_schema(source)
         return source
     if not head:
@@ -353,26 +498,64 @@ def _open_stream(stream, name: str) -> Source:
     raw = _Replay(head, stream)
     if head[:2] == GZIP_MAGIC:
         raw = pa.CompressedInputStream(pa.PythonFile(raw, mode="r"), "gzip")
-    prefix = _read_head(raw, name)
+    prefix, block_size = _read_head(raw, name)
     replay = _Replay(prefix, raw)
-    source = Source(name, None, "csv", pa.schema([]), _stdin=replay)
+    source = Source(name, None, "csv", pa.schema([]), block_size=block_size, _stdin=replay)
     # The sample searched for bad rows: whole lines only, unless it is all there is.
     source._head = prefix if len(prefix) < CSV_BLOCK_BYTES else prefix[: prefix.rfind(b"\n") + 1]
     return _with_header(source, prefix, None)
 
 
-def _read_head(stream, name: str, limit: int = CSV_BLOCK_BYTES) -> bytes:
-    """The first bytes of a text stream: at least the header line and some rows, up to ``limit``."""
+def _read_head(stream, name: str) -> tuple[bytes, int]:
+    """The first bytes of a text stream, to type the columns from, and the block its rows need.
+
+    At least CSV_BLOCK_BYTES (or all there is), then on until the header and SAMPLE_ROWS data
+    rows are in. Stops at a NUL byte (a binary file: the caller refuses it); a header longer
+    than HEADER_LIMIT or a row longer than ROW_LIMIT is an error. The block holds
+    ROWS_PER_BLOCK of the longest line seen, in powers of 2 from CSV_BLOCK_BYTES to ROW_LIMIT.
+    """
+    pieces: list[bytes] = []
+    size = rows = last_end = longest = 0  # rows: complete lines, the header included
+    in_quotes = False
     try:
-        head = stream.read(limit)
-        while b"\n" not in head:  # a header longer than the limit (10,000 classes, long names)
-            more = stream.read(limit)
-            if not more:
+        while True:
+            piece = bytes(stream.read(CSV_BLOCK_BYTES))
+            if not piece:
                 break
-            head += more
+            ends, in_quotes = _row_ends(piece, in_quotes)
+            if ends.size:
+                ends += size + 1
+                longest = max(longest, int(ends[0]) - last_end, int(np.diff(ends).max(initial=0)))
+                rows, last_end = rows + ends.size, int(ends[-1])
+            pieces.append(piece)
+            size += len(piece)
+            if b"\x00" in piece or (size >= CSV_BLOCK_BYTES and rows > SAMPLE_ROWS):
+                break
+            if not rows and size > HEADER_LIMIT:
+                raise InputError(name, f"header line longer than {_mib(HEADER_LIMIT)} (no line end found)")
+            if rows and size - last_end > ROW_LIMIT:
+                raise InputError(name, f"row longer than {_mib(ROW_LIMIT)}", rows=[rows])
     except OSError as exc:
+        if exc.errno is not None:
+            raise os_error(name, exc) from exc
         raise InputError(name, f"cannot decompress: {_first_line(str(exc))}") from exc
-    return bytes(head)
+    longest = max(longest, size - last_end)
+    block = CSV_BLOCK_BYTES
+    while block < ROW_LIMIT and block < ROWS_PER_BLOCK * longest:
+        block *= 2
+    return b"".join(pieces), block
+
+
+def _row_ends(data: bytes, in_quotes: bool) -> tuple[np.ndarray, bool]:
+    """Offsets of the line ends in ``data`` that end a row (not inside double quotes), and whether
+    ``data`` ends inside quotes; ``in_quotes`` says whether it starts inside them."""
+    codes = np.frombuffer(data, np.uint8)
+    newlines = np.flatnonzero(codes == ord("\n"))
+    quotes = np.flatnonzero(codes == ord('"'))
+    if not quotes.size and not in_quotes:
+        return newlines, False
+    outside = (np.searchsorted(quotes, newlines) + in_quotes) % 2 == 0
+    return newlines[outside], bool((quotes.size + in_quotes) % 2)
 
 
 def _with_header(source: Source, head: bytes, delimiter: str | None) -> Source:
@@ -508,14 +691,17 @@ class Prefetch:
             raise StopIteration
         return item
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> None:
         self._stop.set()
-        self._thread.join()
+        self._thread.join(timeout)
 
     def __enter__(self) -> "Prefetch":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        # Interrupted (Ctrl-C, SIGTERM, SIGHUP): the thread may be blocked reading a pipe that
+        # sends nothing more, so it gets a second to stop; the process is leaving anyway.
+        interrupted = exc_type is not None and not issubclass(exc_type, Exception)
+        self.close(timeout=1.0 if interrupted else None)
 
 

@@ -202,9 +202,10 @@ def build_report(job: Job, state: State, command: str | None = None) -> Report:
     per_class = []
     if labelled:
         class_loss = s.class_mean("cross_entropy" if soft else "nll") / scale
+        class_accuracy = s.class_accuracy  # computed for every class: once, not once per class
         for j, name in enumerate(layout.class_names):
             per_class.append({"class": name, "rows": int(s.class_rows[j]), "nll": float(class_loss[j]),
-                              "accuracy": float(s.class_accuracy[j])})
+                              "accuracy": float(class_accuracy[j])})
     groups: list[dict[str, Any]] = [
         {"by": dict(zip(layout.groups, key)), "rows": part.rows, "metrics": metric_values(part, job)}
         for key, part in state.groups.items()]

@@ -567,6 +567,30 @@ CASES: list[Case] = [
          ("score", "{d}/p.csv", "--per-sample", "{d}/out.csv"), 2, ("directory",), per_sample=False),
     Case("per_sample_unknown_extension", text("p.csv", VALID3),
          ("score", "{d}/p.csv", "--per-sample", "{d}/out.json"), 2, ("--per-sample",), per_sample=False),
+
+    # Bounded reading: hostile bytes are refused after a bounded prefix, wide rows are read.
+    Case("nul_bytes_past_the_first_block", raw("p.csv", bytes(3 << 20)), ("score", "{d}/p.csv"), 2,
+         ("p.csv", "binary")),
+    Case("gzip_of_nul_bytes", raw("p.csv.gz", lambda: gzip.compress(bytes(8 << 20), mtime=0)),
+         ("score", "{d}/p.csv.gz"), 2, ("p.csv.gz", "binary")),
+    Case("stdin_nul_bytes", lambda d: None, ("score", "-"), 2, ("stdin", "binary"), stdin=lambda: bytes(3 << 20)),
+    Case("header_line_over_the_limit", raw("p.csv", b"p_a," * (17 << 18)), ("score", "{d}/p.csv"), 2,
+         ("p.csv", "header line longer than 16 MiB")),
+    Case("gzip_header_line_over_the_limit", raw("p.csv.gz", lambda: gzip.compress(b"p_a," * (17 << 18), mtime=0)),
+         ("score", "{d}/p.csv.gz"), 2, ("p.csv.gz", "header line longer than 16 MiB")),
+    Case("row_wider_than_a_block", text("p.csv", csv_of(HEADER3, [["K" * (2 << 20), *rows3()[0][1:]], *rows3()[1:]])),
+         ("score", "{d}/p.csv"), 0, expect=nll3(), per_sample=False,
+         note="the per-sample check reads its output with pyarrow's 1 MiB block, too small for this key"),
+    Case("row_wider_than_a_block_gzip",
+         raw("p.csv.gz", lambda: gz(csv_of(HEADER3, [*rows3()[:3], ["K" * (2 << 20), *rows3()[3][1:]]]))),
+         ("score", "{d}/p.csv.gz"), 0, expect=nll3(), per_sample=False),
+    Case("directory_with_a_subfolder",
+         both(text("dir/a.csv", VALID3), text("dir/sub/b.csv", csv_of(HEADER3, rows3(P3[:2], Y3[:2])))),
+         ("score", "{d}/dir"), 0,
+         expect=lambda: {"nll": ref_nll(np.vstack([P3, P3[:2]]), np.concatenate([Y3, Y3[:2]]))}),
+    Case("directory_with_a_broken_link", both(text("dir/a.csv", VALID3),
+                                                 lambda d: (d / "dir" / "b.csv").symlink_to(d / "gone.csv")),
+         ("score", "{d}/dir"), 2, ("b.csv", "broken symbolic link")),
 ]
 
 CASES_BY_NAME = {c.name: c for c in CASES}
