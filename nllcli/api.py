@@ -7,14 +7,14 @@ evaluated into the report (``Report.failed_gates``), not raised.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 
 from . import losses
-from .engine import Progress, Scored, per_sample_columns, run
-from .plan import Job, check_per_sample_target, plan_kl, plan_score, say_notes
+from .engine import Progress, run
+from .plan import Job, plan_kl, plan_score, say_notes
 from .report import Report, build_report
+from .sinks import check_per_sample_target, per_sample_sink
 
 PathOrData = object  # a path, a list of paths, '-', a pandas DataFrame or a pyarrow Table
 
@@ -66,34 +66,8 @@ def kl(p: PathOrData, q: PathOrData, *, classes: str | list[str] | None = None, 
 
 
 def _run_and_report(job: Job, per_sample, progress: Progress | None) -> Report:
-    with _atomic(_writer(per_sample)) as writer:
-        sink = None
-        if writer is not None:
-            def sink(scored: Scored) -> None:
-                writer.write(per_sample_columns(job, scored))
-        state = run(job, sink, progress)
-        report = build_report(job, state)
+    with per_sample_sink(job, per_sample) as sink:
+        report = build_report(job, run(job, sink, progress))
     if job.command == "score":
         say_notes(job)
     return report
-
-
-@contextlib.contextmanager
-def _atomic(writer):
-    """Commit the per-sample writer on success, remove its file on any failure."""
-    try:
-        yield writer
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        raise
-    if writer is not None:
-        writer.commit()
-
-
-def _writer(per_sample):
-    if per_sample is None:
-        return None
-    from .render import PerSampleWriter
-
-    return PerSampleWriter.open(per_sample)

@@ -420,7 +420,7 @@ def _plot(output: str, **options) -> None:
     Takes the options of `nll score` and needs matplotlib (pip install 'nllcli\[plot]').
     """
     from .plot import write_plot
-    from .render import refuse_input_as_output
+    from .sinks import refuse_input_as_output
 
     refuse_input_as_output(output, "--output", [options.get("preds"), options.get("targets")])
     write_plot(output)  # fails early, before reading, if matplotlib is missing or the suffix is wrong

@@ -239,27 +239,6 @@ class Scorer:
         return entries
 
 
-def per_sample_columns(job: Job, scored: Scored) -> dict[str, Any]:
-    """Columns of the --per-sample output for one batch: key (or 0-based row), label, predicted,
-    p_true and the losses in the report's units."""
-    columns: dict[str, Any] = sample_ids(scored, job.layout)
-    if scored.labels is not None:
-        names = job.layout.class_array
-        columns["label"] = names.take(scored.labels)
-        columns["predicted"] = names.take(scored.predicted)
-        columns["p_true"] = scored.p_true
-    for name, array in scored.values.items():
-        columns[name] = array / job.settings.unit_scale
-    return columns
-
-
-def sample_ids(scored: Scored, layout: Layout) -> dict[str, Any]:
-    """The key column of a batch's rows, or their 0-based positions as `row`."""
-    if layout.key:
-        return {layout.key: scored.chunk.batch.column(layout.key)}
-    return {"row": np.arange(scored.first_index, scored.first_index + scored.rows)}
-
-
 def group_rows(batch, columns: Sequence[str]) -> Iterator[tuple[tuple, np.ndarray]]:
     """(group key, row indices) for each distinct combination of the group columns in a batch."""
     import pyarrow as pa

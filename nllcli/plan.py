@@ -56,16 +56,6 @@ def check_stdin_once(*inputs) -> None:
         raise UsageError("standard input (-) can be read only once")
 
 
-def check_per_sample_target(per_sample, *inputs) -> None:
-    """--per-sample must never replace one of the inputs (same device and inode, directories
-    expanded, standard input included)."""
-    if per_sample is None or str(per_sample) == "-":
-        return
-    from .render import refuse_input_as_output
-
-    refuse_input_as_output(str(per_sample), "--per-sample", inputs)
-
-
 def open_inputs(inputs) -> list:
     from . import readers
 

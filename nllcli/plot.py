@@ -28,7 +28,7 @@ def write_plot(output: str, report: Report | None = None) -> None:
         from matplotlib.figure import Figure
     except ImportError:
         raise UsageError("nll plot needs matplotlib: pip install 'nllcli[plot]'") from None
-    from .render import check_destination
+    from .sinks import check_destination
 
     check_destination(output, "--output")
     if report is None:
@@ -45,7 +45,7 @@ def write_plot(output: str, report: Report | None = None) -> None:
 
 def _save(fig, path: Path, fmt: str) -> None:
     """Write to a temporary file beside PATH, then rename it over PATH; leave nothing behind on error."""
-    from .render import AtomicFile, reported_as
+    from .sinks import AtomicFile, reported_as
 
     metadata = {"svg": {"Date": None}, "pdf": {"CreationDate": None}}.get(fmt)  # no timestamps
     file = AtomicFile(path, suffix=path.suffix)

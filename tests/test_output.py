@@ -14,7 +14,8 @@ from helpers import assert_input_error, loads_strict, write_csv
 
 from nllcli.cli import EXAMPLES
 from nllcli.errors import OutputError, visible
-from nllcli.render import AtomicFile, to_json
+from nllcli.render import to_json
+from nllcli.sinks import AtomicFile
 
 
 def _run(args, **kwargs):
