@@ -32,19 +32,8 @@ class Prepared:
     log_q: np.ndarray | None  # log-probabilities, for logits and log-probs
 
     def model_side(self, kind: str, eps: float) -> tuple[np.ndarray | None, np.ndarray, losses.Clipped | None]:
-        """(clipped probabilities or None, log-probabilities, what the clip moved or None).
-
-        Probabilities and log-probabilities are clipped to [eps, 1 - eps]; logits are exact.
-        """
-        if self.q is not None:
-            if eps <= 0 or (self.q.min() >= eps and self.q.max() <= 1.0 - eps):
-                return self.q, _log(self.q), None  # nothing to clip: the usual case, two cheap passes
-            clipped = losses.clip(self.q, eps)
-            return clipped.values, _log(clipped.values), clipped
-        if kind == "log-probs":
-            clipped = losses.log_clip(self.log_q, eps)
-            return None, clipped.values, clipped
-        return None, self.log_q, None
+        """(clipped probabilities or None, log-probabilities, what the clip moved or None)."""
+        return losses.clipped_model(self.q, self.log_q, kind, eps)
 
     def probs(self) -> np.ndarray:
         return self.q if self.q is not None else np.exp(self.log_q)
@@ -72,7 +61,7 @@ def prepare(chunk, layout: Layout, settings: Settings, kind: str | None = None) 
     kind = kind or settings.kind
     values = layout.values(chunk.batch, chunk.first_row)
     if layout.binary:
-        values = _binary_matrix(values[:, 0], kind)
+        values = losses.binary_matrix(values[:, 0], kind)
     _raise_problem(losses.find_problem(values, kind, settings.tol, settings.renormalize), chunk, layout)
     if kind == "probs":
         return Prepared(values, losses.renormalize_rows(values) if settings.renormalize else values, None)
@@ -81,21 +70,11 @@ def prepare(chunk, layout: Layout, settings: Settings, kind: str | None = None) 
     return Prepared(values, None, values)
 
 
-def _binary_matrix(p: np.ndarray, kind: str) -> np.ndarray:
-    """Two columns [class 0, class 1] from one column of P(class 1) (or its logit/log)."""
-    if kind == "probs":
-        return np.column_stack([1.0 - p, p])
-    if kind == "logits":
-        return np.column_stack([np.zeros_like(p), p])
-    with np.errstate(invalid="ignore", divide="ignore"):  # log(1 - 1) = -inf is valid
-        return np.column_stack([np.log1p(-np.exp(p)), p])
-
-
 def _weights(chunk, layout: Layout) -> np.ndarray | None:
     if layout.weight is None:
         return None
     w = floats(chunk.batch.column(layout.weight))
-    bad = np.flatnonzero(~(w >= 0) | np.isinf(w))
+    bad = losses.bad_weights(w)
     if bad.size:
         raise InputError(chunk.source, "weights must be finite and >= 0 (found missing, NaN, inf or negative)",
                          column=layout.weight, rows=(chunk.first_row + bad).tolist(), total=bad.size)
@@ -259,11 +238,6 @@ def group_rows(batch, columns: Sequence[str]) -> Iterator[tuple[tuple, np.ndarra
     for start, end in zip(starts, np.r_[starts[1:], len(order)]):
         rows = order[start:end]
         yield tuple(values[index[rows[0]]] for index, values in decoders), rows
-
-
-def _log(q: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore"):
-        return np.log(q)
 
 
 def score_partition(job: Job, part: Partition) -> State:

@@ -146,6 +146,54 @@ def log_clip(log_p: np.ndarray, eps: float) -> Clipped:
     return Clipped(np.clip(log_p, low, high), log_p < low, log_p > high)
 
 
+def binary_matrix(p: np.ndarray, kind: str) -> np.ndarray:
+    """Two columns [class 0, class 1] from one column of P(class 1) (or its logit/log)."""
+    if kind == "probs":
+        return np.column_stack([1.0 - p, p])
+    if kind == "logits":
+        return np.column_stack([np.zeros_like(p), p])
+    with np.errstate(invalid="ignore", divide="ignore"):  # log(1 - 1) = -inf is valid
+        return np.column_stack([np.log1p(-np.exp(p)), p])
+
+
+def clipped_model(q: np.ndarray | None, log_q: np.ndarray | None, kind: str,
+                  eps: float) -> tuple[np.ndarray | None, np.ndarray, Clipped | None]:
+    """The model's side of a loss: (clipped probabilities or None, log-probabilities, what the clip
+    moved or None). Probabilities and log-probabilities are clipped to [eps, 1 - eps]; logits
+    (``log_q`` from log_softmax) are exact. Pass ``q`` for probabilities, else ``log_q``.
+    """
+    if q is not None:
+        if eps <= 0 or (q.min() >= eps and q.max() <= 1.0 - eps):
+            return q, _log(q), None  # nothing to clip: the usual case, two cheap passes
+        clipped = clip(q, eps)
+        return clipped.values, _log(clipped.values), clipped
+    if log_q is None:
+        raise ValueError("pass q or log_q")
+    if kind == "log-probs":
+        clipped = log_clip(log_q, eps)
+        return None, clipped.values, clipped
+    return None, log_q, None
+
+
+def _log(q: np.ndarray) -> np.ndarray:
+    """log q, with log 0 = -inf and no warning."""
+    with np.errstate(divide="ignore"):
+        return np.log(q)
+
+
+def bad_weights(w: np.ndarray) -> np.ndarray:
+    """Rows whose weight is not finite and >= 0 (missing, NaN, infinite or negative)."""
+    return np.flatnonzero(~(w >= 0) | np.isinf(w))
+
+
+def perplexity(mean_nats: float) -> float:
+    """exp of the mean loss in nats; +inf when that overflows float64 (mean above 709.78)."""
+    try:
+        return math.exp(mean_nats)  # NaN stays NaN, +inf stays +inf
+    except OverflowError:
+        return math.inf
+
+
 def label_smoothing(labels: np.ndarray, n_classes: int, alpha: float) -> np.ndarray:
     """Targets (1 - alpha) * one_hot(y) + alpha / K (the PyTorch and Keras rule)."""
     t = np.full((labels.shape[0], n_classes), alpha / n_classes)

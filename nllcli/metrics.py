@@ -45,9 +45,9 @@ def _loss(s: Summary, job: Job) -> float:
 
 
 def _perplexity(s: Summary, job: Job) -> float:
-    from .report import perplexity
+    from . import losses
 
-    return perplexity(_loss(s, job))  # exp of the mean loss in nats, whatever the unit asked for
+    return losses.perplexity(_loss(s, job))  # exp of the mean loss in nats, whatever the unit asked for
 
 
 def _brier(pred: Prepared, labels, targets, settings: Settings):

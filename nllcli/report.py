@@ -23,14 +23,6 @@ NATS_PER_UNIT = {"nats": 1.0, "bits": math.log(2), "bans": math.log(10)}
 PERPLEXITY_LIMIT = math.log(sys.float_info.max)
 
 
-def perplexity(mean_nats: float) -> float:
-    """exp of the mean loss in nats; +inf when that overflows float64 (mean above 709.78)."""
-    try:
-        return math.exp(mean_nats)  # NaN stays NaN, +inf stays +inf
-    except OverflowError:
-        return math.inf
-
-
 @dataclass(frozen=True)
 class Gate:
     """A CI threshold: ``--max nll=0.35`` or ``--min accuracy=0.9``."""
