@@ -1,12 +1,13 @@
 # Two commands do everything on a fresh machine with Python 3.10+ and make:
 #   make demo   create .venv, install, score the bundled robot-tools sample
 #   make test   create or update .venv, run the whole suite
+#   make lint   ruff (the rules in pyproject.toml) and mypy on the package
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +25,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# --no-cache: nothing written into the tree, and no stale result from an older run.
+lint: $(STAMP)
+	$(BIN)/ruff check --no-cache --config pyproject.toml nllcli
+	$(BIN)/mypy --config-file pyproject.toml --no-incremental --cache-dir=/dev/null
 
 # Byte-compile first, as a regular pip install does: start-up time is part of what is measured.
 bench: $(STAMP)

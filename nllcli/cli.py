@@ -17,8 +17,16 @@ import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from ._version import __version__
-from .errors import (EXIT_GATE, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_SIGNAL_BASE, NllError, Terminated,
-                     environment_fault, visible)
+from .errors import (
+    EXIT_GATE,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_SIGNAL_BASE,
+    NllError,
+    Terminated,
+    environment_fault,
+    visible,
+)
 
 
 def _plain_metavars(command, ctx) -> None:
@@ -27,9 +35,9 @@ def _plain_metavars(command, ctx) -> None:
     required arguments as `PREDS...` or `BASE NEW` rather than `{PREDS}...`."""
     for param in command.get_params(ctx):
         if isinstance(param, TyperArgument):
-            param.display_type_rich = lambda ctx: None
+            param.display_type_rich = lambda ctx: None  # type: ignore[method-assign]  # Typer's hook
             if param.required:
-                param._usage_display_name = functools.partial(
+                param._usage_display_name = functools.partial(  # type: ignore[method-assign]
                     lambda param: param.display_name_raw + ("..." if param.nargs != 1 else ""), param)
         elif param.metavar is None and getattr(param, "is_flag", False):
             param.metavar = ""
@@ -73,20 +81,21 @@ class OneLineErrors(TyperGroup):
 
     def main(self, *args, standalone_mode: bool = True, **kwargs):
         if not standalone_mode:
-            return super().main(*args, standalone_mode=False, **kwargs)
+            return super().main(*args, standalone_mode=False, **kwargs)  # type: ignore[misc]
         try:
-            code = super().main(*args, standalone_mode=False, **kwargs)
+            code = super().main(*args, standalone_mode=False, **kwargs)  # type: ignore[misc]
         except OSError as exc:  # writing the help or the version: a full disk, a closed stdout
             sys.exit(_stdout_fault(exc))
         except Exception as exc:  # Click's usage errors: they carry an exit code and a message
-            if not hasattr(exc, "format_message") or not isinstance(getattr(exc, "exit_code", None), int):
+            exit_code = getattr(exc, "exit_code", None)
+            if not hasattr(exc, "format_message") or not isinstance(exit_code, int):
                 raise
             if type(exc).__name__ == "NoArgsIsHelpError":  # plain `nll`: the help, as usual
-                return super().main(*args, standalone_mode=True, **kwargs)
+                return super().main(*args, standalone_mode=True, **kwargs)  # type: ignore[misc]
             ctx = getattr(exc, "ctx", None)
             hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
             _err(f"nll: error: {exc.format_message()}{hint}")
-            sys.exit(exc.exit_code)
+            sys.exit(exit_code)
         sys.exit(code if isinstance(code, int) else 0)
 
 
@@ -298,8 +307,14 @@ class _ProgressBar:
         if quiet or not sys.stderr.isatty():
             return
         from rich.console import Console
-        from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                                   TransferSpeedColumn)
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
 
         self.bar = Progress(TextColumn("{task.fields[rows]:,} rows"), BarColumn(), DownloadColumn(),
                             TransferSpeedColumn(), TimeRemainingColumn(),
@@ -312,7 +327,8 @@ class _ProgressBar:
         return self.update if self.bar is not None else None
 
     def update(self, rows: int, bytes_read: int) -> None:
-        self.bar.update(self.task, completed=bytes_read, rows=rows)
+        if self.bar is not None:
+            self.bar.update(self.task, completed=bytes_read, rows=rows)
 
     def __exit__(self, *exc):
         if self.bar is not None:
@@ -350,14 +366,17 @@ def score(
     preds: Annotated[list[str], typer.Argument(metavar="PREDS", help="Prediction files (.csv, .tsv, .csv.gz, "
                                                ".parquet), directories of them, or - for standard input.",
                                                show_default=False)],
-    targets: Annotated[Optional[str], typer.Option("--targets", metavar="FILE", help="A file of target "
-                                                   "distributions (soft labels), paired by --key or by position.")] = None,
-    label: Annotated[Optional[str], typer.Option("--label", metavar="COLUMN", help="The column of true labels.", show_default="first of "
+    targets: Annotated[Optional[str], typer.Option(
+        "--targets", metavar="FILE",
+        help="A file of target distributions (soft labels), paired by --key or by position.")] = None,
+    label: Annotated[Optional[str], typer.Option("--label", metavar="COLUMN", help="The column of true labels.",
+                                                 show_default="first of "
                                                  "label, y, y_true, target, true_label, class")] = None,
     classes: Classes = None,
     probs: Probs = None,
     key: Key = None,
-    weight: Annotated[Optional[str], typer.Option("--weight", metavar="COLUMN", help="A column of sample weights.")] = None,
+    weight: Annotated[Optional[str], typer.Option("--weight", metavar="COLUMN",
+                                                  help="A column of sample weights.")] = None,
     ignore: Ignore = None,
     positive: Annotated[Optional[str], typer.Option("--positive", metavar="LABEL", help="The label of class 1 when "
                                                     "a single column holds P(class 1).")] = None,
@@ -467,7 +486,7 @@ def _derived_command(name: str, implementation, drop: set[str], front=(), back=(
     def command(**options) -> None:
         implementation(**options)
 
-    command.__signature__ = inspect.Signature(params)
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     command.__annotations__ = {p.name: p.annotation for p in params}
     command.__doc__ = implementation.__doc__
     app.command(name, cls=PlainHelp, epilog=_epilog(name))(handle_errors(command))

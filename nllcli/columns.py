@@ -111,7 +111,7 @@ class Layout:
         distinct = [v.strip() for v in names.to_pylist()]
         lookup = self._label_lookup
         # -1 marks an unknown label, -2 a missing one (also the slot for null codes, index -1).
-        mapped = np.array([-2 if v == "" else lookup.get(v, lookup.get(whole_number(v), -1)) for v in distinct]
+        mapped = np.array([-2 if v == "" else lookup.get(v, lookup.get(whole_number(v) or v, -1)) for v in distinct]
                           + [-2], dtype=np.intp)
         index = mapped[integers(labels.indices, fill=-1)]
         if index.min(initial=0) >= 0:
@@ -348,7 +348,8 @@ def resolve_layout(schema: pa.Schema, source: str, *, classes: list[str] | None 
                                  f"(columns: {_shorten(names)}){hint}")
     clash = taken & set(layout.class_columns) - {None}
     if clash:
-        raise UsageError(f"{source}: column {sorted(clash)[0]!r} cannot be both a class and a label, key, weight or group")
+        raise UsageError(f"{source}: column {sorted(str(c) for c in clash)[0]!r} cannot be both a class and a "
+                         "label, key, weight or group")
     if numeric_rule and sample is not None and layout.label is not None:
         _check_text_classes(layout, sample, [n for n in free if n != layout.label and n not in layout.class_columns])
     if len(layout.class_columns) == 1:
@@ -458,7 +459,7 @@ def _positive_from_labels(layout: Layout, texts: list[str]) -> str | None:
 def _check_text_classes(layout: Layout, sample: pa.Table, text_columns: list[str]) -> None:
     """A text column named like a class (its name is among the labels) is a class that is not
     numeric: an error naming it and its first rows, never a class silently left out."""
-    labels = set(_texts(sample, layout.label) or [])
+    labels = set(_texts(sample, layout.label) or []) if layout.label else set()
     for name in text_columns:
         if name.strip() not in labels or name not in sample.column_names:
             continue

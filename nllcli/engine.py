@@ -36,7 +36,13 @@ class Prepared:
         return losses.clipped_model(self.q, self.log_q, kind, eps)
 
     def probs(self) -> np.ndarray:
-        return self.q if self.q is not None else np.exp(self.log_q)
+        return self.q if self.q is not None else np.exp(self.logs())
+
+    def logs(self) -> np.ndarray:
+        """The log-probabilities of logits or log-probs (probabilities have q instead)."""
+        if self.log_q is None:
+            raise ValueError("probabilities have no log_q")
+        return self.log_q
 
 
 # -- per batch -------------------------------------------------------------------------------
@@ -168,9 +174,9 @@ class Scorer:
         confidence = None
         if self.calibration and labels is not None:
             confidence = losses.top_confidence(pred.q, pred.log_q)
+        correct = np.equal(predicted, labels) if predicted is not None and labels is not None else None
         return Scored(chunk, part.first_index, values, summed, values["cross_entropy" if self.soft else "nll"],
-                      _weights(chunk, layout), labels, predicted,
-                      (predicted == labels) if labels is not None else None, confidence, p_true, clips)
+                      _weights(chunk, layout), labels, predicted, correct, confidence, p_true, clips)
 
     def _losses(self, pred: Prepared, labels, targets) -> tuple[dict[str, np.ndarray], losses.RowClips | None,
                                                                   np.ndarray | None]:
@@ -179,14 +185,15 @@ class Scorer:
         if not self.soft:
             if pred.q is not None:
                 p_true = losses.true_class(pred.q, labels)
-                nll, clipped = losses.hard_label_nll(p_true, eps)
+                nll, hard_clipped = losses.hard_label_nll(p_true, eps)
             else:
-                log_true = losses.true_class(pred.log_q, labels)
-                clipped = losses.log_clip(log_true, eps) if self.settings.kind == "log-probs" else None
-                if clipped is not None:
-                    log_true = clipped.values
+                log_true = losses.true_class(pred.logs(), labels)
+                log_clipped = losses.log_clip(log_true, eps) if self.settings.kind == "log-probs" else None
+                if log_clipped is not None:
+                    log_true = log_clipped.values
                 nll, p_true = -log_true, np.exp(log_true)
-            return {"nll": nll}, losses.RowClips.of(clipped, eps), p_true
+                return {"nll": nll}, losses.RowClips.of(log_clipped, eps), p_true
+            return {"nll": nll}, losses.RowClips.of(hard_clipped, eps), p_true
         q, log_q, clipped = pred.model_side(self.settings.kind, eps)
         ce, h, kl = losses.soft_losses(targets, log_q, q)
         out = {"cross_entropy": ce, "entropy": h, "kl": kl}
@@ -198,8 +205,8 @@ class Scorer:
             out["js"] = losses.js_divergence(targets, q)
             if clipped_targets.raised is not None and clipped_targets.raised.any():
                 clips = losses.RowClips.with_reverse(clips, clipped_targets, q)
-        p_true = np.exp(losses.true_class(log_q, labels)) if labels is not None else None
-        return out, clips, p_true
+        soft_p_true = np.exp(losses.true_class(log_q, labels)) if labels is not None else None
+        return out, clips, soft_p_true
 
     def worst_candidates(self, scored: Scored) -> list[dict]:
         """The rows of a batch that may belong among the worst: id, label, predicted, p_true, loss."""

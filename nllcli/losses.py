@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
@@ -128,7 +128,9 @@ class Clipped(NamedTuple):
 
     @property
     def moved(self) -> int:
-        return 0 if self.raised is None else int(np.count_nonzero(self.raised) + np.count_nonzero(self.lowered))
+        if self.raised is None or self.lowered is None:
+            return 0
+        return int(np.count_nonzero(self.raised) + np.count_nonzero(self.lowered))
 
 
 def clip(p: np.ndarray, eps: float) -> Clipped:
@@ -295,12 +297,12 @@ def _terms(t: np.ndarray, q: np.ndarray, gap: np.ndarray, t_log_ratio: np.ndarra
         terms[near] = _near_series(v[near], t[near], gap[near])
         return terms
     index = np.flatnonzero(near.ravel(order))  # flat views of arrays laid out alike: cheap take/put
-    series = _near_series(*(a.ravel(order).take(index) for a in (v, t, gap)))
+    series = _near_series(v.ravel(order).take(index), t.ravel(order).take(index), gap.ravel(order).take(index))
     terms.ravel(order)[index] = series
     return terms
 
 
-def _common_order(*arrays: np.ndarray) -> str | None:
+def _common_order(*arrays: np.ndarray) -> Literal["C", "F"] | None:
     """'C' or 'F' when every array is contiguous in that order (then ravel gives views)."""
     if all(a.flags.c_contiguous for a in arrays):
         return "C"
@@ -352,8 +354,12 @@ def kl_divergence(t: np.ndarray, q: np.ndarray | None = None, log_q: np.ndarray 
     gives q - t (see relative_entropy_terms).
     """
     with np.errstate(divide="ignore", under="ignore"):
-        log_q = np.log(q) if log_q is None else log_q
-        q = np.exp(log_q) if q is None else q
+        if log_q is None:
+            if q is None:
+                raise ValueError("pass q or log_q")
+            log_q = np.log(q)
+        if q is None:
+            q = np.exp(log_q)
     log_t = safe_log(t) if log_t is None else log_t
     with np.errstate(invalid="ignore"):  # inf - inf where t = 0 meets q = 0
         t_log_ratio = np.subtract(log_t, log_q)
@@ -382,12 +388,18 @@ def brier(q: np.ndarray, labels: np.ndarray | None = None, t: np.ndarray | None 
     if t is not None:
         diff = q - t
         return np.einsum("ij,ij->i", diff, diff)
+    if labels is None:
+        raise ValueError("brier needs labels or targets")
     return np.einsum("ij,ij->i", q, q) - 2.0 * true_class(q, labels) + 1.0
 
 
 def top_confidence(q: np.ndarray | None, log_q: np.ndarray | None) -> np.ndarray:
     """The probability of each row's most likely class."""
-    return q.max(axis=1) if q is not None else np.exp(log_q.max(axis=1))
+    if q is not None:
+        return q.max(axis=1)
+    if log_q is None:
+        raise ValueError("pass q or log_q")
+    return np.exp(log_q.max(axis=1))
 
 
 def argmax_rows(values: np.ndarray) -> np.ndarray:
@@ -458,7 +470,7 @@ class RowClips:
     @classmethod
     def of(cls, clipped: Clipped | None, eps: float, targets: np.ndarray | None = None) -> "RowClips | None":
         """From a clip of the true-class values (n,), or of all values (n, K) against targets."""
-        if clipped is None or clipped.raised is None:
+        if clipped is None or clipped.raised is None or clipped.lowered is None:
             return None
         if targets is None:
             return cls(clipped.raised, clipped.lowered, clipped.raised * -math.log(eps))
@@ -470,6 +482,8 @@ class RowClips:
     @classmethod
     def with_reverse(cls, clips: "RowClips | None", clipped_targets: Clipped, q: np.ndarray) -> "RowClips":
         """``clips`` (None: nothing clipped on q) with the target zeros the reverse KL met."""
+        if clipped_targets.raised is None:
+            raise ValueError("the targets were not clipped (eps = 0)")
         zero = clipped_targets.raised & (q > 0)
         with np.errstate(divide="ignore"):
             eps_q = clipped_targets.values

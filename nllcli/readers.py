@@ -30,6 +30,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import pyarrow as pa
@@ -84,7 +85,7 @@ class Source:
 
     def head(self, rows: int = 1000) -> pa.Table:
         """The first rows: the sample header inference parsed (CSV), or the first batch (Parquet)."""
-        if self.sample is None and self.format == "table":
+        if self.sample is None and self._table is not None:
             self.sample = self._table.slice(0, rows)
         elif self.sample is None:
             try:
@@ -101,7 +102,8 @@ class Source:
             try:
                 data = pa.Table.from_pandas(data, preserve_index=False)
             except (TypeError, AttributeError, pa.ArrowException) as exc:
-                raise UsageError(f"cannot read {type(data).__name__}: pass a path, a DataFrame or a pyarrow Table") from exc
+                raise UsageError(f"cannot read {type(data).__name__}: pass a path, a DataFrame or a pyarrow "
+                                 "Table") from exc
         return cls(name, None, "table", data.schema, _table=data)
 
     def batches(self, columns: list[str], types: dict[str, pa.DataType]) -> Iterator[Chunk]:
@@ -111,8 +113,10 @@ class Source:
             stream = self._csv_batches(columns, types)
         elif self.format == "parquet":
             stream = self._parquet_batches(columns, types)
-        else:
+        elif self._table is not None:
             stream = (_cast(b, types, self.name) for b in self._table.select(columns).to_batches(PARQUET_BATCH_ROWS))
+        else:
+            raise ValueError(f"{self.name}: a {self.format} source without its data")
         for batch in stream:
             if batch.num_rows:
                 yield Chunk(batch, self.name, row, self._bytes_read(row + batch.num_rows - 1))
@@ -241,7 +245,7 @@ class Source:
         """
         try:
             if self.path is not None:
-                raw = gzip.open(self.path, "rb") if self.compressed else open(self.path, "rb")
+                raw: IO[bytes] = gzip.open(self.path, "rb") if self.compressed else open(self.path, "rb")  # type: ignore[assignment]
             else:
                 raw = io.BytesIO(self._head)
             with io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="") as text:

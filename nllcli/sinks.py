@@ -97,7 +97,7 @@ class PerSampleWriter:
     def __init__(self, target: str):
         self.target = target
         self.format = "parquet" if target.lower().endswith((".parquet", ".pq")) else "csv"
-        self._writer = None
+        self._writer: Any = None
         self._sink = None
         self._file: AtomicFile | None = None
 
@@ -115,7 +115,8 @@ class PerSampleWriter:
     def _shown_name(self) -> str:
         return "standard output" if self.target == "-" else self.target
 
-    def _start(self, schema) -> None:
+    def _start(self, schema) -> Any:
+        """Open the file (or stdout) and return the writer of its format."""
         import pyarrow as pa
         import pyarrow.csv as pacsv
         import pyarrow.parquet as pq
@@ -126,9 +127,8 @@ class PerSampleWriter:
             self._file = AtomicFile(Path(self.target))
             self._sink = pa.OSFile(str(self._file.temp), "w")
         if self.format == "parquet":
-            self._writer = pq.ParquetWriter(self._sink, schema)
-        else:
-            self._writer = pacsv.CSVWriter(self._sink, schema, write_options=pacsv.WriteOptions(quoting_style="needed"))
+            return pq.ParquetWriter(self._sink, schema)
+        return pacsv.CSVWriter(self._sink, schema, write_options=pacsv.WriteOptions(quoting_style="needed"))
 
     def write(self, columns: dict[str, Any]) -> None:
         import pyarrow as pa
@@ -136,7 +136,7 @@ class PerSampleWriter:
         batch = pa.RecordBatch.from_pydict({k: _arrow(v) for k, v in columns.items()})
         with reported_as(self._shown_name):
             if self._writer is None:
-                self._start(batch.schema)
+                self._writer = self._start(batch.schema)
             self._writer.write_batch(batch)
 
     def commit(self) -> None:
