@@ -128,3 +128,31 @@ def test_bad_values_are_usage_errors(run, tmp_path):
     path = write_csv(tmp_path / "p.csv", ["label", "p_a", "p_b"], [("a", 0.6, 0.4)])
     assert_input_error(run("score", path, "--top-k", "0"), "--top-k 0", "at least 1")
     assert_input_error(run("score", path, "--min", "top_k_accuracy=0.5"), "needs --top-k")
+
+
+def test_a_new_metric_is_one_row_of_the_table(monkeypatch, run_json, tmp_path):
+    """What adding a metric takes: a kernel and a row of metrics.METRICS. Score, its groups, the
+    gates, the JSON and compare then have it, with no other change."""
+    from nllcli import metrics
+
+    def mean_confidence(pred, labels, targets, settings):  # the kernel: per-sample top probability
+        return pred.probs().max(axis=1)
+
+    row = metrics.Metric("confidence", ("score",), lambda s, job: s.mean("confidence"), quantity=mean_confidence,
+                         paired=lambda scored: scored.summed["confidence"], in_groups=True)
+    monkeypatch.setattr(metrics, "METRICS", (*metrics.METRICS, row))
+    df, q, y = frame(31, n=300, weighted=True)
+    path = tmp_path / "preds.csv"
+    df.to_csv(path, index=False)
+    w = df["w"].to_numpy()
+    expected = float(np.sum(w * q.max(axis=1)) / np.sum(w))
+    code, data, err = run_json("score", path, "--weight", "w", "--by", "group", "--min", "confidence=0.99")
+    assert code == 1 and "gate failed: confidence" in err
+    assert data["metrics"]["confidence"] == pytest.approx(expected, rel=1e-12)
+    for group in data["groups"]:
+        rows = (df["group"] == group["by"]["group"]).to_numpy()
+        assert group["metrics"]["confidence"] == pytest.approx(
+            np.sum(w[rows] * q[rows].max(axis=1)) / np.sum(w[rows]), rel=1e-12)
+    report = compare(df, df, weight="w", resamples=50)
+    row = next(r for r in report.comparison if r["metric"] == "confidence")
+    assert row["base"] == row["new"] == pytest.approx(expected, rel=1e-12) and row["delta"] == 0.0
