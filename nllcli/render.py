@@ -209,7 +209,7 @@ def _comparison_table(report: Report, style: dict, plain: bool):
 def _groups_table(report: Report, style: dict, plain: bool):
     """Metrics per --by group, worst first."""
     columns = [(column, "left") for column in report.groups[0]["by"]] + [("rows", "right")]
-    if "comparison" in report.groups[0]:  # compare: the nll of both models per group
+    if report.command == "compare":  # the nll of both models per group
         level = report.groups[0]["comparison"][0]["confidence"]
         table = _table(style, plain, *columns, *((column, "right") for column in
                                                  ("base nll", "new nll", "delta", f"{level:.0%} interval")))
