@@ -14,7 +14,7 @@ from .errors import InputError, UsageError
 from .report import UNITS, Gate, check_gate_metrics
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Settings:
     """How values are read and scored; shared by every command."""
 
@@ -143,7 +143,8 @@ def plan_score(preds, *, targets=None, label: str | None = None, classes: str | 
                bins: int = 15, top_k: int | None = None, by: Sequence[str] = (), worst: int = 0,
                max: Sequence[str] = (), min: Sequence[str] = (), ignore: Sequence[str] = ()) -> Job:
     """Check the options and open the inputs of a `score` (see score())."""
-    settings = Settings(input, eps, tol, renormalize, str(base), label_smoothing, bins=bins, top_k=top_k)
+    settings = Settings(kind=input, eps=eps, tol=tol, renormalize=renormalize, base=str(base),
+                        label_smoothing=label_smoothing, bins=bins, top_k=top_k)
     soft = targets is not None or target_prefix is not None or label_smoothing is not None
     if label_smoothing is not None and (targets is not None or target_prefix is not None):
         raise UsageError("--label-smoothing softens hard labels; it does not combine with --targets or --target-prefix")
@@ -181,7 +182,7 @@ def plan_kl(p, q, *, classes: str | list[str] | None = None, probs: str | None =
             base: str = "e", symmetric: bool = False, max: Sequence[str] = (), min: Sequence[str] = (),
             ignore: Sequence[str] = ()) -> Job:
     """Check the options and open the inputs of a `kl` (see kl())."""
-    settings = Settings(input, eps, tol, renormalize, str(base), symmetric=symmetric)
+    settings = Settings(kind=input, eps=eps, tol=tol, renormalize=renormalize, base=str(base), symmetric=symmetric)
     check_stdin_once(p, q)
     gates = parse_gates(max, min, "kl", settings)
     p_sources, q_sources = open_inputs(p), open_inputs(q)
