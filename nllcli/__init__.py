@@ -3,17 +3,21 @@
     >>> import nllcli
     >>> report = nllcli.score("preds.csv")          # doctest: +SKIP
     >>> report.metrics["nll"], report.to_dict()     # doctest: +SKIP
+    >>> nllcli.compare("base.csv", "new.csv").comparison   # doctest: +SKIP
 
 The functions are imported on first use, so `import nllcli` (and `nll --help`) stays fast.
 """
 
 from ._version import __version__
 
-__all__ = ["__version__", "score", "kl", "Report", "Summary", "NllError", "InputError", "UsageError"]
+__all__ = ["InputError", "NllError", "Report", "State", "Summary", "UsageError", "__version__", "compare", "kl",
+           "score"]
 
 _LAZY = {
     "score": ("api", "score"),
     "kl": ("api", "kl"),
+    "compare": ("comparison", "compare"),
+    "State": ("summary", "State"),
     "Report": ("report", "Report"),
     "Summary": ("summary", "Summary"),
     "NllError": ("errors", "NllError"),

@@ -461,7 +461,7 @@ def _compare(base_file: str, new_file: str, format: Format, quiet: bool, **optio
     --fail-if-worse D exits 1 when the nll delta and its whole interval are above D; --max/--min gate NEW.
     """
     _prepare_process()
-    from .compare import compare
+    from .comparison import compare
 
     with _ProgressBar(quiet, _total_bytes([base_file, new_file])) as progress:
         report = compare(base_file, new_file, progress=progress, **_plain(options))

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 import nllcli
-from nllcli import compare as C
+from nllcli import comparison as C
 from nllcli.errors import InputError, UsageError
 
 from helpers import loads_strict

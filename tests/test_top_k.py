@@ -9,7 +9,7 @@ from sklearn.metrics import top_k_accuracy_score
 
 import nllcli
 from nllcli import losses
-from nllcli.compare import compare
+from nllcli import compare
 
 from helpers import assert_input_error, write_csv
 
