@@ -60,27 +60,25 @@ def read_only_folder(tmp_path):
     folder.chmod(0o755)
 
 
-@pytest.fixture
-def tiny_tmpfs(tmp_path):
-    """A 16 KB tmpfs (the per-sample file is 63 KB), when mount works here (root, say), else skip."""
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(mount)], capture_output=True)
+def _mount_tmpfs(folder: Path, options: str):
+    """Mount a tmpfs on ``folder`` for the test, when mount works here (root, say), else skip."""
+    folder.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True)
     if done.returncode != 0:
         pytest.skip("cannot mount a tmpfs here")
-    yield mount
-    subprocess.run(["umount", str(mount)], check=False)
+    yield folder
+    subprocess.run(["umount", str(folder)], check=False)
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    """A 16 KB tmpfs (the per-sample file is 63 KB)."""
+    yield from _mount_tmpfs(tmp_path / "tiny", "size=16k")
 
 
 @pytest.fixture
 def read_only_tmpfs(tmp_path):
-    mount = tmp_path / "rofs"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here")
-    yield mount
-    subprocess.run(["umount", str(mount)], check=False)
+    yield from _mount_tmpfs(tmp_path / "rofs", "ro,size=64k")
 
 
 # -- operating-system faults on output: exit 2, one line naming the path and the reason ------------
