@@ -446,8 +446,8 @@ def _plot(output: str, **options) -> None:
     options = _plain(options)
     report = _score_report(options.pop("preds"), **options)
     write_plot(output, report)
-    for warning in report.all_warnings():
-        _err(f"nll: warning: {warning}")
+    for warning in report.all_warnings():  # a quiet note already says "note:"
+        _err(f"nll: {warning}" if warning.startswith("note: ") else f"nll: warning: {warning}")
     _err(f"nll: wrote {output}")
 
 
