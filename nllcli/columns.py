@@ -355,7 +355,8 @@ def resolve_layout(schema: pa.Schema, source: str, *, classes: list[str] | None 
 
     numeric_rule = False
     if classes:
-        layout.class_columns = [_class_column(names, c, source) for c in classes]
+        present = set(names)  # looked up once per class: 200,000 classes are named
+        layout.class_columns = [_class_column(present, c, source) for c in classes]
         layout.class_names = list(classes)
     else:
         for prefix in CLASS_PREFIXES:
@@ -511,7 +512,7 @@ def _is_float(text: str) -> bool:
         return False
 
 
-def _class_column(names: list[str], wanted: str, source: str) -> str:
+def _class_column(names: set[str], wanted: str, source: str) -> str:
     for candidate in (wanted, *(p + wanted for p in CLASS_PREFIXES)):
         if candidate in names:
             return candidate

@@ -512,7 +512,10 @@ class Source:
         for start in range(0, len(packed) if group_rows else 0, WIDE_SLICE):
             part = _one_batch(parquet.read_row_group(group, columns=packed[start:start + WIDE_SLICE]))
             if any(t != pa.float64() for t in set(part.schema.types)):
-                part = _cast(part, types, self.name)
+                try:  # float32 or integers: one cast for the slice
+                    part = part.cast(pa.schema([pa.field(n, pa.float64()) for n in part.schema.names]))
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                    part = _cast(part, types, self.name)  # to name the column that cannot be cast
             matrix[:, start:start + part.num_columns] = part.to_tensor(null_to_nan=True).to_numpy()
         rest = _cast(_one_batch(parquet.read_row_group(group, columns=others)), types, self.name) if others else None
         return matrix, rest
