@@ -362,10 +362,11 @@ class Source:
         if not bad.size:
             return InputError(self.name, f"cannot read CSV: {_first_line(str(exc))}")
         column = int(bad[0]) % span
-        in_column = bad[bad % span == column] // span
-        return InputError(self.name, f"non-numeric value {strings[int(bad[0])].as_py()!r}",
-                          column=self.schema.names[first + column], rows=(first_row + in_column[:5]).tolist(),
-                          total=in_column.size)
+        name = self.schema.names[first + column]
+        in_block = (first_row + bad[bad % span == column] // span).tolist()
+        # A file is searched to its end for that column's bad rows (pyarrow reads that column only).
+        rows = (self._rows_not_numeric(name) if self.path is not None else None) or in_block[:5]
+        return InputError(self.name, f"non-numeric value {strings[int(bad[0])].as_py()!r}", column=name, rows=rows)
 
     def _row_too_long(self, row: int) -> InputError:
         if self.path is None:  # a stream cannot be read again with a larger block
