@@ -287,8 +287,8 @@ class Source:
     def _class_fields(self, block: bytes, rows: int, first: int, last: int, first_row: int) -> np.ndarray:
         """The (rows, last - first + 1) float64 matrix of the fields first..last of each row."""
         width = len(self.schema.names)
-        text = None if b'"' in block else self._cut_fields(block, rows, first, last, width)
-        if text is None:  # quoted fields, or lines pyarrow counts another way: Python's csv module
+        text = self._cut_fields(block, rows, first, last, width)
+        if text is None:  # lines pyarrow counts another way (a lone \r): Python's csv module
             text = self._quoted_fields(block, rows, first, last)
         span = last - first + 1
         read = pacsv.ReadOptions(column_names=["v"], use_threads=self._stdin is None)
@@ -306,18 +306,21 @@ class Source:
             np.empty((0, span))
 
     def _cut_fields(self, block: bytes, rows: int, first: int, last: int, width: int) -> bytes | None:
-        """Fields first..last of each row (a block without quotes), one a line; None if the lines
-        found are not the rows pyarrow found (line ends other than \\n and \\r\\n)."""
+        """Fields first..last of each row, one a line (quoted fields stay quoted); None if the
+        lines found are not the rows pyarrow found (line ends other than \\n and \\r\\n)."""
         if not block.endswith(b"\n"):
             block += b"\n"
         codes = np.frombuffer(block, np.uint8)
-        ends = np.flatnonzero(codes == ord("\n"))
+        ends, _ = _row_ends(block, False)
         starts = np.concatenate(([0], ends[:-1] + 1))
         crlf = codes[np.maximum(ends - 1, 0)] == ord("\r")
         stops = ends - crlf
         kept = stops > starts  # blank lines are not rows
         starts, stops = starts[kept], stops[kept]
         delimiters = np.flatnonzero(codes == ord(self.delimiter))
+        quotes = np.flatnonzero(codes == ord('"'))
+        if quotes.size:  # a delimiter between quotes is text
+            delimiters = delimiters[np.searchsorted(quotes, delimiters) % 2 == 0]
         if (starts.size != rows or delimiters.size != rows * (width - 1)
                 or np.count_nonzero(codes == ord("\r")) != np.count_nonzero(crlf)):
             return None

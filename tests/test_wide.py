@@ -259,3 +259,12 @@ def test_csv_sample_types_label_and_key_as_text(files):
     assert source.schema.field("id").type == pa.string() and source.schema.field("p_c0").type == pa.float64()
     assert source.sample.column_names == ["id", "label"]
     assert len(source.schema) == K + 2
+
+
+def test_quoted_delimiter_in_a_class_field(run, tmp_path, data, monkeypatch):
+    """A quoted "0,5" is one field (text, not a number): both paths name its column and row."""
+    path = _broken_csv(tmp_path, data, lambda lines: _set_field(lines, 2, 9_999, '"0,5"'))
+    wide_line = assert_input_error(run("score", path), "column 'p_c9999'", "'0,5'", "row 2")
+    monkeypatch.setattr(columns_module, "WIDE_COLUMNS", 10 ** 9)
+    monkeypatch.setattr(readers, "WIDE_COLUMNS", 10 ** 9)
+    assert assert_input_error(run("score", path)) == wide_line
