@@ -37,7 +37,7 @@ INDEX_PATTERN = re.compile(r"(|index|Unnamed: \d+|__index_level_\d+__)", re.IGNO
 PREDICTED_NAMES = ("y_pred", "pred", "preds", "prediction", "predictions", "predicted", "pred_label",
                    "predicted_label", "pred_class", "predicted_class", "y_hat", "yhat", "argmax")
 
-WIDE_COLUMNS = 1024  # more class columns than this: read as one matrix, never one Arrow column each
+WIDE_COLUMNS = 4096  # more class columns than this: read as one matrix, never one Arrow column each
 PACKED = "\x00nll:classes"  # the batch column holding the class matrix (fixed-size lists, one a row)
 
 

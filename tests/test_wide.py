@@ -147,7 +147,7 @@ def test_classes_in_another_order(tmp_path, data):
 
 
 def test_parquet_float32_and_row_groups(tmp_path, data):
-    p = data[0][:, :5000]  # more than WIDE_COLUMNS, more than one slice of WIDE_SLICE columns
+    p = data[0][:, :9000]  # more than WIDE_COLUMNS, more than two slices of WIDE_SLICE columns
     columns = {f"p_c{j}": p[:, j].astype(np.float32) for j in range(p.shape[1])}
     path = tmp_path / "p.parquet"
     pq.write_table(pa.table({"label": [f"c{j}" for j in range(N)], **columns}), path, row_group_size=4)
