@@ -14,12 +14,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import scipy.special
+from helpers import assert_input_error
 
 from nllcli import columns as columns_module
 from nllcli import readers
 from nllcli.columns import PACKED, resolve_layout
-
-from helpers import assert_input_error
 
 K = 20_000
 N = 9
