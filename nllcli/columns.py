@@ -37,6 +37,30 @@ INDEX_PATTERN = re.compile(r"(|index|Unnamed: \d+|__index_level_\d+__)", re.IGNO
 PREDICTED_NAMES = ("y_pred", "pred", "preds", "prediction", "predictions", "predicted", "pred_label",
                    "predicted_label", "pred_class", "predicted_class", "y_hat", "yhat", "argmax")
 
+WIDE_COLUMNS = 4096  # more class columns than this: read as one matrix, never one Arrow column each
+PACKED = "\x00nll:classes"  # the batch column holding the class matrix (fixed-size lists, one a row)
+
+
+class ColumnTypes(dict):
+    """Column name -> type to read it as; ``packed`` names the class columns (in order) to deliver
+    as one PACKED column of fixed-size lists when there are more than WIDE_COLUMNS of them."""
+
+    def __init__(self, types=(), packed: list[str] | None = None):
+        super().__init__(types)
+        self.packed = packed if packed is not None and len(packed) > WIDE_COLUMNS else None
+
+
+def packed_id(columns: list[str]) -> bytes:
+    """A short fingerprint of the packed columns, kept in the PACKED field's metadata, so that a
+    batch's matrix is used only for the very columns it was read from."""
+    import hashlib
+
+    return hashlib.sha1("\x00".join(columns).encode("utf-8", "surrogatepass")).hexdigest().encode()
+
+
+def packed_field(columns: list[str]) -> pa.Field:
+    return pa.field(PACKED, pa.list_(pa.float64(), len(columns)), metadata={b"columns": packed_id(columns)})
+
 
 @dataclass
 class Layout:
@@ -67,8 +91,9 @@ class Layout:
         """The class names as an Arrow array, to turn class indices into names."""
         return pa.array(self.class_names, pa.string())
 
-    def types(self, schema: pa.Schema) -> dict[str, pa.DataType]:
-        """Types to parse each column as: numbers as float64, labels and keys as text."""
+    def types(self, schema: pa.Schema) -> ColumnTypes:
+        """Types to parse each column as: numbers as float64, labels and keys as text; more than
+        WIDE_COLUMNS class columns are asked for as one matrix."""
         types = {c: pa.float64() for c in self.class_columns}
         if self.weight:
             types[self.weight] = pa.float64()
@@ -79,7 +104,7 @@ class Layout:
             types[self.key] = pa.string()
         if self.list_column:
             types[self.list_column] = pa.list_(pa.float64())
-        return types
+        return ColumnTypes(types, packed=self.class_columns)
 
     def values(self, batch: pa.RecordBatch, first_row: int = 1) -> np.ndarray:
         """The (n, K) float64 matrix of class values (NaN where missing).
@@ -89,6 +114,9 @@ class Layout:
         if self.list_column is not None:
             return _list_matrix(batch.column(self.list_column), len(self.class_names), self.source,
                                 self.list_column, first_row)
+        if PACKED in batch.schema.names and batch.schema.field(PACKED).metadata == {b"columns": self._packed_id}:
+            flat = floats(batch.column(PACKED).flatten())
+            return np.asfortranarray(flat.reshape(-1, len(self.class_columns)))
         if len(self.class_columns) > 64:  # many classes: one conversion, not one per column
             return batch.select(self.class_columns).to_tensor(null_to_nan=True, row_major=False).to_numpy()
         n = batch.num_rows
@@ -127,6 +155,10 @@ class Layout:
                 "--positive LABEL" if self.binary else "labels match class names, or integer positions 0..K-1")
         raise InputError(self.source, f"labels not among the classes {self.class_names}: {seen}",
                          column=self.label, rows=(first_row + bad).tolist(), total=bad.size, hint=hint)
+
+    @functools.cached_property
+    def _packed_id(self) -> bytes:
+        return packed_id(self.class_columns)
 
     @functools.cached_property
     def _label_lookup(self) -> dict[str, int]:
@@ -323,7 +355,8 @@ def resolve_layout(schema: pa.Schema, source: str, *, classes: list[str] | None 
 
     numeric_rule = False
     if classes:
-        layout.class_columns = [_class_column(names, c, source) for c in classes]
+        present = set(names)  # looked up once per class: 200,000 classes are named
+        layout.class_columns = [_class_column(present, c, source) for c in classes]
         layout.class_names = list(classes)
     else:
         for prefix in CLASS_PREFIXES:
@@ -480,7 +513,7 @@ def _is_float(text: str) -> bool:
         return False
 
 
-def _class_column(names: list[str], wanted: str, source: str) -> str:
+def _class_column(names: set[str], wanted: str, source: str) -> str:
     for candidate in (wanted, *(p + wanted for p in CLASS_PREFIXES)):
         if candidate in names:
             return candidate

@@ -36,6 +36,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from .columns import PACKED, WIDE_COLUMNS, floats, integers, packed_field
 from .errors import InputError, UsageError
 
 STDIN = "-"
@@ -50,6 +51,10 @@ PARQUET_MAGIC = b"PAR1"
 GZIP_MAGIC = b"\x1f\x8b"
 CSV_SUFFIXES = (".csv", ".tsv", ".txt", ".csv.gz", ".tsv.gz", ".txt.gz", ".gz")
 PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
+WIDE_BLOCK_BYTES = 8 << 20  # CSV bytes read at once on the wide path (more for a longer row)
+WIDE_SLICE = 4096  # Parquet class columns read at once on the wide path
+WIDE_GROUP_BYTES = 256 << 20  # a Parquet row group whose class matrix is larger streams as before
+_WIDE_INDEX_LOCK = threading.Lock()  # held while a wide Parquet row group is read (see _wide_parquet_batches)
 
 
 @dataclass
@@ -74,9 +79,11 @@ class Source:
     compressed: bool = False
     size: int | None = None
     num_rows: int | None = None  # known up front for Parquet
+    group_rows: list[int] | None = None  # Parquet: the rows of each row group
     block_size: int = CSV_BLOCK_BYTES  # CSV: grows with the row width
     _stdin: io.RawIOBase | None = field(default=None, repr=False)
     _parquet_buffer: pa.Buffer | None = field(default=None, repr=False)
+    _parquet: object = field(default=None, repr=False)  # the open ParquetFile: its index is read once
     _table: pa.Table | None = field(default=None, repr=False)
     _raw: pa.NativeFile | None = field(default=None, repr=False)
     _head: bytes = field(default=b"", repr=False)  # a stream's first bytes, for error messages
@@ -88,12 +95,23 @@ class Source:
         if self.sample is None and self._table is not None:
             self.sample = self._table.slice(0, rows)
         elif self.sample is None:
+            # A wide file's sample leaves out its floating-point columns (class values, never labels).
+            columns = None if len(self.schema) <= WIDE_COLUMNS else [
+                f.name for f in self.schema if not pa.types.is_floating(f.type)]
             try:
-                first = next(self._parquet_file().iter_batches(batch_size=rows), None)
+                first = next(self._parquet_file().iter_batches(batch_size=rows, columns=columns), None)
             except (pa.ArrowException, OSError) as exc:
                 raise InputError(self.name, f"cannot read Parquet: {_first_line(str(exc))}") from exc
             self.sample = pa.Table.from_batches([first]) if first is not None else self.schema.empty_table()
+            self._forget_wide_index()
         return self.sample
+
+    def _forget_wide_index(self) -> None:
+        """A wide Parquet file's index (500 MB at 200,000 columns) is not kept between reads, so
+        that two such files (``nll kl P Q``) do not hold both at once."""
+        if len(self.schema) > WIDE_COLUMNS and self._parquet is not None:
+            self._parquet = None
+            _release_freed_memory()
 
     @classmethod
     def from_table(cls, data, name: str = "<table>") -> "Source":
@@ -109,7 +127,12 @@ class Source:
     def batches(self, columns: list[str], types: dict[str, pa.DataType]) -> Iterator[Chunk]:
         """Stream the given columns, cast to the given types, in bounded-size batches."""
         row = 1
-        if self.format == "csv":
+        packed = getattr(types, "packed", None)
+        if packed and self.format == "csv" and self._contiguous(packed):
+            stream = self._wide_csv_batches(columns, types, packed)
+        elif packed and self.format == "parquet" and self._groups_fit(len(packed)):
+            stream = self._wide_parquet_batches(columns, types, packed)
+        elif self.format == "csv":
             stream = self._csv_batches(columns, types)
         elif self.format == "parquet":
             stream = self._parquet_batches(columns, types)
@@ -176,6 +199,181 @@ class Source:
                 if self.path is None or self.block_size >= ROW_LIMIT:
                     raise self._row_too_long(done + 1) from exc
                 self.block_size = min(ROW_LIMIT, self.block_size * 4)
+
+    # -- wide CSV: the class fields parsed as one column ------------------------------------
+
+    def _contiguous(self, packed: list[str]) -> bool:
+        """The class columns fill a run of adjacent columns of the file (in any order)."""
+        position = {n: i for i, n in enumerate(self.schema.names)}
+        where = [position.get(c) for c in packed]
+        return None not in where and max(where) - min(where) + 1 == len(set(where)) == len(packed)
+
+    def _wide_csv_batches(self, columns, types, packed: list[str]) -> Iterator[pa.RecordBatch]:
+        """The batches with the class columns as one PACKED column.
+
+        Each block of whole rows is parsed twice: by pyarrow for the other columns (it also checks
+        every row's width), and for the class fields, cut out of each row and written one a line,
+        by pyarrow again as a single float64 column: the values follow the rules of the ordinary
+        path, and pyarrow keeps no state for each of 200,000 columns (about 10 KB each).
+        """
+        names = self.schema.names
+        position = {n: i for i, n in enumerate(names)}
+        where = np.array([position[c] for c in packed])
+        first, last = int(where.min()), int(where.max())
+        order = where - first
+        in_order = bool(np.array_equal(order, np.arange(len(order))))
+        packed_set = set(packed)
+        others = [c for c in columns if c not in packed_set]
+        # pyarrow reads one column at least: it counts the rows and checks their width.
+        wanted = others or [names[first]]
+        generated = [f"f{position[c]}" for c in wanted]
+        read = pacsv.ReadOptions(use_threads=self._stdin is None, autogenerate_column_names=True)
+        parse = pacsv.ParseOptions(delimiter=self.delimiter, newlines_in_values=True)
+        convert = pacsv.ConvertOptions(include_columns=generated, check_utf8=True,
+                                       column_types={g: types.get(c, pa.string()) for g, c in zip(generated, wanted)},
+                                       strings_can_be_null=False, quoted_strings_can_be_null=False)
+        schema = pa.schema([*(pa.field(c, pa.null()) for c in others), packed_field(packed)])
+        row = 1
+        for block in self._row_blocks():
+            read.block_size = len(block) + 1  # one block: no row straddles two
+            try:
+                table = pacsv.read_csv(pa.py_buffer(block), read_options=read, parse_options=parse,
+                                       convert_options=convert)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError) as exc:
+                raise self._csv_error(exc) from exc
+            matrix = self._class_fields(block, table.num_rows, first, last, row)
+            if not in_order:
+                matrix = matrix[:, order]
+            offset = 0
+            for part in table.to_batches():
+                n = part.num_rows
+                values = pa.array(matrix[offset:offset + n].reshape(-1))
+                arrays = [part.column(g) for g in generated[:len(others)]]
+                fields = [schema.field(c).with_type(a.type) for c, a in zip(others, arrays)]
+                yield pa.RecordBatch.from_arrays([*arrays, pa.FixedSizeListArray.from_arrays(values, len(packed))],
+                                                 schema=pa.schema([*fields, schema.field(PACKED)]))
+                offset += n
+            row += table.num_rows
+
+    def _row_blocks(self) -> Iterator[bytes]:
+        """The data rows in blocks of whole rows of about ``block_size`` bytes (the header left out).
+
+        A row longer than the block makes that block longer (up to ROW_LIMIT): the file is never
+        read twice, so this works on standard input too.
+        """
+        stream = self._open_raw()
+        carry, header, rows = b"", True, 0
+        size = min(self.block_size, WIDE_BLOCK_BYTES)
+        try:
+            while True:
+                piece = bytes(stream.read(size))
+                data = carry + piece if carry else piece
+                if not piece:
+                    if not header and data.strip():
+                        yield data  # the last row, without a line end
+                    return
+                ends, _ = _row_ends(data, False)
+                if header and ends.size:
+                    carry, header = data[int(ends[0]) + 1:], False
+                    continue
+                if not ends.size:
+                    if len(data) > (HEADER_LIMIT if header else ROW_LIMIT):
+                        raise InputError(self.name, f"row longer than {_mib(ROW_LIMIT)}", rows=[rows + 1])
+                    carry = data
+                    continue
+                cut = int(ends[-1]) + 1
+                carry = data[cut:]
+                rows += ends.size
+                yield data[:cut]
+        except OSError as exc:
+            raise self._csv_error(exc) from exc
+
+    def _class_fields(self, block: bytes, rows: int, first: int, last: int, first_row: int) -> np.ndarray:
+        """The (rows, last - first + 1) float64 matrix of the fields first..last of each row."""
+        width = len(self.schema.names)
+        text = self._cut_fields(block, rows, first, last, width)
+        if text is None:  # lines pyarrow counts another way (a lone \r): Python's csv module
+            text = self._quoted_fields(block, rows, first, last)
+        span = last - first + 1
+        read = pacsv.ReadOptions(column_names=["v"], use_threads=self._stdin is None)
+        parse = pacsv.ParseOptions(delimiter=self.delimiter, ignore_empty_lines=False, newlines_in_values=True)
+        try:
+            column = pacsv.read_csv(pa.py_buffer(text), read_options=read, parse_options=parse,
+                                    convert_options=pacsv.ConvertOptions(column_types={"v": pa.float64()}))
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise self._class_field_error(text, read, parse, span, first, first_row, exc) from exc
+        values = column.column(0)
+        if len(values) != rows * span:
+            raise InputError(self.name, f"cannot read CSV: {len(values)} class values in rows "
+                                        f"{first_row}..{first_row + rows - 1}, expected {rows * span}")
+        return np.concatenate([floats(chunk) for chunk in values.chunks]).reshape(rows, span) if rows else \
+            np.empty((0, span))
+
+    def _cut_fields(self, block: bytes, rows: int, first: int, last: int, width: int) -> bytes | None:
+        """Fields first..last of each row, one a line (quoted fields stay quoted); None if the
+        lines found are not the rows pyarrow found (line ends other than \\n and \\r\\n)."""
+        if not block.endswith(b"\n"):
+            block += b"\n"
+        codes = np.frombuffer(block, np.uint8)
+        ends, _ = _row_ends(block, False)
+        starts = np.concatenate(([0], ends[:-1] + 1))
+        crlf = codes[np.maximum(ends - 1, 0)] == ord("\r")
+        stops = ends - crlf
+        kept = stops > starts  # blank lines are not rows
+        starts, stops = starts[kept], stops[kept]
+        delimiters = np.flatnonzero(codes == ord(self.delimiter))
+        quotes = np.flatnonzero(codes == ord('"'))
+        if quotes.size:  # a delimiter between quotes is text
+            delimiters = delimiters[np.searchsorted(quotes, delimiters) % 2 == 0]
+        if (starts.size != rows or delimiters.size != rows * (width - 1)
+                or np.count_nonzero(codes == ord("\r")) != np.count_nonzero(crlf)):
+            return None
+        delimiters = delimiters.reshape(rows, width - 1)
+        begin = starts if first == 0 else delimiters[:, first - 1] + 1
+        end = stops if last == width - 1 else delimiters[:, last]  # the byte after the last class field
+        text = codes.copy()
+        text[delimiters.reshape(-1)] = ord("\n")
+        text[end] = ord("\n")
+        keep = np.zeros(len(codes) + 1, np.int8)  # 1 from each row's first class byte to its end
+        keep[begin] += 1
+        keep[end + 1] -= 1
+        return text[np.cumsum(keep[:-1], dtype=np.int8).view(bool)].tobytes()
+
+    def _quoted_fields(self, block: bytes, rows: int, first: int, last: int) -> bytes:
+        """Fields first..last of each row, one a line, written again as CSV (quoted where needed)."""
+        out = io.StringIO()
+        writer = csv.writer(out, delimiter=self.delimiter, lineterminator="\n")
+        text = io.TextIOWrapper(io.BytesIO(block), encoding="utf-8", errors="replace", newline="")
+        count = 0
+        for record in csv.reader(text, delimiter=self.delimiter):
+            if record:
+                writer.writerows([value] for value in record[first:last + 1])
+                count += 1
+        if count != rows:
+            raise InputError(self.name, f"cannot read CSV: {count} rows found in a block where pyarrow found {rows}")
+        return out.getvalue().encode()
+
+    def _class_field_error(self, text: bytes, read, parse, span: int, first: int, first_row: int,
+                           exc: Exception) -> InputError:
+        """The first bad class value of a block: its column, and the rows where that column is bad."""
+        import pyarrow.compute as pc
+
+        try:
+            strings = pacsv.read_csv(pa.py_buffer(text), read_options=read, parse_options=parse,
+                                     convert_options=pacsv.ConvertOptions(column_types={"v": pa.string()}))
+            strings = strings.column(0).combine_chunks()
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            return InputError(self.name, f"cannot read CSV: {_first_line(str(exc))}")
+        ok = pc.match_substring_regex(strings, "(?i)^" + _NUMERIC.pattern + "$")
+        bad = integers(pc.indices_nonzero(pc.invert(ok.fill_null(True))), fill=0)
+        if not bad.size:
+            return InputError(self.name, f"cannot read CSV: {_first_line(str(exc))}")
+        column = int(bad[0]) % span
+        name = self.schema.names[first + column]
+        in_block = (first_row + bad[bad % span == column] // span).tolist()
+        # A file is searched to its end for that column's bad rows (pyarrow reads that column only).
+        rows = (self._rows_not_numeric(name) if self.path is not None else None) or in_block[:5]
+        return InputError(self.name, f"non-numeric value {strings[int(bad[0])].as_py()!r}", column=name, rows=rows)
 
     def _row_too_long(self, row: int) -> InputError:
         if self.path is None:  # a stream cannot be read again with a larger block
@@ -265,9 +463,11 @@ class Source:
     def _parquet_file(self):
         import pyarrow.parquet as pq  # imported only for Parquet input: it costs start-up time
 
-        source = pa.BufferReader(self._parquet_buffer) if self._parquet_buffer is not None else str(self.path)
-        # pre_buffer would read whole row groups ahead; without it memory stays flat as files grow.
-        return pq.ParquetFile(source, pre_buffer=False)
+        if self._parquet is None:  # its index costs about 2.5 KB a column: read once, kept unless wide
+            source = pa.BufferReader(self._parquet_buffer) if self._parquet_buffer is not None else str(self.path)
+            # pre_buffer would read whole row groups ahead; without it memory stays flat as files grow.
+            self._parquet = pq.ParquetFile(source, pre_buffer=False)
+        return self._parquet
 
     def _parquet_batches(self, columns, types) -> Iterator[pa.RecordBatch]:
         try:
@@ -278,6 +478,55 @@ class Source:
         except (pa.ArrowException, OSError) as exc:
             raise InputError(self.name, f"cannot read Parquet: {_first_line(str(exc))}") from exc
 
+
+    def _groups_fit(self, width: int) -> bool:
+        """Every row group's class matrix fits in WIDE_GROUP_BYTES: the wide path reads a group at a time."""
+        return self.group_rows is not None and max(self.group_rows, default=0) * width * 8 <= WIDE_GROUP_BYTES
+
+    def _wide_parquet_batches(self, columns, types, packed: list[str]) -> Iterator[pa.RecordBatch]:
+        """The batches with the class columns as one PACKED column, each row group's class matrix
+        read WIDE_SLICE columns at a time (pyarrow keeps about 10 KB of state for each column read).
+
+        The file's index is opened for the first row group and dropped after the last one is read;
+        reading a group holds _WIDE_INDEX_LOCK, so two files read side by side (P and Q) do not
+        hold their indexes at once when each has a single row group.
+        """
+        packed_set = set(packed)
+        others = [c for c in columns if c not in packed_set]
+        rows = max(1, min(PARQUET_BATCH_ROWS, PARQUET_BATCH_VALUES // len(packed)))
+        parquet = None
+        try:
+            for group, group_rows in enumerate(self.group_rows):
+                with _WIDE_INDEX_LOCK:
+                    parquet = parquet or self._parquet_file()
+                    self._forget_wide_index()
+                    matrix, rest = self._wide_group(parquet, group, group_rows, packed, others, types)
+                    if group == len(self.group_rows) - 1:
+                        parquet = None  # all read: the index goes before the last batches are used
+                        _release_freed_memory()
+                for offset in range(0, group_rows, rows):
+                    values = pa.array(matrix[offset:offset + rows].reshape(-1))
+                    arrays = [rest.column(c).slice(offset, rows) for c in others]
+                    fields = [pa.field(c, a.type) for c, a in zip(others, arrays)]
+                    yield pa.RecordBatch.from_arrays(
+                        [*arrays, pa.FixedSizeListArray.from_arrays(values, len(packed))],
+                        schema=pa.schema([*fields, packed_field(packed)]))
+        except (pa.ArrowException, OSError) as exc:
+            raise InputError(self.name, f"cannot read Parquet: {_first_line(str(exc))}") from exc
+
+    def _wide_group(self, parquet, group: int, group_rows: int, packed: list[str], others: list[str], types):
+        """One row group: its (rows, K) class matrix and a batch of the other columns."""
+        matrix = np.empty((group_rows, len(packed)))
+        for start in range(0, len(packed) if group_rows else 0, WIDE_SLICE):
+            part = _one_batch(parquet.read_row_group(group, columns=packed[start:start + WIDE_SLICE]))
+            if any(t != pa.float64() for t in set(part.schema.types)):
+                try:  # float32 or integers: one cast for the slice
+                    part = part.cast(pa.schema([pa.field(n, pa.float64()) for n in part.schema.names]))
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                    part = _cast(part, types, self.name)  # to name the column that cannot be cast
+            matrix[:, start:start + part.num_columns] = part.to_tensor(null_to_nan=True).to_numpy()
+        rest = _cast(_one_batch(parquet.read_row_group(group, columns=others)), types, self.name) if others else None
+        return matrix, rest
 
     def _values_per_row(self, parquet, columns: list[str]) -> int:
         """Values a row holds in ``columns``: one per plain column, a list column's mean length in
@@ -317,6 +566,31 @@ def _cast(batch: pa.RecordBatch, types: dict[str, pa.DataType], source: str) -> 
                 raise InputError(source, f"cannot use {array.type} values as {wanted}", column=name) from exc
         arrays.append(array)
     return pa.RecordBatch.from_arrays(arrays, names=batch.schema.names)
+
+
+def _release_freed_memory() -> None:
+    """Give the memory freed by a dropped Parquet index back to the system (glibc only).
+
+    Each reader thread allocates from its own malloc arena, so an index freed in one thread is
+    not reused by the next file's index read in another: without this, two 200,000-column files
+    read one after the other hold 500 MB each.
+    """
+    import ctypes
+    import gc
+
+    gc.collect()  # a ParquetFile may sit in a reference cycle
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: memory is simply kept
+
+
+def _one_batch(table: pa.Table) -> pa.RecordBatch:
+    """A table's columns as one record batch."""
+    batches = table.to_batches()
+    if len(batches) == 1:
+        return batches[0]
+    return pa.RecordBatch.from_arrays([c.combine_chunks() for c in table.columns], names=table.column_names)
 
 
 def _straddles(exc: Exception) -> bool:
@@ -576,6 +850,8 @@ def _with_header(source: Source, head: bytes, delimiter: str | None) -> Source:
     if first_line.startswith(b"# "):  # numpy.savetxt(..., header=...) writes '# a,b,c': the header
         names = next(csv.reader([first_line[2:].decode("utf-8", "replace").rstrip("\r")], delimiter=delimiter))
         source.column_names = names
+    if first_line.count(delimiter.encode()) >= WIDE_COLUMNS:
+        return _wide_header(source, complete)
     try:
         table = pacsv.read_csv(io.BytesIO(complete), **source._csv_options())
         source.sample = table
@@ -585,6 +861,54 @@ def _with_header(source: Source, head: bytes, delimiter: str | None) -> Source:
         raise InputError(source.name, "text is not valid UTF-8 (re-save the file as UTF-8)") from exc
     except pa.ArrowInvalid as exc:
         raise source._csv_error(exc) from exc
+    return source
+
+
+# pyarrow's default null values: missing, whatever the column's type.
+_NULLS = frozenset(["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+                    "N/A", "NA", "NULL", "NaN", "n/a", "nan", "null"])
+_INTEGER = re.compile(r"[-+]?\d{1,18}")
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|[-+]?(inf|infinity|nan)", re.IGNORECASE)
+
+
+def _wide_header(source: Source, complete: bytes) -> Source:
+    """Header inference for a file of more than WIDE_COLUMNS columns without pyarrow typing them
+    all (1.8 GB at 200,000 columns): a column whose sampled values are all integers or all numbers
+    is typed here (int64, float64, null when all are missing); pyarrow types the others."""
+    try:
+        text = complete.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(source.name, "text is not valid UTF-8 (re-save the file as UTF-8)") from exc
+    records = [r for r in csv.reader(io.StringIO(text, newline=""), delimiter=source.delimiter) if r]
+    names, rows = source.column_names or records[0], records[1:]
+    wrong = [i for i, r in enumerate(rows, start=1) if len(r) != len(names)]
+    if wrong:
+        got = len(rows[wrong[0] - 1])
+        raise InputError(source.name, f"malformed CSV: Expected {len(names)} columns, got {got}", rows=wrong)
+    typed: dict[str, pa.DataType] = {}
+    for name, values in zip(names, zip(*rows) if rows else [()] * len(names)):
+        present = [v for v in values if v not in _NULLS]
+        if not present:
+            typed[name] = pa.null()
+        elif all(_INTEGER.fullmatch(v) for v in present):
+            typed[name] = pa.int64()
+        elif all(_FLOAT.fullmatch(v) for v in present):
+            typed[name] = pa.float64()
+    others = [n for n in names if n not in typed]
+    try:
+        table = pacsv.read_csv(io.BytesIO(complete), **source._csv_options(others)) if others else None
+    except pa.ArrowInvalid as exc:
+        raise source._csv_error(exc) from exc
+    inferred = _numeric_like(table) if table is not None else pa.schema([])
+    source.schema = pa.schema([pa.field(n, typed[n]) if n in typed else inferred.field(n) for n in names])
+    # The sample holds the columns a label may be found in: text, and integers when they are few.
+    integral = [n for n in names if typed.get(n) == pa.int64()]
+    sample = {n: table.column(n) for n in others} if table is not None else {}
+    if len(integral) <= WIDE_COLUMNS:
+        position = {n: j for j, n in enumerate(names)}
+        for n in integral:
+            sample[n] = pa.array([None if r[position[n]] in _NULLS else int(r[position[n]]) for r in rows], pa.int64())
+    source.sample = pa.table({n: sample[n] for n in names if n in sample})
     return source
 
 
@@ -619,7 +943,10 @@ def _parquet_schema(source: Source) -> pa.Schema:
     try:
         parquet = source._parquet_file()
         source.num_rows = parquet.metadata.num_rows
-        return parquet.schema_arrow
+        source.group_rows = [parquet.metadata.row_group(i).num_rows for i in range(parquet.metadata.num_row_groups)]
+        source.schema = parquet.schema_arrow
+        source._forget_wide_index()
+        return source.schema
     except (pa.ArrowException, OSError) as exc:
         raise InputError(source.name, f"not a readable Parquet file: {_first_line(str(exc))}") from exc
 
