@@ -205,8 +205,10 @@ class Source:
     def _contiguous(self, packed: list[str]) -> bool:
         """The class columns fill a run of adjacent columns of the file (in any order)."""
         position = {n: i for i, n in enumerate(self.schema.names)}
-        where = [position.get(c) for c in packed]
-        return None not in where and max(where) - min(where) + 1 == len(set(where)) == len(packed)
+        if any(c not in position for c in packed):
+            return False
+        where = [position[c] for c in packed]
+        return max(where) - min(where) + 1 == len(set(where)) == len(packed)
 
     def _wide_csv_batches(self, columns, types, packed: list[str]) -> Iterator[pa.RecordBatch]:
         """The batches with the class columns as one PACKED column.
@@ -328,11 +330,11 @@ class Source:
         if (starts.size != rows or delimiters.size != rows * (width - 1)
                 or np.count_nonzero(codes == ord("\r")) != np.count_nonzero(crlf)):
             return None
-        delimiters = delimiters.reshape(rows, width - 1)
-        begin = starts if first == 0 else delimiters[:, first - 1] + 1
-        end = stops if last == width - 1 else delimiters[:, last]  # the byte after the last class field
+        fields = delimiters.reshape(rows, width - 1)
+        begin = starts if first == 0 else fields[:, first - 1] + 1
+        end = stops if last == width - 1 else fields[:, last]  # the byte after the last class field
         text = codes.copy()
-        text[delimiters.reshape(-1)] = ord("\n")
+        text[delimiters] = ord("\n")
         text[end] = ord("\n")
         keep = np.zeros(len(codes) + 1, np.int8)  # 1 from each row's first class byte to its end
         keep[begin] += 1
@@ -496,12 +498,13 @@ class Source:
         rows = max(1, min(PARQUET_BATCH_ROWS, PARQUET_BATCH_VALUES // len(packed)))
         parquet = None
         try:
-            for group, group_rows in enumerate(self.group_rows):
+            groups = self.group_rows or []
+            for group, group_rows in enumerate(groups):
                 with _WIDE_INDEX_LOCK:
                     parquet = parquet or self._parquet_file()
                     self._forget_wide_index()
                     matrix, rest = self._wide_group(parquet, group, group_rows, packed, others, types)
-                    if group == len(self.group_rows) - 1:
+                    if group == len(groups) - 1:
                         parquet = None  # all read: the index goes before the last batches are used
                         _release_freed_memory()
                 for offset in range(0, group_rows, rows):
