@@ -10,7 +10,7 @@ from pathlib import Path
 
 from . import losses, metrics
 from .columns import Layout, column_not_found, find_column, index_key, parse_classes, resolve_layout, target_layout
-from .errors import InputError, UsageError
+from .errors import InputError, UsageError, visible
 from .report import UNITS, Gate, check_gate_metrics
 
 
@@ -204,7 +204,7 @@ def say_notes(job: Job) -> None:
     """What was guessed about the columns, on stderr, once the run succeeded (then forgotten)."""
     notes, job.layout.notes = job.layout.notes, []
     for note in notes:
-        sys.stderr.write(f"nll: {note}\n")
+        sys.stderr.write(f"nll: {visible(note)}\n")  # names in notes come from the data
 
 
 def parse_gates(max_: Sequence[str], min_: Sequence[str], command: str, settings: Settings) -> list[Gate]:
