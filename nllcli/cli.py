@@ -26,6 +26,7 @@ from .errors import (
     Terminated,
     environment_fault,
     visible,
+    without_trailing_spaces,
 )
 
 
@@ -58,7 +59,7 @@ def _format_help(command, base, ctx, formatter) -> None:
             base.format_help(command, ctx, formatter)
         finally:
             captured, sys.stdout = sys.stdout.getvalue(), real
-        real.write("".join(line.rstrip() + "\n" for line in captured.splitlines()))
+        real.write(without_trailing_spaces(captured))
         real.flush()
         _silence_stdout()  # Click echoes one more newline: a reader gone by then would make it exit 1
     except (SystemExit, BrokenPipeError):

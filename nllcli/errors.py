@@ -103,3 +103,8 @@ def visible(text: object) -> str:
     ``\\u202e``, ``\\n``; every other character (accents, CJK, emoji) untouched."""
     text = str(text)
     return text if text.isprintable() else "".join(map(_shown, text))
+
+
+def without_trailing_spaces(text: str) -> str:
+    """``text`` with no spaces at the ends of its lines, each line ending in a newline (CI logs)."""
+    return "".join(line.rstrip(" ") + "\n" for line in text.splitlines())

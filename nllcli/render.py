@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import IO, TYPE_CHECKING
 
 from . import metrics as metric_table
-from .errors import visible
+from .errors import visible, without_trailing_spaces
 from .report import Report
 from .sinks import reported_as
 
@@ -125,7 +125,7 @@ def write_table(report: Report, stream: IO[str]) -> None:
             notes.append(f"gate {gate.metric} {sign} {gate.threshold:g}: {verdict}")
         for note in notes:
             console.print(_cell(note))
-    stream.write("".join(line.rstrip(" ") + "\n" for line in captured.get().splitlines()))
+    stream.write(without_trailing_spaces(captured.get()))
 
 
 def _terminal_size(stream: IO[str], fallback):

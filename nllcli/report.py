@@ -8,9 +8,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from .errors import UsageError
+from .summary import bin_edges
 
 if TYPE_CHECKING:
     from .plan import Job, Settings
@@ -254,7 +253,7 @@ def _sort_value(value: float) -> float:
 
 def _calibration_rows(s: Summary) -> list[dict[str, Any]]:
     """One row per confidence bin: its range, rows (weighted), mean confidence and accuracy."""
-    edges = np.linspace(0.0, 1.0, len(s.bin_weight) + 1)  # the edges rows are binned by
+    edges = bin_edges(len(s.bin_weight))  # the edges rows are binned by
     rows = []
     for b in range(len(s.bin_weight)):
         weight = float(s.bin_weight[b])

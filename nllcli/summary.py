@@ -154,7 +154,7 @@ def confidence_bins(confidence: np.ndarray, n_bins: int) -> np.ndarray:
     The edges are numpy.linspace(0, 1, B + 1); a confidence equal to an edge falls in the bin
     that edge closes, 0 in the first bin and 1.0 in the last.
     """
-    edges = _edges(n_bins)
+    edges = bin_edges(n_bins)
     # ceil(c * B) - 1 is the bin up to rounding, which can only move it by one across an edge.
     bins = np.ceil(confidence * n_bins).astype(np.intp)
     bins -= 1
@@ -165,7 +165,7 @@ def confidence_bins(confidence: np.ndarray, n_bins: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=8)
-def _edges(n_bins: int) -> np.ndarray:
+def bin_edges(n_bins: int) -> np.ndarray:
     return np.linspace(0.0, 1.0, n_bins + 1)
 
 
