@@ -139,8 +139,7 @@ class Layout:
         distinct = [v.strip() for v in names.to_pylist()]
         lookup = self._label_lookup
         # -1 marks an unknown label, -2 a missing one (also the slot for null codes, index -1).
-        mapped = np.array([-2 if v == "" else lookup.get(v, lookup.get(whole_number(v) or v, -1)) for v in distinct]
-                          + [-2], dtype=np.intp)
+        mapped = np.array([-2 if v == "" else _class_of(lookup, v) for v in distinct] + [-2], dtype=np.intp)
         index = mapped[integers(labels.indices, fill=-1)]
         if index.min(initial=0) >= 0:
             return index
@@ -179,6 +178,15 @@ class Layout:
         return lookup
 
 
+def _class_of(lookup: dict[str, int], label: str) -> int:
+    """The class index of a label, or -1; a whole number written as a float ('2.0') is tried as '2'."""
+    found = lookup.get(label)
+    if found is None:
+        whole = whole_number(label)
+        found = lookup.get(whole) if whole is not None else None
+    return -1 if found is None else found
+
+
 class _PositiveLookup(dict):
     """--positive LABEL: that label is class 1, any other (non-empty) label class 0."""
 
@@ -187,7 +195,7 @@ class _PositiveLookup(dict):
         self.positive = positive
 
     def get(self, key, default=None):
-        return 1 if key == self.positive else 0
+        return 1 if key == self.positive or whole_number(key) == self.positive else 0
 
 
 def integers(array: pa.Array, fill: int) -> np.ndarray:
@@ -369,9 +377,9 @@ def resolve_layout(schema: pa.Schema, source: str, *, classes: list[str] | None 
             numeric_rule = True
             layout.class_columns = [n for n in free if _numeric(schema.field(n).type)]
             layout.class_names = list(layout.class_columns)
+    class_set = set(layout.class_columns)  # membership tests over 200,000 classes: not a list
     if layout.label is None and label_required and use_default_label and sample is not None:
-        _label_by_values(layout, sample, [n for n in free if n not in layout.class_columns or numeric_rule],
-                         positive)
+        _label_by_values(layout, sample, [n for n in free if numeric_rule or n not in class_set], positive)
     if layout.label is None and label_required:
         raise InputError(source, f"no label column: name one with --label (looked for {', '.join(LABEL_NAMES)}, "
                                  f"and for one column whose values all name classes; columns: {_shorten(names)})")
@@ -384,7 +392,8 @@ def resolve_layout(schema: pa.Schema, source: str, *, classes: list[str] | None 
         raise UsageError(f"{source}: column {sorted(str(c) for c in clash)[0]!r} cannot be both a class and a "
                          "label, key, weight or group")
     if numeric_rule and sample is not None and layout.label is not None:
-        _check_text_classes(layout, sample, [n for n in free if n != layout.label and n not in layout.class_columns])
+        class_set = set(layout.class_columns)  # the label search may have taken one
+        _check_text_classes(layout, sample, [n for n in free if n != layout.label and n not in class_set])
     if len(layout.class_columns) == 1:
         layout.binary = True
         if positive is None and sample is not None and layout.label is not None:
@@ -414,7 +423,7 @@ def _is_list(t: pa.DataType) -> bool:
 
 def _texts(sample: pa.Table, column: str) -> list[str] | None:
     """The non-empty values of a sample column as label text; None if it holds something else."""
-    if column not in sample.column_names:
+    if sample.schema.get_field_index(column) < 0:  # a lookup by name: column_names is a new list each time
         return None
     values = sample.column(column)
     if pa.types.is_dictionary(values.type):
@@ -444,19 +453,22 @@ def _names_classes(texts: list[str], lookup: dict) -> bool:
 def _label_by_values(layout: Layout, sample: pa.Table, candidates: list[str], positive: str | None) -> None:
     """Take as the label the one column whose sampled values all name classes; say so in the notes."""
     found = []
+    name_of = dict(zip(layout.class_columns, layout.class_names))
+    lookup = None  # of all the classes, built once: a candidate's own name is checked apart
     for name in candidates:
         texts = _texts(sample, name)
         if not texts:
             continue
-        classes = [c for c in layout.class_columns if c != name]
-        class_names = [n for c, n in zip(layout.class_columns, layout.class_names) if c != name]
-        if len(classes) == 1:
+        n_classes = len(name_of) - (name in name_of)
+        if n_classes == 1:
+            classes = [c for c in layout.class_columns if c != name]
             trial = Layout(layout.source, ["0", "1"], class_columns=classes, binary=True)
             x = positive or _binary_class_name(trial)
             matches = (positive is None and _names_classes(texts, trial._label_lookup)) or (
                 x in texts and len(set(texts)) <= 2)
         else:
-            matches = len(classes) > 1 and _names_classes(texts, Layout(layout.source, class_names)._label_lookup)
+            lookup = lookup or Layout(layout.source, layout.class_names)._label_lookup
+            matches = n_classes > 1 and name_of.get(name) not in texts and _names_classes(texts, lookup)
         if matches:
             found.append(name)
     if len(found) > 1:
@@ -497,8 +509,7 @@ def _check_text_classes(layout: Layout, sample: pa.Table, text_columns: list[str
         if name.strip() not in labels or name not in sample.column_names:
             continue
         values = sample.column(name).to_pylist()
-        rows = [i + 1 for i, v in enumerate(values) if v is not None and whole_number(str(v)) is None
-                and not _is_float(str(v))]
+        rows = [i + 1 for i, v in enumerate(values) if v is not None and not _is_float(str(v))]
         first = values[rows[0] - 1] if rows else None
         raise InputError(layout.source, f"looks like a class (its name is a label) but holds text {first!r}",
                          column=name, rows=rows[:5] or None, total=len(rows),

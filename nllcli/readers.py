@@ -868,8 +868,7 @@ def _with_header(source: Source, head: bytes, delimiter: str | None) -> Source:
 
 
 # pyarrow's default null values: missing, whatever the column's type.
-_NULLS = frozenset(["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
-                    "N/A", "NA", "NULL", "NaN", "n/a", "nan", "null"])
+_NULLS = frozenset(pacsv.ConvertOptions().null_values)  # what pyarrow reads as missing
 _INTEGER = re.compile(r"[-+]?\d{1,18}")
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|[-+]?(inf|infinity|nan)", re.IGNORECASE)
 
