@@ -653,3 +653,106 @@ def _stdout_fault(exc: OSError) -> int:
     fault = environment_fault(exc, "standard output")
     _err(f"nll: error: {fault}" if fault else f"nll: internal error: {type(exc).__name__}: {exc}")
     return fault.exit_code if fault else EXIT_INTERNAL
+
+
+class TokenLayout(str, Enum):
+    table = "table"
+    chat = "chat"
+    completions = "completions"
+    vllm = "vllm"
+    lm_eval = "lm-eval"
+
+
+TOKENS_EXAMPLES = ["nll tokens tokens_trigram.csv",
+                   "nll tokens tokens_trigram.csv --by source --worst 3 --base 2",
+                   "nll tokens tokens_trigram_chat.jsonl -f json",
+                   "nll tokens tokens_trigram.csv --per-doc docs.csv --max perplexity=12.5",
+                   "nll tokens --compare tokens_bigram.csv tokens_trigram.csv --fail-if-worse 0"]
+
+
+@app.command(cls=PlainHelp, epilog="Examples, in the sample_data folder:\n\n" + "\n".join(TOKENS_EXAMPLES))
+@handle_errors
+def tokens(
+    files: Annotated[list[str], typer.Argument(metavar="FILES", help="Token log-probability files of one layout: "
+                                               "a long table (.csv, .tsv, .parquet, .jsonl, one row per token), "
+                                               "OpenAI chat or legacy completions, vLLM prompt_logprobs or "
+                                               "lm-evaluation-harness samples (.jsonl); with --compare, BASE NEW.",
+                                               show_default=False)],
+    format_in: Annotated[Optional[TokenLayout], typer.Option(
+        "--format-in", metavar="table|chat|completions|vllm|lm-eval", help="The layout of the files.",
+        show_default="detected")] = None,
+    doc: Annotated[Optional[str], typer.Option("--doc", metavar="COLUMN", help="The document id column.",
+                                               show_default="doc_id, document_id, doc, ..., id")] = None,
+    logprob: Annotated[Optional[str], typer.Option("--logprob", metavar="COLUMN", help="The token "
+                                                   "log-probability column (<= 0; placeholders null, NaN, -inf and "
+                                                   "<= -9999 are counted, never scored).",
+                                                   show_default="logprob, log_prob, token_logprob, ...")] = None,
+    bytes: Annotated[Optional[str], typer.Option("--bytes", metavar="COLUMN", help="The token byte length "
+                                                 "column.", show_default="bytes, n_bytes, ...; else the UTF-8 "
+                                                 "length of the token text")] = None,
+    mask: Annotated[Optional[str], typer.Option("--mask", metavar="COLUMN", help="1 / true: the token is scored; "
+                                                "0 / false: it is not.", show_default="mask, loss_mask, ...")] = None,
+    text: Annotated[Optional[str], typer.Option("--text", metavar="COLUMN", help="The token text: a document's "
+                                                "text is its scored tokens' text in file order (bytes, words).",
+                                                show_default="token, token_text, text, ...")] = None,
+    by: Annotated[Optional[list[str]], typer.Option("--by", metavar="COLUMN", help="Every metric per value of "
+                                                    "COLUMN (task, domain), constant within a document.")] = None,
+    base: BaseOpt = Base.e,
+    worst: Annotated[int, typer.Option("--worst", metavar="N", help="List the N documents with the largest "
+                                       "NLL per token.")] = 0,
+    per_doc: Annotated[Optional[str], typer.Option("--per-doc", metavar="FILE", help="Write one row per "
+                                                   "document (id, tokens, bytes, words, nll, perplexity, "
+                                                   "bits_per_byte) to a .csv or .parquet file, or - for "
+                                                   "stdout.")] = None,
+    format: FormatOpt = Format.table,
+    max: Max = None,
+    min: Min = None,
+    compare: Annotated[bool, typer.Option("--compare", help="FILES are BASE NEW: paired by document id, deltas "
+                                          "of nll and bits_per_byte with bootstrap intervals.")] = False,
+    confidence: Annotated[float, typer.Option("--confidence", metavar="LEVEL", help="--compare: the level of "
+                                              "the bootstrap intervals.")] = 0.95,
+    resamples: Annotated[int, typer.Option("--resamples", metavar="N", help="--compare: bootstrap "
+                                           "resamples.")] = 2000,
+    seed: Annotated[int, typer.Option("--seed", metavar="N", help="--compare: the bootstrap seed.")] = 0,
+    fail_if_worse: Annotated[Optional[float], typer.Option(
+        "--fail-if-worse", metavar="DELTA", help="--compare: exit 1 when the nll delta and its whole interval "
+        "are above DELTA (bits_per_byte when the tokenizers differ).")] = None,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Perplexity, bits per byte and per-document NLL from saved LLM token log-probabilities.
+
+    Token-weighted nll and perplexity, the means of per-document nll and perplexity, bits per byte,
+    byte and word perplexity (as lm-evaluation-harness defines them); masked tokens and placeholders counted.
+
+    Exit codes: 0 ok, 1 a gate or --fail-if-worse failed, 2 usage, input or environment error, 3 a bug of nll.
+    """
+    _prepare_process()
+    from .errors import UsageError
+    from .tokens import api as tokens_api
+    from .tokens.render import write_report
+
+    layout = format_in.value if format_in is not None else None
+    columns = dict(doc=doc, logprob=logprob, bytes=bytes, mask=mask, text=text)
+    with _ProgressBar(quiet, _total_bytes(files)) as progress:
+        if compare:
+            if len(files) != 2:
+                raise UsageError(f"--compare takes two files, BASE NEW (got {len(files)})")
+            if by or per_doc:
+                raise UsageError("--compare does not take --by or --per-doc")
+            report = tokens_api.compare_tokens(files[0], files[1], format_in=layout, base=base.value,
+                                               confidence=confidence, resamples=resamples, seed=seed,
+                                               fail_if_worse=fail_if_worse, max=max or (), min=min or (),
+                                               worst=worst, progress=progress, **columns)
+        else:
+            if fail_if_worse is not None:
+                raise UsageError("--fail-if-worse needs --compare BASE NEW")
+            report = tokens_api.tokens(files, format_in=layout, by=by or (), base=base.value, worst=worst,
+                                       max=max or (), min=min or (), per_doc=per_doc, progress=progress, **columns)
+    write_report(report, format.value, sys.stderr if per_doc == "-" else sys.stdout)
+    for gate in report.failed_gates:
+        _err(f"nll: {gate.describe(report.metrics.get(gate.metric))}")
+    if report.regression:
+        _err(f"nll: {report.regression}")
+    if report.failed_gates or report.regression:
+        raise typer.Exit(EXIT_GATE)
