@@ -13,8 +13,9 @@ Run ``python sample_data/make_tokens.py`` to (re)write:
 
 A token's log-probability is the sum of its characters' (the chain rule), each character
 predicted from the previous n - 1 characters of its document (orders 1..n interpolated, each
-add-k smoothed with k = 0.1 over every character of the three texts). Tokens are words with their leading space; words longer than
-six characters are cut at a random place (numpy.random.default_rng(14)), as subword tokenizers do.
+add-k smoothed with k = 0.1 over every character of the three texts). Tokens are words with their
+leading space; words longer than six characters are cut at a random place
+(numpy.random.default_rng(14)), as subword tokenizers do.
 """
 
 from __future__ import annotations
@@ -86,8 +87,9 @@ class CharModel:
     def __init__(self, text: str, order: int, alphabet: set[str]):
         self.order, self.size = order, len(alphabet)
         padded = "^" * (order - 1) + text
-        self.counts = Counter(padded[i - k + 1:i + 1] for k in range(1, order + 1) for i in range(order - 1, len(padded)))
-        self.context = Counter(padded[i - k + 1:i] for k in range(1, order + 1) for i in range(order - 1, len(padded)))
+        ends = range(order - 1, len(padded))
+        self.counts = Counter(padded[i - k + 1:i + 1] for k in range(1, order + 1) for i in ends)
+        self.context = Counter(padded[i - k + 1:i] for k in range(1, order + 1) for i in ends)
 
     def logprob(self, context: str, char: str) -> float:
         total = 0.0

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from nllcli.errors import InputError
 from nllcli.tokens import compare_tokens, readers, tokens
 from nllcli.tokens.kernel import DocState, TokenBatch, text_features
 
@@ -34,8 +35,7 @@ def random_tokens(seed: int, docs: int = 30, placeholders: bool = True, masks: b
                 ll = float(rng.choice([-9999.0, -np.inf, np.nan]))
             rows.append({"doc_id": f"d{d}", "token": str(rng.choice(PIECES)), "logprob": ll,
                          "mask": int(rng.random() > 0.15) if masks else 1, "domain": domain})
-    frame = pd.DataFrame(rows)
-    return frame.sample(frac=1.0, random_state=seed).sort_values("doc_id", kind="stable") if False else frame
+    return pd.DataFrame(rows)
 
 
 def reference(frame: pd.DataFrame) -> dict:
@@ -124,7 +124,7 @@ def test_word_counts_merge_across_batches_exactly():
         for part in parts[1:]:
             merged = merged + part
         for state in (whole, merged):
-            for doc, words in zip(state.ids, state.words):
+            for doc, words in zip(state.ids, state.words, strict=True):
                 text = "".join(p for p, i in zip(pieces, doc_ids) if f"d{i}" == doc)
                 assert words == len(re.split(r"\s+", text)), (doc, text)
             assert state.arrays()["tokens"].tolist() == [int(np.sum(doc_ids == int(d[1:]))) for d in state.ids]
@@ -179,7 +179,7 @@ def test_lm_eval_samples_give_the_harness_numbers(tmp_path):
     expected = reference(frame)
     path = tmp_path / "samples_wikitext_2024-05-01T10-00-00.jsonl"
     with open(path, "w") as out:
-        for i, (doc, part) in enumerate(frame.groupby("doc_id", sort=False)):
+        for i, (_, part) in enumerate(frame.groupby("doc_id", sort=False)):
             text, ll = "".join(part["token"]), float(part["logprob"].sum())
             sample = {"doc_id": i, "doc": {"page": text}, "target": text, "arguments": [[text]],
                       "resps": [[ll]], "filtered_resps": [ll]}
@@ -242,7 +242,7 @@ def test_per_doc_file_is_written_atomically(tmp_path):
     (tmp_path / "keep.csv").write_text("old\n")
     bad = tmp_path / "bad.csv"
     bad.write_text("doc_id,logprob\na,0.5\n")
-    with pytest.raises(Exception):
+    with pytest.raises(InputError, match="above 0"):
         tokens(bad, per_doc=tmp_path / "keep.csv")
     assert (tmp_path / "keep.csv").read_text() == "old\n"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

@@ -184,7 +184,7 @@ def _regression(rows: list[dict], threshold: float | None, units: str) -> str | 
     low, high = row["ci"]
     unit = units if row["metric"] == "nll" else "bits per byte"
     if math.isnan(low):
-        return f"--fail-if-worse: neither nll nor bits_per_byte can be compared with an interval"
+        return "--fail-if-worse: neither nll nor bits_per_byte can be compared with an interval"
     if row["delta"] > threshold and low > threshold:
         return (f"{row['metric']} got worse: delta {row['delta']:+.6g} {unit}, {row['confidence']:.0%} interval "
                 f"[{low:.6g}, {high:.6g}] entirely above {threshold:g}")

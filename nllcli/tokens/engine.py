@@ -48,7 +48,7 @@ def batches(paths: Sequence[str], layout: str | None, *, doc: str | None = None,
 
     def stream() -> Iterator[readers.RawBatch]:
         if kind == "table":
-            yield from read_table(list(paths), **table_options)  # type: ignore[arg-type]
+            yield from read_table(list(paths), **table_options)
         elif kind == "lm-eval":
             for path in paths:
                 yield from readers.read_lm_eval(path, readers.task_of(path) if len(paths) > 1 else None)

@@ -27,6 +27,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -43,12 +44,12 @@ class RawBatch:
     """One batch of tokens as read. ``rows``: each token's 1-based data row (a line for JSON Lines)."""
 
     source: str
-    doc: object  # pyarrow array of document ids (strings)
+    doc: Any  # pyarrow array of document ids (strings)
     ll: np.ndarray  # float64, NaN where null
     rows: np.ndarray  # int64
     nbytes: np.ndarray | None = None  # int64, -1 where null; None: no byte column
-    mask: object = None  # pyarrow array (bool or numeric), None: every token scored
-    text: object = None  # pyarrow string array or None
+    mask: Any = None  # pyarrow array (bool or numeric), None: every token scored
+    text: Any = None  # pyarrow string array or None
     groups: dict = field(default_factory=dict)  # column -> pyarrow array
     words: np.ndarray | None = None  # per row: a word count given by the file (lm-eval)
     structural: np.ndarray | None = None  # bool: a position with no log-probability by construction

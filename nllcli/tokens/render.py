@@ -41,7 +41,8 @@ def write_table(report: TokensReport, stream: IO[str]) -> None:
             for row in report.comparison:
                 delta = "n/a" if row["delta"] != row["delta"] else f"{row['delta']:+.6f}"
                 ci = "n/a" if row["ci"][0] != row["ci"][0] else _interval(row["ci"])
-                share = "n/a" if row["new_better_share"] != row["new_better_share"] else f"{row['new_better_share']:.1%}"
+                better = row["new_better_share"]
+                share = "n/a" if better != better else f"{better:.1%}"
                 table.add_row(*_cells(row["metric"], _number(row["base"]), _number(row["new"]), delta, ci, share))
             console.print(table)
             if report.regression:

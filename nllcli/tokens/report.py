@@ -204,15 +204,22 @@ def _groups(run: Run, arrays: dict, scale: float) -> list[dict]:
     keys = run.state.group_of[:run.state.n]
     index: dict = {}
     codes = np.array([index.setdefault(k, len(index)) for k in keys], np.int64)
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(len(index) + 1))
     main = "nll" if run.tokens_known else "bits_per_byte"
-    groups = []
-    for key, code in index.items():
-        part = {name: values[codes == code] for name, values in arrays.items()}
-        groups.append({"by": dict(zip(run.groups, key)), "tokens": int(part["tokens"].sum()) if run.tokens_known
-                       else None, "documents": int(len(part["tokens"])),
+    groups: list[dict] = []
+    for code, key in enumerate(index):
+        members = order[bounds[code]:bounds[code + 1]]
+        part = {name: values[members] for name, values in arrays.items()}
+        tokens = int(part["tokens"].sum()) if run.tokens_known else None
+        groups.append({"by": dict(zip(run.groups, key or ())), "tokens": tokens, "documents": len(members),
                        "metrics": metric_values(part, scale, run.tokens_known, run.text_known)})
-    groups.sort(key=lambda g: (-(g["metrics"][main] if g["metrics"][main] == g["metrics"][main] else -math.inf),
-                               [str(v) for v in g["by"].values()]))
+
+    def worst_first(group: dict) -> tuple:
+        value = group["metrics"][main]
+        return (-value if value == value else math.inf, [str(v) for v in group["by"].values()])
+
+    groups.sort(key=worst_first)
     return groups
 
 

@@ -73,7 +73,7 @@ def resolve_roles(names: list[str], source: str, *, doc: str | None, logprob: st
         if found is None:
             raise column_not_found(names, column, source, "--by")
         roles.groups.append(found)
-    taken = [c for c in roles.columns]
+    taken = list(roles.columns)
     if len(set(taken)) != len(taken):
         raise InputError(source, f"one column plays two roles: {taken}")
     return roles
