@@ -65,15 +65,16 @@ def run(paths: Sequence[str], *, layout: str | None = None, by: Sequence[str] = 
     """Stream every batch of ``paths`` into one DocState."""
     if isinstance(paths, str):
         paths = [paths]
-    from ..readers import expand_inputs
+    from ..readers import Prefetch, expand_inputs
 
     paths = expand_inputs(paths) if all(p != "-" for p in paths) else list(paths)
     layouts, stream = batches(paths, layout, by=by, **columns)
     out = Run(DocState(), layouts, list(paths), list(by))
-    for raw in stream:
-        fold(out, raw)
-        if progress is not None:
-            progress(out.rows, 0)
+    with Prefetch(stream) as parsed:  # the next batch is parsed in a thread while this one is folded
+        for raw in parsed:
+            fold(out, raw)
+            if progress is not None:
+                progress(out.rows, 0)
     return out
 
 
