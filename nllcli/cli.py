@@ -734,7 +734,7 @@ def tokens(
 
     layout = format_in.value if format_in is not None else None
     columns = dict(doc=doc, logprob=logprob, bytes=bytes, mask=mask, text=text)
-    with _ProgressBar(quiet, _total_bytes(files)) as progress:
+    with _ProgressBar(quiet, None) as progress:  # tokens read so far (the readers do not report bytes)
         if compare:
             if len(files) != 2:
                 raise UsageError(f"--compare takes two files, BASE NEW (got {len(files)})")

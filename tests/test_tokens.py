@@ -4,9 +4,13 @@ per-document output, groups, gates, errors, and `--compare` with its bootstrap o
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -305,3 +309,59 @@ def test_samples_walk_through(run):
     assert (csv.tokens, csv.documents) == (435, 12)
     result = run("tokens", "--compare", SAMPLES / "tokens_bigram.csv", SAMPLES / "tokens_trigram.csv")
     assert result.exit_code == 0 and "bits_per_byte" in result.stdout
+
+
+def test_json_lines_ids_written_as_numbers_and_boolean_masks(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"doc_id": 1, "logprob": -1.5, "mask": true, "token": "a"}\n'
+                    '{"doc_id": 2, "logprob": null, "mask": false, "token": " b"}\n'
+                    '{"doc_id": 2, "logprob": -0.5, "mask": true, "token": " b"}\n')
+    report = tokens(path)
+    assert (report.tokens, report.documents, report.masked, report.placeholder) == (2, 2, 1, 0)
+    assert (report.bytes, report.words) == (3, 3)  # " b": 2 bytes, re.split gives ['', 'b']
+
+
+def test_a_document_of_placeholders_only_is_counted_and_left_out(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("doc_id,token,logprob\na,x,-1\nb,y,-9999\nb,z,\n")
+    report = tokens(path)
+    assert (report.documents, report.empty_documents, report.placeholder) == (2, 1, 2)
+    assert report.metrics["doc_nll"] == pytest.approx(1.0) and report.metrics["bits_per_byte"] == pytest.approx(
+        1 / math.log(2))
+
+
+def test_table_and_per_doc_stdout_show_data_as_text(tmp_path, run):
+    path = tmp_path / "t.csv"
+    path.write_text('doc_id,token,logprob,task\n"\x1b[31mred\nid",[bold]x[/bold],-1.5,<b>t</b>\nb,y,-2,$x$\n')
+    result = run("tokens", path, "--worst", "2", "--by", "task")
+    assert result.exit_code == 0, result.stderr
+    assert "\\x1b[31mred\\nid" in result.stdout and "\x1b" not in result.stdout
+    assert "<b>t</b>" in result.stdout and "$x$" in result.stdout
+    per_doc = run("tokens", path, "--per-doc", "-")
+    assert per_doc.exit_code == 0
+    assert pd.read_csv(io.StringIO(per_doc.stdout))["tokens"].tolist() == [1, 1]
+    assert "perplexity" in per_doc.stderr  # the report moves to stderr
+
+
+def test_compare_across_tokenizers_judges_bits_per_byte(tmp_path):
+    base = tmp_path / "base.csv"
+    new = tmp_path / "new.csv"
+    base.write_text("doc_id,token,logprob\na,ab,-2\na,cd,-2\nb,ef,-3\n")
+    new.write_text("doc_id,token,logprob\na,abcd,-3\nb,e,-1\nb,f,-1\n")  # other tokens, same texts
+    report = compare_tokens(base, new, resamples=200, fail_if_worse=0.0)
+    nll, bpb = report.comparison
+    assert math.isnan(nll["ci"][0]) and any("different token counts" in w for w in report.warnings)
+    assert bpb["delta"] == pytest.approx((5 - 7) / (6 * math.log(2)), rel=1e-12)
+    assert report.regression is None  # bits per byte improved
+    data = report.to_dict()
+    assert data["comparison"][0]["ci"] == [None, None] and data["base"]["tokens"] == 3
+
+
+def test_a_real_process_piped_into_head_exits_0():
+    root = Path(__file__).resolve().parent.parent
+    command = (f"{sys.executable} -m nllcli tokens {SAMPLES / 'tokens_trigram.csv'} --worst 12 | head -1; "
+               "exit ${PIPESTATUS[0]}")
+    done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, cwd=root,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("nll tokens:") and done.stderr == ""

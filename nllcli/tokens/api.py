@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError, UsageError
+from ..plan import check_stdin_once
 from ..report import NATS_PER_UNIT, UNITS
 from . import engine
 from .report import TokensReport, build, parse_gates, per_document
@@ -72,6 +73,7 @@ def tokens(files, *, format_in: str | None = None, doc: str | None = None, logpr
     """
     _check_options(base, worst)
     paths = _paths(files)
+    check_stdin_once(paths)
     gates = parse_gates(max, min)
     _check_per_doc(per_doc, paths)
     run = engine.run(paths, layout=format_in, doc=doc, logprob=logprob, bytes=bytes, mask=mask, text=text, by=by,
@@ -131,6 +133,7 @@ def compare_tokens(base_files, new_files, *, format_in: str | None = None, doc: 
     if resamples < 1:
         raise UsageError(f"--resamples {resamples}: must be at least 1")
     gates = parse_gates(max, min)
+    check_stdin_once(base_files, new_files)
     options = dict(layout=format_in, doc=doc, logprob=logprob, bytes=bytes, mask=mask, text=text,
                    progress=progress)
     base_run = engine.run(_paths(base_files), **options)  # type: ignore[arg-type]

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, UsageError
+from ..errors import InputError
 
 BATCH_TOKENS = 65536
 LAYOUTS = ("table", "chat", "completions", "vllm", "lm-eval")
@@ -62,7 +62,11 @@ def is_json(path: str) -> bool:
 
 
 def open_text(path: str):
-    """A binary stream of a file, gunzipped when it is gzip'd."""
+    """A binary stream of a file ('-': standard input), gunzipped when it is gzip'd."""
+    if path == "-":
+        import sys
+
+        return io.BufferedReader(sys.stdin.buffer.raw) if hasattr(sys.stdin.buffer, "raw") else sys.stdin.buffer
     try:
         handle = open(path, "rb")
         if handle.read(2) == b"\x1f\x8b":
@@ -324,9 +328,7 @@ def read_lm_eval(path: str, prefix: str | None = None) -> Iterator[RawBatch]:
 
 def detect(path: str) -> str:
     """The layout of a file: a table unless it is JSON Lines of completions, vLLM or lm-eval samples."""
-    if path == "-":
-        raise UsageError("nll tokens reads files, not standard input (save the stream to a file first)")
-    if not is_json(path):
+    if path == "-" or not is_json(path):  # standard input: a CSV or Parquet table unless --format-in says otherwise
         return "table"
     obj = first_object(path)
     if not isinstance(obj, dict):

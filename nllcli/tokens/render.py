@@ -15,6 +15,23 @@ def _count(value) -> str:
     return "n/a" if value is None else f"{value:,}"
 
 
+def _print(console, table) -> None:
+    """Print a table whose numbers are never cut: each column is at least as wide as its widest
+    number; text columns fold first, and a terminal too narrow even then wraps the lines."""
+    for column in table.columns:
+        if column.justify == "right":
+            column.min_width = max([len(str(cell)) for cell in column._cells] + [len(str(column.header)) // 2, 1])
+        else:
+            column.min_width = max(4, min(12, len(str(column.header))))
+    from rich.measure import Measurement
+
+    needed = Measurement.get(console, console.options.update(width=PLAIN_WIDTH), table).minimum
+    width = console.width
+    console.width = max(width, needed)
+    console.print(table)
+    console.width = width
+
+
 def write_table(report: TokensReport, stream: IO[str]) -> None:
     from rich import box
     from rich.console import Console
@@ -44,7 +61,7 @@ def write_table(report: TokensReport, stream: IO[str]) -> None:
                 better = row["new_better_share"]
                 share = "n/a" if better != better else f"{better:.1%}"
                 table.add_row(*_cells(row["metric"], _number(row["base"]), _number(row["new"]), delta, ci, share))
-            console.print(table)
+            _print(console, table)
             if report.regression:
                 console.print(_cell(f"REGRESSION: {report.regression}"))
             console.print(_cell("new model:"))
@@ -52,23 +69,23 @@ def write_table(report: TokensReport, stream: IO[str]) -> None:
         for name, value in report.metrics.items():
             unit = report.units if name in INFORMATION else "bits" if name == "bits_per_byte" else ""
             metrics.add_row(*_cells(name, _number(value), unit))
-        console.print(metrics)
+        _print(console, metrics)
         if report.groups:
             columns = [(c, "left") for c in report.groups[0]["by"]]
-            shown = ["nll", "perplexity", "doc_perplexity", "bits_per_byte", "word_perplexity"]
+            shown = ["nll", "perplexity", "bits_per_byte"]  # all seven are in the JSON report
             table = _table(style, plain, *columns, ("documents", "right"), ("tokens", "right"),
                            *((m, "right") for m in shown))
             for group in report.groups:
                 table.add_row(*_cells(*map(_text, group["by"].values()), f"{group['documents']:,}",
                                       _count(group["tokens"]), *[_number(group["metrics"][m]) for m in shown]))
-            console.print(table)
+            _print(console, table)
         if report.worst:
             keys = [k for k in report.worst[0] if k != "doc"]
             table = _table(style, plain, ("worst: doc", "left"), *((k, "right") for k in keys))
             for entry in report.worst:
                 table.add_row(*_cells(_text(entry["doc"]), *[_count(entry[k]) if isinstance(entry[k], int) or
                                                              entry[k] is None else _number(entry[k]) for k in keys]))
-            console.print(table)
+            _print(console, table)
         notes = report.all_warnings()
         for gate in report.gates:
             verdict = "ok" if gate.passes(report.metrics.get(gate.metric)) else "FAILED"

@@ -130,20 +130,34 @@ def _json_batches(path: str, roles: Roles) -> Iterator[RawBatch]:
     import pyarrow as pa
     import pyarrow.json as pj
 
-    first = json_schema_names(path)
-    schema = pa.schema([(c, t) for c, t in _types(roles, pa.schema([(c, pa.string()) for c in first])).items()])
-    if roles.mask and roles.mask not in schema.names:
-        schema = schema.append(pa.field(roles.mask, pa.float64()))
+    # Numbers are typed up front; ids, text and groups as JSON has them (1 or "1"), made text below.
+    schema = pa.schema([(roles.logprob, pa.float64())] + ([(roles.bytes, pa.int64())] if roles.bytes else []))
     row = 1
     try:
         reader = pj.open_json(open_text(path), read_options=pj.ReadOptions(block_size=1 << 20),
-                              parse_options=pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore"))
+                              parse_options=pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="infer"))
         for batch in reader:
             if batch.num_rows:
-                yield _raw(batch, roles, path, row)
+                yield _raw(_as_text(batch, [roles.doc, roles.text, *roles.groups], path), roles, path, row)
                 row += batch.num_rows
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise InputError(path, f"cannot read JSON Lines after row {row - 1}: {str(exc).splitlines()[0]}") from None
+
+
+def _as_text(batch, columns: list, path: str):
+    """The given columns of a JSON batch as strings (ids written as numbers included)."""
+    import pyarrow as pa
+
+    arrays = {name: batch.column(name) for name in batch.schema.names}
+    for name in columns:
+        if name and name in arrays and arrays[name].type != pa.string():
+            column = arrays[name]
+            if not (pa.types.is_integer(column.type) or pa.types.is_string(column.type) or
+                    pa.types.is_null(column.type) or pa.types.is_floating(column.type) or
+                    pa.types.is_boolean(column.type)):
+                raise InputError(path, f"column {name!r} holds {column.type}, not text or numbers")
+            arrays[name] = column.cast(pa.string())
+    return pa.RecordBatch.from_pydict(arrays)
 
 
 def _raw(batch, roles: Roles, source: str, first_row: int) -> RawBatch:
