@@ -33,7 +33,8 @@ frame = pd.read_csv(sys.argv[1], keep_default_na=False, dtype={"doc_id": str, "t
 frame["nbytes"] = frame["token"].str.encode("utf-8").str.len()
 docs = frame.groupby("doc_id", sort=False).agg(ll=("logprob", "sum"), n=("logprob", "size"), b=("nbytes", "sum"))
 total, tokens = -docs["ll"].sum(), docs["n"].sum()
-print(json.dumps({"perplexity": math.exp(total / tokens), "doc_perplexity": float(np.exp(-docs["ll"] / docs["n"]).mean()),
+doc_perplexity = float(np.exp(-docs["ll"] / docs["n"]).mean())
+print(json.dumps({"perplexity": math.exp(total / tokens), "doc_perplexity": doc_perplexity,
                   "bits_per_byte": total / (docs["b"].sum() * math.log(2)), "tokens": int(tokens)}))
 """
 

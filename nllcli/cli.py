@@ -666,7 +666,7 @@ class TokenLayout(str, Enum):
 TOKENS_EXAMPLES = ["nll tokens tokens_trigram.csv",
                    "nll tokens tokens_trigram.csv --by source --worst 3 --base 2",
                    "nll tokens tokens_trigram_chat.jsonl -f json",
-                   "nll tokens tokens_trigram.csv --per-doc docs.csv --max perplexity=12.5",
+                   "nll tokens tokens_trigram.csv --per-doc docs.csv --max bits_per_byte=4",
                    "nll tokens --compare tokens_bigram.csv tokens_trigram.csv --fail-if-worse 0"]
 
 
@@ -679,7 +679,8 @@ def tokens(
                                                "lm-evaluation-harness samples (.jsonl); with --compare, BASE NEW.",
                                                show_default=False)],
     format_in: Annotated[Optional[TokenLayout], typer.Option(
-        "--format-in", metavar="table|chat|completions|vllm|lm-eval", help="The layout of the files.",
+        "--format-in", metavar="LAYOUT", help="The layout of the files: table, chat, completions, vllm or "
+        "lm-eval.",
         show_default="detected")] = None,
     doc: Annotated[Optional[str], typer.Option("--doc", metavar="COLUMN", help="The document id column.",
                                                show_default="doc_id, document_id, doc, ..., id")] = None,
@@ -722,8 +723,9 @@ def tokens(
 ) -> None:
     """Perplexity, bits per byte and per-document NLL from saved LLM token log-probabilities.
 
-    Token-weighted nll and perplexity, the means of per-document nll and perplexity, bits per byte,
-    byte and word perplexity (as lm-evaluation-harness defines them); masked tokens and placeholders counted.
+    Token-weighted nll and perplexity, means of per-document nll and perplexity, bits per byte, byte and word perplexity.
+
+    Bits per byte, byte and word perplexity are lm-evaluation-harness's; masked tokens and placeholders are counted.
 
     Exit codes: 0 ok, 1 a gate or --fail-if-worse failed, 2 usage, input or environment error, 3 a bug of nll.
     """

@@ -365,3 +365,23 @@ def test_a_real_process_piped_into_head_exits_0():
                           env={**os.environ, "PYTHONPATH": str(root)})
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("nll tokens:") and done.stderr == ""
+
+
+def test_help_ends_with_examples_that_run_in_sample_data(run, tmp_path):
+    import shlex
+    import shutil
+
+    from nllcli.cli import TOKENS_EXAMPLES
+
+    text = run("tokens", "--help").stdout
+    assert text.rstrip().splitlines()[-1].strip() == TOKENS_EXAMPLES[-1]
+    assert all(line == line.rstrip() for line in text.splitlines())
+    folder = tmp_path / "sample_data"
+    shutil.copytree(SAMPLES, folder)
+    root = Path(__file__).resolve().parent.parent
+    for example in TOKENS_EXAMPLES:
+        args = shlex.split(example)
+        done = subprocess.run([sys.executable, "-m", "nllcli", *args[1:]], capture_output=True, text=True,
+                              cwd=folder, env={**os.environ, "PYTHONPATH": str(root)})
+        assert done.returncode == 0, (example, done.stderr)
+        assert "error" not in done.stderr
