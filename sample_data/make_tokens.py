@@ -6,7 +6,7 @@ Run ``python sample_data/make_tokens.py`` to (re)write:
   ``source``, ``position``, ``token``, ``logprob``. Twelve documents: the ten sentences of
   Lincoln's Gettysburg Address (1863) and two of his Second Inaugural Address (1865), both in the
   public domain, scored by a character trigram model fitted to the opening of the Declaration of
-  Independence (1776, public domain).
+  Independence (1776), the Preamble of the Constitution and the First Amendment (public domain).
 * ``tokens_bigram.csv``: the same tokens scored by a character bigram model (the "base checkpoint").
 * ``tokens_trigram_chat.jsonl``: the trigram model's tokens as OpenAI chat completion responses,
   one per document (``choices[0].logprobs.content[]`` with ``token``, ``logprob``, ``bytes``).
@@ -45,7 +45,18 @@ TRAINING = (
     "consent of the governed, That whenever any Form of Government becomes destructive of these ends, it is "
     "the Right of the People to alter or to abolish it, and to institute new Government, laying its "
     "foundation on such principles and organizing its powers in such form, as to them shall seem most likely "
-    "to effect their Safety and Happiness."
+    "to effect their Safety and Happiness. Prudence, indeed, will dictate that Governments long established "
+    "should not be changed for light and transient causes; and accordingly all experience hath shewn, that "
+    "mankind are more disposed to suffer, while evils are sufferable, than to right themselves by abolishing "
+    "the forms to which they are accustomed. But when a long train of abuses and usurpations, pursuing "
+    "invariably the same Object evinces a design to reduce them under absolute Despotism, it is their right, "
+    "it is their duty, to throw off such Government, and to provide new Guards for their future security. "
+    "We the People of the United States, in Order to form a more perfect Union, establish Justice, insure "
+    "domestic Tranquility, provide for the common defence, promote the general Welfare, and secure the "
+    "Blessings of Liberty to ourselves and our Posterity, do ordain and establish this Constitution for the "
+    "United States of America. Congress shall make no law respecting an establishment of religion, or "
+    "prohibiting the free exercise thereof; or abridging the freedom of speech, or of the press; or the right "
+    "of the people peaceably to assemble, and to petition the Government for a redress of grievances."
 )
 
 GETTYSBURG = [

@@ -385,3 +385,17 @@ def test_help_ends_with_examples_that_run_in_sample_data(run, tmp_path):
                               cwd=folder, env={**os.environ, "PYTHONPATH": str(root)})
         assert done.returncode == 0, (example, done.stderr)
         assert "error" not in done.stderr
+
+
+def test_csv_read_in_many_small_blocks_gives_the_same_numbers(tmp_path, monkeypatch):
+    """Documents straddle CSV batches: the sums, words and bytes merge exactly."""
+    from nllcli import readers as table_readers
+
+    frame = random_tokens(9)
+    path = tmp_path / "t.csv"
+    frame.to_csv(path, index=False)
+    whole = tokens(path)
+    monkeypatch.setattr(table_readers, "CSV_BLOCK_BYTES", 512)
+    small = tokens(path)
+    assert_close(small, reference(frame), rel=1e-10)
+    assert (small.tokens, small.words, small.bytes) == (whole.tokens, whole.words, whole.bytes)

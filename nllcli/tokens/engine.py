@@ -161,7 +161,7 @@ def fold(out: Run, raw: readers.RawBatch) -> None:
     first = np.full(len(ids), n, np.int64)
     np.minimum.at(first, local, np.arange(n))
     keys = _group_keys(raw, first)
-    doc_codes = out.state.codes(ids, keys, [(raw.source, int(r)) for r in raw.rows[first]])
+    doc_codes = out.state.codes(ids, keys)
     _check_groups(raw, doc_codes, local, out.state)
     codes = doc_codes[local]
     nbytes = raw.nbytes if raw.nbytes is not None else np.full(n, -1, np.int64)

@@ -79,8 +79,6 @@ class DocState:
     Memory is O(documents): one dict entry and a few numbers per document.
     """
 
-    FIELDS = ("tokens", "masked", "placeholder", "nll_sum", "bytes", "runs")
-
     def __init__(self) -> None:
         self.index: dict = {}  # doc id -> position
         self.ids: list = []
@@ -97,9 +95,8 @@ class DocState:
         self.has_text = np.zeros(0, bool)  # some scored token with non-empty text seen
         self.starts_space = np.zeros(0, bool)
         self.ends_space = np.zeros(0, bool)
-        self.first_row: list = []  # (source, 1-based row) of each document's first token, for messages
 
-    def codes(self, ids, groups=None, rows=None) -> np.ndarray:
+    def codes(self, ids, groups=None) -> np.ndarray:
         """Positions of ``ids`` (a list of distinct ids of one batch), new documents appended."""
         out = np.empty(len(ids), np.int64)
         for i, doc in enumerate(ids):
@@ -108,7 +105,6 @@ class DocState:
                 pos = self.index[doc] = len(self.ids)
                 self.ids.append(doc)
                 self.group_of.append(groups[i] if groups is not None else None)
-                self.first_row.append(rows[i] if rows is not None else None)
             out[i] = pos
         self._grow(len(self.ids))
         return out
@@ -178,7 +174,7 @@ class DocState:
         """Documents of ``self`` then those of ``other``; a document in both is continued by ``other``."""
         out = DocState()
         for state in (self, other):
-            codes = out.codes(state.ids, state.group_of, state.first_row)
+            codes = out.codes(state.ids, state.group_of)
             n = out.n
             for name in ("tokens", "masked", "placeholder", "nll_sum", "bytes"):
                 getattr(out, name)[:n] += np.bincount(codes, weights=getattr(state, name)[:state.n],

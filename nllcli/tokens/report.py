@@ -232,7 +232,7 @@ def per_document(run: Run, arrays: dict, scale: float) -> dict[str, np.ndarray |
     columns["tokens"] = arrays["tokens"] if run.tokens_known else [None] * run.state.n
     columns["masked"] = arrays["masked"]
     columns["placeholder"] = arrays["placeholder"]
-    columns["bytes"] = np.where(arrays["bytes_unknown"], -1, arrays["bytes"])
+    columns["bytes"] = [None if unknown else int(b) for unknown, b in zip(arrays["bytes_unknown"], arrays["bytes"])]
     columns["words"] = arrays["words"] if run.text_known else [None] * run.state.n
     columns["nll"] = figures["nll"]
     columns["perplexity"] = figures["perplexity"]
