@@ -101,6 +101,7 @@ def test_parquet_and_jsonl_tables_read_like_csv(tmp_path):
     expected = reference(frame)
     assert_close(tokens(tmp_path / "t.parquet"), expected)
     assert_close(tokens(tmp_path / "t.jsonl"), expected)
+    assert_close(tokens(frame), expected)  # a DataFrame from Python
 
 
 def test_word_counts_merge_across_batches_exactly():

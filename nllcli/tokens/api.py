@@ -17,9 +17,12 @@ from .report import TokensReport, build, parse_gates, per_document
 Progress = Callable[[int, int], None]
 
 
-def _paths(files) -> list[str]:
+def _paths(files) -> list:
+    """Paths as strings; an in-memory table (pandas DataFrame, pyarrow Table) as it is."""
     if isinstance(files, (str, Path)):
         return [str(files)]
+    if hasattr(files, "columns") or hasattr(files, "schema"):
+        return [files]
     paths = [str(f) for f in files]
     if not paths:
         raise UsageError("name at least one token file")
@@ -66,20 +69,21 @@ def tokens(files, *, format_in: str | None = None, doc: str | None = None, logpr
     """Perplexity, bits per byte and per-document NLL of saved token log-probabilities (`nll tokens`).
 
     files: paths of one layout (format_in: table, chat, completions, vllm or lm-eval; detected when
-    None). doc, logprob, bytes, mask, text: the long table's columns (found by name when None);
-    by: group columns; base: e, 2 or 10 (nll and doc_nll in nats, bits or bans); worst: list the N
-    documents of largest NLL; max / min: gates such as "perplexity=12.5", evaluated into the report
-    (``failed_gates``); per_doc: a .csv or .parquet file (or '-') of one row per document, atomic.
+    None), or a pandas DataFrame / pyarrow Table of tokens. doc, logprob, bytes, mask, text: the
+    long table's columns (found by name when None); by: group columns; base: e, 2 or 10 (nll and
+    doc_nll in nats, bits or bans); worst: list the N documents of largest NLL; max / min: gates
+    such as "perplexity=12.5", evaluated into the report (``failed_gates``); per_doc: a .csv or
+    .parquet file (or '-') of one row per document, written atomically.
     """
     _check_options(base, worst)
     paths = _paths(files)
-    check_stdin_once(paths)
+    check_stdin_once([p for p in paths if isinstance(p, str)])
     gates = parse_gates(max, min)
     _check_per_doc(per_doc, paths)
     run = engine.run(paths, layout=format_in, doc=doc, logprob=logprob, bytes=bytes, mask=mask, text=text, by=by,
                      progress=progress)
     if run.state.n == 0:
-        raise InputError(", ".join(paths), "no tokens in the input")
+        raise InputError(", ".join(run.inputs), "no tokens in the input")
     report = build(run, base=base, gates=gates, worst=worst)
     if per_doc is not None:
         _write_per_doc(per_doc, run, base)
@@ -133,7 +137,7 @@ def compare_tokens(base_files, new_files, *, format_in: str | None = None, doc: 
     if resamples < 1:
         raise UsageError(f"--resamples {resamples}: must be at least 1")
     gates = parse_gates(max, min)
-    check_stdin_once(base_files, new_files)
+    check_stdin_once(*[p for files in (base_files, new_files) for p in _paths(files) if isinstance(p, str)])
     options = dict(layout=format_in, doc=doc, logprob=logprob, bytes=bytes, mask=mask, text=text,
                    progress=progress)
     base_run = engine.run(_paths(base_files), **options)  # type: ignore[arg-type]

@@ -36,7 +36,7 @@ def batches(paths: Sequence[str], layout: str | None, *, doc: str | None = None,
 
     if layout is not None and layout not in readers.LAYOUTS:
         raise UsageError(f"--format-in {layout!r}: choose one of {', '.join(readers.LAYOUTS)}")
-    layouts = [layout or readers.detect(p) for p in paths]
+    layouts = [layout or (readers.detect(p) if isinstance(p, str) else "table") for p in paths]
     if len(set(layouts)) > 1:
         raise UsageError(f"the files hold different layouts ({', '.join(sorted(set(layouts)))}): score them apart")
     kind = layouts[0]
@@ -67,9 +67,10 @@ def run(paths: Sequence[str], *, layout: str | None = None, by: Sequence[str] = 
         paths = [paths]
     from ..readers import Prefetch, expand_inputs
 
-    paths = expand_inputs(paths) if all(p != "-" for p in paths) else list(paths)
+    if all(isinstance(p, str) and p != "-" for p in paths):
+        paths = expand_inputs(paths)
     layouts, stream = batches(paths, layout, by=by, **columns)
-    out = Run(DocState(), layouts, list(paths), list(by))
+    out = Run(DocState(), layouts, [p if isinstance(p, str) else "<table>" for p in paths], list(by))
     with Prefetch(stream) as parsed:  # the next batch is parsed in a thread while this one is folded
         for raw in parsed:
             fold(out, raw)

@@ -105,11 +105,11 @@ def json_schema_names(path: str) -> list[str]:
 
 def read_table(paths: Sequence[str], **options) -> Iterator[RawBatch]:
     """Every file's batches; the roles are found in the first file and must exist in the others."""
-    from ..readers import open_source
+    from ..readers import Source, open_source
 
     roles = None
     for path in paths:
-        if is_json(path):
+        if isinstance(path, str) and is_json(path):
             names = json_schema_names(path)
             roles = roles or resolve_roles(names, path, **options)
             missing = [c for c in roles.columns if c not in names]
@@ -117,7 +117,7 @@ def read_table(paths: Sequence[str], **options) -> Iterator[RawBatch]:
                 raise InputError(path, f"columns missing: {missing}")
             yield from _json_batches(path, roles)
             continue
-        source = open_source(path)
+        source = open_source(path) if isinstance(path, str) else Source.from_table(path)
         roles = roles or resolve_roles(source.schema.names, source.name, **options)
         missing = [c for c in roles.columns if c not in source.schema.names]
         if missing:
