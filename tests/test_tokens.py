@@ -400,3 +400,21 @@ def test_csv_read_in_many_small_blocks_gives_the_same_numbers(tmp_path, monkeypa
     small = tokens(path)
     assert_close(small, reference(frame), rel=1e-10)
     assert (small.tokens, small.words, small.bytes) == (whole.tokens, whole.words, whole.bytes)
+
+
+def test_json_lines_gzip_several_choices_and_a_bounded_line(tmp_path, monkeypatch):
+    import gzip
+
+    line = {"id": "cmpl-1", "choices": [
+        {"index": 0, "logprobs": {"tokens": ["a", " b"], "token_logprobs": [-1.0, -2.0]}},
+        {"index": 1, "logprobs": {"tokens": ["c"], "token_logprobs": [-4.0]}}]}
+    path = tmp_path / "legacy.jsonl.gz"
+    with gzip.open(path, "wt") as out:
+        out.write(json.dumps(line) + "\n")
+    report = tokens(path, worst=2)
+    assert report.layout == "completions" and report.documents == 2
+    assert [w["doc"] for w in report.worst] == ["cmpl-1/1", "cmpl-1/0"]
+    assert report.metrics["nll"] == pytest.approx(7 / 3)  # the first token is scored: it is not null
+    monkeypatch.setattr(readers, "LINE_LIMIT", 64)
+    with pytest.raises(InputError, match="line 1 is longer than"):
+        tokens(path)

@@ -87,7 +87,12 @@ def open_text(path: str):
 def json_lines(path: str) -> Iterator[tuple[int, object]]:
     """(1-based line number, parsed object) of each non-empty line; a bad line is an InputError."""
     with open_text(path) as handle:
-        for number, line in enumerate(io.BufferedReader(handle) if not hasattr(handle, "readline") else handle, 1):
+        number = 0
+        while True:
+            line = handle.readline(LINE_LIMIT + 1)  # bounded: a file without line ends is not read whole
+            number += 1
+            if not line:
+                return
             if len(line) > LINE_LIMIT:
                 raise InputError(path, f"line {number} is longer than {LINE_LIMIT >> 20} MiB")
             if not line.strip():
