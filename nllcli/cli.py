@@ -464,6 +464,9 @@ def _compare(base_file: str, new_file: str, format: Format, quiet: bool, **optio
     _prepare_process()
     from .comparison import compare
 
+    if _token_files(base_file, new_file):
+        _compare_token_files(base_file, new_file, format, quiet, options)
+        return
     with _ProgressBar(quiet, _total_bytes([base_file, new_file])) as progress:
         report = compare(base_file, new_file, progress=progress, **_plain(options))
     _finish(report, format, None)
@@ -752,6 +755,44 @@ def tokens(
             report = tokens_api.tokens(files, format_in=layout, by=by or (), base=base.value, worst=worst,
                                        max=max or (), min=min or (), per_doc=per_doc, progress=progress, **columns)
     write_report(report, format.value, sys.stderr if per_doc == "-" else sys.stdout)
+    for gate in report.failed_gates:
+        _err(f"nll: {gate.describe(report.metrics.get(gate.metric))}")
+    if report.regression:
+        _err(f"nll: {report.regression}")
+    if report.failed_gates or report.regression:
+        raise typer.Exit(EXIT_GATE)
+
+
+TOKEN_COMPARE_OPTIONS = {"base", "worst", "max", "min", "confidence", "resamples", "seed", "fail_if_worse", "debug"}
+
+
+def _token_files(*files: str) -> bool:
+    """`nll compare` on LLM token files (chat, completions, vLLM, lm-eval JSON Lines): `nll tokens --compare`."""
+    from .tokens.readers import detect, is_json
+
+    return all(is_json(f) for f in files) and all(detect(f) != "table" for f in files)
+
+
+def _compare_token_files(base_file: str, new_file: str, format: Format, quiet: bool, options: dict) -> None:
+    import inspect
+
+    from .errors import UsageError
+    from .tokens import api as tokens_api
+    from .tokens.render import write_report
+
+    defaults = {p.name: p.default for p in inspect.signature(score).parameters.values()}
+    given = [name for name, value in options.items()
+             if name not in TOKEN_COMPARE_OPTIONS and name in defaults and value != defaults[name]]
+    if given:
+        raise UsageError(f"{', '.join('--' + n.replace('_', '-') for n in given)}: not an option for token files "
+                         "(see nll tokens --help)")
+    with _ProgressBar(quiet, None) as progress:
+        report = tokens_api.compare_tokens(base_file, new_file, base=options["base"].value, worst=options["worst"],
+                                           max=options["max"] or (), min=options["min"] or (),
+                                           confidence=options["confidence"], resamples=options["resamples"],
+                                           seed=options["seed"], fail_if_worse=options["fail_if_worse"],
+                                           progress=progress)
+    write_report(report, format.value, sys.stdout)
     for gate in report.failed_gates:
         _err(f"nll: {gate.describe(report.metrics.get(gate.metric))}")
     if report.regression:

@@ -418,3 +418,13 @@ def test_json_lines_gzip_several_choices_and_a_bounded_line(tmp_path, monkeypatc
     monkeypatch.setattr(readers, "LINE_LIMIT", 64)
     with pytest.raises(InputError, match="line 1 is longer than"):
         tokens(path)
+
+
+def test_nll_compare_on_token_files_is_tokens_compare(tmp_path, run):
+    frame = random_tokens(10, masks=False, placeholders=False)
+    files = layouts(tmp_path, frame)
+    result = run("compare", files["chat"], files["batch"], "--format", "json", "--fail-if-worse", "0")
+    assert result.exit_code == 0, result.stderr
+    data = loads_strict(result.stdout)
+    assert data["command"] == "tokens compare" and data["comparison"][0]["delta"] == 0.0
+    assert run("compare", files["chat"], files["batch"], "--label", "y").exit_code == 2
