@@ -726,9 +726,9 @@ def tokens(
 ) -> None:
     """Perplexity, bits per byte and per-document NLL from saved LLM token log-probabilities.
 
-    Token-weighted nll and perplexity, means of per-document nll and perplexity, bits per byte, byte and word perplexity.
+    Token-weighted nll and perplexity, means of per-document nll and perplexity, bits per byte.
 
-    Bits per byte, byte and word perplexity are lm-evaluation-harness's; masked tokens and placeholders are counted.
+    Byte and word perplexity and bits per byte as lm-evaluation-harness defines them; masks and placeholders counted.
 
     Exit codes: 0 ok, 1 a gate or --fail-if-worse failed, 2 usage, input or environment error, 3 a bug of nll.
     """
