@@ -86,7 +86,7 @@ def escape_property(text: str) -> str:
     return escape_data(text).replace(":", "%3A").replace(",", "%2C")
 
 
-def annotations(report: Report) -> list[str]:
+def error_annotations(report: Report) -> list[str]:
     """One `::error title=...::message` line per failed gate (and a --fail-if-worse regression)."""
     from .errors import visible
     from .formats import gate_results
@@ -102,7 +102,7 @@ def github_integration(report: Report, environ: Mapping[str, str] | None = None)
     environ = os.environ if environ is None else environ
     if not github_actions(environ):
         return []
-    lines = annotations(report)
+    lines = error_annotations(report)
     if lines:
         try:
             sys.stderr.write("".join(line + "\n" for line in lines))

@@ -49,7 +49,7 @@ def gate_results(report: Report) -> list[GateResult]:
     results = [_gate_result(entry, level, report.metrics) for entry in data.get("gates", [])]
     threshold = data.get("fail_if_worse")
     if threshold is not None:
-        nll = next((row for row in data.get("comparison", []) if row.get("metric") == "nll"), {})
+        nll: dict[str, Any] = next((row for row in data.get("comparison", []) if row.get("metric") == "nll"), {})
         ci = nll.get("ci")
         regression = data.get("regression")
         measured = f"nll delta {_signed(nll.get('delta'))} {data.get('units', '')}".rstrip()
@@ -452,9 +452,9 @@ class OpenMetrics(ReportFormat):
         lines = []
         for family, (help_text, samples) in families.items():
             lines += [f"# TYPE {family} gauge", f"# HELP {family} {help_text}"]
-            for labels, value in samples:
+            for labels, sample in samples:
                 shown = ",".join(f'{metric_name(key)}="{label_value(text)}"' for key, text in labels.items())
-                lines.append(f"{family}{{{shown}}} {_sample_value(value)}")
+                lines.append(f"{family}{{{shown}}} {_sample_value(sample)}")
         return "\n".join(lines) + "\n# EOF\n"
 
 

@@ -9,15 +9,15 @@ import xml.etree.ElementTree as ET
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers import loads_strict
 from junitparser import Failure, JUnitXml
 from markdown_it import MarkdownIt
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
-from test_fuzz_injection import HOSTILE_PIECES
 
+from helpers import loads_strict
 from nllcli.errors import visible
 from nllcli.formats import FORMATS, gate_results, label_value, markdown_text, metric_name
 from nllcli.report import Gate, Report
+from test_fuzz_injection import HOSTILE_PIECES
 
 # Strings that mean something to Markdown, GitHub or HTML, beside the terminal ones of test_fuzz_injection.
 MARKDOWN_HOSTILE = ["a|b", "|", "`code`", "``", "[x](http://evil.example)", "![i](http://evil.example/i.png)",
@@ -94,7 +94,8 @@ def test_score_markdown_has_the_tables_and_numbers_of_the_json(run, samples):
     calibration = _table_with(tables, "confidence bin")
     assert len(calibration) - 1 == sum(1 for b in data["calibration"] if b["weight"])
     gates = _table_with(tables, "gate")
-    assert gates[1:] == [["--max nll=0.3", "0.404979", "", "❌ fail"], ["--min accuracy=0.8", "0.899000", "", "✅ pass"]]
+    assert gates[1:] == [["--max nll=0.3", "0.404979", "", "❌ fail"],
+                         ["--min accuracy=0.8", "0.899000", "", "✅ pass"]]
     assert "1 of 2 gates passed" in result.stdout
     warnings = [t for t in tokens if t.type == "inline" and "clipped to eps" in t.content]
     assert warnings  # the warnings are a list
@@ -189,8 +190,8 @@ class WithIntervals(Report):
 def _report_with_intervals() -> Report:
     return WithIntervals("score", {"preds": ["p.csv"]}, 100, ["a", "b"], "nats",
                          {"nll": 0.4, "accuracy": 0.9, "ece": 0.03},
-                         groups=[{"by": {"site": "x"}, "rows": 100, "metrics": {"nll": 0.4, "accuracy": 0.9, "ece": 0.03,
-                                                                                "brier": 0.1}}],
+                         groups=[{"by": {"site": "x"}, "rows": 100,
+                                  "metrics": {"nll": 0.4, "accuracy": 0.9, "ece": 0.03, "brier": 0.1}}],
                          gates=[Gate("nll", "max", 0.42)])
 
 
@@ -233,7 +234,7 @@ def test_junit_has_one_testcase_per_gate_with_the_failure(run, samples):
     (suite,) = _suites(result.stdout)
     assert (suite.tests, suite.failures, suite.errors) == (3, 1, 0)
     cases = list(suite)
-    assert [c.name for c in cases] == ["--max nll=0.3", "--max ece=0.05", "--min accuracy=0.8"]  # as plan.py orders them
+    assert [c.name for c in cases] == ["--max nll=0.3", "--max ece=0.05", "--min accuracy=0.8"]  # plan.py's order
     assert [c.is_passed for c in cases] == [False, True, True]
     (failure,) = cases[0].result
     assert isinstance(failure, Failure)
@@ -292,7 +293,8 @@ def test_openmetrics_parses_and_has_the_metrics_per_class_and_group(run, samples
         assert family.type == "gauge"
         overall = [s for s in family.samples if "class" not in s.labels and "group" not in s.labels]
         assert overall[0].value == value
-        assert overall[0].labels["command"] == "score" and overall[0].labels["input"] == str(samples / "robot_tools.csv")
+        assert overall[0].labels["command"] == "score"
+        assert overall[0].labels["input"] == str(samples / "robot_tools.csv")
     nll = families["nll_nll"].samples
     assert nll[0].labels["units"] == "nats"
     per_class = {s.labels["class"]: s.value for s in nll if "class" in s.labels}
