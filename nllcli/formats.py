@@ -174,11 +174,17 @@ class Markdown(ReportFormat):
             failed = sum(not r.passed for r in results)
             parts.append(f"**{'❌' if failed else '✅'} {len(results) - failed} of {len(results)} "
                          f"gate{'s' if len(results) != 1 else ''} passed**\n")
+            parts.append(markdown_table(["gate", "value", "interval", "result"],
+                                        [[markdown_text(r.name), _number(r.value),
+                                          _ours(_bracketed(r.interval)) if r.interval else "",
+                                          "✅ pass" if r.passed else "❌ **fail**"] for r in results], {1, 2}))
         if report.comparison:
             parts.append(self._comparison(report))
             if data.get("regression"):
                 parts.append(f"**❌ Regression:** {markdown_text(data['regression'])}\n")
             parts.append("### New model\n")
+        elif results:
+            parts.append("### Metrics\n")
         parts.append(self._metrics(report, data, level))
         if data.get("per_class"):
             parts.append("### Per true class\n")
@@ -193,12 +199,6 @@ class Markdown(ReportFormat):
             parts.append(self._calibration(data))
         if any(row.get("weight") for row in data.get("loss_histogram", [])):
             parts.append(self._loss_histogram(data))
-        if results:
-            parts.append("### Gates\n")
-            parts.append(markdown_table(["gate", "value", "interval", "result"],
-                                        [[markdown_text(r.name), _number(r.value),
-                                          _ours(_bracketed(r.interval)) if r.interval else "",
-                                          "✅ pass" if r.passed else "❌ **fail**"] for r in results], {1, 2}))
         warnings = report.all_warnings()
         if warnings:
             parts.append("### Warnings\n")
