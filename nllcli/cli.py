@@ -363,8 +363,8 @@ def _finish(report, fmt: Format, per_sample: str | None, report_files: list[tupl
     from .ci import github_integration, write_report_files
     from .render import write_report
 
+    write_report_files(report, report_files or [])  # first: a reader that stops early (`| head`) still gets them
     write_report(report, fmt.value, sys.stderr if per_sample == "-" else sys.stdout)
-    write_report_files(report, report_files or [])
     for warning in github_integration(report) if ci_integration else ():
         _err(f"nll: warning: {warning}")
     failed = report.failed_gates

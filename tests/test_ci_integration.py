@@ -235,3 +235,12 @@ def test_stdout_is_untouched_by_ci_when_piped_to_head(nll_exe, samples, summary)
                             shell=True, capture_output=True, text=True, timeout=120, env=env)
     assert result.returncode == 0 and result.stdout.startswith("## nll score")
     assert "Traceback" not in result.stderr
+
+
+def test_report_files_are_written_when_stdout_closes_early(nll_exe, samples, tmp_path):
+    """A reader that closed its end before the report (`| head` on a long one): exit 0, files written."""
+    script = (f"{sys.executable} -m nllcli score {samples / 'robot_tools.csv'} --max nll=0.3 "
+              f"--report {tmp_path / 'r.json'} | (exec 0<&-; sleep 1)")
+    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "Traceback" not in result.stderr
+    assert loads_strict((tmp_path / "r.json").read_text())["gates"][0]["passed"] is False
