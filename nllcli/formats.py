@@ -174,9 +174,11 @@ class Markdown(ReportFormat):
             failed = sum(not r.passed for r in results)
             parts.append(f"**{'❌' if failed else '✅'} {len(results) - failed} of {len(results)} "
                          f"gate{'s' if len(results) != 1 else ''} passed**\n")
-            parts.append(markdown_table(["gate", "value", "interval", "result"],
+            with_intervals = any(r.interval for r in results)
+            parts.append(markdown_table(["gate", "value", *(["interval"] if with_intervals else []), "result"],
                                         [[markdown_text(r.name), _number(r.value),
-                                          _ours(_bracketed(r.interval)) if r.interval else "",
+                                          *([_ours(_bracketed(r.interval)) if r.interval else ""]
+                                            if with_intervals else []),
                                           "✅ pass" if r.passed else "❌ **fail**"] for r in results], {1, 2}))
         if report.comparison:
             parts.append(self._comparison(report))
