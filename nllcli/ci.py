@@ -114,10 +114,26 @@ def github_integration(report: Report, environ: Mapping[str, str] | None = None)
         return []
     from .formats import FORMATS
 
-    text = FORMATS["markdown"].render(report)
+    text, notes = _within_summary_limit(FORMATS["markdown"].render(report))
     try:
         with open(summary, "a", encoding="utf-8", newline="\n") as stream:  # O_APPEND: one write, never replaced
             stream.write("\n" + text)
     except OSError as exc:
         return [f"GITHUB_STEP_SUMMARY {summary}: {exc.strerror or exc}; the job summary was not written"]
-    return []
+    return notes
+
+
+SUMMARY_LIMIT = 1024 * 1024  # GitHub refuses a step's job summary above 1 MiB
+
+
+def _within_summary_limit(text: str) -> tuple[str, list[str]]:
+    """The Markdown report, cut at a line boundary (with a note saying so) if it is over GitHub's limit."""
+    data = text.encode("utf-8")
+    if len(data) + 1 <= SUMMARY_LIMIT:
+        return text, []
+    note = ("\n\n*The report is longer than GitHub's 1 MiB job summary limit and is cut here; "
+            "write it whole with --report FILE.md.*\n")
+    head = data[:SUMMARY_LIMIT - len(note.encode()) - 1].decode("utf-8", errors="ignore")
+    head = head[:head.rfind("\n") + 1]
+    return head + note, [f"the Markdown report is {len(data):,} bytes, over GitHub's 1 MiB job summary limit: "
+                         "the job summary has its first part (--report FILE.md writes it whole)"]

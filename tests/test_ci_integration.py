@@ -244,3 +244,17 @@ def test_report_files_are_written_when_stdout_closes_early(nll_exe, samples, tmp
     result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "Traceback" not in result.stderr
     assert loads_strict((tmp_path / "r.json").read_text())["gates"][0]["passed"] is False
+
+
+def test_a_summary_over_githubs_limit_is_cut_at_a_line_with_a_note(tmp_path):
+    from nllcli import ci
+
+    groups = [{"by": {"site": f"site-{i:06d}"}, "rows": 1, "metrics": {"nll": 0.1}} for i in range(40_000)]
+    report = Report("score", {"preds": ["p.csv"]}, 40_000, ["a"], "nats", {"nll": 0.1}, groups=groups)
+    summary = tmp_path / "summary.md"
+    warnings = ci.github_integration(report, {"GITHUB_ACTIONS": "true", "GITHUB_STEP_SUMMARY": str(summary)})
+    text = summary.read_text()
+    assert len(text.encode()) <= ci.SUMMARY_LIMIT
+    assert text.endswith("write it whole with --report FILE.md.*\n")
+    assert "| site\\-000000 |" in text and "| site\\-039999 |" not in text
+    assert len(warnings) == 1 and "over GitHub's 1 MiB job summary limit" in warnings[0]
