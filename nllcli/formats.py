@@ -1,9 +1,9 @@
 """Report formats read by CI systems: GitHub-flavoured Markdown, JUnit XML and OpenMetrics text.
 
-Each format is a class with a name, the file suffixes `--report` knows it by, and render(report) ->
-str. They read the report's strict dict (Report.to_dict()) and show whatever keys are there (the
-intervals of `--interval`, the `on`, `interval`, `relative` and `base` of a gate), so a key added to
-the report is shown as soon as it exists and a missing one is simply not shown.
+Each format is a class with a name and render(report) -> str (`--report` picks one by the file's
+suffix: render.REPORT_SUFFIXES). They read the report's strict dict (Report.to_dict()) and show
+whatever keys are there (the intervals of `--interval`, the `on`, `interval`, `relative` and `base`
+of a gate), so a key added to the report is shown as soon as it exists and a missing one is not.
 
 Strings from the data (class names, labels, keys, group values, column and file names) stay text in
 every format: escaped for Markdown so that they never make a link, an image, HTML, a list, a
@@ -126,10 +126,9 @@ def title(report: Report) -> str:
 
 
 class ReportFormat:
-    """A way to write a Report as text; `--report FILE` picks it by the file's suffix."""
+    """A way to write a Report as text, registered by name in render.RENDERERS."""
 
     name: ClassVar[str]
-    suffixes: ClassVar[tuple[str, ...]]
 
     def render(self, report: Report) -> str:
         raise NotImplementedError
@@ -163,7 +162,6 @@ class Markdown(ReportFormat):
     """GitHub-flavoured Markdown: the content of the table format as headings, tables and lists."""
 
     name = "markdown"
-    suffixes = (".md", ".markdown")
 
     def render(self, report: Report) -> str:
         data = report.to_dict()
@@ -326,7 +324,6 @@ class JUnit(ReportFormat):
     testcase says so (test-report actions show an empty suite as an error)."""
 
     name = "junit"
-    suffixes = (".xml",)
 
     def render(self, report: Report) -> str:
         import datetime
@@ -406,7 +403,6 @@ class OpenMetrics(ReportFormat):
     `nll_gate_passed` (1 or 0) per gate. Ends with `# EOF`."""
 
     name = "openmetrics"
-    suffixes = (".prom", ".txt")
 
     def render(self, report: Report) -> str:
         data = report.to_dict()
