@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from typing import IO
 
-from ..errors import without_trailing_spaces
+from ..errors import UsageError, without_trailing_spaces
 from ..render import PLAIN_WIDTH, _cell, _cells, _interval, _number, _table, _terminal_size, _text, to_json
 from ..sinks import reported_as
 from .report import INFORMATION, TokensReport
@@ -104,6 +104,12 @@ def write_ndjson(report: TokensReport, stream: IO[str]) -> None:
 
 
 RENDERERS = {"table": write_table, "json": write_json, "ndjson": write_ndjson}
+
+
+def check_format(fmt: str) -> None:
+    """Before any work: the formats a TokensReport is written in (Markdown, JUnit and OpenMetrics are score's)."""
+    if fmt not in RENDERERS:
+        raise UsageError(f"--format {fmt}: nll tokens writes {', '.join(RENDERERS)}")
 
 
 def write_report(report: TokensReport, fmt: str, stream: IO[str]) -> None:
