@@ -508,3 +508,143 @@ class RowClips:
         if self.reverse_zero is not None:
             out.update(reverse_zero=count(self.reverse_zero), reverse_zero_loss=weighted(self.reverse_loss))
         return out
+
+
+# -- calibration estimators, finished from binned sums ----------------------------------------
+# Each reads sums over bins (weights, confidences, outcomes), never rows, so that batches, groups
+# and partitions merge by adding the sums.
+
+
+def _fine_edges() -> np.ndarray:
+    """Edges of the fine histogram of top-label confidence that equal-mass bins are read from.
+
+    2,048 bins (e_i, e_i+1]: 1,024 of width 1/1024 on [0, 1 - 1/1024], then 1,024 equal in
+    log(1 - c) from 1 - 1/1024 to 1 - 1e-9/1024 (each 2.0% narrower in 1 - c than the last), and
+    the last one up to 1. Confidences of overconfident models, crowded near 1, stay apart.
+    """
+    uniform = np.arange(1024) / 1024
+    tail = 1.0 - 2.0 ** -10 * 10.0 ** (-np.arange(1, 1025) * 9 / 1024)
+    return np.concatenate([uniform, tail, [1.0]])
+
+
+FINE_EDGES = _fine_edges()
+FINE_BINS = len(FINE_EDGES) - 1
+
+
+def fine_bins(confidence: np.ndarray) -> np.ndarray:
+    """Fine bin i of each confidence, FINE_EDGES[i] < c <= FINE_EDGES[i + 1]; 0 in the first bin and
+    a value above 1 (within --tol) in the last."""
+    bins = np.searchsorted(FINE_EDGES, confidence, side="left") - 1
+    return np.clip(bins, 0, FINE_BINS - 1, out=bins)
+
+
+def mass_groups(weight: np.ndarray, n_bins: int) -> np.ndarray:
+    """The equal-mass bin of each fine bin: b = min(B - 1, floor(B * W_below / W)), W_below being
+    the weight of the fine bins before it.
+
+    Read on rows, this is the bin of a row whose confidence c has W(< c) below it: B bins of mass
+    W / B, rows of equal confidence kept together. On the fine histogram, the bins can only cut at
+    fine edges, so a bin's mass is off from the exact rule by at most the mass of one fine bin; when
+    each fine bin holds one distinct confidence (any number of ties), the two rules agree exactly.
+    A fine bin heavier than W / B leaves the bins it covers empty.
+    """
+    total = weight.sum()
+    if total <= 0:
+        return np.zeros(len(weight), dtype=np.intp)
+    below = np.cumsum(weight) - weight
+    return np.minimum(np.floor(n_bins * below / total).astype(np.intp), n_bins - 1)
+
+
+def l2_calibration_error(weight: np.ndarray, weight_sq: np.ndarray, confidence: np.ndarray,
+                         correct: np.ndarray, debiased: bool = False) -> float:
+    """The L2 calibration error, sqrt(sum_b (W_b / W) (acc_b - conf_b)^2), over non-empty bins.
+
+    debiased (Kumar, Liang & Ma 2019, "Verified uncertainty calibration"): each bin's squared gap
+    less the variance of its accuracy, acc_b (1 - acc_b) / (n_b - 1), bins with n_b < 2 counting 0,
+    and sqrt(max(0, sum)); n_b is the effective row count W_b^2 / sum_b w^2 (the row count when
+    unweighted), as in their calibration.utils.unbiased_square_ce.
+    """
+    filled = weight > 0
+    if not filled.any():
+        return float("nan")
+    w, acc = weight[filled], correct[filled] / weight[filled]
+    squared = (acc - confidence[filled] / w) ** 2
+    if debiased:
+        rows = w * w / weight_sq[filled]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            variance = acc * (1.0 - acc) / (rows - 1.0)
+        squared = np.where(rows >= 2.0, squared - variance, 0.0)
+    return math.sqrt(max(float(np.sum(w * squared) / w.sum()), 0.0))
+
+
+def class_bin_sums(index: np.ndarray, size: int, weights: np.ndarray | None, probs: np.ndarray,
+                   labels: np.ndarray | None, targets: np.ndarray | None) -> dict[str, np.ndarray]:
+    """Sums over the (class, bin) cells of each row's probability of each class, flattened.
+
+    ``index`` is (n, K), k * B + the equal-width bin of q_ik. Per cell: weight = sum w,
+    prob = sum w q, prob_sq = sum w q^2, outcome = sum w y, outcome_sq = sum w y^2, cross =
+    sum w q y, with y_ik the one-hot label or the target t_ik. One bincount over the combined
+    index per sum; with hard labels the outcome sums only visit each row's labelled cell.
+    """
+    n, k = probs.shape
+    order: Literal["C", "F"] = "F" if probs.flags.f_contiguous and not probs.flags.c_contiguous else "C"
+    cells, q = index.ravel(order=order), probs.ravel(order=order)
+    w = None if weights is None else np.repeat(weights, k) if order == "C" else np.tile(weights, k)
+
+    def total(at: np.ndarray, of: np.ndarray | None) -> np.ndarray:
+        if of is None:
+            return np.bincount(at, minlength=size).astype(np.float64)
+        return np.bincount(at, weights=of, minlength=size)
+
+    wq = q if w is None else w * q
+    out = {"weight": total(cells, w), "prob": total(cells, wq), "prob_sq": total(cells, wq * q)}
+    if targets is not None:
+        t = targets.ravel(order=order)
+        wt = t if w is None else w * t
+        out.update(outcome=total(cells, wt), outcome_sq=total(cells, wt * t), cross=total(cells, wt * q))
+    elif labels is not None:
+        rows = np.arange(n)
+        labelled = index[rows, labels]
+        out["outcome"] = total(labelled, weights)
+        out["outcome_sq"] = out["outcome"].copy()
+        q_true = probs[rows, labels]
+        out["cross"] = total(labelled, q_true if weights is None else weights * q_true)
+    else:
+        raise ValueError("class bins need labels or targets")
+    return out
+
+
+def classwise_calibration_error(weight: float, prob: np.ndarray, outcome: np.ndarray) -> float:
+    """Classwise ECE (Kull et al. 2019; the static calibration error of Nixon et al. 2019):
+    (1 / K) sum_k sum_b |sum_b,k w y - sum_b,k w q| / W over (K, B) cells of equal-width bins of q_k,
+    the mean over classes of each class's own ECE."""
+    if weight <= 0:
+        return float("nan")
+    return float(np.abs(outcome - prob).sum(axis=1).mean() / weight)
+
+
+def brier_decomposition(total: float, weight: np.ndarray, prob: np.ndarray, prob_sq: np.ndarray,
+                        outcome: np.ndarray, outcome_sq: np.ndarray, cross: np.ndarray) -> tuple[float, float, float]:
+    """(reliability, resolution, uncertainty) of the Brier score sum_k (q_k - y_k)^2, from the (K, B)
+    cells of equal-width bins of q_k, so that reliability - resolution + uncertainty = Brier exactly.
+
+    Per class k, with bin means qbar = prob / W_b, ybar = outcome / W_b and ybar_k = sum_b outcome / W:
+      uncertainty = sum_k (sum_b outcome_sq / W - ybar_k^2)     (ybar_k (1 - ybar_k) for hard labels)
+      resolution  = sum_k sum_b (W_b / W) (ybar - ybar_k)^2                       (Murphy 1973)
+      reliability = sum_k sum_b [W_b (qbar - ybar)^2 + sum w (q - qbar)^2 - 2 sum w (q - qbar)(y - ybar)] / W
+    Reliability is Murphy's term plus the within-bin variance and (minus twice) the within-bin
+    covariance of Stephenson et al. 2008, which make the identity exact for any binning (without them
+    it holds only when every row of a bin has the same forecast). Those two can make it slightly
+    negative when forecasts within a bin track the outcomes.
+    """
+    if total <= 0:
+        return float("nan"), float("nan"), float("nan")
+    filled = weight > 0
+    w = np.where(filled, weight, 1.0)
+    base = outcome.sum(axis=1) / total
+    uncertainty = float(np.sum(outcome_sq.sum(axis=1) / total - base ** 2))
+    ybar = np.where(filled, outcome / w, 0.0)
+    resolution = float(np.sum(weight * (ybar - base[:, None]) ** 2) / total)
+    # W (qbar - ybar)^2 + [prob_sq - prob^2 / W] - 2 [cross - prob outcome / W] = prob_sq - 2 cross + outcome^2 / W
+    reliability = float(np.sum(np.where(filled, prob_sq - 2.0 * cross + outcome * outcome / w, 0.0)) / total)
+    return reliability, resolution, uncertainty
