@@ -518,7 +518,7 @@ class RowClips:
 def _fine_edges() -> np.ndarray:
     """Edges of the fine histogram of top-label confidence that equal-mass bins are read from.
 
-    2,048 bins (e_i, e_i+1]: 1,024 of width 1/1024 on [0, 1 - 1/1024], then 1,024 equal in
+    2,048 bins (e_i, e_i+1]: 1,023 of width 1/1024 up to 1 - 1/1024, then 1,024 equal in
     log(1 - c) from 1 - 1/1024 to 1 - 1e-9/1024 (each 2.0% narrower in 1 - c than the last), and
     the last one up to 1. Confidences of overconfident models, crowded near 1, stay apart.
     """
@@ -533,9 +533,25 @@ FINE_BINS = len(FINE_EDGES) - 1
 
 def fine_bins(confidence: np.ndarray) -> np.ndarray:
     """Fine bin i of each confidence, FINE_EDGES[i] < c <= FINE_EDGES[i + 1]; 0 in the first bin and
-    a value above 1 (within --tol) in the last."""
-    bins = np.searchsorted(FINE_EDGES, confidence, side="left") - 1
-    return np.clip(bins, 0, FINE_BINS - 1, out=bins)
+    a value above 1 (within --tol) in the last.
+
+    Up to 1 - 1/1024, ceil(1024 c) - 1 is exact (a power of two scales exactly). Above, bin
+    1023 + m with m = ceil(-log10(1024 (1 - c)) * 1024 / 9) - 1, then moved by one where rounding
+    put it across an edge (1 - c is exact there, and the bins are 2% apart in it).
+    """
+    bins = np.ceil(confidence * 1024.0).astype(np.intp)
+    bins -= 1
+    np.maximum(bins, 0, out=bins)
+    high = np.flatnonzero(confidence > FINE_EDGES[1023])
+    if high.size:
+        c = confidence[high]
+        with np.errstate(divide="ignore"):
+            m = np.ceil(-np.log10(np.maximum(1.0 - c, 0.0) * 1024.0) * (1024 / 9)) - 1  # inf at c >= 1
+        tail = (np.clip(m, 0, FINE_BINS - 1024) + 1023).astype(np.intp)
+        tail += (c > FINE_EDGES[tail + 1]) & (tail < FINE_BINS - 1)
+        tail -= (c <= FINE_EDGES[tail]) & (tail > 1023)
+        bins[high] = tail
+    return bins
 
 
 def mass_groups(weight: np.ndarray, n_bins: int) -> np.ndarray:
@@ -579,36 +595,36 @@ def l2_calibration_error(weight: np.ndarray, weight_sq: np.ndarray, confidence: 
 
 def class_bin_sums(index: np.ndarray, size: int, weights: np.ndarray | None, probs: np.ndarray,
                    labels: np.ndarray | None, targets: np.ndarray | None) -> dict[str, np.ndarray]:
-    """Sums over the (class, bin) cells of each row's probability of each class, flattened.
+    """Sums over the (class, bin) cells of each row's probability of each class, and per class.
 
-    ``index`` is (n, K), k * B + the equal-width bin of q_ik. Per cell: weight = sum w,
-    prob = sum w q, prob_sq = sum w q^2, outcome = sum w y, outcome_sq = sum w y^2, cross =
-    sum w q y, with y_ik the one-hot label or the target t_ik. One bincount over the combined
-    index per sum; with hard labels the outcome sums only visit each row's labelled cell.
+    ``index`` is (n, K), k * B + the equal-width bin of q_ik. Per cell (flattened, K * B): weight =
+    sum w, prob = sum w q, outcome = sum w y; per class (K,): prob_sq = sum w q^2, cross = sum w q y,
+    outcome_sq = sum w y^2; y_ik is the one-hot label or the target t_ik. One bincount over the
+    combined index per cell sum; with hard labels the outcomes only visit each row's labelled cell.
     """
     n, k = probs.shape
     order: Literal["C", "F"] = "F" if probs.flags.f_contiguous and not probs.flags.c_contiguous else "C"
     cells, q = index.ravel(order=order), probs.ravel(order=order)
     w = None if weights is None else np.repeat(weights, k) if order == "C" else np.tile(weights, k)
+    ones = np.ones(n) if weights is None else weights
 
-    def total(at: np.ndarray, of: np.ndarray | None) -> np.ndarray:
-        if of is None:
-            return np.bincount(at, minlength=size).astype(np.float64)
-        return np.bincount(at, weights=of, minlength=size)
+    def column_sums(a: np.ndarray, b: np.ndarray) -> np.ndarray:  # sum_i w_i a_ik b_ik, without BLAS threads
+        return np.einsum("ij,ij->j", a, b) if weights is None else np.einsum("i,ij,ij->j", weights, a, b)
 
-    wq = q if w is None else w * q
-    out = {"weight": total(cells, w), "prob": total(cells, wq), "prob_sq": total(cells, wq * q)}
+    out = {"weight": np.bincount(cells, weights=w, minlength=size).astype(np.float64, copy=False),
+           "prob": np.bincount(cells, weights=q if w is None else w * q, minlength=size),
+           "prob_sq": column_sums(probs, probs)}
     if targets is not None:
         t = targets.ravel(order=order)
-        wt = t if w is None else w * t
-        out.update(outcome=total(cells, wt), outcome_sq=total(cells, wt * t), cross=total(cells, wt * q))
+        out["outcome"] = np.bincount(cells, weights=t if w is None else w * t, minlength=size)
+        out["cross"] = column_sums(probs, targets)
+        out["outcome_sq"] = column_sums(targets, targets)
     elif labels is not None:
         rows = np.arange(n)
-        labelled = index[rows, labels]
-        out["outcome"] = total(labelled, weights)
-        out["outcome_sq"] = out["outcome"].copy()
-        q_true = probs[rows, labels]
-        out["cross"] = total(labelled, q_true if weights is None else weights * q_true)
+        out["outcome"] = np.bincount(index[rows, labels], weights=weights, minlength=size).astype(np.float64,
+                                                                                                 copy=False)
+        out["cross"] = np.bincount(labels, weights=ones * probs[rows, labels], minlength=k)
+        out["outcome_sq"] = np.bincount(labels, weights=ones, minlength=k)
     else:
         raise ValueError("class bins need labels or targets")
     return out
@@ -623,28 +639,30 @@ def classwise_calibration_error(weight: float, prob: np.ndarray, outcome: np.nda
     return float(np.abs(outcome - prob).sum(axis=1).mean() / weight)
 
 
-def brier_decomposition(total: float, weight: np.ndarray, prob: np.ndarray, prob_sq: np.ndarray,
-                        outcome: np.ndarray, outcome_sq: np.ndarray, cross: np.ndarray) -> tuple[float, float, float]:
+def brier_decomposition(total: float, weight: np.ndarray, prob: np.ndarray, outcome: np.ndarray,
+                        prob_sq: np.ndarray, cross: np.ndarray, outcome_sq: np.ndarray) -> tuple[float, float, float]:
     """(reliability, resolution, uncertainty) of the Brier score sum_k (q_k - y_k)^2, from the (K, B)
     cells of equal-width bins of q_k, so that reliability - resolution + uncertainty = Brier exactly.
 
     Per class k, with bin means qbar = prob / W_b, ybar = outcome / W_b and ybar_k = sum_b outcome / W:
-      uncertainty = sum_k (sum_b outcome_sq / W - ybar_k^2)     (ybar_k (1 - ybar_k) for hard labels)
+      uncertainty = sum_k (sum w y_k^2 / W - ybar_k^2)          (ybar_k (1 - ybar_k) for hard labels)
       resolution  = sum_k sum_b (W_b / W) (ybar - ybar_k)^2                       (Murphy 1973)
       reliability = sum_k sum_b [W_b (qbar - ybar)^2 + sum w (q - qbar)^2 - 2 sum w (q - qbar)(y - ybar)] / W
+                  = [sum w |q|^2 - 2 sum w q.y + sum_k sum_b outcome^2 / W_b] / W
     Reliability is Murphy's term plus the within-bin variance and (minus twice) the within-bin
     covariance of Stephenson et al. 2008, which make the identity exact for any binning (without them
     it holds only when every row of a bin has the same forecast). Those two can make it slightly
-    negative when forecasts within a bin track the outcomes.
+    negative when forecasts within a bin track the outcomes. ``prob_sq``, ``cross`` and
+    ``outcome_sq`` are the per-class totals sum w q^2, sum w q y and sum w y^2.
     """
     if total <= 0:
         return float("nan"), float("nan"), float("nan")
     filled = weight > 0
     w = np.where(filled, weight, 1.0)
     base = outcome.sum(axis=1) / total
-    uncertainty = float(np.sum(outcome_sq.sum(axis=1) / total - base ** 2))
+    uncertainty = float(np.sum(outcome_sq / total - base ** 2))
     ybar = np.where(filled, outcome / w, 0.0)
     resolution = float(np.sum(weight * (ybar - base[:, None]) ** 2) / total)
-    # W (qbar - ybar)^2 + [prob_sq - prob^2 / W] - 2 [cross - prob outcome / W] = prob_sq - 2 cross + outcome^2 / W
-    reliability = float(np.sum(np.where(filled, prob_sq - 2.0 * cross + outcome * outcome / w, 0.0)) / total)
+    between = float(np.sum(np.where(filled, outcome * ybar, 0.0)))
+    reliability = (float(np.sum(prob_sq) - 2.0 * np.sum(cross)) + between) / total
     return reliability, resolution, uncertainty

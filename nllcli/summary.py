@@ -22,8 +22,10 @@ LOSS_EDGES = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 40.0)
 _HISTOGRAM_EDGES = np.array([*LOSS_EDGES, np.inf])
 _SHAPE_FIELDS = ("names", "n_classes")  # describe the summary; must agree to merge
 _NONE = np.zeros(0)  # a sum not kept (no calibration): adds to itself, never written to
-# The sums over (class, equal-width bin of q_k) cells, in the order of Summary.class_bins.
-CLASS_BIN_SUMS = ("weight", "prob", "prob_sq", "outcome", "outcome_sq", "cross")
+# The sums over (class, equal-width bin of q_k) cells, in the order of Summary.class_bins, and the
+# per-class totals of Summary.class_totals (see losses.class_bin_sums).
+CLASS_BIN_SUMS = ("weight", "prob", "outcome")
+CLASS_TOTALS = ("prob_sq", "cross", "outcome_sq")
 BINS_KINDS = ("width", "mass")
 
 
@@ -55,7 +57,8 @@ class Summary:
     fine_weight_sq: np.ndarray = dataclasses.field(default_factory=lambda: _NONE)  # (F,)
     fine_confidence: np.ndarray = dataclasses.field(default_factory=lambda: _NONE)  # (F,)
     fine_correct: np.ndarray = dataclasses.field(default_factory=lambda: _NONE)  # (F,)
-    class_bins: np.ndarray = dataclasses.field(default_factory=lambda: _NONE)  # (6, K, B): CLASS_BIN_SUMS
+    class_bins: np.ndarray = dataclasses.field(default_factory=lambda: _NONE)  # (3, K, B): CLASS_BIN_SUMS
+    class_totals: np.ndarray = dataclasses.field(default_factory=lambda: _NONE)  # (3, K): CLASS_TOTALS
 
     @classmethod
     def empty(cls, names: tuple[str, ...], n_classes: int, n_bins: int = 15) -> "Summary":
@@ -131,6 +134,7 @@ class Summary:
             cells += np.arange(n_classes) * n_bins  # k * B + bin of q_k: one index for all K x B cells
             sums = losses.class_bin_sums(cells, n_classes * n_bins, weights, probs, labels, targets)
             out.class_bins = np.stack([sums[name] for name in CLASS_BIN_SUMS]).reshape(-1, n_classes, n_bins)
+            out.class_totals = np.stack([sums[name] for name in CLASS_TOTALS])
         if loss is not None:  # bins [e_i, e_i+1), the last one [40, inf]
             out.loss_histogram = np.histogram(loss, bins=_HISTOGRAM_EDGES, weights=weights)[0].astype(np.float64)
         return out
@@ -220,8 +224,9 @@ class Summary:
 
     def brier_decomposition(self) -> tuple[float, float, float]:
         """(reliability, resolution, uncertainty) with reliability - resolution + uncertainty = Brier."""
-        total = self.weight if self.class_bins.size else 0.0
-        return losses.brier_decomposition(total, *(self.class_bin(name) for name in CLASS_BIN_SUMS))
+        if self.class_bins.size == 0:
+            return float("nan"), float("nan"), float("nan")
+        return losses.brier_decomposition(self.weight, *self.class_bins, *self.class_totals)
 
 
 def confidence_bins(confidence: np.ndarray, n_bins: int) -> np.ndarray:
@@ -231,12 +236,19 @@ def confidence_bins(confidence: np.ndarray, n_bins: int) -> np.ndarray:
     that edge closes, 0 in the first bin and 1.0 in the last.
     """
     edges = bin_edges(n_bins)
-    # ceil(c * B) - 1 is the bin up to rounding, which can only move it by one across an edge.
-    bins = np.ceil(confidence * n_bins).astype(np.intp)
+    # ceil(c * B) - 1 is the bin up to rounding, which can only move it by one across an edge, and
+    # only for a value within a few ulps of one: those few are checked against the edges themselves.
+    scaled = confidence * n_bins
+    bins = np.ceil(scaled).astype(np.intp)
     bins -= 1
     np.clip(bins, 0, n_bins - 1, out=bins)
-    bins += (confidence > edges[bins + 1]) & (bins < n_bins - 1)  # above 1 (within --tol): the last bin
-    bins -= (confidence <= edges[bins]) & (bins > 0)
+    scaled -= np.rint(scaled)
+    near = np.nonzero(np.abs(scaled) <= 1e-9)  # any shape and memory order
+    if near[0].size:
+        b, c = bins[near], confidence[near]
+        b += (c > edges[b + 1]) & (b < n_bins - 1)  # above 1 (within --tol): the last bin
+        b -= (c <= edges[b]) & (b > 0)
+        bins[near] = b
     return bins
 
 
