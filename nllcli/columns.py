@@ -152,6 +152,9 @@ class Layout:
         seen = list(dict.fromkeys(distinct[c] for c in codes[:100]))[:5]
         hint = ("one probability column is P(class 1): labels 0/1 or false/true, or name class 1 with "
                 "--positive LABEL" if self.binary else "labels match class names, or integer positions 0..K-1")
+        padding = next((v for v in seen if (whole_number(v) or "").startswith("-")), None)
+        if padding is not None:  # torch's ignore_index (-100) in a file from training code
+            hint += f"; to leave those rows out: --ignore-label {padding}"
         raise InputError(self.source, f"labels not among the classes {self.class_names}: {seen}",
                          column=self.label, rows=(first_row + bad).tolist(), total=bad.size, hint=hint)
 

@@ -191,8 +191,8 @@ def _reliability_chart(report: Report, plain: bool, style: dict):
         bar[mark] = "|"
         low, high = row["bin"]
         digits = next((d for d in range(2, 7) if f"{low:.{d}f}" != f"{high:.{d}f}"), 6)  # equal-mass bins near 1
-        table.add_row(*_cells(f"{low:.{digits}f}-{high:.{digits}f}", f"{row['weight']:,.0f}", f"{row['confidence']:.3f}",
-                              f"{row['accuracy']:.3f}", "".join(bar)))
+        table.add_row(*_cells(f"{low:.{digits}f}-{high:.{digits}f}", f"{row['weight']:,.0f}",
+                              f"{row['confidence']:.3f}", f"{row['accuracy']:.3f}", "".join(bar)))
     return table
 
 

@@ -144,7 +144,7 @@ class Summary:
                 len(self.bin_weight) != len(other.bin_weight):
             raise ValueError("cannot merge summaries of different quantities, classes or bins")
         return Summary(**{f.name: getattr(self, f.name) if f.name in _SHAPE_FIELDS
-                          else getattr(self, f.name) + getattr(other, f.name)
+                          else _plus(getattr(self, f.name), getattr(other, f.name))
                           for f in dataclasses.fields(self)})
 
     @property
@@ -227,6 +227,13 @@ class Summary:
         if self.class_bins.size == 0:
             return float("nan"), float("nan"), float("nan")
         return losses.brier_decomposition(self.weight, *self.class_bins, *self.class_totals)
+
+
+def _plus(a, b):
+    """a + b, where an estimator's sums not kept (an empty array, as in Summary.empty) add as zeros."""
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and (a.size == 0) != (b.size == 0):
+        return b if a.size == 0 else a  # by size, not identity: a pickled Summary (Dask) has its own copies
+    return a + b
 
 
 def confidence_bins(confidence: np.ndarray, n_bins: int) -> np.ndarray:

@@ -12,14 +12,13 @@ import pyarrow as pa
 import pytest
 
 import nllcli
+from helpers import assert_input_error
 from nllcli import compare, losses
 from nllcli.engine import Partition, score_partition
 from nllcli.plan import plan_score
 from nllcli.readers import Chunk
 from nllcli.report import build_report
 from nllcli.summary import State, Summary, confidence_bins
-
-from helpers import assert_input_error
 
 CLASSES = ["a", "b", "c", "d"]
 NEW = ["ece_mass", "classwise_ece", "ece_l2", "ece_l2_debiased", "brier_reliability", "brier_resolution",
@@ -57,7 +56,8 @@ def mass_bins_reference(conf: np.ndarray, w: np.ndarray, n_bins: int) -> np.ndar
 def binned_top_label(conf, correct, w, bins, n_bins):
     weight = np.bincount(bins, weights=w, minlength=n_bins)
     return (weight, np.bincount(bins, weights=w * w, minlength=n_bins),
-            np.bincount(bins, weights=w * conf, minlength=n_bins), np.bincount(bins, weights=w * correct, minlength=n_bins))
+            np.bincount(bins, weights=w * conf, minlength=n_bins),
+            np.bincount(bins, weights=w * correct, minlength=n_bins))
 
 
 def ece_mce_reference(conf, correct, w, bins, n_bins):
@@ -420,3 +420,22 @@ def test_compare_reports_them_for_the_new_model():
     alone = nllcli.score(new, bins_kind="mass")
     for name in NEW:
         assert report.metrics[name] == pytest.approx(alone.metrics[name], rel=1e-12)
+
+
+def test_pickled_and_empty_summaries_merge():
+    """A State sent to a worker and back (Dask) and an empty Summary add like any other."""
+    import pickle
+
+    table = _table(3, 400)
+    job = plan_score(table, weight="w", ignore_label="-100", bins_kind="mass")
+    state = score_partition(job, Partition(Chunk(table.to_batches()[0], "t", 1), 0))
+    again = pickle.loads(pickle.dumps(state))
+    doubled = build_report(job, state + again)
+    alone = build_report(job, state)
+    for name in ["ece", *NEW]:  # every row twice: the same bins, means and shares (n_b - 1 aside)
+        if name != "ece_l2_debiased":
+            assert doubled.metrics[name] == pytest.approx(alone.metrics[name], rel=1e-12, abs=1e-15), name
+    assert doubled.metrics["ece_l2_debiased"] >= alone.metrics["ece_l2_debiased"]  # less variance to remove
+    assert doubled.ignored == 2 * alone.ignored
+    empty = Summary.empty(state.summary.names, state.summary.n_classes)
+    assert (empty + state.summary).classwise_calibration_error() == state.summary.classwise_calibration_error()

@@ -23,9 +23,8 @@ import pandas as pd
 import pytest
 
 import nllcli
-from nllcli import compare
-
 from helpers import assert_input_error, loads_strict
+from nllcli import compare
 
 LOGITS = [[-1.9828, 0.6014, -4.7408, 3.4894], [1.5957, -0.7301, -0.7799, 0.7596], [-0.6692, -0.5648, 1.8002, 1.2868],
           [-0.1603, -0.2137, 0.4023, -1.535], [-1.0094, 1.3707, -0.3262, -3.4361], [-1.1932, 1.6416, -0.5807, -0.3718],
