@@ -31,7 +31,7 @@ class Gate:
 
     @classmethod
     def parse(cls, text: str, bound: str) -> "Gate":
-        match = re.fullmatch(r"\s*([A-Za-z_]+)\s*=\s*(\S+)\s*", text)
+        match = re.fullmatch(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(\S+)\s*", text)  # ece_l2=0.05
         try:
             threshold = float(match.group(2)) if match else math.nan
         except ValueError:

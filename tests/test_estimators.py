@@ -405,6 +405,17 @@ def test_cli_json_table_gates_and_groups(run, run_json, tmp_path):
     assert data["metrics"]["ece"] == data["metrics"]["ece_mass"] and data["bins_kind"] == "mass"
 
 
+def test_gates_on_names_with_digits(run_json, tmp_path):
+    path = tmp_path / "p.csv"
+    frame(*model(14, 300)).to_csv(path)
+    code, data, err = run_json("score", path, "--max", "ece_l2_debiased=1e-9", "--max", "ece_l2=1", "--min",
+                               "brier_resolution=0")
+    assert code == 1, err
+    assert [(g["metric"], g["passed"]) for g in data["gates"]] == [("ece_l2_debiased", False), ("ece_l2", True),
+                                                                    ("brier_resolution", True)]
+    assert "gate failed: ece_l2_debiased" in err
+
+
 def test_cli_bad_bins_kind(run, tmp_path):
     path = tmp_path / "p.csv"
     frame(*model(0, 20)).to_csv(path, index=False)
