@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import UsageError
+from .summary import CLASS_CELLS_LIMIT
 
 if TYPE_CHECKING:
     from .plan import Job, Settings
@@ -219,6 +220,10 @@ def build_report(job: Job, state: State, command: str | None = None) -> Report:
     if settings.top_k is not None and labelled and settings.top_k >= len(layout.class_names):
         warnings.append(f"--top-k {settings.top_k} with {len(layout.class_names)} classes: every row counts "
                         "as a hit, top_k_accuracy is 1")
+    if job.calibration and s.class_bins.size == 0 and len(s.bin_weight) * len(layout.class_names) > CLASS_CELLS_LIMIT:
+        warnings.append(f"classwise_ece and the Brier decomposition need at most {CLASS_CELLS_LIMIT:,} (class, bin) "
+                        f"cells, here {len(layout.class_names):,} classes x {len(s.bin_weight):,} bins: left out "
+                        "(fewer --bins)")
     if s.ignored:
         warnings.append(f"note: {s.ignored:,} {'row' if s.ignored == 1 else 'rows'} with the label "
                         f"{settings.ignore_label} dropped (--ignore-label); {s.rows:,} scored")

@@ -27,6 +27,7 @@ _NONE = np.zeros(0)  # a sum not kept (no calibration): adds to itself, never wr
 CLASS_BIN_SUMS = ("weight", "prob", "outcome")
 CLASS_TOTALS = ("prob_sq", "cross", "outcome_sq")
 BINS_KINDS = ("width", "mass")
+CLASS_CELLS_LIMIT = 1 << 20  # K x B cells kept per summary at most (3 sums each): 24 MiB
 
 
 @dataclass
@@ -129,7 +130,8 @@ class Summary:
                 out.fine_confidence = tally(fine, losses.FINE_BINS, of=confidence)
                 out.fine_correct = tally(fine, losses.FINE_BINS, rows=correct)
         out.ignored = ignored
-        if probs is not None and (labels is not None or targets is not None):
+        if probs is not None and (labels is not None or targets is not None) and \
+                n_classes * n_bins <= CLASS_CELLS_LIMIT:
             cells = confidence_bins(probs, n_bins)
             cells += np.arange(n_classes) * n_bins  # k * B + bin of q_k: one index for all K x B cells
             sums = losses.class_bin_sums(cells, n_classes * n_bins, weights, probs, labels, targets)

@@ -450,3 +450,14 @@ def test_pickled_and_empty_summaries_merge():
     assert doubled.ignored == 2 * alone.ignored
     empty = Summary.empty(state.summary.names, state.summary.n_classes)
     assert (empty + state.summary).classwise_calibration_error() == state.summary.classwise_calibration_error()
+
+
+def test_too_many_class_cells_are_left_out_with_a_warning():
+    rng = np.random.default_rng(15)
+    q = rng.dirichlet(np.ones(200), 300)
+    df = pd.DataFrame(q, columns=[f"p_{i}" for i in range(200)]).assign(label=rng.integers(0, 200, 300).astype(str))
+    data = nllcli.score(df, bins=6000).to_dict()  # 1.2M cells > 2^20
+    assert data["metrics"]["classwise_ece"] is None and data["metrics"]["brier_reliability"] is None
+    assert any("(class, bin) cells" in w for w in data["warnings"])
+    assert data["metrics"]["ece_mass"] is not None
+    assert nllcli.score(df, bins=5000).metrics["classwise_ece"] > 0  # 1.0M cells: kept
