@@ -461,3 +461,12 @@ def test_too_many_class_cells_are_left_out_with_a_warning():
     assert any("(class, bin) cells" in w for w in data["warnings"])
     assert data["metrics"]["ece_mass"] is not None
     assert nllcli.score(df, bins=5000).metrics["classwise_ece"] > 0  # 1.0M cells: kept
+
+
+def test_plot_with_equal_mass_bins(run, tmp_path):
+    pytest.importorskip("matplotlib")
+    path, image = tmp_path / "p.csv", tmp_path / "r.png"
+    frame(*model(16, 500)).to_csv(path)
+    result = run("plot", path, "--bins-kind", "mass", "-o", image)
+    assert result.exit_code == 0, result.stderr
+    assert image.stat().st_size > 10_000

@@ -202,3 +202,19 @@ def test_subprocess_table_note(nll_exe, tmp_path):
                              "--ignore-label", "-100", "-f", "json"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert loads_strict(result.stdout)["metrics"]["nll"] == pytest.approx(TORCH_IGNORE, rel=1e-12)
+
+
+def test_ignored_rows_drop_their_targets_and_groups_too():
+    """Targets paired by position and --by groups follow the rows kept."""
+    rng = np.random.default_rng(3)
+    t = rng.dirichlet(np.ones(4), 12)
+    targets = pd.DataFrame(t, columns=["c0", "c1", "c2", "c3"])
+    df = logits_frame(camera=list("xyxyxyxyxyxy"))
+    report = score(df, targets=targets, ignore_label=-100, by=["camera"])
+    keep = [i for i, y in enumerate(LABELS) if y != -100]
+    expected = score(df.iloc[keep].reset_index(drop=True), targets=targets.iloc[keep].reset_index(drop=True),
+                     by=["camera"])
+    assert report.ignored == 3 and report.rows == 9
+    for name in ("cross_entropy", "kl", "brier", "classwise_ece", "brier_reliability"):
+        assert report.metrics[name] == pytest.approx(expected.metrics[name], rel=1e-12), name
+    assert [g["rows"] for g in report.groups] == [g["rows"] for g in expected.groups]
