@@ -27,7 +27,9 @@ def score(preds: PathOrData, *, targets: PathOrData | None = None, label: str | 
           target_prefix: str | None = None, target_probs: str | None = None,
           label_smoothing: float | None = None, bins: int = 15, top_k: int | None = None,
           by: Sequence[str] = (), worst: int = 0, max: Sequence[str] = (), min: Sequence[str] = (),
-          per_sample: str | Path | None = None, progress: Progress | None = None) -> Report:
+          per_sample: str | Path | None = None, progress: Progress | None = None, bins_kind: str = "width",
+          ignore_label: str | int | None = None, class_weight: str | dict[str, float] | Sequence[float] | None = None,
+          class_weight_file: str | Path | None = None) -> Report:
     """Score predictions against hard labels or soft targets (`nll score`).
 
     targets: a file of target distributions, paired by ``key`` or by position; target_prefix:
@@ -38,14 +40,19 @@ def score(preds: PathOrData, *, targets: PathOrData | None = None, label: str | 
     2 or 10. bins: confidence bins for ECE; top_k: also top_k_accuracy (the label among the K
     likeliest classes); by: group columns; worst: list the N largest losses. per_sample: a .csv or
     .parquet file (or '-') of one row per sample, written atomically. progress(rows, bytes) is
-    called after each batch.
+    called after each batch. bins_kind: "width" or "mass", the bins of ece, mce, ece_l2(_debiased)
+    and the calibration table (ece_mass is always equal-mass). ignore_label: rows with this label
+    are dropped and counted (torch's ignore_index, e.g. -100). class_weight: NAME=W,... (or a dict,
+    or one weight per class in order), or class_weight_file (JSON or CSV class,weight): each row
+    weighs weight[label] (times its ``weight``), so means are sum w l / sum w, torch's rule.
     """
     check_per_sample_target(per_sample, preds, targets)
     job = plan_score(preds, targets=targets, label=label, classes=classes, probs=probs, key=key, weight=weight,
                      ignore=ignore, positive=positive, input=input, eps=eps, tol=tol, renormalize=renormalize,
                      base=base,
                      target_prefix=target_prefix, target_probs=target_probs, label_smoothing=label_smoothing,
-                     bins=bins, top_k=top_k, by=by, worst=worst, max=max, min=min)
+                     bins=bins, top_k=top_k, by=by, worst=worst, max=max, min=min, bins_kind=bins_kind,
+                     ignore_label=ignore_label, class_weight=class_weight, class_weight_file=class_weight_file)
     return _run_and_report(job, per_sample, progress)
 
 

@@ -123,6 +123,11 @@ class Base(str, Enum):
     ten = "10"
 
 
+class BinsKind(str, Enum):
+    width = "width"
+    mass = "mass"
+
+
 class Format(str, Enum):
     table = "table"
     json = "json"
@@ -423,6 +428,20 @@ def score(
     debug: Debug = False,
     report_file: ReportFile = None,
     no_ci_integration: NoCiIntegration = False,
+    bins_kind: Annotated[BinsKind, typer.Option("--bins-kind", metavar="width|mass", help="The bins of ece, mce, "
+                                                "ece_l2 and the reliability chart: equal width or equal mass "
+                                                "(ece_mass is always equal-mass).")] = BinsKind.width,
+    ignore_label: Annotated[Optional[str], typer.Option("--ignore-label", metavar="VALUE", help="Drop and count "
+                                                        "the rows whose label is VALUE (torch's ignore_index, "
+                                                        "e.g. -100).")] = None,
+    class_weight: Annotated[Optional[str], typer.Option("--class-weight", metavar="NAME=W,...", help="Weigh each "
+                                                        "row by its label's weight, as torch's cross_entropy("
+                                                        "weight=...): means are sum w*loss / sum w; classes not "
+                                                        "named weigh 1; W,W,... gives one per class in order; "
+                                                        "times --weight.")] = None,
+    class_weight_file: Annotated[Optional[str], typer.Option("--class-weight-file", metavar="FILE", help="The "
+                                                             "class weights as a JSON object (or list) or a CSV "
+                                                             "file with columns class,weight.")] = None,
 ) -> None:
     """Mean and per-sample NLL against hard labels, or cross-entropy, entropy and KL against soft targets.
 
@@ -437,7 +456,9 @@ def score(
                            weight=weight, ignore=ignore or (), positive=positive, input=input.value, eps=eps, tol=tol,
                            renormalize=renormalize, base=base.value, target_prefix=target_prefix,
                            label_smoothing=label_smoothing, bins=bins, top_k=top_k, by=by or (), worst=worst,
-                           max=max or (), min=min or (), per_sample=per_sample, quiet=quiet)
+                           max=max or (), min=min or (), per_sample=per_sample, quiet=quiet,
+                           bins_kind=bins_kind.value, ignore_label=ignore_label, class_weight=class_weight,
+                           class_weight_file=class_weight_file)
     _finish(report, format, per_sample, report_files, not no_ci_integration)
 
 

@@ -190,8 +190,9 @@ def _reliability_chart(report: Report, plain: bool, style: dict):
         mark = min(int(row["confidence"] * BAR_WIDTH), BAR_WIDTH - 1)
         bar[mark] = "|"
         low, high = row["bin"]
-        table.add_row(*_cells(f"{low:.2f}-{high:.2f}", f"{row['weight']:,.0f}", f"{row['confidence']:.3f}",
-                              f"{row['accuracy']:.3f}", "".join(bar)))
+        digits = next((d for d in range(2, 7) if f"{low:.{d}f}" != f"{high:.{d}f}"), 6)  # equal-mass bins near 1
+        table.add_row(*_cells(f"{low:.{digits}f}-{high:.{digits}f}", f"{row['weight']:,.0f}",
+                              f"{row['confidence']:.3f}", f"{row['accuracy']:.3f}", "".join(bar)))
     return table
 
 

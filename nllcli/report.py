@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import UsageError
-from .summary import bin_edges
+from .summary import CLASS_CELLS_LIMIT
 
 if TYPE_CHECKING:
     from .plan import Job, Settings
@@ -32,7 +32,7 @@ class Gate:
 
     @classmethod
     def parse(cls, text: str, bound: str) -> "Gate":
-        match = re.fullmatch(r"\s*([A-Za-z_]+)\s*=\s*(\S+)\s*", text)
+        match = re.fullmatch(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(\S+)\s*", text)  # ece_l2=0.05
         try:
             threshold = float(match.group(2)) if match else math.nan
         except ValueError:
@@ -86,6 +86,10 @@ class Report:
     clipped_nudged: int = 0  # observed-class probabilities above 1 - eps lowered to 1 - eps
     clipped_zero_reverse: int = 0  # --symmetric: target probabilities below eps where q > 0
     fail_if_worse: float | None = None  # compare --fail-if-worse: the threshold asked (None: not asked)
+    ignored: int = 0  # --ignore-label: rows dropped for their label
+    ignore_label: str | None = None
+    class_weights: dict[str, float] | None = None  # --class-weight, by class
+    bins_kind: str = "width"  # the bins of ece, mce, ece_l2(_debiased) and `calibration`
 
     @property
     def failed_gates(self) -> list[Gate]:
@@ -143,6 +147,10 @@ class Report:
             "clipped_zero": self.clipped_zero,
             "clipped_nudged": self.clipped_nudged,
             "clipped_zero_reverse": self.clipped_zero_reverse,
+            "ignored": self.ignored,
+            "ignore_label": self.ignore_label,
+            "class_weights": self.class_weights,
+            "bins_kind": self.bins_kind,
             "warnings": warnings,
             "calibration": self.calibration,
             "loss_histogram": self.loss_histogram,
@@ -214,11 +222,22 @@ def build_report(job: Job, state: State, command: str | None = None) -> Report:
     if settings.top_k is not None and labelled and settings.top_k >= len(layout.class_names):
         warnings.append(f"--top-k {settings.top_k} with {len(layout.class_names)} classes: every row counts "
                         "as a hit, top_k_accuracy is 1")
+    if job.calibration and s.class_bins.size == 0 and len(s.bin_weight) * len(layout.class_names) > CLASS_CELLS_LIMIT:
+        warnings.append(f"classwise_ece and the Brier decomposition need at most {CLASS_CELLS_LIMIT:,} (class, bin) "
+                        f"cells, here {len(layout.class_names):,} classes x {len(s.bin_weight):,} bins: left out "
+                        "(fewer --bins)")
+    if s.ignored:
+        warnings.append(f"note: {s.ignored:,} {'row' if s.ignored == 1 else 'rows'} with the label "
+                        f"{settings.ignore_label} dropped (--ignore-label); {s.rows:,} scored")
+    class_weights = dict(zip(layout.class_names, job.class_weights)) if job.class_weights is not None else None
     return Report(command, job.inputs, s.rows, list(layout.class_names), UNITS[settings.base], metrics,
-                  per_class, s.clipped, settings.eps, settings.kind, layout.weight is not None, warnings,
-                  job.gates, calibration=_calibration_rows(s) if job.calibration and labelled else [],
+                  per_class, s.clipped, settings.eps, settings.kind, layout.weight is not None or
+                  class_weights is not None, warnings, job.gates,
+                  calibration=_calibration_rows(s, settings.bins_kind) if job.calibration and labelled else [],
                   loss_histogram=_histogram_rows(s, scale), groups=groups, worst=worst, top_k=settings.top_k,
-                  clipped_zero=s.clipped_zero, clipped_nudged=s.clipped_nudged, clipped_zero_reverse=s.reverse_zero)
+                  clipped_zero=s.clipped_zero, clipped_nudged=s.clipped_nudged, clipped_zero_reverse=s.reverse_zero,
+                  ignored=s.ignored, ignore_label=settings.ignore_label, class_weights=class_weights,
+                  bins_kind=settings.bins_kind)
 
 
 def _clip_warnings(s: Summary, settings: Settings, command: str, soft: bool, metrics: dict[str, float]) -> list[str]:
@@ -253,15 +272,18 @@ def _sort_value(value: float) -> float:
     return -math.inf if value != value else value
 
 
-def _calibration_rows(s: Summary) -> list[dict[str, Any]]:
-    """One row per confidence bin: its range, rows (weighted), mean confidence and accuracy."""
-    edges = bin_edges(len(s.bin_weight))  # the edges rows are binned by
+def _calibration_rows(s: Summary, kind: str = "width") -> list[dict[str, Any]]:
+    """One row per confidence bin: its range, rows (weighted), mean confidence and accuracy.
+
+    Equal-width bins: all B of them. Equal-mass bins: the non-empty ones, each with the range of
+    the fine bins it holds (see Summary.top_label_bins)."""
+    weights, _, confidence, correct, lower, upper = s.top_label_bins(kind)  # the edges rows are binned by
     rows = []
-    for b in range(len(s.bin_weight)):
-        weight = float(s.bin_weight[b])
-        rows.append({"bin": [float(edges[b]), float(edges[b + 1])], "weight": weight,
-                     "confidence": float(s.bin_confidence[b] / weight) if weight else None,
-                     "accuracy": float(s.bin_correct[b] / weight) if weight else None})
+    for b in range(len(weights)):
+        weight = float(weights[b])
+        rows.append({"bin": [float(lower[b]), float(upper[b])], "weight": weight,
+                     "confidence": float(confidence[b] / weight) if weight else None,
+                     "accuracy": float(correct[b] / weight) if weight else None})
     return rows
 
 

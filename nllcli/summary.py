@@ -21,6 +21,13 @@ from . import losses
 LOSS_EDGES = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 40.0)
 _HISTOGRAM_EDGES = np.array([*LOSS_EDGES, np.inf])
 _SHAPE_FIELDS = ("names", "n_classes")  # describe the summary; must agree to merge
+_NONE = np.zeros(0)  # a sum not kept (no calibration): adds to itself, never written to
+# The sums over (class, equal-width bin of q_k) cells, in the order of Summary.class_bins, and the
+# per-class totals of Summary.class_totals (see losses.class_bin_sums).
+CLASS_BIN_SUMS = ("weight", "prob", "outcome")
+CLASS_TOTALS = ("prob_sq", "cross", "outcome_sq")
+BINS_KINDS = ("width", "mass")
+CLASS_CELLS_LIMIT = 1 << 20  # K x B cells kept per summary at most (3 sums each): 24 MiB
 
 
 @dataclass
@@ -44,6 +51,15 @@ class Summary:
     bin_confidence: np.ndarray  # (B,) weighted sum of confidence
     bin_correct: np.ndarray  # (B,) weighted count correct
     loss_histogram: np.ndarray  # (len(LOSS_EDGES),) weighted rows per loss bin
+    # The calibration estimators' sums (filled with the calibration bins; empty arrays otherwise):
+    ignored: int = 0  # --ignore-label: rows dropped for their label
+    bin_weight_sq: np.ndarray = dataclasses.field(default_factory=lambda: _NONE)  # (B,) sum of w^2
+    fine_weight: np.ndarray = dataclasses.field(default_factory=lambda: _NONE)  # (F,) fine confidence bins
+    fine_weight_sq: np.ndarray = dataclasses.field(default_factory=lambda: _NONE)  # (F,)
+    fine_confidence: np.ndarray = dataclasses.field(default_factory=lambda: _NONE)  # (F,)
+    fine_correct: np.ndarray = dataclasses.field(default_factory=lambda: _NONE)  # (F,)
+    class_bins: np.ndarray = dataclasses.field(default_factory=lambda: _NONE)  # (3, K, B): CLASS_BIN_SUMS
+    class_totals: np.ndarray = dataclasses.field(default_factory=lambda: _NONE)  # (3, K): CLASS_TOTALS
 
     @classmethod
     def empty(cls, names: tuple[str, ...], n_classes: int, n_bins: int = 15) -> "Summary":
@@ -58,7 +74,8 @@ class Summary:
                  labels: np.ndarray | None = None, correct: np.ndarray | None = None,
                  clipped: int = 0, confidence: np.ndarray | None = None, n_bins: int = 15,
                  loss: np.ndarray | None = None, clipped_zero: int = 0, zero_loss: float = 0.0,
-                 reverse_zero: int = 0, reverse_zero_loss: float = 0.0) -> "Summary":
+                 reverse_zero: int = 0, reverse_zero_loss: float = 0.0, probs: np.ndarray | None = None,
+                 targets: np.ndarray | None = None, ignored: int = 0) -> "Summary":
         """Summarise one batch.
 
         ``values`` maps each quantity to its (n,) per-sample array; ``labels`` and ``correct``
@@ -66,7 +83,9 @@ class Summary:
         fills the calibration bins; ``loss`` (nats) the loss histogram. ``clipped`` counts the
         clipped values, ``clipped_zero`` those of them raised from below eps, and ``zero_loss`` is
         the weighted loss those carry; ``reverse_zero`` and ``reverse_zero_loss`` the same for the
-        targets clipped in the reverse KL.
+        targets clipped in the reverse KL. ``probs`` (n, K), with labels or ``targets``, fills the
+        (class, bin) cells of classwise ECE and the Brier decomposition; ``ignored`` counts rows
+        dropped for their label.
         """
         names = tuple(values)
         n = len(next(iter(values.values()))) if values else 0
@@ -104,6 +123,20 @@ class Summary:
                 out.bin_weight = tally(bins, n_bins)
                 out.bin_confidence = tally(bins, n_bins, of=confidence)
                 out.bin_correct = tally(bins, n_bins, rows=correct)
+                out.bin_weight_sq = tally(bins, n_bins, of=weights)
+                fine = losses.fine_bins(confidence)
+                out.fine_weight = tally(fine, losses.FINE_BINS)
+                out.fine_weight_sq = tally(fine, losses.FINE_BINS, of=weights)
+                out.fine_confidence = tally(fine, losses.FINE_BINS, of=confidence)
+                out.fine_correct = tally(fine, losses.FINE_BINS, rows=correct)
+        out.ignored = ignored
+        if probs is not None and (labels is not None or targets is not None) and \
+                n_classes * n_bins <= CLASS_CELLS_LIMIT:
+            cells = confidence_bins(probs, n_bins)
+            cells += np.arange(n_classes) * n_bins  # k * B + bin of q_k: one index for all K x B cells
+            sums = losses.class_bin_sums(cells, n_classes * n_bins, weights, probs, labels, targets)
+            out.class_bins = np.stack([sums[name] for name in CLASS_BIN_SUMS]).reshape(-1, n_classes, n_bins)
+            out.class_totals = np.stack([sums[name] for name in CLASS_TOTALS])
         if loss is not None:  # bins [e_i, e_i+1), the last one [40, inf]
             out.loss_histogram = np.histogram(loss, bins=_HISTOGRAM_EDGES, weights=weights)[0].astype(np.float64)
         return out
@@ -113,7 +146,7 @@ class Summary:
                 len(self.bin_weight) != len(other.bin_weight):
             raise ValueError("cannot merge summaries of different quantities, classes or bins")
         return Summary(**{f.name: getattr(self, f.name) if f.name in _SHAPE_FIELDS
-                          else getattr(self, f.name) + getattr(other, f.name)
+                          else _plus(getattr(self, f.name), getattr(other, f.name))
                           for f in dataclasses.fields(self)})
 
     @property
@@ -138,14 +171,71 @@ class Summary:
         with np.errstate(invalid="ignore", divide="ignore"):
             return self.class_correct / self.class_weight
 
-    def calibration_errors(self) -> tuple[float, float]:
-        """(ECE, MCE): sum_b (W_b / W) |acc_b - conf_b|, and the largest gap over non-empty bins."""
-        filled = self.bin_weight > 0
+    def calibration_errors(self, kind: str = "width") -> tuple[float, float]:
+        """(ECE, MCE): sum_b (W_b / W) |acc_b - conf_b|, and the largest gap over non-empty bins,
+        of equal-width (``kind`` "width") or equal-mass ("mass") bins of top-label confidence."""
+        weight, _, confidence, correct = self.top_label_bins(kind)[:4]
+        filled = weight > 0
         if not filled.any():
             return float("nan"), float("nan")
-        gaps = np.abs(self.bin_correct[filled] - self.bin_confidence[filled]) / self.bin_weight[filled]
-        ece = float(np.sum(self.bin_weight[filled] * gaps) / self.bin_weight[filled].sum())
+        gaps = np.abs(correct[filled] - confidence[filled]) / weight[filled]
+        ece = float(np.sum(weight[filled] * gaps) / weight[filled].sum())
         return ece, float(gaps.max())
+
+    def top_label_bins(self, kind: str = "width") -> tuple[np.ndarray, ...]:
+        """(weight, weight_sq, confidence, correct, lower, upper) per bin of top-label confidence.
+
+        "width": the B equal-width bins. "mass": B bins of about equal weight read from the fine
+        histogram (losses.mass_groups states the rule and its approximation); empty ones (ties heavier
+        than W / B) are left out, and a bin's range is that of the fine bins it holds.
+        """
+        if kind == "width":
+            edges = bin_edges(len(self.bin_weight))
+            return (self.bin_weight, self.bin_weight_sq, self.bin_confidence, self.bin_correct,
+                    edges[:-1], edges[1:])
+        if kind != "mass":
+            raise ValueError(f"unknown bins kind {kind!r}")
+        n_bins = len(self.bin_weight)
+        if len(self.fine_weight) == 0:
+            empty = np.zeros(0)
+            return empty, empty, empty, empty, empty, empty
+        groups = losses.mass_groups(self.fine_weight, n_bins)
+        sums = [np.bincount(groups, weights=x, minlength=n_bins)
+                for x in (self.fine_weight, self.fine_weight_sq, self.fine_confidence, self.fine_correct)]
+        filled = np.flatnonzero(self.fine_weight > 0)
+        lower, upper = np.full(n_bins, np.inf), np.full(n_bins, -np.inf)
+        np.minimum.at(lower, groups[filled], losses.FINE_EDGES[filled])
+        np.maximum.at(upper, groups[filled], losses.FINE_EDGES[filled + 1])
+        kept = sums[0] > 0
+        return (*(x[kept] for x in sums), lower[kept], upper[kept])
+
+    def l2_calibration_error(self, kind: str = "width", debiased: bool = False) -> float:
+        """L2 ECE over the bins of ``kind``, plain or debiased (see losses.l2_calibration_error)."""
+        weight, weight_sq, confidence, correct = self.top_label_bins(kind)[:4]
+        return losses.l2_calibration_error(weight, weight_sq, confidence, correct, debiased)
+
+    def class_bin(self, name: str) -> np.ndarray:
+        """(K, B) sums of one of CLASS_BIN_SUMS over (class, equal-width bin of q_k) cells."""
+        if self.class_bins.size == 0:
+            return np.zeros((self.n_classes, len(self.bin_weight)))
+        return self.class_bins[CLASS_BIN_SUMS.index(name)]
+
+    def classwise_calibration_error(self) -> float:
+        return losses.classwise_calibration_error(self.weight if self.class_bins.size else 0.0,
+                                                  self.class_bin("prob"), self.class_bin("outcome"))
+
+    def brier_decomposition(self) -> tuple[float, float, float]:
+        """(reliability, resolution, uncertainty) with reliability - resolution + uncertainty = Brier."""
+        if self.class_bins.size == 0:
+            return float("nan"), float("nan"), float("nan")
+        return losses.brier_decomposition(self.weight, *self.class_bins, *self.class_totals)
+
+
+def _plus(a, b):
+    """a + b, where an estimator's sums not kept (an empty array, as in Summary.empty) add as zeros."""
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and (a.size == 0) != (b.size == 0):
+        return b if a.size == 0 else a  # by size, not identity: a pickled Summary (Dask) has its own copies
+    return a + b
 
 
 def confidence_bins(confidence: np.ndarray, n_bins: int) -> np.ndarray:
@@ -155,12 +245,19 @@ def confidence_bins(confidence: np.ndarray, n_bins: int) -> np.ndarray:
     that edge closes, 0 in the first bin and 1.0 in the last.
     """
     edges = bin_edges(n_bins)
-    # ceil(c * B) - 1 is the bin up to rounding, which can only move it by one across an edge.
-    bins = np.ceil(confidence * n_bins).astype(np.intp)
+    # ceil(c * B) - 1 is the bin up to rounding, which can only move it by one across an edge, and
+    # only for a value within a few ulps of one: those few are checked against the edges themselves.
+    scaled = confidence * n_bins
+    bins = np.ceil(scaled).astype(np.intp)
     bins -= 1
     np.clip(bins, 0, n_bins - 1, out=bins)
-    bins += (confidence > edges[bins + 1]) & (bins < n_bins - 1)  # above 1 (within --tol): the last bin
-    bins -= (confidence <= edges[bins]) & (bins > 0)
+    scaled -= np.rint(scaled)
+    near = np.nonzero(np.abs(scaled) <= 1e-9)  # any shape and memory order
+    if near[0].size:
+        b, c = bins[near], confidence[near]
+        b += (c > edges[b + 1]) & (b < n_bins - 1)  # above 1 (within --tol): the last bin
+        b -= (c <= edges[b]) & (b > 0)
+        bins[near] = b
     return bins
 
 
