@@ -160,6 +160,11 @@ Min = Annotated[Optional[list[str]], typer.Option("--min", metavar="METRIC=VALUE
                                                   help="Exit 1 if METRIC is below VALUE (repeatable).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Hide the progress bar.")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show the traceback of an error.")]
+SaveState = Annotated[Optional[str], typer.Option("--save-state", metavar="FILE", help="Also write the run's "
+                                                  "state to FILE (.nllstate, JSON) for `nll merge`.")]
+StorageOption = Annotated[Optional[list[str]], typer.Option(
+    "--storage-option", metavar="KEY=VALUE", help="An option of the s3://, gs://, az:// or http(s):// file "
+    "system (repeatable; JSON values: anon=true, endpoint_url=http://...). Credentials come from the environment.")]
 
 # The common calls, shown at the end of each command's --help; each one runs as it is in sample_data/.
 EXAMPLES = {
@@ -404,6 +409,8 @@ def score(
     min: Min = None,
     quiet: Quiet = False,
     debug: Debug = False,
+    save_state: SaveState = None,
+    storage_option: StorageOption = None,
 ) -> None:
     """Mean and per-sample NLL against hard labels, or cross-entropy, entropy and KL against soft targets.
 
@@ -415,7 +422,8 @@ def score(
                            weight=weight, ignore=ignore or (), positive=positive, input=input.value, eps=eps, tol=tol,
                            renormalize=renormalize, base=base.value, target_prefix=target_prefix,
                            label_smoothing=label_smoothing, bins=bins, top_k=top_k, by=by or (), worst=worst,
-                           max=max or (), min=min or (), per_sample=per_sample, quiet=quiet)
+                           max=max or (), min=min or (), per_sample=per_sample, quiet=quiet,
+                           save_state=save_state, storage_options=_storage_options(storage_option))
     _finish(report, format, per_sample)
 
 
@@ -430,8 +438,18 @@ def _score_report(preds: list[str], *, targets: str | None, quiet: bool, **optio
 
 def _plain(options: dict) -> dict:
     """Option values as the library takes them: enums as their text, absent lists as ()."""
-    return {k: (v.value if isinstance(v, Enum) else () if v is None and k in ("by", "max", "min") else v)
-            for k, v in options.items() if k != "debug"}
+    plain = {k: (v.value if isinstance(v, Enum) else () if v is None and k in ("by", "max", "min") else v)
+             for k, v in options.items() if k != "debug"}
+    if "storage_option" in plain:
+        plain["storage_options"] = _storage_options(plain.pop("storage_option"))
+    return plain
+
+
+def _storage_options(items: list[str] | None) -> dict | None:
+    """--storage-option KEY=VALUE pairs as the library takes them (None without any)."""
+    from .remote import parse_storage_options
+
+    return parse_storage_options(items) or None
 
 
 def _plot(output: str, **options) -> None:
@@ -517,6 +535,8 @@ def kl(
     min: Min = None,
     quiet: Quiet = False,
     debug: Debug = False,
+    save_state: SaveState = None,
+    storage_option: StorageOption = None,
 ) -> None:
     """KL(P || Q) per row pair and on average, with cross-entropy H(P, Q) and entropy H(P).
 
@@ -528,15 +548,16 @@ def kl(
     with _ProgressBar(quiet, _total_bytes([p, q])) as progress:
         report = api.kl(p, q, classes=classes, probs=probs, key=key, input=input.value, eps=eps, tol=tol,
                         renormalize=renormalize, base=base.value, symmetric=symmetric, max=max or (),
-                        min=min or (), per_sample=per_sample, progress=progress, ignore=ignore or ())
+                        min=min or (), per_sample=per_sample, progress=progress, ignore=ignore or (),
+                        save_state=save_state, storage_options=_storage_options(storage_option))
     _finish(report, format, per_sample)
 
 
-_derived_command("plot", _plot, drop={"format", "per_sample", "max", "min"}, front=[(
+_derived_command("plot", _plot, drop={"format", "per_sample", "max", "min", "save_state"}, front=[(
     "output", Annotated[str, typer.Option("--output", "-o", metavar="FILE", help="The image to write: "
                                           ".png, .svg or .pdf.",
                                           show_default=False)])])
-_derived_command("compare", _compare, drop={"preds", "per_sample"}, front=[
+_derived_command("compare", _compare, drop={"preds", "per_sample", "save_state"}, front=[
     ("base_file", Annotated[str, typer.Argument(metavar="BASE", help="Predictions of the model in use.",
                                                 show_default=False)]),
     ("new_file", Annotated[str, typer.Argument(metavar="NEW", help="Predictions of the candidate model.",
@@ -653,3 +674,33 @@ def _stdout_fault(exc: OSError) -> int:
     fault = environment_fault(exc, "standard output")
     _err(f"nll: error: {fault}" if fault else f"nll: internal error: {type(exc).__name__}: {exc}")
     return fault.exit_code if fault else EXIT_INTERNAL
+
+
+EXAMPLES["merge"] = ["nll merge robot_tools.nllstate",
+                     "nll merge robot_tools.nllstate --format json --max nll=0.5"]
+
+
+@app.command(cls=PlainHelp, epilog=_epilog("merge"))
+@handle_errors
+def merge(
+    states: Annotated[list[str], typer.Argument(metavar="STATES", help="State files written by --save-state "
+                                                "(.nllstate), globs or directories of them, local or s3://...",
+                                                show_default=False)],
+    format: FormatOpt = Format.table,
+    max: Max = None,
+    min: Min = None,
+    save_state: Annotated[Optional[str], typer.Option("--save-state", metavar="FILE", help="Also write the "
+                                                      "merged state, to merge again later.")] = None,
+    storage_option: StorageOption = None,
+    debug: Debug = False,
+) -> None:
+    """The report of several state files: the same as one run over all their inputs.
+
+    States of different classes, settings, bins, units or versions are refused. They are read one at a time.
+    """
+    _prepare_process()
+    from . import api
+
+    report = api.merge(states, max=max or (), min=min or (), save_state=save_state,
+                       storage_options=_storage_options(storage_option))
+    _finish(report, format, None)

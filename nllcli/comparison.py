@@ -86,7 +86,8 @@ def compare(base_preds, new_preds, *, key: str | None = None, confidence: float 
             eps: float = losses.EPS, tol: float = 1e-4,
             renormalize: bool = False, base: str = "e", target_prefix: str | None = None,
             target_probs: str | None = None, label_smoothing: float | None = None, bins: int = 15,
-            top_k: int | None = None, per_sample: None = None, progress: Progress | None = None) -> Report:
+            top_k: int | None = None, per_sample: None = None, progress: Progress | None = None,
+            storage_options: dict | None = None) -> Report:
     """Compare two prediction files for the same samples (`nll compare`); a Report with `comparison`.
 
     Both files are read with the options of score() (targets, label, ..., top_k). Rows pair by
@@ -94,7 +95,7 @@ def compare(base_preds, new_preds, *, key: str | None = None, confidence: float 
     paired bootstrap. Gates (max/min) apply to the new model; ``fail_if_worse`` marks a clear nll
     regression (see Report.regression). ``by`` compares per group (groups from the new file), each
     with its own interval; ``worst`` lists the samples whose loss rose most. ``per_sample`` is not
-    available here (a UsageError): run score() on each file.
+    available here (a UsageError): run score() on each file. storage_options: see score().
     """
     if not 0 < confidence < 1:
         raise UsageError(f"--confidence {confidence:g}: must be between 0 and 1")
@@ -108,7 +109,7 @@ def compare(base_preds, new_preds, *, key: str | None = None, confidence: float 
     options = dict(targets=targets, label=label, classes=classes, probs=probs, key=key, weight=weight,
                    ignore=ignore, positive=positive, input=input, eps=eps, tol=tol, renormalize=renormalize, base=base,
                    target_prefix=target_prefix, target_probs=target_probs, label_smoothing=label_smoothing,
-                   bins=bins, top_k=top_k)
+                   bins=bins, top_k=top_k, storage_options=storage_options)
     base_job = plan_score(base_preds, **options)
     new_job = plan_score(new_preds, max=max, min=min, by=by, **options)
     pair = default_key(key, (base_job.sources[0].schema, base_job.sources[0].name),
