@@ -63,8 +63,9 @@ def _scrubbed(text: str) -> str:
 
 
 def parse_storage_options(items: Sequence[str] | None) -> dict[str, Any]:
-    """--storage-option KEY=VALUE (repeatable): values read as JSON scalars where they parse
-    (anon=true, max_concurrency=4), else kept as text (endpoint_url=http://...)."""
+    """--storage-option KEY=VALUE (repeatable): values read as JSON where they parse (anon=true,
+    max_concurrency=4, config_kwargs={"retries": {"max_attempts": 2}}), else kept as text
+    (endpoint_url=http://...)."""
     options: dict[str, Any] = {}
     for item in items or ():
         key, sep, text = item.partition("=")
@@ -75,7 +76,7 @@ def parse_storage_options(items: Sequence[str] | None) -> dict[str, Any]:
             value = json.loads(text)
         except ValueError:
             value = text
-        options[key] = value if value is None or isinstance(value, (bool, int, float, str)) else text
+        options[key] = value
     return options
 
 
@@ -159,9 +160,15 @@ def resolve(url: str, storage_options: dict[str, Any] | None = None) -> tuple[An
             found = [path]
     except InputError:
         raise
+    except (TypeError, AttributeError) as exc:  # the file system is made lazily: its options checked here
+        raise option_error(url, exc) from exc
     except _remote_errors() as exc:
         raise error(url, exc) from exc
     return fs, [f"{scheme}://{p}" for p in found]
+
+
+def option_error(url: str, exc: BaseException) -> UsageError:
+    return UsageError(f"{shown(url)}: a --storage-option was not accepted: {_scrubbed(str(exc))}")
 
 
 @dataclass
@@ -179,6 +186,8 @@ class RemoteFile:
         path = url if SCHEMES[scheme_of(url) or ""][0] in ("http", "https") else fs._strip_protocol(url)
         try:
             info = fs.info(path)
+        except (TypeError, AttributeError) as exc:
+            raise option_error(url, exc) from exc
         except _remote_errors() as exc:
             raise error(url, exc) from exc
         if info.get("type") == "directory":

@@ -103,9 +103,16 @@ def check_mergeable(a: SavedState, b: SavedState) -> None:
         return
     for field_ in left:
         if left[field_] != right.get(field_):
-            what = {"base": "units (--base)", "kind": "--input", "classes": "classes"}.get(field_, field_)
-            raise UsageError(f"cannot merge {b.name} into {a.name}: {what} differ "
+            what = _DESCRIBED.get(field_, field_)
+            raise UsageError(f"cannot merge {b.name} into {a.name}: different {what} "
                              f"({_shown(right.get(field_))} in {b.name}, {_shown(left[field_])} in {a.name})")
+
+
+_DESCRIBED = {"command": "commands", "kind": "--input", "eps": "--eps", "tol": "--tol", "renormalize": "--renormalize",
+              "base": "units (--base)", "label_smoothing": "--label-smoothing", "symmetric": "--symmetric",
+              "bins": "bins (--bins)", "top_k": "--top-k", "soft": "targets (soft or hard labels)",
+              "classes": "classes", "labelled": "label columns", "weighted": "weights (--weight)",
+              "key": "key columns", "groups": "groups (--by)", "worst": "--worst", "metrics": "metrics"}
 
 
 def _shown(value: Any) -> str:
@@ -382,6 +389,12 @@ def expand_state_paths(paths: Iterable[str | Path], storage_options: dict[str, A
             out.append(raw)
     if not out:
         raise UsageError("nll merge needs at least one state file")
+    seen: dict[str, str] = {}
+    for path in out:
+        same = path if remote.is_url(path) else os.path.realpath(path)
+        if same in seen:
+            raise UsageError(f"{path}: given twice (also as {seen[same]}); its rows would be counted twice")
+        seen[same] = path
     return out
 
 
