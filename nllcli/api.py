@@ -13,9 +13,9 @@ from pathlib import Path
 from . import losses
 from .engine import Progress, run
 from .plan import Job, parse_gates, plan_kl, plan_score, say_notes
+from .remote import is_url
 from .report import Report, build_report
 from .sinks import check_per_sample_target, per_sample_sink
-from .remote import is_url
 from .statefile import SavedState, check_state_target, expand_state_paths, load_state, merge_states
 from .statefile import save_state as write_state
 

@@ -441,7 +441,7 @@ def _plain(options: dict) -> dict:
     plain = {k: (v.value if isinstance(v, Enum) else () if v is None and k in ("by", "max", "min") else v)
              for k, v in options.items() if k != "debug"}
     if "storage_option" in plain:
-        plain["storage_options"] = _storage_options(plain.pop("storage_option"))
+        plain["storage_options"] = _storage_options(plain.pop("storage_option") or None)
     return plain
 
 

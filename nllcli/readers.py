@@ -455,11 +455,12 @@ class Source:
         Blank lines are not rows, as for pyarrow. A broken file simply ends early.
         """
         try:
+            raw: IO[bytes]
             if self.remote is not None:
-                raw = self.remote.python_file()
-                raw = gzip.GzipFile(fileobj=raw) if self.compressed else raw
+                remote_file = self.remote.python_file()
+                raw = gzip.GzipFile(fileobj=remote_file) if self.compressed else remote_file  # type: ignore[assignment]
             elif self.path is not None:
-                raw: IO[bytes] = gzip.open(self.path, "rb") if self.compressed else open(self.path, "rb")  # type: ignore[assignment]
+                raw = gzip.open(self.path, "rb") if self.compressed else open(self.path, "rb")  # type: ignore[assignment]
             else:
                 raw = io.BytesIO(self._head)
             with io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="") as text:

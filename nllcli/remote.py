@@ -34,6 +34,7 @@ SCHEMES = {
 }
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _GLOB = re.compile(r"[*?\[]")
+READ_BLOCK_BYTES = 8 << 20  # bytes per ranged request (s3fs would buffer 50 MiB blocks: memory, not speed)
 DATA_SUFFIXES = (".csv", ".tsv", ".txt", ".csv.gz", ".tsv.gz", ".txt.gz", ".gz", ".parquet", ".pq", ".parq")
 
 
@@ -62,16 +63,28 @@ def _scrubbed(text: str) -> str:
     return re.sub(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+", lambda m: shown(m.group(0)), text)
 
 
+# Storage options that carry a secret: refused on the command line (shell history, `ps`, CI logs).
+SECRET_OPTIONS = re.compile(r"(^|_)(key|secret|token|password|passwd|credentials?|connection_string|sas)($|_)|"
+                            r"^(account_key|client_secret|aws_access_key_id|aws_secret_access_key)$", re.IGNORECASE)
+_WHERE_SECRETS_GO = ("AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or ~/.aws for s3://, "
+                     "GOOGLE_APPLICATION_CREDENTIALS for gs://, AZURE_STORAGE_* for az://")
+
+
 def parse_storage_options(items: Sequence[str] | None) -> dict[str, Any]:
     """--storage-option KEY=VALUE (repeatable): values read as JSON where they parse (anon=true,
     max_concurrency=4, config_kwargs={"retries": {"max_attempts": 2}}), else kept as text
-    (endpoint_url=http://...)."""
+    (endpoint_url=http://...). Options that carry a secret (key, secret, token, password...) are refused:
+    credentials come from the environment and config files."""
     options: dict[str, Any] = {}
     for item in items or ():
         key, sep, text = item.partition("=")
         key = key.strip()
         if not sep or not key:
             raise UsageError(f"--storage-option {item!r}: expected KEY=VALUE, e.g. --storage-option anon=true")
+        if SECRET_OPTIONS.search(key):
+            raise UsageError(f"--storage-option {key}=...: credentials are not taken on the command line (they "
+                             f"would stay in shell history and process lists); set them in the environment: "
+                             f"{_WHERE_SECRETS_GO}")
         try:
             value = json.loads(text)
         except ValueError:
@@ -202,7 +215,7 @@ class RemoteFile:
     def python_file(self):
         """A read-only, seekable Python file object (fsspec buffers and ranges the requests)."""
         try:
-            return self.fs.open(self.path, "rb")
+            return self.fs.open(self.path, "rb", block_size=READ_BLOCK_BYTES)
         except _remote_errors() as exc:
             raise error(self.url, exc) from exc
 

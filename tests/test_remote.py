@@ -181,6 +181,20 @@ def test_storage_options_are_json_scalars_or_text():
         remote.parse_storage_options(["anon"])
 
 
+@pytest.mark.parametrize("option", [
+    "key=SEKRIT1", "secret=SEKRIT2", "token=SEKRIT3", "aws_secret_access_key=SEKRIT4",
+    "account_key=SEKRIT5", "sas_token=SEKRIT6", "password=SEKRIT7", "client_secret=SEKRIT8"])
+def test_credentials_are_refused_on_the_command_line(run, option):
+    result = run("score", "s3://bucket/x.csv", "--storage-option", option)
+    assert result.exit_code == 2 and "credentials are not taken on the command line" in result.stderr
+    assert option.split("=")[1] not in result.stderr
+
+
+def test_ordinary_options_are_not_mistaken_for_secrets():
+    for name in ("endpoint_url", "anon", "requester_pays", "use_ssl", "client_kwargs", "keyring_x"):
+        assert not remote.SECRET_OPTIONS.search(name), name
+
+
 def test_bad_storage_option_is_a_usage_error(run, s3_bucket):
     url = s3_bucket.put("preds.csv", csv_bytes(frame(), index=False))
     result = run("score", url, "--storage-option", "no_such_option=1", *s3_bucket.cli_options)

@@ -13,11 +13,10 @@ import pyarrow as pa
 import pytest
 
 import nllcli
+from helpers import assert_input_error, loads_strict
 from nllcli import statefile
 from nllcli.errors import InputError, UsageError
 from nllcli.summary import LOSS_EDGES, State, Summary, Worst
-
-from helpers import assert_input_error, loads_strict
 from test_partitions import assert_same, predictions
 
 OPTIONS = {
@@ -182,7 +181,8 @@ def test_states_that_do_not_belong_together_are_refused(run, two_states, option,
     if "classes" in option:  # the same file without class d
         frame = pd.read_csv(shards[1], index_col=0)
         frame = frame[frame.label != "d"].drop(columns="p_d")
-        frame[["p_a", "p_b", "p_c"]] = frame[["p_a", "p_b", "p_c"]].div(frame[["p_a", "p_b", "p_c"]].sum(axis=1), axis=0)
+        kept = ["p_a", "p_b", "p_c"]
+        frame[kept] = frame[kept].div(frame[kept].sum(axis=1), axis=0)
         frame.to_csv(shards[1])
     nllcli.score(shards[1], save_state=folder / "b.nllstate", **option)
     result = run("merge", folder / "a.nllstate", folder / "b.nllstate")
