@@ -118,6 +118,13 @@ def filesystem(url: str, storage_options: dict[str, Any] | None = None):
 
 def error(url: str, exc: BaseException) -> InputError:
     """A remote failure as one line naming the URL: no such file, access denied, no connection."""
+    cause, status = exc.__cause__, getattr(exc.__cause__, "status", None)  # fsspec's HTTP wraps what happened
+    if isinstance(status, int) and status in (401, 403):
+        return InputError(shown(url), f"access denied (HTTP {status})")
+    if isinstance(status, int) and status != 404:
+        return InputError(shown(url), f"cannot read: HTTP {status}")
+    if isinstance(exc, FileNotFoundError) and _connection_failed(cause):
+        return InputError(shown(url), f"cannot connect: {_scrubbed(' '.join(str(cause).split()))[:300]}")
     if isinstance(exc, FileNotFoundError):
         return InputError(shown(url), "no such file (or bucket)")
     if isinstance(exc, PermissionError):
@@ -126,6 +133,20 @@ def error(url: str, exc: BaseException) -> InputError:
         return InputError(shown(url), "is a directory")
     text = _scrubbed(" ".join(str(exc).split())) or type(exc).__name__
     return InputError(shown(url), f"cannot read: {text[:300]}")
+
+
+def _connection_failed(cause: BaseException | None) -> bool:
+    """Whether the error behind a "not found" is in fact a host that cannot be reached."""
+    if cause is None:
+        return False
+    if isinstance(cause, (ConnectionError, TimeoutError)) or type(cause).__name__ == "gaierror":
+        return True
+    try:
+        import aiohttp
+
+        return isinstance(cause, aiohttp.ClientConnectionError)
+    except ImportError:
+        return False
 
 
 def _remote_errors() -> tuple[type[BaseException], ...]:

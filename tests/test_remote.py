@@ -130,6 +130,15 @@ def test_no_connection_is_one_line(run, dummy_aws):
     assert result.stderr.startswith(f"nll: error: {url}: ") and len(result.stderr.strip().splitlines()) == 1
 
 
+def test_no_http_server_is_one_line_saying_so(run):
+    from servers import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/preds.csv"
+    result = run("score", url + "?token=SECRET")
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"nll: error: {url}: cannot connect: ") and "SECRET" not in result.stderr
+
+
 def test_a_missing_extra_names_the_install_command(run, monkeypatch):
     import sys
 
@@ -161,7 +170,7 @@ def test_http_errors_and_secrets(run, http_root):
     assert run("score", url).exit_code == 0
     result = run("score", http_root.url("private/x.csv?sig=SECRET"))
     assert result.exit_code == 2 and "SECRET" not in result.stderr and "Traceback" not in result.stderr
-    assert result.stderr.startswith(f"nll: error: {http_root.url('private/x.csv')}: ")
+    assert result.stderr.strip() == f"nll: error: {http_root.url('private/x.csv')}: access denied (HTTP 403)"
     result = run("score", http_root.url("*.csv"))
     assert result.exit_code == 2 and "HTTP has no file listing" in result.stderr
 
