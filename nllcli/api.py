@@ -98,19 +98,21 @@ def save_state(saved: SavedState, path: str | Path, *, storage_options: dict | N
 
 
 def merge(states: str | Path | Sequence[str | Path], *, max: Sequence[str] = (), min: Sequence[str] = (),
-          save_state: str | Path | None = None, storage_options: dict | None = None) -> Report:
+          save_state: str | Path | None = None, storage_options: dict | None = None,
+          progress: Progress | None = None) -> Report:
     """The report of several state files (`nll merge`): the same as one run over all their inputs.
 
     states: .nllstate paths or URLs, globs and directories of them, merged in the order given
     (globs sorted), one in memory at a time. max, min: gates, as for score(). save_state: also
     write the merged state (to merge again later). A UsageError when two states differ in their
     classes, settings, bins, units or columns; an InputError when a file is not a valid state.
+    progress(rows, files) is called after each state file.
     """
     paths = [states] if isinstance(states, (str, Path)) else list(states)
     files = expand_state_paths(paths, storage_options)
     if save_state is not None and not is_url(str(save_state)):
         check_state_target(save_state, files)
-    merged = merge_states(files, storage_options=storage_options)
+    merged = merge_states(files, storage_options=storage_options, progress=progress)
     job = merged.job
     job.gates = parse_gates(max, min, job.command, job.settings)
     report = build_report(job, merged.state)

@@ -692,6 +692,7 @@ def merge(
     save_state: Annotated[Optional[str], typer.Option("--save-state", metavar="FILE", help="Also write the "
                                                       "merged state, to merge again later.")] = None,
     storage_option: StorageOption = None,
+    quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
     """The report of several state files: the same as one run over all their inputs.
@@ -701,6 +702,22 @@ def merge(
     _prepare_process()
     from . import api
 
-    report = api.merge(states, max=max or (), min=min or (), save_state=save_state,
-                       storage_options=_storage_options(storage_option))
+    with _MergeProgress(quiet) as progress:
+        report = api.merge(states, max=max or (), min=min or (), save_state=save_state,
+                           storage_options=_storage_options(storage_option), progress=progress)
     _finish(report, format, None)
+
+
+class _MergeProgress(_ProgressBar):
+    """The progress bar of `nll merge`: state files read and the rows they hold."""
+
+    def __init__(self, quiet: bool):
+        self.bar = None
+        if quiet or not sys.stderr.isatty():
+            return
+        from rich.console import Console
+        from rich.progress import Progress, TextColumn, TimeElapsedColumn
+
+        self.bar = Progress(TextColumn("{task.fields[rows]:,} rows in {task.completed:,} state files"),
+                            TimeElapsedColumn(), console=Console(file=sys.stderr), transient=True)
+        self.task = self.bar.add_task("merging", total=None, rows=0)

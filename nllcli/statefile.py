@@ -63,10 +63,14 @@ class SavedState:
     job: Job
     state: State
     name: str = "<state>"
+    _agree: dict[str, Any] | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def agree(self) -> dict[str, Any]:
-        return agreement(self.job)
+        """agreement(job), computed once (a merge of many states asks the running sum each time)."""
+        if self._agree is None:
+            self._agree = agreement(self.job)
+        return self._agree
 
     def __add__(self, other: "SavedState") -> "SavedState":
         check_mergeable(self, other)
@@ -77,7 +81,7 @@ class SavedState:
             shifted = State(other.state.overall, other.state.groups, Worst(other.state.worst.n, entries))
         job = dataclasses.replace(self.job, sources=self.job.sources + other.job.sources,
                                   target_sources=self.job.target_sources + other.job.target_sources)
-        return SavedState(job, self.state + shifted, self.name)
+        return SavedState(job, self.state + shifted, self.name, self.agree)
 
 
 def agreement(job: Job) -> dict[str, Any]:
@@ -228,7 +232,11 @@ def _array(value, name: str, field_: str, shape: tuple[int, ...], integer: bool 
     if not isinstance(value, list):
         raise InputError(name, f"not a valid state file: {field_} is not a list")
     try:
-        array = np.array(decode(value), dtype=np.int64 if integer else np.float64)
+        plain = np.array(value)  # the common case, all numbers: no per-element Python
+        if plain.dtype.kind == "i" or (plain.dtype.kind == "f" and not integer):
+            array = plain.astype(np.int64 if integer else np.float64, copy=False)
+        else:
+            array = np.array(decode(value), dtype=np.int64 if integer else np.float64)
     except (ValueError, OverflowError) as exc:
         raise InputError(name, f"not a valid state file: {field_}: {exc}") from exc
     if array.size == 0 and math.prod(shape) == 0:
@@ -404,11 +412,15 @@ def iter_states(paths: Sequence[str], storage_options: dict[str, Any] | None = N
         yield load_state(path, storage_options=storage_options)
 
 
-def merge_states(paths: Iterable[str | Path], *, storage_options: dict[str, Any] | None = None) -> SavedState:
+def merge_states(paths: Iterable[str | Path], *, storage_options: dict[str, Any] | None = None,
+                 progress=None) -> SavedState:
     """The sum of the states of ``paths`` (globs, directories), in order, streamed: one state in
-    memory at a time besides the running sum. UsageError if two states cannot merge."""
+    memory at a time besides the running sum. UsageError if two states cannot merge.
+    ``progress(rows, files)`` is called after each state."""
     total: SavedState | None = None
-    for saved in iter_states(expand_state_paths(paths, storage_options), storage_options):
+    for done, saved in enumerate(iter_states(expand_state_paths(paths, storage_options), storage_options), 1):
         total = saved if total is None else total + saved
+        if progress is not None:
+            progress(total.state.rows, done)
     assert total is not None  # expand_state_paths never returns an empty list
     return total
