@@ -13,7 +13,6 @@ from pathlib import Path
 from . import losses
 from .engine import Progress, run
 from .plan import Job, parse_gates, plan_kl, plan_score, say_notes
-from .remote import is_url
 from .report import Report, build_report
 from .sinks import check_per_sample_target, per_sample_sink
 from .statefile import SavedState, check_state_target, expand_state_paths, load_state, merge_states
@@ -49,8 +48,7 @@ def score(preds: PathOrData, *, targets: PathOrData | None = None, label: str | 
     inputs (fsspec's, e.g. {"endpoint_url": ..., "anon": True}).
     """
     check_per_sample_target(per_sample, preds, targets)
-    if save_state is not None and not is_url(str(save_state)):
-        check_state_target(save_state, preds, targets)
+    check_state_target(save_state, preds, targets)
     job = plan_score(preds, targets=targets, label=label, classes=classes, probs=probs, key=key, weight=weight,
                      ignore=ignore, positive=positive, input=input, eps=eps, tol=tol, renormalize=renormalize,
                      base=base,
@@ -71,8 +69,7 @@ def kl(p: PathOrData, q: PathOrData, *, classes: str | list[str] | None = None, 
     KL(Q || P) and the Jensen-Shannon divergence. The other options are those of score().
     """
     check_per_sample_target(per_sample, p, q)
-    if save_state is not None and not is_url(str(save_state)):
-        check_state_target(save_state, p, q)
+    check_state_target(save_state, p, q)
     job = plan_kl(p, q, classes=classes, probs=probs, key=key, input=input, eps=eps, tol=tol,
                   renormalize=renormalize, base=base, symmetric=symmetric, max=max, min=min, ignore=ignore,
                   storage_options=storage_options)
@@ -110,8 +107,7 @@ def merge(states: str | Path | Sequence[str | Path], *, max: Sequence[str] = (),
     """
     paths = [states] if isinstance(states, (str, Path)) else list(states)
     files = expand_state_paths(paths, storage_options)
-    if save_state is not None and not is_url(str(save_state)):
-        check_state_target(save_state, files)
+    check_state_target(save_state, files)
     merged = merge_states(files, storage_options=storage_options, progress=progress)
     job = merged.job
     job.gates = parse_gates(max, min, job.command, job.settings)

@@ -104,6 +104,10 @@ def check_mergeable(a: SavedState, b: SavedState) -> None:
     """A UsageError naming both files and the first thing that differs."""
     left, right = a.agree, b.agree
     if fingerprint(left) == fingerprint(right):
+        sums = [s.state.overall.names for s in (a, b) if s.state.overall is not None]
+        if len(sums) == 2 and sums[0] != sums[1]:
+            raise UsageError(f"cannot merge {b.name} into {a.name}: their sums are of different quantities "
+                             f"({', '.join(sums[1])} in {b.name}, {', '.join(sums[0])} in {a.name})")
         return
     for field_ in left:
         if left[field_] != right.get(field_):
@@ -170,8 +174,11 @@ def save_state(saved: SavedState, path: str | Path, *, storage_options: dict[str
 
 
 def check_state_target(path: str | Path | None, *inputs) -> None:
-    """Refuse early a --save-state that is missing its folder, is a directory or is an input."""
-    if path is None:
+    """Refuse early a --save-state that is missing its folder, is a directory or is an input (a URL
+    is written as one object and checked when written)."""
+    from . import remote
+
+    if path is None or remote.is_url(str(path)):
         return
     from .sinks import check_destination, refuse_input_as_output
 
@@ -295,10 +302,10 @@ def parse_state(doc: Any, name: str) -> SavedState:
                         key=layout_doc["key"], weight=layout_doc["weight"], groups=list(layout_doc["groups"]),
                         binary=bool(layout_doc["binary"]), positive=layout_doc["positive"])
         command = doc["command"]
-        roles = ("p", "q") if command == "kl" else ("preds", "targets")
-        primary = [SavedInput(str(n)) for n in inputs.get(roles[1] if command == "kl" else roles[0], [])]
-        secondary = [SavedInput(str(n)) for n in inputs.get(roles[0] if command == "kl" else roles[1], [])]
-        job = Job(command, settings, bool(agree["soft"]), [], primary, secondary, layout.key, layout,
+        scored, targets = ("q", "p") if command == "kl" else ("preds", "targets")  # Job.inputs, read back
+        sources = [SavedInput(str(n)) for n in inputs.get(scored, [])]
+        target_sources = [SavedInput(str(n)) for n in inputs.get(targets, [])]
+        job = Job(command, settings, bool(agree["soft"]), [], sources, target_sources, layout.key, layout,
                   explicit_classes=bool(layout_doc.get("explicit_classes")), worst=int(agree["worst"]))
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise InputError(name, f"not a valid state file: {type(exc).__name__}: {exc}") from exc
@@ -309,7 +316,7 @@ def parse_state(doc: Any, name: str) -> SavedState:
     state_doc = doc.get("state")
     if not isinstance(state_doc, dict):
         raise InputError(name, "not a valid state file: no state")
-    names = tuple(agree_quantities(state_doc))
+    names = tuple(_quantities(state_doc))
     k, bins = len(layout.class_names), settings.bins
     overall = (_summary(state_doc["overall"], name, "overall", names, k, bins)
                if state_doc.get("overall") is not None else None)
@@ -334,7 +341,7 @@ def parse_state(doc: Any, name: str) -> SavedState:
     return SavedState(job, State(overall, groups, worst), name)
 
 
-def agree_quantities(state_doc: dict) -> list[str]:
+def _quantities(state_doc: dict) -> list[str]:
     """The quantities the summaries sum, as the overall summary names them."""
     overall = state_doc.get("overall")
     source = overall if isinstance(overall, dict) else next(
