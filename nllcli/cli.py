@@ -699,8 +699,7 @@ def merge(
 
     States of different classes, settings, bins, units or versions are refused. They are read one at a time.
     """
-    _prepare_process()
-    from . import api
+    from . import api  # no _prepare_process(): no rows are read, and pyarrow is never imported
 
     with _MergeProgress(quiet) as progress:
         report = api.merge(states, max=max or (), min=min or (), save_state=save_state,

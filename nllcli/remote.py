@@ -233,9 +233,12 @@ class RemoteFile:
     def name(self) -> str:
         return shown(self.url)
 
-    def python_file(self):
-        """A read-only, seekable Python file object (fsspec buffers and ranges the requests)."""
+    def python_file(self, read_ahead: bool = True):
+        """A read-only, seekable Python file object: fsspec reads ahead READ_BLOCK_BYTES per ranged
+        request, or (``read_ahead=False``) fetches exactly what is read."""
         try:
+            if not read_ahead:
+                return self.fs.open(self.path, "rb", cache_type="none")
             return self.fs.open(self.path, "rb", block_size=READ_BLOCK_BYTES)
         except _remote_errors() as exc:
             raise error(self.url, exc) from exc
@@ -247,7 +250,8 @@ class RemoteFile:
         return pa.PythonFile(self.python_file(), mode="r")
 
     def read(self, limit: int) -> bytes:
-        with self.python_file() as handle:
+        """The first ``limit`` bytes (a format's magic, a whole state file), fetched as one range."""
+        with self.python_file(read_ahead=False) as handle:
             try:
                 return handle.read(limit)
             except _remote_errors() as exc:

@@ -105,10 +105,14 @@ def s3_bucket(s3_endpoint) -> S3Bucket:
 class RangeHandler(http.server.SimpleHTTPRequestHandler):
     """Static files with single-range requests (206 Partial Content), as object stores answer."""
 
+    requests: list[tuple[str, str | None]] = []  # (path, Range header) of every GET, for the tests
+
     def log_message(self, format, *args) -> None:  # quiet in tests
         pass
 
     def send_head(self):
+        if self.command == "GET":
+            RangeHandler.requests.append((self.path, self.headers.get("Range")))
         if self.path.split("?", 1)[0].startswith("/private/"):
             self.send_error(403, "Forbidden")
             return None

@@ -234,3 +234,23 @@ def test_resolve_gives_the_file_system_and_urls(s3_bucket):
     assert fs.protocol[0] in ("s3", "s3a")
     with pytest.raises(InputError, match="no file matches"):
         remote.resolve(s3_bucket.url("d/*.csv"), s3_bucket.options)
+
+
+def test_remote_files_are_read_in_bounded_ranges(http_root):
+    from servers import RangeHandler
+
+    from nllcli.readers import CSV_BLOCK_BYTES
+    from nllcli.remote import READ_BLOCK_BYTES
+
+    df = frame(150_000, seed=7)
+    csv_url = http_root.put("big/preds.csv", csv_bytes(df))
+    size = (http_root.folder / "big/preds.csv").stat().st_size
+    assert size > READ_BLOCK_BYTES
+    RangeHandler.requests.clear()
+    assert nllcli.score(csv_url).rows == 150_000
+    ranges = [r for path, r in RangeHandler.requests if path == "/big/preds.csv"]
+    assert ranges and all(r is not None for r in ranges)  # never the whole file in one answer
+    spans = [min(int(b), size - 1) - int(a) + 1 for a, b in (r.removeprefix("bytes=").split("-") for r in ranges)]
+    # fsspec's read-ahead: what pyarrow asks for (one CSV block) plus one block of its own, never more
+    assert max(spans) <= READ_BLOCK_BYTES + CSV_BLOCK_BYTES
+    assert sum(spans) <= 2 * size, ranges  # the header, then one streamed pass
