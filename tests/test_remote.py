@@ -237,10 +237,9 @@ def test_resolve_gives_the_file_system_and_urls(s3_bucket):
 
 
 def test_remote_files_are_read_in_bounded_ranges(http_root):
-    from servers import RangeHandler
-
     from nllcli.readers import CSV_BLOCK_BYTES
     from nllcli.remote import READ_BLOCK_BYTES
+    from servers import RangeHandler
 
     df = frame(150_000, seed=7)
     csv_url = http_root.put("big/preds.csv", csv_bytes(df))
