@@ -93,6 +93,9 @@ def plan(cache: Path, repeats: int, with_10m: bool) -> list[Bench]:
             Bench("score_parquet_10m", "memory, 10M rows", "nll score preds_10m.parquet",
                   _nll("score", d["preds_10m.parquet"], *js), nll_score, "score_parquet", nll_row=True),
         ]
+    if "states_1000" in d:
+        benches.append(Bench("merge_1000", "sharded jobs", "nll merge states_1000/ (1,000 state files, 10 classes, "
+                             "8 groups, worst 10)", _nll("merge", d["states_1000"], "--quiet"), {}, nll_row=True))
     startup = f"start-up, median of {STARTUP_REPEATS}"
     benches += [
         Bench("python_bare", startup, "python -c pass", [PYTHON, "-c", "pass"], {}),
@@ -263,6 +266,34 @@ def print_report(benches: list[Bench], targets: list[dict], header: str) -> None
         print(f"  {t['status']:4}  {t['target']}{shown}")
 
 
+def ensure_state_files(folder: Path, count: int = 1000, rows: int = 200, regen: bool = False) -> float:
+    """``count`` state files of distinct shards (``rows`` rows, 10 classes, a group column,
+    --worst 10), written in-process once; the seconds it took (0 when cached)."""
+    if folder.is_dir() and len(list(folder.glob("*.nllstate"))) == count and not regen:
+        return 0.0
+    import numpy as np
+    import pyarrow as pa
+
+    import nllcli
+
+    start = time.perf_counter()
+    partial = folder.with_name(folder.name + ".partial")
+    partial.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(7)
+    for i in range(count):
+        p = rng.dirichlet(np.ones(10), rows)
+        table = pa.table({"id": np.arange(i * rows, (i + 1) * rows), "label": rng.integers(0, 10, rows),
+                          "site": rng.choice([f"s{j}" for j in range(8)], rows),
+                          **{f"p_{k}": p[:, k] for k in range(10)}})
+        nllcli.score(table, by=["site"], worst=10, save_state=partial / f"shard-{i:04d}.nllstate")
+    if folder.exists():
+        import shutil
+
+        shutil.rmtree(folder)
+    partial.rename(folder)
+    return round(time.perf_counter() - start, 1)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="skip the 10M-row files and use 1 repeat")
@@ -274,6 +305,7 @@ def main() -> int:
 
     start = time.perf_counter()
     generation = _datagen.ensure(cache, with_10m=not args.quick, regen=args.regen)
+    generation["states_1000"] = ensure_state_files(cache / "states_1000", regen=args.regen)
     benches = plan(cache, repeats, with_10m=not args.quick)
     warm_page_cache(benches, cache)
     for b in benches:

@@ -12,9 +12,13 @@ from pathlib import Path
 
 from . import losses
 from .engine import Progress, run
-from .plan import Job, plan_kl, plan_score, say_notes
+from .plan import Job, parse_gates, plan_kl, plan_score, say_notes
 from .report import Report, build_report
 from .sinks import check_per_sample_target, per_sample_sink
+from .statefile import SavedState, check_state_target, expand_state_paths, load_state, merge_states
+from .statefile import save_state as write_state
+
+__all__ = ["kl", "load_state", "merge", "save_state", "score"]
 
 PathOrData = object  # a path, a list of paths, '-', a pandas DataFrame or a pyarrow Table
 
@@ -29,7 +33,8 @@ def score(preds: PathOrData, *, targets: PathOrData | None = None, label: str | 
           by: Sequence[str] = (), worst: int = 0, max: Sequence[str] = (), min: Sequence[str] = (),
           per_sample: str | Path | None = None, progress: Progress | None = None, bins_kind: str = "width",
           ignore_label: str | int | None = None, class_weight: str | dict[str, float] | Sequence[float] | None = None,
-          class_weight_file: str | Path | None = None) -> Report:
+          class_weight_file: str | Path | None = None, save_state: str | Path | None = None,
+          storage_options: dict | None = None) -> Report:
     """Score predictions against hard labels or soft targets (`nll score`).
 
     targets: a file of target distributions, paired by ``key`` or by position; target_prefix:
@@ -45,36 +50,77 @@ def score(preds: PathOrData, *, targets: PathOrData | None = None, label: str | 
     are dropped and counted (torch's ignore_index, e.g. -100). class_weight: NAME=W,... (or a dict,
     or one weight per class in order), or class_weight_file (JSON or CSV class,weight): each row
     weighs weight[label] (times its ``weight``), so means are sum w l / sum w, torch's rule.
+    save_state: also write the run's State to this .nllstate file (see
+    merge()). storage_options: options of the remote file system for s3://, gs://, az://, http(s)://
+    inputs (fsspec's, e.g. {"endpoint_url": ..., "anon": True}).
     """
     check_per_sample_target(per_sample, preds, targets)
+    check_state_target(save_state, preds, targets)
     job = plan_score(preds, targets=targets, label=label, classes=classes, probs=probs, key=key, weight=weight,
                      ignore=ignore, positive=positive, input=input, eps=eps, tol=tol, renormalize=renormalize,
                      base=base,
                      target_prefix=target_prefix, target_probs=target_probs, label_smoothing=label_smoothing,
                      bins=bins, top_k=top_k, by=by, worst=worst, max=max, min=min, bins_kind=bins_kind,
-                     ignore_label=ignore_label, class_weight=class_weight, class_weight_file=class_weight_file)
-    return _run_and_report(job, per_sample, progress)
+                     ignore_label=ignore_label, class_weight=class_weight, class_weight_file=class_weight_file,
+                     storage_options=storage_options)
+    return _run_and_report(job, per_sample, progress, save_state, storage_options)
 
 
 def kl(p: PathOrData, q: PathOrData, *, classes: str | list[str] | None = None, probs: str | None = None,
        key: str | None = None, input: str = "probs", eps: float = losses.EPS, tol: float = 1e-4,
        renormalize: bool = False, base: str = "e", symmetric: bool = False, max: Sequence[str] = (),
        min: Sequence[str] = (), ignore: Sequence[str] = (), per_sample: str | Path | None = None,
-       progress: Progress | None = None) -> Report:
+       progress: Progress | None = None, save_state: str | Path | None = None,
+       storage_options: dict | None = None) -> Report:
     """KL(P || Q) per row pair (`nll kl`): P the reference distribution, Q the model (clipped by ``eps``).
 
     Rows pair by ``key`` (default id, when both have it), else by position. symmetric: also
     KL(Q || P) and the Jensen-Shannon divergence. The other options are those of score().
     """
     check_per_sample_target(per_sample, p, q)
+    check_state_target(save_state, p, q)
     job = plan_kl(p, q, classes=classes, probs=probs, key=key, input=input, eps=eps, tol=tol,
-                  renormalize=renormalize, base=base, symmetric=symmetric, max=max, min=min, ignore=ignore)
-    return _run_and_report(job, per_sample, progress)
+                  renormalize=renormalize, base=base, symmetric=symmetric, max=max, min=min, ignore=ignore,
+                  storage_options=storage_options)
+    return _run_and_report(job, per_sample, progress, save_state, storage_options)
 
 
-def _run_and_report(job: Job, per_sample, progress: Progress | None) -> Report:
+def _run_and_report(job: Job, per_sample, progress: Progress | None, save_state: str | Path | None = None,
+                    storage_options: dict | None = None) -> Report:
     with per_sample_sink(job, per_sample) as sink:
-        report = build_report(job, run(job, sink, progress))
+        state = run(job, sink, progress)
+        report = build_report(job, state)
+        if save_state is not None:
+            write_state(SavedState(job, state), save_state, storage_options=storage_options)
     if job.command == "score":
         say_notes(job)
+    return report
+
+
+def save_state(saved: SavedState, path: str | Path, *, storage_options: dict | None = None) -> None:
+    """Write a SavedState (from load_state() or merge_states()) to a .nllstate file, atomically; an
+    s3://, gs:// or az:// URL is written as one object."""
+    write_state(saved, path, storage_options=storage_options)
+
+
+def merge(states: str | Path | Sequence[str | Path], *, max: Sequence[str] = (), min: Sequence[str] = (),
+          save_state: str | Path | None = None, storage_options: dict | None = None,
+          progress: Progress | None = None) -> Report:
+    """The report of several state files (`nll merge`): the same as one run over all their inputs.
+
+    states: .nllstate paths or URLs, globs and directories of them, merged in the order given
+    (globs sorted), one in memory at a time. max, min: gates, as for score(). save_state: also
+    write the merged state (to merge again later). A UsageError when two states differ in their
+    classes, settings, bins, units or columns; an InputError when a file is not a valid state.
+    progress(rows, files) is called after each state file.
+    """
+    paths = [states] if isinstance(states, (str, Path)) else list(states)
+    files = expand_state_paths(paths, storage_options)
+    check_state_target(save_state, files)
+    merged = merge_states(files, storage_options=storage_options, progress=progress)
+    job = merged.job
+    job.gates = parse_gates(max, min, job.command, job.settings)
+    report = build_report(job, merged.state)
+    if save_state is not None:
+        write_state(merged, save_state, storage_options=storage_options)
     return report

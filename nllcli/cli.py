@@ -174,6 +174,11 @@ ReportFile = Annotated[Optional[list[str]], typer.Option(
     "(Markdown), .xml (JUnit), .prom or .txt (OpenMetrics); repeatable, written even when a gate fails.")]
 NoCiIntegration = Annotated[bool, typer.Option("--no-ci-integration", help="Under GitHub Actions, do not annotate "
                                                "failed gates nor append the Markdown report to the job summary.")]
+SaveState = Annotated[Optional[str], typer.Option("--save-state", metavar="FILE", help="Also write the run's "
+                                                  "state to FILE (.nllstate, JSON) for `nll merge`.")]
+StorageOption = Annotated[Optional[list[str]], typer.Option(
+    "--storage-option", metavar="KEY=VALUE", help="An option of the s3://, gs://, az:// or http(s):// file "
+    "system (repeatable; JSON values: anon=true, endpoint_url=http://...). Credentials come from the environment.")]
 
 # The common calls, shown at the end of each command's --help; each one runs as it is in sample_data/.
 EXAMPLES = {
@@ -442,6 +447,8 @@ def score(
     class_weight_file: Annotated[Optional[str], typer.Option("--class-weight-file", metavar="FILE", help="The "
                                                              "class weights as a JSON object (or list) or a CSV "
                                                              "file with columns class,weight.")] = None,
+    save_state: SaveState = None,
+    storage_option: StorageOption = None,
 ) -> None:
     """Mean and per-sample NLL against hard labels, or cross-entropy, entropy and KL against soft targets.
 
@@ -458,7 +465,8 @@ def score(
                            label_smoothing=label_smoothing, bins=bins, top_k=top_k, by=by or (), worst=worst,
                            max=max or (), min=min or (), per_sample=per_sample, quiet=quiet,
                            bins_kind=bins_kind.value, ignore_label=ignore_label, class_weight=class_weight,
-                           class_weight_file=class_weight_file)
+                           class_weight_file=class_weight_file, save_state=save_state,
+                           storage_options=_storage_options(storage_option))
     _finish(report, format, per_sample, report_files, not no_ci_integration)
 
 
@@ -473,8 +481,18 @@ def _score_report(preds: list[str], *, targets: str | None, quiet: bool, **optio
 
 def _plain(options: dict) -> dict:
     """Option values as the library takes them: enums as their text, absent lists as ()."""
-    return {k: (v.value if isinstance(v, Enum) else () if v is None and k in ("by", "max", "min") else v)
-            for k, v in options.items() if k != "debug"}
+    plain = {k: (v.value if isinstance(v, Enum) else () if v is None and k in ("by", "max", "min") else v)
+             for k, v in options.items() if k != "debug"}
+    if "storage_option" in plain:
+        plain["storage_options"] = _storage_options(plain.pop("storage_option") or None)
+    return plain
+
+
+def _storage_options(items: list[str] | None) -> dict | None:
+    """--storage-option KEY=VALUE pairs as the library takes them (None without any)."""
+    from .remote import parse_storage_options
+
+    return parse_storage_options(items) or None
 
 
 def _plot(output: str, **options) -> None:
@@ -572,6 +590,8 @@ def kl(
     debug: Debug = False,
     report_file: ReportFile = None,
     no_ci_integration: NoCiIntegration = False,
+    save_state: SaveState = None,
+    storage_option: StorageOption = None,
 ) -> None:
     """KL(P || Q) per row pair and on average, with cross-entropy H(P, Q) and entropy H(P).
 
@@ -585,16 +605,18 @@ def kl(
     with _ProgressBar(quiet, _total_bytes([p, q])) as progress:
         report = api.kl(p, q, classes=classes, probs=probs, key=key, input=input.value, eps=eps, tol=tol,
                         renormalize=renormalize, base=base.value, symmetric=symmetric, max=max or (),
-                        min=min or (), per_sample=per_sample, progress=progress, ignore=ignore or ())
+                        min=min or (), per_sample=per_sample, progress=progress, ignore=ignore or (),
+                        save_state=save_state, storage_options=_storage_options(storage_option))
     _finish(report, format, per_sample, report_files, not no_ci_integration)
 
 
-_derived_command("plot", _plot, drop={"format", "per_sample", "max", "min", "report_file", "no_ci_integration"},
+_derived_command("plot", _plot, drop={"format", "per_sample", "max", "min", "report_file", "no_ci_integration",
+                                      "save_state"},
                  front=[(
     "output", Annotated[str, typer.Option("--output", "-o", metavar="FILE", help="The image to write: "
                                           ".png, .svg or .pdf.",
                                           show_default=False)])])
-_derived_command("compare", _compare, drop={"preds", "per_sample"}, front=[
+_derived_command("compare", _compare, drop={"preds", "per_sample", "save_state"}, front=[
     ("base_file", Annotated[str, typer.Argument(metavar="BASE", help="Predictions of the model in use.",
                                                 show_default=False)]),
     ("new_file", Annotated[str, typer.Argument(metavar="NEW", help="Predictions of the candidate model.",
@@ -864,3 +886,48 @@ def _compare_token_files(base_file: str, new_file: str, format: Format, quiet: b
         _err(f"nll: {report.regression}")
     if report.failed_gates or report.regression:
         raise typer.Exit(EXIT_GATE)
+
+EXAMPLES["merge"] = ["nll merge robot_tools.nllstate",
+                     "nll merge robot_tools.nllstate --format json --max nll=0.5"]
+
+
+@app.command(cls=PlainHelp, epilog=_epilog("merge"))
+@handle_errors
+def merge(
+    states: Annotated[list[str], typer.Argument(metavar="STATES", help="State files written by --save-state "
+                                                "(.nllstate), globs or directories of them, local or s3://...",
+                                                show_default=False)],
+    format: FormatOpt = Format.table,
+    max: Max = None,
+    min: Min = None,
+    save_state: Annotated[Optional[str], typer.Option("--save-state", metavar="FILE", help="Also write the "
+                                                      "merged state, to merge again later.")] = None,
+    storage_option: StorageOption = None,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """The report of several state files: the same as one run over all their inputs.
+
+    States of different classes, settings, bins, units or versions are refused. They are read one at a time.
+    """
+    from . import api  # no _prepare_process(): no rows are read, and pyarrow is never imported
+
+    with _MergeProgress(quiet) as progress:
+        report = api.merge(states, max=max or (), min=min or (), save_state=save_state,
+                           storage_options=_storage_options(storage_option), progress=progress)
+    _finish(report, format, None)
+
+
+class _MergeProgress(_ProgressBar):
+    """The progress bar of `nll merge`: state files read and the rows they hold."""
+
+    def __init__(self, quiet: bool):
+        self.bar = None
+        if quiet or not sys.stderr.isatty():
+            return
+        from rich.console import Console
+        from rich.progress import Progress, TextColumn, TimeElapsedColumn
+
+        self.bar = Progress(TextColumn("{task.fields[rows]:,} rows in {task.completed:,} state files"),
+                            TimeElapsedColumn(), console=Console(file=sys.stderr), transient=True)
+        self.task = self.bar.add_task("merging", total=None, rows=0)

@@ -88,7 +88,8 @@ def compare(base_preds, new_preds, *, key: str | None = None, confidence: float 
             target_probs: str | None = None, label_smoothing: float | None = None, bins: int = 15,
             top_k: int | None = None, per_sample: None = None, progress: Progress | None = None,
             bins_kind: str = "width", ignore_label: str | int | None = None, class_weight=None,
-            class_weight_file=None) -> Report:
+            class_weight_file=None,
+            storage_options: dict | None = None) -> Report:
     """Compare two prediction files for the same samples (`nll compare`); a Report with `comparison`.
 
     Both files are read with the options of score() (targets, label, ..., top_k). Rows pair by
@@ -96,7 +97,7 @@ def compare(base_preds, new_preds, *, key: str | None = None, confidence: float 
     paired bootstrap. Gates (max/min) apply to the new model; ``fail_if_worse`` marks a clear nll
     regression (see Report.regression). ``by`` compares per group (groups from the new file), each
     with its own interval; ``worst`` lists the samples whose loss rose most. ``per_sample`` is not
-    available here (a UsageError): run score() on each file.
+    available here (a UsageError): run score() on each file. storage_options: see score().
     """
     if not 0 < confidence < 1:
         raise UsageError(f"--confidence {confidence:g}: must be between 0 and 1")
@@ -111,7 +112,8 @@ def compare(base_preds, new_preds, *, key: str | None = None, confidence: float 
                    ignore=ignore, positive=positive, input=input, eps=eps, tol=tol, renormalize=renormalize, base=base,
                    target_prefix=target_prefix, target_probs=target_probs, label_smoothing=label_smoothing,
                    bins=bins, top_k=top_k, bins_kind=bins_kind, ignore_label=ignore_label,
-                   class_weight=class_weight, class_weight_file=class_weight_file)
+                   class_weight=class_weight, class_weight_file=class_weight_file,
+                   storage_options=storage_options)
     base_job = plan_score(base_preds, **options)
     new_job = plan_score(new_preds, max=max, min=min, by=by, **options)
     pair = default_key(key, (base_job.sources[0].schema, base_job.sources[0].name),

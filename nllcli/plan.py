@@ -63,13 +63,14 @@ def check_stdin_once(*inputs) -> None:
         raise UsageError("standard input (-) can be read only once")
 
 
-def open_inputs(inputs) -> list:
+def open_inputs(inputs, storage_options: dict | None = None) -> list:
+    """Sources of paths, URLs (opened with ``storage_options``), or an in-memory table."""
     from . import readers
 
     if isinstance(inputs, (str, Path)):
-        return readers.open_sources([str(inputs)])
+        return readers.open_sources([str(inputs)], storage_options)
     if isinstance(inputs, Sequence) and inputs and all(isinstance(i, (str, Path)) for i in inputs):
-        return readers.open_sources([str(i) for i in inputs])
+        return readers.open_sources([str(i) for i in inputs], storage_options)
     return [readers.Source.from_table(inputs)]
 
 
@@ -152,7 +153,8 @@ def plan_score(preds, *, targets=None, label: str | None = None, classes: str | 
                max: Sequence[str] = (), min: Sequence[str] = (), ignore: Sequence[str] = (),
                bins_kind: str = "width", ignore_label: str | int | None = None,
                class_weight: str | dict[str, float] | Sequence[float] | None = None,
-               class_weight_file: str | Path | None = None) -> Job:
+               class_weight_file: str | Path | None = None,
+               storage_options: dict | None = None) -> Job:
     """Check the options and open the inputs of a `score` (see score())."""
     settings = Settings(kind=input, eps=eps, tol=tol, renormalize=renormalize, base=str(base),
                         label_smoothing=label_smoothing, bins=bins, top_k=top_k, bins_kind=bins_kind,
@@ -170,9 +172,9 @@ def plan_score(preds, *, targets=None, label: str | None = None, classes: str | 
     if isinstance(preds, (list, tuple)) and len(preds) == 1:
         preds = preds[0]
     gates = parse_gates(max, min, "score", settings)
-    sources = open_inputs(preds)
+    sources = open_inputs(preds, storage_options)
     schema, name = sources[0].schema, sources[0].name
-    target_sources = open_inputs(targets) if targets is not None else []
+    target_sources = open_inputs(targets, storage_options) if targets is not None else []
     pair_key = default_key(key, (schema, name), *((s.schema, s.name) for s in target_sources[:1]))
     reserved = [n for n in schema.names if n.lower().startswith(target_prefix.lower())] if target_prefix else []
     layout = resolve_layout(schema, name, classes=parse_classes(classes) if isinstance(classes, str) else classes,
@@ -200,12 +202,12 @@ def plan_score(preds, *, targets=None, label: str | None = None, classes: str | 
 def plan_kl(p, q, *, classes: str | list[str] | None = None, probs: str | None = None, key: str | None = None,
             input: str = "probs", eps: float = losses.EPS, tol: float = 1e-4, renormalize: bool = False,
             base: str = "e", symmetric: bool = False, max: Sequence[str] = (), min: Sequence[str] = (),
-            ignore: Sequence[str] = ()) -> Job:
+            ignore: Sequence[str] = (), storage_options: dict | None = None) -> Job:
     """Check the options and open the inputs of a `kl` (see kl())."""
     settings = Settings(kind=input, eps=eps, tol=tol, renormalize=renormalize, base=str(base), symmetric=symmetric)
     check_stdin_once(p, q)
     gates = parse_gates(max, min, "kl", settings)
-    p_sources, q_sources = open_inputs(p), open_inputs(q)
+    p_sources, q_sources = open_inputs(p, storage_options), open_inputs(q, storage_options)
     p_schema, q_schema = p_sources[0].schema, q_sources[0].schema
     pair_key = default_key(key, (q_schema, q_sources[0].name), (p_schema, p_sources[0].name))
     class_list = parse_classes(classes) if isinstance(classes, str) else classes
