@@ -45,7 +45,7 @@ FORMAT = "nllstate"
 FORMAT_VERSION = 1
 SUFFIX = ".nllstate"
 MAX_STATE_BYTES = 1 << 30  # a state file larger than this is not one nll wrote for a sane job
-_INTEGER_FIELDS = ("rows", "clipped", "clipped_zero", "reverse_zero")
+_INTEGER_FIELDS = ("rows", "clipped", "clipped_zero", "reverse_zero", "ignored")
 _INTEGER_ARRAYS = ("class_rows",)
 
 
@@ -255,7 +255,8 @@ def _array(value, name: str, field_: str, shape: tuple[int, ...], integer: bool 
 
 
 def _summary(doc, name: str, where: str, names: tuple[str, ...], n_classes: int, n_bins: int) -> Summary:
-    from .summary import LOSS_EDGES
+    from .losses import FINE_BINS
+    from .summary import CLASS_BIN_SUMS, CLASS_TOTALS, LOSS_EDGES
 
     if not isinstance(doc, dict):
         raise InputError(name, f"not a valid state file: {where} is not an object")
@@ -265,6 +266,10 @@ def _summary(doc, name: str, where: str, names: tuple[str, ...], n_classes: int,
     shapes = {"sums": (m,), "class_rows": (k,), "class_weight": (k,), "class_sums": (k, m), "class_correct": (k,),
               "bin_weight": (n_bins,), "bin_confidence": (n_bins,), "bin_correct": (n_bins,),
               "loss_histogram": (len(LOSS_EDGES),)}
+    # Sums kept only when asked for (calibration, classwise bins): an empty array when not kept.
+    optional = {"bin_weight_sq": (n_bins,), "fine_weight": (FINE_BINS,), "fine_weight_sq": (FINE_BINS,),
+                "fine_confidence": (FINE_BINS,), "fine_correct": (FINE_BINS,),
+                "class_bins": (len(CLASS_BIN_SUMS), k, n_bins), "class_totals": (len(CLASS_TOTALS), k)}
     values: dict[str, Any] = {"names": names, "n_classes": n_classes}
     for f in dataclasses.fields(Summary):
         if f.name in values:
@@ -274,6 +279,8 @@ def _summary(doc, name: str, where: str, names: tuple[str, ...], n_classes: int,
         raw = doc[f.name]
         if f.name in shapes:
             values[f.name] = _array(raw, name, f"{where}.{f.name}", shapes[f.name], f.name in _INTEGER_ARRAYS)
+        elif f.name in optional:
+            values[f.name] = _array(raw, name, f"{where}.{f.name}", optional[f.name] if raw else (0,))
         elif f.name in _INTEGER_FIELDS:
             if not isinstance(raw, int) or isinstance(raw, bool) or raw < 0:
                 raise InputError(name, f"not a valid state file: {where}.{f.name} is not a count")
