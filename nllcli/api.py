@@ -12,6 +12,7 @@ from pathlib import Path
 
 from . import losses
 from .engine import Progress, run
+from .errors import UsageError
 from .plan import Job, plan_kl, plan_score, say_notes
 from .report import Report, build_report
 from .sinks import check_per_sample_target, per_sample_sink
@@ -27,7 +28,9 @@ def score(preds: PathOrData, *, targets: PathOrData | None = None, label: str | 
           target_prefix: str | None = None, target_probs: str | None = None,
           label_smoothing: float | None = None, bins: int = 15, top_k: int | None = None,
           by: Sequence[str] = (), worst: int = 0, max: Sequence[str] = (), min: Sequence[str] = (),
-          per_sample: str | Path | None = None, progress: Progress | None = None) -> Report:
+          per_sample: str | Path | None = None, progress: Progress | None = None,
+          engine: str = "local", scheduler: str | None = None, scheduler_file: str | None = None,
+          workers: int | None = None, partition_size: int | str | None = None) -> Report:
     """Score predictions against hard labels or soft targets (`nll score`).
 
     targets: a file of target distributions, paired by ``key`` or by position; target_prefix:
@@ -39,6 +42,11 @@ def score(preds: PathOrData, *, targets: PathOrData | None = None, label: str | 
     likeliest classes); by: group columns; worst: list the N largest losses. per_sample: a .csv or
     .parquet file (or '-') of one row per sample, written atomically. progress(rows, bytes) is
     called after each batch.
+
+    engine: "local" (this process) or "dask": the same numbers, computed on a Dask cluster at
+    ``scheduler`` (an address; else $DASK_SCHEDULER_ADDRESS) or ``scheduler_file``, or on a local
+    cluster of ``workers`` processes started for the run; partition_size: bytes of input a
+    partition holds (64MB). With dask, per_sample names a directory of Parquet parts.
     """
     check_per_sample_target(per_sample, preds, targets)
     job = plan_score(preds, targets=targets, label=label, classes=classes, probs=probs, key=key, weight=weight,
@@ -46,26 +54,54 @@ def score(preds: PathOrData, *, targets: PathOrData | None = None, label: str | 
                      base=base,
                      target_prefix=target_prefix, target_probs=target_probs, label_smoothing=label_smoothing,
                      bins=bins, top_k=top_k, by=by, worst=worst, max=max, min=min)
-    return _run_and_report(job, per_sample, progress)
+    return _run_and_report(job, per_sample, progress, _engine(engine, scheduler=scheduler,
+                                                               scheduler_file=scheduler_file, workers=workers,
+                                                               partition_size=partition_size))
 
 
 def kl(p: PathOrData, q: PathOrData, *, classes: str | list[str] | None = None, probs: str | None = None,
        key: str | None = None, input: str = "probs", eps: float = losses.EPS, tol: float = 1e-4,
        renormalize: bool = False, base: str = "e", symmetric: bool = False, max: Sequence[str] = (),
        min: Sequence[str] = (), ignore: Sequence[str] = (), per_sample: str | Path | None = None,
-       progress: Progress | None = None) -> Report:
+       progress: Progress | None = None, engine: str = "local", scheduler: str | None = None,
+       scheduler_file: str | None = None, workers: int | None = None,
+       partition_size: int | str | None = None) -> Report:
     """KL(P || Q) per row pair (`nll kl`): P the reference distribution, Q the model (clipped by ``eps``).
 
     Rows pair by ``key`` (default id, when both have it), else by position. symmetric: also
-    KL(Q || P) and the Jensen-Shannon divergence. The other options are those of score().
+    KL(Q || P) and the Jensen-Shannon divergence. The other options (engine ones too) are those
+    of score().
     """
     check_per_sample_target(per_sample, p, q)
     job = plan_kl(p, q, classes=classes, probs=probs, key=key, input=input, eps=eps, tol=tol,
                   renormalize=renormalize, base=base, symmetric=symmetric, max=max, min=min, ignore=ignore)
-    return _run_and_report(job, per_sample, progress)
+    return _run_and_report(job, per_sample, progress, _engine(engine, scheduler=scheduler,
+                                                               scheduler_file=scheduler_file, workers=workers,
+                                                               partition_size=partition_size))
 
 
-def _run_and_report(job: Job, per_sample, progress: Progress | None) -> Report:
+def _engine(engine: str, **options):
+    """None for the local engine, else the checked DaskOptions."""
+    if engine == "local":
+        if any(v is not None for v in options.values()):
+            given = ", ".join("--" + k.replace("_", "-") for k, v in options.items() if v is not None)
+            raise UsageError(f"{given}: only with --engine dask")
+        return None
+    if engine != "dask":
+        raise UsageError(f"--engine {engine!r}: choose local or dask")
+    from .engine_dask import DaskOptions
+
+    return DaskOptions.of(**options)
+
+
+def _run_and_report(job: Job, per_sample, progress: Progress | None, dask=None) -> Report:
+    if dask is not None:
+        from .engine_dask import run_dask
+
+        report = build_report(job, run_dask(job, dask, per_sample, progress))
+        if job.command == "score":
+            say_notes(job)
+        return report
     with per_sample_sink(job, per_sample) as sink:
         report = build_report(job, run(job, sink, progress))
     if job.command == "score":

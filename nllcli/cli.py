@@ -24,6 +24,7 @@ from .errors import (
     EXIT_SIGNAL_BASE,
     NllError,
     Terminated,
+    UsageError,
     environment_fault,
     visible,
     without_trailing_spaces,
@@ -160,6 +161,25 @@ Min = Annotated[Optional[list[str]], typer.Option("--min", metavar="METRIC=VALUE
                                                   help="Exit 1 if METRIC is below VALUE (repeatable).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Hide the progress bar.")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show the traceback of an error.")]
+
+
+class Engine(str, Enum):
+    local = "local"
+    dask = "dask"
+
+
+EngineOpt = Annotated[Engine, typer.Option("--engine", metavar="local|dask", help="Score in this process, or on "
+                                           "a Dask cluster (pip install 'nllcli\\[dask]'): the same numbers.")]
+Scheduler = Annotated[Optional[str], typer.Option("--scheduler", metavar="ADDRESS", help="The Dask scheduler, "
+                                                  "as tcp://host:8786.",
+                                                  show_default="$DASK_SCHEDULER_ADDRESS, else a local cluster")]
+SchedulerFile = Annotated[Optional[str], typer.Option("--scheduler-file", metavar="FILE", help="The Dask "
+                                                      "scheduler's JSON file (dask scheduler --scheduler-file).")]
+Workers = Annotated[Optional[int], typer.Option("--workers", metavar="N", help="Worker processes of the local "
+                                                "Dask cluster started for the run.", show_default="one per CPU")]
+PartitionSize = Annotated[Optional[str], typer.Option("--partition-size", metavar="SIZE", help="Input bytes per "
+                                                      "Dask partition: a Parquet run of row groups or a CSV byte "
+                                                      "range.", show_default="64MB")]
 
 # The common calls, shown at the end of each command's --help; each one runs as it is in sample_data/.
 EXAMPLES = {
@@ -404,6 +424,11 @@ def score(
     min: Min = None,
     quiet: Quiet = False,
     debug: Debug = False,
+    engine: EngineOpt = Engine.local,
+    scheduler: Scheduler = None,
+    scheduler_file: SchedulerFile = None,
+    workers: Workers = None,
+    partition_size: PartitionSize = None,
 ) -> None:
     """Mean and per-sample NLL against hard labels, or cross-entropy, entropy and KL against soft targets.
 
@@ -415,7 +440,9 @@ def score(
                            weight=weight, ignore=ignore or (), positive=positive, input=input.value, eps=eps, tol=tol,
                            renormalize=renormalize, base=base.value, target_prefix=target_prefix,
                            label_smoothing=label_smoothing, bins=bins, top_k=top_k, by=by or (), worst=worst,
-                           max=max or (), min=min or (), per_sample=per_sample, quiet=quiet)
+                           max=max or (), min=min or (), per_sample=per_sample, quiet=quiet,
+                           engine=engine.value, scheduler=scheduler, scheduler_file=scheduler_file,
+                           workers=workers, partition_size=partition_size)
     _finish(report, format, per_sample)
 
 
@@ -464,9 +491,21 @@ def _compare(base_file: str, new_file: str, format: Format, quiet: bool, **optio
     _prepare_process()
     from .comparison import compare
 
+    _local_compare(options)
     with _ProgressBar(quiet, _total_bytes([base_file, new_file])) as progress:
         report = compare(base_file, new_file, progress=progress, **_plain(options))
     _finish(report, format, None)
+
+
+def _local_compare(options: dict) -> None:
+    """compare runs on the local engine: its bootstrap draws rows in order (see README "A Dask cluster")."""
+    engine = options.pop("engine", Engine.local)
+    given = [options.pop(k, None) for k in ("scheduler", "scheduler_file", "workers", "partition_size")]
+    if engine == Engine.dask:
+        raise UsageError("compare --engine dask: not available yet (its intervals need the partition-independent "
+                         "Poisson bootstrap); run compare with the local engine")
+    if any(v is not None for v in given):
+        raise UsageError("--scheduler, --scheduler-file, --workers and --partition-size: only with --engine dask")
 
 
 def _derived_command(name: str, implementation, drop: set[str], front=(), back=()) -> None:
@@ -517,6 +556,11 @@ def kl(
     min: Min = None,
     quiet: Quiet = False,
     debug: Debug = False,
+    engine: EngineOpt = Engine.local,
+    scheduler: Scheduler = None,
+    scheduler_file: SchedulerFile = None,
+    workers: Workers = None,
+    partition_size: PartitionSize = None,
 ) -> None:
     """KL(P || Q) per row pair and on average, with cross-entropy H(P, Q) and entropy H(P).
 
@@ -528,7 +572,9 @@ def kl(
     with _ProgressBar(quiet, _total_bytes([p, q])) as progress:
         report = api.kl(p, q, classes=classes, probs=probs, key=key, input=input.value, eps=eps, tol=tol,
                         renormalize=renormalize, base=base.value, symmetric=symmetric, max=max or (),
-                        min=min or (), per_sample=per_sample, progress=progress, ignore=ignore or ())
+                        min=min or (), per_sample=per_sample, progress=progress, ignore=ignore or (),
+                        engine=engine.value, scheduler=scheduler, scheduler_file=scheduler_file, workers=workers,
+                        partition_size=partition_size)
     _finish(report, format, per_sample)
 
 

@@ -271,6 +271,11 @@ def run(job: Job, sink: Sink | None = None, progress: Progress | None = None) ->
                 sink(scored)
             if progress is not None:
                 progress(part.first_index + scored.rows, part.chunk.bytes_read)
+    return check_state(job, state)
+
+
+def check_state(job: Job, state: State) -> State:
+    """The State of a whole run, refused when it holds nothing to average."""
     if state.rows == 0:
         raise InputError(", ".join(s.name for s in job.sources), "no data rows")
     if state.summary.weight <= 0:
