@@ -42,6 +42,7 @@ from .summary import State
 
 PARTITION_BYTES = 64 << 20  # bytes of input a partition holds, about
 FAN_IN = 8  # States added by one task of the reduction tree
+MAX_BUCKETS = 64  # hash buckets of a join by key: a bucket holds 1/64 of the targets, at most
 CONNECT_TIMEOUT = "10s"
 INSTALL = "pip install 'nllcli[dask]'"
 
@@ -118,7 +119,7 @@ def dask_client(options: DaskOptions) -> Iterator[Any]:
     try:
         cluster = distributed.LocalCluster(n_workers=options.workers or os.cpu_count() or 1, threads_per_worker=1,
                                            processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0",
-                                           local_directory=scratch, silence_logs=logging.ERROR)
+                                           local_directory=scratch, silence_logs=logging.CRITICAL)
         client = distributed.Client(cluster, timeout=CONNECT_TIMEOUT, set_as_default=False)
         _check_workers(client, "the local cluster")
         yield client
@@ -522,7 +523,7 @@ def _key_targets(client, job: Job, job_future, pieces: list[Piece], t_pieces: li
     keys missing or repeated raise, as the local engine's KeyIndex would."""
     from .pairing import KeyProblems
 
-    buckets = max(1, len(pieces), len(t_pieces))
+    buckets = min(MAX_BUCKETS, max(1, len(pieces), len(t_pieces)))
     p_split = [client.submit(split_keys, job_future, p, buckets, None, p.batch, pure=False) for p in pieces]
     t_split = [client.submit(split_keys, job_future, t, buckets, t_layout, t.batch, pure=False) for t in t_pieces]
     for t in t_pieces:
