@@ -115,17 +115,18 @@ def dask_client(options: DaskOptions) -> Iterator[Any]:
     import logging
 
     scratch = tempfile.mkdtemp(prefix="nll-dask-")
-    cluster = client = None
+    cluster: Any = None
+    local_client: Any = None
     try:
         cluster = distributed.LocalCluster(n_workers=options.workers or os.cpu_count() or 1, threads_per_worker=1,
                                            processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0",
                                            local_directory=scratch, silence_logs=logging.CRITICAL)
-        client = distributed.Client(cluster, timeout=CONNECT_TIMEOUT, set_as_default=False)
-        _check_workers(client, "the local cluster")
-        yield client
+        local_client = distributed.Client(cluster, timeout=CONNECT_TIMEOUT, set_as_default=False)
+        _check_workers(local_client, "the local cluster")
+        yield local_client
     finally:
-        if client is not None:
-            client.close()
+        if local_client is not None:
+            local_client.close()
         if cluster is not None:
             cluster.close()
         shutil.rmtree(scratch, ignore_errors=True)
@@ -435,13 +436,14 @@ def _split_keys(job: Job, piece: Piece, buckets: int, t_layout, whole_file: bool
 
     from .engine import Scorer
 
+    types: dict
     if t_layout is None:
-        key, schema = job.pair_key, job.sources[0].schema
-        types = job.layout.types(schema)
-        columns, types = [key], {key: types[key]} if key in types else {}
+        key = job.pair_key or ""
+        all_types = job.layout.types(job.sources[0].schema)
+        columns, types = [key], {key: all_types[key]} if key in all_types else {}
     else:
-        key, schema = t_layout.key, job.target_sources[0].schema
-        columns, types = t_layout.columns, t_layout.types(schema)
+        key = t_layout.key or ""
+        columns, types = t_layout.columns, t_layout.types(job.target_sources[0].schema)
     scorer = Scorer(job)
     keys, rows = [], []
     for chunk in read_piece(piece, columns, types, whole_file):
@@ -537,7 +539,7 @@ def _key_targets(client, job: Job, job_future, pieces: list[Piece], t_pieces: li
         joined.append(client.submit(join_bucket, preds, targets, pure=False))
     problems = functools.reduce(lambda a, b: a + b, client.gather([client.submit(_problems_of, j, pure=False)
                                                                    for j in joined]), KeyProblems())
-    problems.check(job.sources[0].name, job.target_sources[0].name, t_layout.key or job.pair_key)
+    problems.check(job.sources[0].name, job.target_sources[0].name, t_layout.key or job.pair_key or "")
     return [[client.submit(_matched_of, j, part, pure=False) for j in joined] for part in range(len(pieces))]
 
 
