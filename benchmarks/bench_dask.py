@@ -111,13 +111,14 @@ def run(cache: Path, rows: int) -> dict:
 
 
 def show(result: dict) -> None:
-    print(f"\n-- Dask, {result['rows']:,} rows in {result['files']} Parquet files ({result['bytes'] / 1e6:.0f} MB)")
-    print(f"  local engine                         {result['local_wall_s']:7.2f} s   peak RSS {result['local_rss_mb']:.0f} MB")
-    print(f"  2-worker LocalCluster (running)      {result['dask_wall_s']:7.2f} s   x{result['dask_over_local']:.2f} "
-          f"of local; worker peak RSS {result['dask_worker_peak_rss_mb']} MB, client {result['dask_client_rss_mb']:.0f} MB")
-    print(f"  --workers 2 (own cluster, start+stop) {result['dask_own_cluster_wall_s']:6.2f} s   "
-          f"(a cluster starts in {result['cluster_start_s']:.1f} s)")
-    print(f"  largest relative difference local vs Dask: {result['largest_relative_difference']:.2e}")
+    r = result
+    print(f"\n-- Dask, {r['rows']:,} rows in {r['files']} Parquet files ({r['bytes'] / 1e6:.0f} MB)")
+    print(f"  local engine                          {r['local_wall_s']:7.2f} s   peak RSS {r['local_rss_mb']:.0f} MB")
+    print(f"  2-worker LocalCluster (running)       {r['dask_wall_s']:7.2f} s   x{r['dask_over_local']:.2f} of local; "
+          f"worker peak RSS {r['dask_worker_peak_rss_mb']} MB, client {r['dask_client_rss_mb']:.0f} MB")
+    print(f"  --workers 2 (own cluster, start+stop) {r['dask_own_cluster_wall_s']:7.2f} s   "
+          f"(a cluster starts in {r['cluster_start_s']:.1f} s)")
+    print(f"  largest relative difference local vs Dask: {r['largest_relative_difference']:.2e}")
 
 
 def main() -> int:
