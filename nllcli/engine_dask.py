@@ -44,6 +44,7 @@ PARTITION_BYTES = 64 << 20  # bytes of input a partition holds, about
 FAN_IN = 8  # States added by one task of the reduction tree
 MAX_BUCKETS = 64  # hash buckets of a join by key: a bucket holds 1/64 of the targets, at most
 CONNECT_TIMEOUT = "10s"
+SILENT = 100  # the log level of a cluster nll starts: above CRITICAL (its errors reach the user as nll's one line)
 INSTALL = "pip install 'nllcli[dask]'"
 
 
@@ -112,15 +113,15 @@ def dask_client(options: DaskOptions) -> Iterator[Any]:
         finally:
             client.close()
         return
-    import logging
-
     scratch = tempfile.mkdtemp(prefix="nll-dask-")
     cluster: Any = None
     local_client: Any = None
     try:
-        cluster = distributed.LocalCluster(n_workers=options.workers or os.cpu_count() or 1, threads_per_worker=1,
-                                           processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0",
-                                           local_directory=scratch, silence_logs=logging.CRITICAL)
+        with _workers_ignore_ctrl_c():
+            cluster = distributed.LocalCluster(n_workers=options.workers or os.cpu_count() or 1,
+                                               threads_per_worker=1, processes=True, host="127.0.0.1",
+                                               dashboard_address="127.0.0.1:0", local_directory=scratch,
+                                               silence_logs=SILENT)
         local_client = distributed.Client(cluster, timeout=CONNECT_TIMEOUT, set_as_default=False)
         _check_workers(local_client, "the local cluster")
         yield local_client
@@ -130,6 +131,24 @@ def dask_client(options: DaskOptions) -> Iterator[Any]:
         if cluster is not None:
             cluster.close()
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _workers_ignore_ctrl_c() -> Iterator[None]:
+    """Start worker processes with SIGINT blocked (a mask they inherit): Ctrl-C on a terminal
+    reaches the whole process group, and each worker would print a traceback. Here the signal
+    waits until the cluster is up, then nll stops on it and closes the cluster, which ends them."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _check_workers(client, where: str) -> None:
@@ -646,7 +665,7 @@ def _run(client, job: Job, options: DaskOptions, scratch: Path | None, progress)
 
         rows = size = 0
         sizes = {f.key: (p.rows, p.size) for f, p in zip(futures, pieces)}
-        for done in as_completed(futures):
+        for done in as_completed(futures, loop=client.loop):
             r, s = sizes[done.key]
             rows, size = rows + r, size + s
             progress(rows, size)
