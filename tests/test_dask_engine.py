@@ -249,6 +249,15 @@ def test_failed_run_leaves_no_per_sample_directory(dask_client, tmp_path):  # no
     assert not [p for p in tmp_path.iterdir() if "out" in p.name]
 
 
+def test_progress_counts_every_row_and_byte(dask_client, tmp_path):  # noqa: F811
+    paths = parquet_files(tmp_path, frame(19, 400), 4, 1)
+    seen = []
+    run_dask(plan_score(paths), DaskOptions(partition_bytes=1), progress=lambda r, b: seen.append((r, b)),
+             client=dask_client)
+    assert len(seen) == 4 and seen == sorted(seen)
+    assert seen[-1][0] == 400 and seen[-1][1] > 0
+
+
 def test_in_memory_table_is_sent_in_batches(dask_client):  # noqa: F811
     df = frame(14, 300)
     local, dask, _ = reports(dask_client, plan_score, df, by=["camera"], worst=3)
