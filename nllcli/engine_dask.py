@@ -545,10 +545,10 @@ def _key_targets(client, job: Job, job_future, pieces: list[Piece], t_pieces: li
     from .pairing import KeyProblems
 
     buckets = min(MAX_BUCKETS, max(1, len(pieces), len(t_pieces)))
-    p_split = [client.submit(split_keys, job_future, p, buckets, None, p.batch, pure=False) for p in pieces]
-    t_split = [client.submit(split_keys, job_future, t, buckets, t_layout, t.batch, pure=False) for t in t_pieces]
-    for t in t_pieces:
-        t.batch = None
+    p_split = [client.submit(split_keys, job_future, _without_batch(p), buckets, None, p.batch, pure=False)
+               for p in pieces]
+    t_split = [client.submit(split_keys, job_future, _without_batch(t), buckets, t_layout, t.batch, pure=False)
+               for t in t_pieces]
 
     _first_error([*t_split, *p_split])
     joined = []
@@ -656,9 +656,8 @@ def _run(client, job: Job, options: DaskOptions, scratch: Path | None, progress)
     futures = []
     for i, piece in enumerate(pieces):
         part = str(scratch / f"part-{i:05d}.parquet") if scratch is not None else None
-        futures.append(client.submit(score_piece, job_future, piece, targets[i] if targets else None, part,
-                                     piece.batch, pure=False))
-        piece.batch = None  # the client keeps no rows
+        futures.append(client.submit(score_piece, job_future, _without_batch(piece),
+                                     targets[i] if targets else None, part, piece.batch, pure=False))
     total = _tree_sum(client, futures)
     if progress is not None:
         from distributed import as_completed
@@ -685,6 +684,12 @@ def _pieces(client, sources: list, layout, options: DaskOptions, split: bool = T
                             size=chunk.batch.nbytes, batch=client.scatter(chunk.batch, hash=False)))
         index += n
     return pieces
+
+
+def _without_batch(piece: Piece) -> Piece:
+    """The piece as a task receives it: its batch (a future) goes as an argument of its own, which
+    Dask replaces by the rows; a future inside a dataclass would travel as a future."""
+    return dataclasses.replace(piece, batch=None)
 
 
 def _portable_job(job: Job) -> Job:

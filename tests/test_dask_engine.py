@@ -264,6 +264,17 @@ def test_in_memory_table_is_sent_in_batches(dask_client):  # noqa: F811
     assert_same(dask, local)
 
 
+def test_in_memory_tables_pair_by_key(dask_client):  # noqa: F811
+    df = frame(20, 400)
+    targets = soft_targets(df, 4)
+    local, dask, _ = reports(dask_client, plan_score, df, targets=targets, worst=3)
+    assert_same(dask, local)
+    assert dask["metrics"]["kl"] > 0
+    q = df[[f"p_{c}" for c in CLASSES]].rename(columns=lambda c: c.removeprefix("p_"))
+    local, dask, _ = reports(dask_client, plan_kl, targets.drop(columns="id"), q, symmetric=True)  # by position
+    assert_same(dask, local)
+
+
 def test_cli_against_a_running_scheduler(dask_client, run, tmp_path):  # noqa: F811
     path = tmp_path / "preds.csv"
     frame(15, 500).to_csv(path)
