@@ -2,6 +2,7 @@
 
     python benchmarks/bench.py            everything: 2M and 10M rows, 3 repeats
     python benchmarks/bench.py --quick    no 10M files, 1 repeat
+    python benchmarks/bench.py --dask     only the Dask step (bench_dask.py: 10M rows, 1M with --quick)
 
 Data is cached in $NLL_BENCH_DIR (default ~/.cache/nll-bench) and only generated when missing.
 Every measured command runs in a fresh process under _measure.py, which reports its wall time
@@ -299,9 +300,14 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="skip the 10M-row files and use 1 repeat")
     parser.add_argument("--repeats", type=int, help="repeats per command (default 3, or 1 with --quick)")
     parser.add_argument("--regen", action="store_true", help="regenerate the data even if cached")
+    parser.add_argument("--dask", action="store_true", help="only the Dask step: local engine vs a 2-worker "
+                        "LocalCluster on 20 Parquet files")
+    parser.add_argument("--no-dask", action="store_true", help="skip the Dask step")
     args = parser.parse_args()
     repeats = args.repeats or (1 if args.quick else 3)
     cache = Path(os.environ.get("NLL_BENCH_DIR") or Path.home() / ".cache" / "nll-bench").expanduser()
+    if args.dask:
+        return _dask_step(cache, args.quick)
 
     start = time.perf_counter()
     generation = _datagen.ensure(cache, with_10m=not args.quick, regen=args.regen)
@@ -325,10 +331,24 @@ def main() -> int:
     }
     (cache / "last_run.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nresults written to {cache / 'last_run.json'}")
+    if not args.no_dask:
+        _dask_step(cache, args.quick)
     broken = [b.label for b in benches if not b.nll_row and not b.result.get("ok")]
     if broken:
         print(f"harness problem: reference command(s) failed: {', '.join(broken)}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _dask_step(cache: Path, quick: bool) -> int:
+    """Local engine vs a 2-worker LocalCluster (bench_dask.py); results in last_dask_run.json."""
+    import bench_dask
+
+    cache.mkdir(parents=True, exist_ok=True)
+    result = bench_dask.run(cache, 1_000_000 if quick else 10_000_000)
+    bench_dask.show(result)
+    (cache / "last_dask_run.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nDask results written to {cache / 'last_dask_run.json'}")
     return 0
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from . import losses
 from .engine import Progress, run
+from .errors import UsageError
 from .plan import Job, parse_gates, plan_kl, plan_score, say_notes
 from .report import Report, build_report
 from .sinks import check_per_sample_target, per_sample_sink
@@ -34,7 +35,9 @@ def score(preds: PathOrData, *, targets: PathOrData | None = None, label: str | 
           per_sample: str | Path | None = None, progress: Progress | None = None, bins_kind: str = "width",
           ignore_label: str | int | None = None, class_weight: str | dict[str, float] | Sequence[float] | None = None,
           class_weight_file: str | Path | None = None, save_state: str | Path | None = None,
-          storage_options: dict | None = None) -> Report:
+          storage_options: dict | None = None,
+          engine: str = "local", scheduler: str | None = None, scheduler_file: str | None = None,
+          workers: int | None = None, partition_size: int | str | None = None) -> Report:
     """Score predictions against hard labels or soft targets (`nll score`).
 
     targets: a file of target distributions, paired by ``key`` or by position; target_prefix:
@@ -53,6 +56,11 @@ def score(preds: PathOrData, *, targets: PathOrData | None = None, label: str | 
     save_state: also write the run's State to this .nllstate file (see
     merge()). storage_options: options of the remote file system for s3://, gs://, az://, http(s)://
     inputs (fsspec's, e.g. {"endpoint_url": ..., "anon": True}).
+
+    engine: "local" (this process) or "dask": the same numbers, computed on a Dask cluster at
+    ``scheduler`` (an address; else $DASK_SCHEDULER_ADDRESS) or ``scheduler_file``, or on a local
+    cluster of ``workers`` processes started for the run; partition_size: bytes of input a
+    partition holds (64MB). With dask, per_sample names a directory of Parquet parts.
     """
     check_per_sample_target(per_sample, preds, targets)
     check_state_target(save_state, preds, targets)
@@ -63,7 +71,9 @@ def score(preds: PathOrData, *, targets: PathOrData | None = None, label: str | 
                      bins=bins, top_k=top_k, by=by, worst=worst, max=max, min=min, bins_kind=bins_kind,
                      ignore_label=ignore_label, class_weight=class_weight, class_weight_file=class_weight_file,
                      storage_options=storage_options)
-    return _run_and_report(job, per_sample, progress, save_state, storage_options)
+    dask = _engine(engine, scheduler=scheduler, scheduler_file=scheduler_file, workers=workers,
+                   partition_size=partition_size)
+    return _run_and_report(job, per_sample, progress, save_state, storage_options, dask)
 
 
 def kl(p: PathOrData, q: PathOrData, *, classes: str | list[str] | None = None, probs: str | None = None,
@@ -71,27 +81,52 @@ def kl(p: PathOrData, q: PathOrData, *, classes: str | list[str] | None = None, 
        renormalize: bool = False, base: str = "e", symmetric: bool = False, max: Sequence[str] = (),
        min: Sequence[str] = (), ignore: Sequence[str] = (), per_sample: str | Path | None = None,
        progress: Progress | None = None, save_state: str | Path | None = None,
-       storage_options: dict | None = None) -> Report:
+       storage_options: dict | None = None, engine: str = "local",
+       scheduler: str | None = None, scheduler_file: str | None = None, workers: int | None = None,
+       partition_size: int | str | None = None) -> Report:
     """KL(P || Q) per row pair (`nll kl`): P the reference distribution, Q the model (clipped by ``eps``).
 
     Rows pair by ``key`` (default id, when both have it), else by position. symmetric: also
-    KL(Q || P) and the Jensen-Shannon divergence. The other options are those of score().
+    KL(Q || P) and the Jensen-Shannon divergence. The other options (engine ones too) are those
+    of score().
     """
     check_per_sample_target(per_sample, p, q)
     check_state_target(save_state, p, q)
     job = plan_kl(p, q, classes=classes, probs=probs, key=key, input=input, eps=eps, tol=tol,
                   renormalize=renormalize, base=base, symmetric=symmetric, max=max, min=min, ignore=ignore,
                   storage_options=storage_options)
-    return _run_and_report(job, per_sample, progress, save_state, storage_options)
+    dask = _engine(engine, scheduler=scheduler, scheduler_file=scheduler_file, workers=workers,
+                   partition_size=partition_size)
+    return _run_and_report(job, per_sample, progress, save_state, storage_options, dask)
+
+
+def _engine(engine: str, **options):
+    """None for the local engine, else the checked DaskOptions."""
+    if engine == "local":
+        if any(v is not None for v in options.values()):
+            given = ", ".join("--" + k.replace("_", "-") for k, v in options.items() if v is not None)
+            raise UsageError(f"{given}: only with --engine dask")
+        return None
+    if engine != "dask":
+        raise UsageError(f"--engine {engine!r}: choose local or dask")
+    from .engine_dask import DaskOptions
+
+    return DaskOptions.of(**options)
 
 
 def _run_and_report(job: Job, per_sample, progress: Progress | None, save_state: str | Path | None = None,
-                    storage_options: dict | None = None) -> Report:
-    with per_sample_sink(job, per_sample) as sink:
-        state = run(job, sink, progress)
+                    storage_options: dict | None = None, dask=None) -> Report:
+    if dask is not None:
+        from .engine_dask import run_dask
+
+        state = run_dask(job, dask, per_sample, progress)
         report = build_report(job, state)
-        if save_state is not None:
-            write_state(SavedState(job, state), save_state, storage_options=storage_options)
+    else:
+        with per_sample_sink(job, per_sample) as sink:
+            state = run(job, sink, progress)
+            report = build_report(job, state)
+    if save_state is not None:
+        write_state(SavedState(job, state), save_state, storage_options=storage_options)
     if job.command == "score":
         say_notes(job)
     return report

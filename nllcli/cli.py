@@ -24,6 +24,7 @@ from .errors import (
     EXIT_SIGNAL_BASE,
     NllError,
     Terminated,
+    UsageError,
     environment_fault,
     visible,
     without_trailing_spaces,
@@ -179,6 +180,25 @@ SaveState = Annotated[Optional[str], typer.Option("--save-state", metavar="FILE"
 StorageOption = Annotated[Optional[list[str]], typer.Option(
     "--storage-option", metavar="KEY=VALUE", help="An option of the s3://, gs://, az:// or http(s):// file "
     "system (repeatable; JSON values: anon=true, endpoint_url=http://...). Credentials come from the environment.")]
+
+
+class Engine(str, Enum):
+    local = "local"
+    dask = "dask"
+
+
+EngineOpt = Annotated[Engine, typer.Option("--engine", metavar="local|dask", help="Score in this process, or on "
+                                           "a Dask cluster (pip install 'nllcli\\[dask]'): the same numbers.")]
+Scheduler = Annotated[Optional[str], typer.Option("--scheduler", metavar="ADDRESS", help="The Dask scheduler, "
+                                                  "as tcp://host:8786.",
+                                                  show_default="$DASK_SCHEDULER_ADDRESS, else a local cluster")]
+SchedulerFile = Annotated[Optional[str], typer.Option("--scheduler-file", metavar="FILE", help="The Dask "
+                                                      "scheduler's JSON file (dask scheduler --scheduler-file).")]
+Workers = Annotated[Optional[int], typer.Option("--workers", metavar="N", help="Worker processes of the local "
+                                                "Dask cluster started for the run.", show_default="one per CPU")]
+PartitionSize = Annotated[Optional[str], typer.Option("--partition-size", metavar="SIZE", help="Input bytes per "
+                                                      "Dask partition: a Parquet run of row groups or a CSV byte "
+                                                      "range.", show_default="64MB")]
 
 # The common calls, shown at the end of each command's --help; each one runs as it is in sample_data/.
 EXAMPLES = {
@@ -449,6 +469,11 @@ def score(
                                                              "file with columns class,weight.")] = None,
     save_state: SaveState = None,
     storage_option: StorageOption = None,
+    engine: EngineOpt = Engine.local,
+    scheduler: Scheduler = None,
+    scheduler_file: SchedulerFile = None,
+    workers: Workers = None,
+    partition_size: PartitionSize = None,
 ) -> None:
     """Mean and per-sample NLL against hard labels, or cross-entropy, entropy and KL against soft targets.
 
@@ -466,7 +491,8 @@ def score(
                            max=max or (), min=min or (), per_sample=per_sample, quiet=quiet,
                            bins_kind=bins_kind.value, ignore_label=ignore_label, class_weight=class_weight,
                            class_weight_file=class_weight_file, save_state=save_state,
-                           storage_options=_storage_options(storage_option))
+                           storage_options=_storage_options(storage_option), engine=engine.value, scheduler=scheduler,
+                           scheduler_file=scheduler_file, workers=workers, partition_size=partition_size)
     _finish(report, format, per_sample, report_files, not no_ci_integration)
 
 
@@ -535,9 +561,21 @@ def _compare(base_file: str, new_file: str, format: Format, quiet: bool, report_
         _compare_token_files(base_file, new_file, format, quiet, options)
         return
     report_files = report_targets(report_file or (), [base_file, new_file, options.get("targets")])
+    _local_compare(options)
     with _ProgressBar(quiet, _total_bytes([base_file, new_file])) as progress:
         report = compare(base_file, new_file, progress=progress, **_plain(options))
     _finish(report, format, None, report_files, not no_ci_integration)
+
+
+def _local_compare(options: dict) -> None:
+    """compare runs on the local engine: its bootstrap draws rows in order (see README "A Dask cluster")."""
+    engine = options.pop("engine", Engine.local)
+    given = [options.pop(k, None) for k in ("scheduler", "scheduler_file", "workers", "partition_size")]
+    if engine == Engine.dask:
+        raise UsageError("compare --engine dask: not available yet (its intervals need the partition-independent "
+                         "Poisson bootstrap); run compare with the local engine")
+    if any(v is not None for v in given):
+        raise UsageError("--scheduler, --scheduler-file, --workers and --partition-size: only with --engine dask")
 
 
 def _derived_command(name: str, implementation, drop: set[str], front=(), back=()) -> None:
@@ -592,6 +630,11 @@ def kl(
     no_ci_integration: NoCiIntegration = False,
     save_state: SaveState = None,
     storage_option: StorageOption = None,
+    engine: EngineOpt = Engine.local,
+    scheduler: Scheduler = None,
+    scheduler_file: SchedulerFile = None,
+    workers: Workers = None,
+    partition_size: PartitionSize = None,
 ) -> None:
     """KL(P || Q) per row pair and on average, with cross-entropy H(P, Q) and entropy H(P).
 
@@ -606,7 +649,9 @@ def kl(
         report = api.kl(p, q, classes=classes, probs=probs, key=key, input=input.value, eps=eps, tol=tol,
                         renormalize=renormalize, base=base.value, symmetric=symmetric, max=max or (),
                         min=min or (), per_sample=per_sample, progress=progress, ignore=ignore or (),
-                        save_state=save_state, storage_options=_storage_options(storage_option))
+                        save_state=save_state, storage_options=_storage_options(storage_option), engine=engine.value,
+                        scheduler=scheduler, scheduler_file=scheduler_file, workers=workers,
+                        partition_size=partition_size)
     _finish(report, format, per_sample, report_files, not no_ci_integration)
 
 

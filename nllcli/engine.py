@@ -321,6 +321,11 @@ def run(job: Job, sink: Sink | None = None, progress: Progress | None = None) ->
                 sink(scored)
             if progress is not None:
                 progress(part.first_index + part.chunk.batch.num_rows, part.chunk.bytes_read)
+    return check_state(job, state)
+
+
+def check_state(job: Job, state: State) -> State:
+    """The State of a whole run, refused when it holds nothing to average."""
     if state.rows == 0 and state.overall is not None and state.overall.ignored:
         raise InputError(", ".join(s.name for s in job.sources), f"every row has the label "
                          f"{job.settings.ignore_label!r} of --ignore-label: nothing to score", column=job.layout.label)

@@ -1084,3 +1084,113 @@ class Prefetch:
         self.close(timeout=1.0 if interrupted else None)
 
 
+
+
+# -- partitions of one file, read apart (the Dask engine) ------------------------------------
+
+
+def portable(source: Source) -> Source:
+    """A copy of a file's Source that pickles (no open file, Parquet index or sample), to read a
+    partition of the file in another process."""
+    import dataclasses
+
+    if source.path is None:
+        raise ValueError(f"{source.name}: only a file's source can be read elsewhere")
+    return dataclasses.replace(source, _stdin=None, _parquet=None, _raw=None, _parquet_buffer=None, _table=None,
+                               sample=None, _head=b"")
+
+
+def parquet_row_groups(source: Source, groups: range, columns: list[str],
+                       types: dict[str, pa.DataType]) -> Iterator[pa.RecordBatch]:
+    """The batches of row groups ``groups`` of a Parquet file, as Source.batches reads the file."""
+    try:
+        parquet = source._parquet_file()
+        rows = max(1, min(PARQUET_BATCH_ROWS, PARQUET_BATCH_VALUES // source._values_per_row(parquet, columns)))
+        for batch in parquet.iter_batches(batch_size=rows, row_groups=list(groups), columns=columns):
+            yield _cast(batch, types, source.name)
+    except (pa.ArrowException, OSError) as exc:
+        raise InputError(source.name, f"cannot read Parquet: {_first_line(str(exc))}") from exc
+
+
+def csv_header_end(source: Source) -> int | None:
+    """Bytes of a plain CSV file's header line (its newline included); None when the file cannot be
+    cut at line ends: compressed, not a regular file, no line end, or a quote open at the header's end."""
+    if source.path is None or source.compressed or source.format != "csv":
+        return None
+    try:
+        with open(source.path, "rb") as handle:
+            head = b""
+            while b"\n" not in head and len(head) < HEADER_LIMIT:
+                block = handle.read(CSV_BLOCK_BYTES)
+                if not block:
+                    return None
+                head += block
+    except OSError as exc:
+        raise os_error(source.name, exc) from exc
+    end = head.find(b"\n")
+    if end < 0 or head[:end].count(b'"') % 2:
+        return None
+    return end + 1
+
+
+def csv_cuts(source: Source, start: int, target: int) -> list[int]:
+    """Byte offsets cutting a CSV file's data (from ``start``) into ranges of about ``target``
+    bytes, each at a line end: [start, ..., size]."""
+    size = source.size or os.path.getsize(str(source.path))
+    cuts = [start]
+    try:
+        with open(str(source.path), "rb") as handle:
+            while cuts[-1] + target < size:
+                handle.seek(cuts[-1] + target)
+                scanned = cuts[-1] + target
+                while True:
+                    block = handle.read(1 << 16)
+                    if not block:
+                        cuts.append(size)
+                        return cuts
+                    found = block.find(b"\n")
+                    if found >= 0:
+                        cuts.append(scanned + found + 1)
+                        break
+                    scanned += len(block)
+    except OSError as exc:
+        raise os_error(source.name, exc) from exc
+    if cuts[-1] < size:
+        cuts.append(size)
+    return cuts
+
+
+def read_byte_range(source: Source, start: int, stop: int) -> bytes:
+    try:
+        with open(str(source.path), "rb") as handle:
+            handle.seek(start)
+            return handle.read(stop - start)
+    except OSError as exc:
+        raise os_error(source.name, exc) from exc
+
+
+def csv_range_rows(data: bytes) -> int | None:
+    """Data rows in bytes cut at line ends, as pyarrow counts them (blank lines are no rows); None
+    when the bytes may hold a row that spans lines (a quote) or a lone carriage return."""
+    if b'"' in data or data.count(b"\r") != data.count(b"\r\n"):
+        return None
+    if not data:
+        return 0
+    view = np.frombuffer(data, dtype=np.uint8)
+    ends = np.flatnonzero(view == 10)
+    starts = np.r_[0, ends + 1]
+    lengths = np.r_[ends, len(view)] - starts
+    blank = (lengths == 0) | ((lengths == 1) & (view[np.minimum(starts, len(view) - 1)] == 13))
+    return int(np.count_nonzero(~blank))
+
+
+def csv_range_batches(source: Source, header_end: int, start: int, stop: int, columns: list[str],
+                      types: dict[str, pa.DataType]) -> Iterator[pa.RecordBatch]:
+    """The batches of the rows in bytes [start, stop) of a plain CSV file (cut at line ends), read
+    with the file's header line and options. A failure is left to the caller, which reads the
+    whole file again to name the true row."""
+    data = read_byte_range(source, 0, header_end) + read_byte_range(source, start, stop)
+    reader = pacsv.open_csv(pa.BufferReader(data), **source._csv_options(columns, types))
+    for batch in reader:
+        if batch.num_rows:
+            yield batch
