@@ -27,7 +27,8 @@ def score(preds: PathOrData, *, targets: PathOrData | None = None, label: str | 
           target_prefix: str | None = None, target_probs: str | None = None,
           label_smoothing: float | None = None, bins: int = 15, top_k: int | None = None,
           by: Sequence[str] = (), worst: int = 0, max: Sequence[str] = (), min: Sequence[str] = (),
-          per_sample: str | Path | None = None, progress: Progress | None = None) -> Report:
+          per_sample: str | Path | None = None, progress: Progress | None = None, interval: bool = False,
+          confidence: float = 0.95, resamples: int = 2000, seed: int = 0, gate_on: str = "value") -> Report:
     """Score predictions against hard labels or soft targets (`nll score`).
 
     targets: a file of target distributions, paired by ``key`` or by position; target_prefix:
@@ -38,14 +39,18 @@ def score(preds: PathOrData, *, targets: PathOrData | None = None, label: str | 
     2 or 10. bins: confidence bins for ECE; top_k: also top_k_accuracy (the label among the K
     likeliest classes); by: group columns; worst: list the N largest losses. per_sample: a .csv or
     .parquet file (or '-') of one row per sample, written atomically. progress(rows, bytes) is
-    called after each batch.
+    called after each batch. interval: a Poisson bootstrap percentile interval of every metric
+    (``Report.intervals``, per group too) at ``confidence`` from ``resamples`` resamples seeded by
+    ``seed``; gate_on: what the gates test, "value", "lower" or "upper" (a bound of the interval) or
+    "interval" (fail only when the whole interval is past the threshold); a bound implies interval.
     """
     check_per_sample_target(per_sample, preds, targets)
     job = plan_score(preds, targets=targets, label=label, classes=classes, probs=probs, key=key, weight=weight,
                      ignore=ignore, positive=positive, input=input, eps=eps, tol=tol, renormalize=renormalize,
                      base=base,
                      target_prefix=target_prefix, target_probs=target_probs, label_smoothing=label_smoothing,
-                     bins=bins, top_k=top_k, by=by, worst=worst, max=max, min=min)
+                     bins=bins, top_k=top_k, by=by, worst=worst, max=max, min=min, interval=interval,
+                     confidence=confidence, resamples=resamples, seed=seed, gate_on=gate_on)
     return _run_and_report(job, per_sample, progress)
 
 

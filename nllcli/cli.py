@@ -159,6 +159,27 @@ Max = Annotated[Optional[list[str]], typer.Option("--max", metavar="METRIC=VALUE
 Min = Annotated[Optional[list[str]], typer.Option("--min", metavar="METRIC=VALUE",
                                                   help="Exit 1 if METRIC is below VALUE (repeatable).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Hide the progress bar.")]
+
+
+class BootstrapKind(str, Enum):
+    rows = "rows"
+    poisson = "poisson"
+
+
+class GateOn(str, Enum):
+    value = "value"
+    lower = "lower"
+    upper = "upper"
+    interval = "interval"
+
+
+GateOnOpt = Annotated[GateOn, typer.Option("--gate-on", metavar="value|lower|upper|interval", help="What the "
+                                           "gates test: the value, a bound of its interval, or `interval` (fail "
+                                           "only when the whole interval is past the threshold).")]
+Confidence = Annotated[float, typer.Option("--confidence", metavar="LEVEL", help="The level of the bootstrap "
+                                           "intervals.")]
+Resamples = Annotated[int, typer.Option("--resamples", metavar="N", help="How many bootstrap resamples to draw.")]
+Seed = Annotated[int, typer.Option("--seed", metavar="N", help="The bootstrap seed, so that a run repeats exactly.")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show the traceback of an error.")]
 
 # The common calls, shown at the end of each command's --help; each one runs as it is in sample_data/.
@@ -404,6 +425,12 @@ def score(
     min: Min = None,
     quiet: Quiet = False,
     debug: Debug = False,
+    interval: Annotated[bool, typer.Option("--interval", help="A seeded Poisson bootstrap interval for every "
+                                           "metric, overall and per group.")] = False,
+    confidence: Confidence = 0.95,
+    resamples: Resamples = 2000,
+    seed: Seed = 0,
+    gate_on: GateOnOpt = GateOn.value,
 ) -> None:
     """Mean and per-sample NLL against hard labels, or cross-entropy, entropy and KL against soft targets.
 
@@ -415,7 +442,8 @@ def score(
                            weight=weight, ignore=ignore or (), positive=positive, input=input.value, eps=eps, tol=tol,
                            renormalize=renormalize, base=base.value, target_prefix=target_prefix,
                            label_smoothing=label_smoothing, bins=bins, top_k=top_k, by=by or (), worst=worst,
-                           max=max or (), min=min or (), per_sample=per_sample, quiet=quiet)
+                           max=max or (), min=min or (), per_sample=per_sample, quiet=quiet, interval=interval,
+                           confidence=confidence, resamples=resamples, seed=seed, gate_on=gate_on.value)
     _finish(report, format, per_sample)
 
 
@@ -430,7 +458,8 @@ def _score_report(preds: list[str], *, targets: str | None, quiet: bool, **optio
 
 def _plain(options: dict) -> dict:
     """Option values as the library takes them: enums as their text, absent lists as ()."""
-    return {k: (v.value if isinstance(v, Enum) else () if v is None and k in ("by", "max", "min") else v)
+    lists = ("by", "max", "min", "max_increase", "max_decrease", "min_increase", "min_decrease")
+    return {k: (v.value if isinstance(v, Enum) else () if v is None and k in lists else v)
             for k, v in options.items() if k != "debug"}
 
 
@@ -493,6 +522,9 @@ def _derived_command(name: str, implementation, drop: set[str], front=(), back=(
     app.command(name, cls=PlainHelp, epilog=_epilog(name))(handle_errors(command))
 
 
+_INTERVAL_OPTIONS = ("interval", "confidence", "resamples", "seed")  # compare declares its own
+
+
 @app.command(cls=PlainHelp, epilog=_epilog("kl"))
 @handle_errors
 def kl(
@@ -532,11 +564,11 @@ def kl(
     _finish(report, format, per_sample)
 
 
-_derived_command("plot", _plot, drop={"format", "per_sample", "max", "min"}, front=[(
+_derived_command("plot", _plot, drop={"format", "per_sample", "max", "min", *_INTERVAL_OPTIONS, "gate_on"}, front=[(
     "output", Annotated[str, typer.Option("--output", "-o", metavar="FILE", help="The image to write: "
                                           ".png, .svg or .pdf.",
                                           show_default=False)])])
-_derived_command("compare", _compare, drop={"preds", "per_sample"}, front=[
+_derived_command("compare", _compare, drop={"preds", "per_sample", *_INTERVAL_OPTIONS}, front=[
     ("base_file", Annotated[str, typer.Argument(metavar="BASE", help="Predictions of the model in use.",
                                                 show_default=False)]),
     ("new_file", Annotated[str, typer.Argument(metavar="NEW", help="Predictions of the candidate model.",
@@ -551,6 +583,21 @@ _derived_command("compare", _compare, drop={"preds", "per_sample"}, front=[
     ("fail_if_worse", Annotated[Optional[float], typer.Option(
         "--fail-if-worse", metavar="DELTA", help="Exit 1 when the nll delta and its whole interval are "
         "above DELTA (0: any clear regression).")], None),
+    ("max_increase", Annotated[Optional[list[str]], typer.Option(
+        "--max-increase", metavar="METRIC=X[%]", help="Exit 1 if METRIC rose by more than X (in its units) or "
+        "X% of the base value (repeatable).")], None),
+    ("max_decrease", Annotated[Optional[list[str]], typer.Option(
+        "--max-decrease", metavar="METRIC=X[%]", help="Exit 1 if METRIC fell by more than X or X% "
+        "(accuracy=0.01).")], None),
+    ("min_increase", Annotated[Optional[list[str]], typer.Option(
+        "--min-increase", metavar="METRIC=X[%]", help="Exit 1 unless METRIC rose by at least X or X%.")], None),
+    ("min_decrease", Annotated[Optional[list[str]], typer.Option(
+        "--min-decrease", metavar="METRIC=X[%]", help="Exit 1 unless METRIC fell by at least X or X% "
+        "(nll=1%).")], None),
+    ("bootstrap", Annotated[BootstrapKind, typer.Option(
+        "--bootstrap", metavar="rows|poisson", help="rows: resample rows (strided blocks above 20,000 rows); "
+        "poisson: Poisson(1) row weights seeded by each row's position in BASE, the same for any split of "
+        "the rows.")], BootstrapKind.rows),
 ])
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from . import losses, metrics
 from .columns import Layout, column_not_found, find_column, index_key, parse_classes, resolve_layout, target_layout
 from .errors import InputError, UsageError, visible
-from .report import UNITS, Gate, check_gate_metrics
+from .report import GATE_ON, UNITS, Gate, check_gate_metrics
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -89,6 +89,30 @@ def default_key(explicit: str | None, *schemas) -> str | None:
     return index[0] if not explicit and index[0] is not None and len(set(index)) == 1 else None
 
 
+@dataclass(frozen=True)
+class Interval:
+    """--interval: a Poisson bootstrap of every metric (see bootstrap.py and summary.Replicates).
+
+    ``key``: the column whose hashed values seed each row's weights (compare pairs by it); None:
+    the row's global position.
+    """
+
+    confidence: float = 0.95
+    resamples: int = 2000
+    seed: int = 0
+    key: str | None = None
+
+    def __post_init__(self):
+        check_bootstrap_settings(self.confidence, self.resamples)
+
+
+def check_bootstrap_settings(confidence: float, resamples: int) -> None:
+    if not 0 < confidence < 1:
+        raise UsageError(f"--confidence {confidence:g}: must be between 0 and 1")
+    if resamples < 1:
+        raise UsageError(f"--resamples {resamples}: must be at least 1")
+
+
 @dataclass
 class Job:
     """A resolved command: inputs opened, columns decided, settings checked; no row read yet.
@@ -109,6 +133,7 @@ class Job:
     target_probs: str | None = None
     explicit_classes: bool = False
     worst: int = 0
+    interval: Interval | None = None  # --interval (or a gate on a bound of it)
 
     @property
     def calibration(self) -> bool:
@@ -141,7 +166,9 @@ def plan_score(preds, *, targets=None, label: str | None = None, classes: str | 
                renormalize: bool = False, base: str = "e", target_prefix: str | None = None,
                target_probs: str | None = None, label_smoothing: float | None = None,
                bins: int = 15, top_k: int | None = None, by: Sequence[str] = (), worst: int = 0,
-               max: Sequence[str] = (), min: Sequence[str] = (), ignore: Sequence[str] = ()) -> Job:
+               max: Sequence[str] = (), min: Sequence[str] = (), ignore: Sequence[str] = (),
+               interval: bool = False, confidence: float = 0.95, resamples: int = 2000, seed: int = 0,
+               gate_on: str = "value") -> Job:
     """Check the options and open the inputs of a `score` (see score())."""
     settings = Settings(kind=input, eps=eps, tol=tol, renormalize=renormalize, base=str(base),
                         label_smoothing=label_smoothing, bins=bins, top_k=top_k)
@@ -153,7 +180,9 @@ def plan_score(preds, *, targets=None, label: str | None = None, classes: str | 
     check_stdin_once(preds, targets)
     if isinstance(preds, (list, tuple)) and len(preds) == 1:
         preds = preds[0]
-    gates = parse_gates(max, min, "score", settings)
+    gates = parse_gates(max, min, "score", settings, gate_on)
+    wants_interval = interval or any(g.on != "value" for g in gates)
+    intervals = Interval(confidence, resamples, seed) if wants_interval else None
     sources = open_inputs(preds)
     schema, name = sources[0].schema, sources[0].name
     target_sources = open_inputs(targets) if targets is not None else []
@@ -170,11 +199,11 @@ def plan_score(preds, *, targets=None, label: str | None = None, classes: str | 
     if layout.label is None:
         for gate in gates:
             if metrics.find(gate.metric).needs_label:
-                raise UsageError(f"--{gate.bound} {gate.metric}=...: {gate.metric} needs a label column (--label)")
+                raise UsageError(f"{gate.option} {gate.metric}=...: {gate.metric} needs a label column (--label)")
     same_file_targets = (target_layout(schema, name, layout.class_names, name, prefix=target_prefix)
                          if target_prefix else None)
     return Job("score", settings, soft, gates, sources, target_sources, pair_key, layout, same_file_targets,
-               target_probs, classes is not None, worst)
+               target_probs, classes is not None, worst, interval=intervals)
 
 
 def plan_kl(p, q, *, classes: str | list[str] | None = None, probs: str | None = None, key: str | None = None,
@@ -207,13 +236,19 @@ def say_notes(job: Job) -> None:
         sys.stderr.write(f"nll: {visible(note)}\n")  # names in notes come from the data
 
 
-def parse_gates(max_: Sequence[str], min_: Sequence[str], command: str, settings: Settings) -> list[Gate]:
-    gates = [Gate.parse(t, "max") for t in max_] + [Gate.parse(t, "min") for t in min_]
+def parse_gates(max_: Sequence[str], min_: Sequence[str], command: str, settings: Settings,
+                gate_on: str = "value", changes: dict[str, Sequence[str]] | None = None) -> list[Gate]:
+    """--max / --min gates (and compare's --max-increase ... in ``changes``: bound -> texts), each
+    tested on ``gate_on``: the value, a bound of its interval, or the whole interval."""
+    if gate_on not in GATE_ON:
+        raise UsageError(f"--gate-on {gate_on!r}: choose one of {', '.join(GATE_ON)}")
+    gates = [Gate.parse(t, "max", gate_on) for t in max_] + [Gate.parse(t, "min", gate_on) for t in min_]
+    gates += [Gate.parse(t, bound, gate_on) for bound, texts in (changes or {}).items() for t in texts]
     offered = [m.name for m in metrics.offered(command, settings)]
     for gate in gates:
         metric = metrics.get(gate.metric)
         if gate.metric not in offered and metric is not None and command in metric.commands and metric.option:
-            raise UsageError(f"--{gate.bound} {gate.metric}=...: {gate.metric} needs {metric.option}")
+            raise UsageError(f"{gate.option} {gate.metric}=...: {gate.metric} needs {metric.option}")
     check_gate_metrics(gates, offered)
     return gates
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -209,9 +210,11 @@ class State:
     overall: Summary | None = None
     groups: dict[tuple, Summary] = dataclasses.field(default_factory=dict)
     worst: Worst | None = None
+    replicates: Replicates | None = None  # --interval: bootstrap replicates of the overall Summary
+    group_replicates: dict[tuple, Replicates] = dataclasses.field(default_factory=dict)  # and of each group
 
     def __add__(self, other: "State") -> "State":
-        out = State(self.overall, dict(self.groups), self.worst)
+        out = State(self.overall, dict(self.groups), self.worst, self.replicates, dict(self.group_replicates))
         out += other
         return out
 
@@ -220,6 +223,9 @@ class State:
         for key, part in other.groups.items():
             self.groups[key] = self.groups[key] + part if key in self.groups else part
         self.overall, self.worst = _merge(self.overall, other.overall), _merge(self.worst, other.worst)
+        self.replicates = _merge(self.replicates, other.replicates)
+        for key, part in other.group_replicates.items():
+            self.group_replicates[key] = _merge(self.group_replicates.get(key), part)
         return self
 
     @property
@@ -239,3 +245,128 @@ def _merge(a, b):
     if a is None:
         return b
     return a if b is None else a + b
+
+
+# -- bootstrap replicates ----------------------------------------------------------------------
+
+# Summary fields that replicates carry with a leading resample axis, computed here directly; the
+# counts of clipped values stay those of the point Summary (no metric is finished from them).
+_REPLICATED = ("rows", "weight", "sums", "correct", "class_rows", "class_weight", "class_sums", "class_correct",
+               "bin_weight", "bin_confidence", "bin_correct", "loss_histogram")
+_NOT_REPLICATED = ("clipped", "clipped_zero", "zero_loss", "reverse_zero", "reverse_zero_loss")
+
+
+@dataclass
+class Replicates:
+    """R bootstrap replicates of a Summary: the Summary of the same rows, each weighted by its
+    Poisson(1) resample weight (bootstrap.poisson_weights), for every resample r.
+
+    ``fields`` maps a Summary field to its (R, *shape) values; a field it lacks is the point
+    Summary's. ``Replicates + Replicates`` is the replicates of the rows of both, like Summary.
+    Memory: R x the size of a Summary, whatever the number of rows.
+    """
+
+    fields: dict[str, np.ndarray]
+
+    @property
+    def resamples(self) -> int:
+        return len(self.fields["weight"])
+
+    @classmethod
+    def of_batch(cls, poisson: np.ndarray, values: dict[str, np.ndarray], n_classes: int,
+                 weights: np.ndarray | None = None, labels: np.ndarray | None = None,
+                 correct: np.ndarray | None = None, confidence: np.ndarray | None = None, n_bins: int = 15,
+                 loss: np.ndarray | None = None,
+                 reweighted: Callable[[np.ndarray], Summary] | None = None) -> "Replicates":
+        """Replicates of one batch (the arguments of Summary.of_batch) under ``poisson``, its (n, R)
+        resample weights. Fields of Summary not listed in _REPLICATED come from ``reweighted(w)``,
+        the batch's Summary under row weights w, called once per resample (a metric added to the
+        Summary gets its replicates with no code here, only more slowly)."""
+        n, r = poisson.shape
+        k = n_classes
+        w = np.ones(n) if weights is None else weights
+        hits = correct.astype(np.float64) if correct is not None else np.zeros(n)
+        summed = np.stack([losses.weighted(values[name], w) for name in values], axis=1) if values \
+            else np.zeros((n, 0))
+        m = summed.shape[1]
+        # overall: [rows, weight, sums..., correct]
+        overall = resampled_sums(poisson, np.column_stack([np.ones(n), w, summed, losses.weighted(hits, w)]))
+        fields = {"rows": overall[:, 0], "weight": overall[:, 1], "sums": overall[:, 2:2 + m],
+                  "correct": overall[:, 2 + m] if labels is not None else np.zeros(r)}
+        if labels is not None:
+            per_class = _grouped(poisson, labels, k, np.column_stack([np.ones(n), w, summed,
+                                                                      losses.weighted(hits, w)]))
+            fields.update(class_rows=per_class[:, :, 0], class_weight=per_class[:, :, 1],
+                          class_sums=per_class[:, :, 2:2 + m], class_correct=per_class[:, :, 2 + m])
+            if confidence is not None:
+                bins = _grouped(poisson, confidence_bins(confidence, n_bins), n_bins,
+                                np.column_stack([w, losses.weighted(confidence, w), losses.weighted(hits, w)]))
+                fields.update(bin_weight=bins[:, :, 0], bin_confidence=bins[:, :, 1], bin_correct=bins[:, :, 2])
+        else:
+            fields.update(class_rows=np.zeros((r, k)), class_weight=np.zeros((r, k)),
+                          class_sums=np.zeros((r, k, m)), class_correct=np.zeros((r, k)))
+        fields.setdefault("bin_weight", np.zeros((r, n_bins)))
+        fields.setdefault("bin_confidence", np.zeros((r, n_bins)))
+        fields.setdefault("bin_correct", np.zeros((r, n_bins)))
+        histogram = np.zeros((r, len(LOSS_EDGES)))
+        if loss is not None:
+            index = np.searchsorted(_HISTOGRAM_EDGES, loss, side="right") - 1  # np.histogram's bins
+            index[loss == np.inf] = len(LOSS_EDGES) - 1
+            inside = (index >= 0) & (index < len(LOSS_EDGES))
+            histogram = _grouped(poisson[inside], index[inside], len(LOSS_EDGES), w[inside, None])[:, :, 0]
+        fields["loss_histogram"] = histogram
+        other = [f.name for f in dataclasses.fields(Summary)
+                 if f.name not in (*_SHAPE_FIELDS, *_REPLICATED, *_NOT_REPLICATED)]
+        if other and reweighted is not None:
+            parts = [reweighted(w * poisson[:, j]) for j in range(r)]
+            fields.update({name: np.stack([np.asarray(getattr(p, name), dtype=np.float64) for p in parts])
+                           for name in other})
+        return cls(fields)
+
+    def __add__(self, other: "Replicates") -> "Replicates":
+        if self.fields.keys() != other.fields.keys():
+            raise ValueError("cannot merge replicates of different fields")
+        return Replicates({name: self.fields[name] + other.fields[name] for name in self.fields})
+
+    def summary(self, point: Summary, r: int) -> Summary:
+        """Replicate r as a Summary: ``point`` (the Summary of the same rows) with the replicated fields."""
+        values: dict = {}
+        for name, stack in self.fields.items():
+            value = stack[r]
+            current = getattr(point, name)
+            if isinstance(current, (int, np.integer)):
+                value = int(round(float(value)))
+            elif isinstance(current, float):
+                value = float(value)
+            elif isinstance(current, np.ndarray) and current.dtype.kind in "iu":
+                value = np.rint(value).astype(current.dtype)
+            values[name] = value
+        return dataclasses.replace(point, **values)
+
+
+def resampled_sums(poisson: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """(R, C): sum_i poisson[i, r] * columns[i, c]. A row left out of a resample (weight 0) adds
+    nothing even when its value is infinite or undefined; drawn, it adds what it holds."""
+    finite = np.isfinite(columns)
+    if finite.all():
+        return poisson.T @ columns
+    out = poisson.T @ np.where(finite, columns, 0.0)
+    rows, cols = np.nonzero(~finite)
+    for i, c in zip(rows, cols):
+        out[:, c] += np.where(poisson[i] > 0, columns[i, c], 0.0)
+    return out
+
+
+def _grouped(poisson: np.ndarray, index: np.ndarray, size: int, columns: np.ndarray) -> np.ndarray:
+    """(R, size, C): sum over rows i with index[i] == j of poisson[i, r] * columns[i, c]."""
+    out = np.zeros((poisson.shape[1], size, columns.shape[1]))
+    if len(index) == 0:
+        return out
+    order = np.argsort(index, kind="stable")
+    ordered = index[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    ends = np.r_[starts[1:], len(ordered)]
+    resampled, values = poisson[order], columns[order]
+    for start, end in zip(starts, ends):
+        out[:, ordered[start], :] = resampled_sums(resampled[start:end], values[start:end])
+    return out
