@@ -140,13 +140,23 @@ def block_size(resamples: int) -> int:
 
 
 def percentile_interval(replicates: np.ndarray, confidence: float) -> tuple[float, float]:
-    """The (1 - c)/2 and (1 + c)/2 quantiles of finite replicate values (numpy's linear rule);
-    (nan, nan) when none is finite, (-inf/inf kept) when some replicate is infinite."""
-    values = np.asarray(replicates, dtype=np.float64)
+    """The (1 - c)/2 and (1 + c)/2 quantiles of the replicate values (numpy's linear rule), NaN
+    replicates left out: (nan, nan) when every one is NaN. An infinite replicate stays infinite (a
+    quantile next to it is that infinity, where numpy's interpolation would give NaN)."""
+    values = np.sort(np.asarray(replicates, dtype=np.float64))
     values = values[~np.isnan(values)]
     if values.size == 0:
         return math.nan, math.nan
     tail = (1.0 - confidence) / 2.0
-    with np.errstate(invalid="ignore"):
-        low, high = np.quantile(values, [tail, 1.0 - tail])
-    return float(low), float(high)
+    return _quantile(values, tail), _quantile(values, 1.0 - tail)
+
+
+def _quantile(ordered: np.ndarray, p: float) -> float:
+    position = p * (len(ordered) - 1)
+    below, above = int(math.floor(position)), int(math.ceil(position))
+    a, b = float(ordered[below]), float(ordered[above])
+    if below == above or a == b:
+        return a
+    if math.isinf(a) or math.isinf(b):
+        return b if math.isinf(b) else a
+    return a + (b - a) * (position - below)
