@@ -7,7 +7,7 @@ same wherever and in whatever order it is scored: replicate sums of partitions s
 to the replicate sums of the whole input, exactly like the point sums.
 
     h      = mix(mix(row_id XOR mix(seed)) + j * GOLDEN)      (j = resample // 2, splitmix64)
-    u      = the high (resample 2j) or low (resample 2j + 1) 32 bits of h, uniform on [0, 2^32)
+    u      = the low (resample 2j) or high (resample 2j + 1) 32 bits of h, uniform on [0, 2^32)
     weight = k such that F(k - 1) <= u / 2^32 < F(k),  F the Poisson(1) CDF
 
 Row ids are uint64: the global 0-based position of a row (``position_ids``) or a hash of its key
@@ -20,6 +20,7 @@ The Dask engine calls ``poisson_weights(row_ids, resamples, seed)`` per partitio
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 
@@ -106,10 +107,12 @@ def poisson_weights(row_ids: np.ndarray, resamples: int, seed: int) -> np.ndarra
     pairs = (resamples + 1) // 2
     with np.errstate(over="ignore"):
         h = mix(base[:, None] + np.arange(pairs, dtype=np.uint64)[None, :] * GOLDEN)
-    u = np.empty((len(ids), 2 * pairs), dtype=np.uint32)  # resample 2j: the high half of h, 2j + 1: the low
-    u[:, 0::2] = h >> _S32
-    u[:, 1::2] = h & _LOW32
-    u = u[:, :resamples]
+    if sys.byteorder == "little":  # resample 2j: the low half of h, 2j + 1: the high half
+        u = h.view(np.uint32)[:, :resamples]
+    else:
+        u = np.empty((len(ids), 2 * pairs), dtype=np.uint32)
+        u[:, 0::2], u[:, 1::2] = h & _LOW32, h >> _S32
+        u = u[:, :resamples]
     weights = _TABLE[u >> np.uint32(32 - _TABLE_BITS)]  # exact except in the few buckets a threshold cuts
     cut = np.flatnonzero(weights == _CUT)
     out = weights.astype(np.float64)

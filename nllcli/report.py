@@ -318,13 +318,14 @@ def replicate_values(point: Summary, replicates: Replicates, job: Job) -> dict[s
     Summaries finished by the metric table, as the point values are."""
     import numpy as np
 
-    names = list(metric_values(point, job))
-    out = {name: np.empty(replicates.resamples) for name in names}
+    from . import metrics
+
+    reported, scale = metrics.reported(job), job.settings.unit_scale
+    out = np.empty((replicates.resamples, len(reported)))
     with np.errstate(all="ignore"):
-        for r in range(replicates.resamples):
-            for name, value in metric_values(replicates.summary(point, r), job).items():
-                out[name][r] = value
-    return out
+        for r, summary in enumerate(replicates.summaries(point)):
+            out[r] = [m.finish(summary, job) for m in reported]
+    return {m.name: metrics.in_units(m.name, out[:, j], scale) for j, m in enumerate(reported)}
 
 
 def replicate_intervals(point: Summary, replicates: Replicates, job: Job) -> dict[str, list[float]]:

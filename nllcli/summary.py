@@ -8,9 +8,10 @@ serves a stream of batches and, later, partitions computed elsewhere.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -285,36 +286,42 @@ class Replicates:
         n, r = poisson.shape
         k = n_classes
         w = np.ones(n) if weights is None else weights
-        hits = correct.astype(np.float64) if correct is not None else np.zeros(n)
+        hits = losses.weighted(correct.astype(np.float64), w) if correct is not None else np.zeros(n)
         summed = np.stack([losses.weighted(values[name], w) for name in values], axis=1) if values \
             else np.zeros((n, 0))
         m = summed.shape[1]
-        # overall: [rows, weight, sums..., correct]
-        overall = resampled_sums(poisson, np.column_stack([np.ones(n), w, summed, losses.weighted(hits, w)]))
-        fields = {"rows": overall[:, 0], "weight": overall[:, 1], "sums": overall[:, 2:2 + m],
-                  "correct": overall[:, 2 + m] if labels is not None else np.zeros(r)}
+        # Every field is sum_i P_ir x_i for some per-row x: one matrix product over the columns
+        # [rows, weight, sums..., correct | per class | per confidence bin | per loss bin], the
+        # per-bin ones spread over one-hot columns (or, for many classes, summed group by group).
+        parts: list[tuple[str, np.ndarray, np.ndarray | None, int]] = [
+            ("overall", np.column_stack([np.ones(n), w, summed, hits]), None, 1)]
         if labels is not None:
-            per_class = _grouped(poisson, labels, k, np.column_stack([np.ones(n), w, summed,
-                                                                      losses.weighted(hits, w)]))
-            fields.update(class_rows=per_class[:, :, 0], class_weight=per_class[:, :, 1],
-                          class_sums=per_class[:, :, 2:2 + m], class_correct=per_class[:, :, 2 + m])
+            parts.append(("class", np.column_stack([np.ones(n), w, summed, hits]), labels, k))
             if confidence is not None:
-                bins = _grouped(poisson, confidence_bins(confidence, n_bins), n_bins,
-                                np.column_stack([w, losses.weighted(confidence, w), losses.weighted(hits, w)]))
-                fields.update(bin_weight=bins[:, :, 0], bin_confidence=bins[:, :, 1], bin_correct=bins[:, :, 2])
-        else:
-            fields.update(class_rows=np.zeros((r, k)), class_weight=np.zeros((r, k)),
-                          class_sums=np.zeros((r, k, m)), class_correct=np.zeros((r, k)))
-        fields.setdefault("bin_weight", np.zeros((r, n_bins)))
-        fields.setdefault("bin_confidence", np.zeros((r, n_bins)))
-        fields.setdefault("bin_correct", np.zeros((r, n_bins)))
-        histogram = np.zeros((r, len(LOSS_EDGES)))
+                parts.append(("bin", np.column_stack([w, losses.weighted(confidence, w), hits]),
+                              confidence_bins(confidence, n_bins), n_bins))
         if loss is not None:
             index = np.searchsorted(_HISTOGRAM_EDGES, loss, side="right") - 1  # np.histogram's bins
             index[loss == np.inf] = len(LOSS_EDGES) - 1
-            inside = (index >= 0) & (index < len(LOSS_EDGES))
-            histogram = _grouped(poisson[inside], index[inside], len(LOSS_EDGES), w[inside, None])[:, :, 0]
-        fields["loss_histogram"] = histogram
+            inside = (index >= 0) & (index < len(LOSS_EDGES))  # NaN and negative losses are in no bin
+            parts.append(("loss", np.where(inside, w, 0.0)[:, None], np.where(inside, index, 0), len(LOSS_EDGES)))
+        sums = _sums_by_part(poisson, parts)
+        overall = sums["overall"][:, 0, :]
+        fields = {"rows": overall[:, 0], "weight": overall[:, 1], "sums": overall[:, 2:2 + m],
+                  "correct": overall[:, 2 + m] if labels is not None else np.zeros(r),
+                  "class_rows": np.zeros((r, k)), "class_weight": np.zeros((r, k)),
+                  "class_sums": np.zeros((r, k, m)), "class_correct": np.zeros((r, k)),
+                  "bin_weight": np.zeros((r, n_bins)), "bin_confidence": np.zeros((r, n_bins)),
+                  "bin_correct": np.zeros((r, n_bins)), "loss_histogram": np.zeros((r, len(LOSS_EDGES)))}
+        if "class" in sums:
+            per_class = sums["class"]
+            fields.update(class_rows=per_class[:, :, 0], class_weight=per_class[:, :, 1],
+                          class_sums=per_class[:, :, 2:2 + m], class_correct=per_class[:, :, 2 + m])
+        if "bin" in sums:
+            fields.update(bin_weight=sums["bin"][:, :, 0], bin_confidence=sums["bin"][:, :, 1],
+                          bin_correct=sums["bin"][:, :, 2])
+        if "loss" in sums:
+            fields["loss_histogram"] = sums["loss"][:, :, 0]
         other = [f.name for f in dataclasses.fields(Summary)
                  if f.name not in (*_SHAPE_FIELDS, *_REPLICATED, *_NOT_REPLICATED)]
         if other and reweighted is not None:
@@ -330,18 +337,26 @@ class Replicates:
 
     def summary(self, point: Summary, r: int) -> Summary:
         """Replicate r as a Summary: ``point`` (the Summary of the same rows) with the replicated fields."""
-        values: dict = {}
-        for name, stack in self.fields.items():
-            value = stack[r]
-            current = getattr(point, name)
-            if isinstance(current, (int, np.integer)):
-                value = int(round(float(value)))
-            elif isinstance(current, float):
-                value = float(value)
-            elif isinstance(current, np.ndarray) and current.dtype.kind in "iu":
-                value = np.rint(value).astype(current.dtype)
-            values[name] = value
-        return dataclasses.replace(point, **values)
+        return next(self.summaries(point, start=r, stop=r + 1))
+
+    def summaries(self, point: Summary, start: int = 0, stop: int | None = None) -> Iterator[Summary]:
+        """The replicates start..stop-1 as Summaries (counts as integers, like the point Summary's)."""
+        casts = {name: _cast_like(getattr(point, name)) for name in self.fields}
+        for r in range(start, self.resamples if stop is None else stop):
+            out = copy.copy(point)
+            out.__dict__.update({name: casts[name](stack[r]) for name, stack in self.fields.items()})
+            yield out
+
+
+def _cast_like(current) -> Callable:
+    """How a replicate's value of a field is made the type of the point Summary's."""
+    if isinstance(current, (int, np.integer)):
+        return lambda v: int(round(float(v)))
+    if isinstance(current, float):
+        return float
+    if isinstance(current, np.ndarray) and current.dtype.kind in "iu":
+        return lambda v: np.rint(v).astype(current.dtype)
+    return lambda v: v
 
 
 def resampled_sums(poisson: np.ndarray, columns: np.ndarray) -> np.ndarray:
@@ -354,6 +369,33 @@ def resampled_sums(poisson: np.ndarray, columns: np.ndarray) -> np.ndarray:
     rows, cols = np.nonzero(~finite)
     for i, c in zip(rows, cols):
         out[:, c] += np.where(poisson[i] > 0, columns[i, c], 0.0)
+    return out
+
+
+ONE_HOT_COLUMNS = 512  # above this many one-hot columns, rows are summed group by group instead
+
+
+def _sums_by_part(poisson: np.ndarray, parts) -> dict[str, np.ndarray]:
+    """(R, size, C) per part (name, columns, index or None, size): sum over rows i with
+    index[i] == j of poisson[i, r] * columns[i, c]; small parts share one matrix product."""
+    n = poisson.shape[0]
+    dense, blocks, out = [], [], {}
+    for name, columns, index, size in parts:
+        if index is None:
+            dense.append((name, 1, columns.shape[1]))
+            blocks.append(columns)
+        elif size * columns.shape[1] <= ONE_HOT_COLUMNS:
+            spread = np.zeros((n, size, columns.shape[1]))
+            spread[np.arange(n), index] = columns
+            dense.append((name, size, columns.shape[1]))
+            blocks.append(spread.reshape(n, -1))
+        else:
+            out[name] = _grouped(poisson, index, size, columns)
+    product = resampled_sums(poisson, np.concatenate(blocks, axis=1)) if blocks else None
+    at = 0
+    for name, size, width in dense:
+        out[name] = product[:, at:at + size * width].reshape(-1, size, width)
+        at += size * width
     return out
 
 

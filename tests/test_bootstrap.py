@@ -25,7 +25,7 @@ def reference_weights(ids: np.ndarray, resamples: int, seed: int) -> np.ndarray:
         base = int(B.mix(np.uint64(int(row_id) ^ int(B.mix(np.uint64(seed))))))
         for r in range(resamples):
             h = int(B.mix(np.uint64((base + (r // 2) * int(B.GOLDEN)) % 2 ** 64)))
-            u = (h >> 32) if r % 2 == 0 else h & 0xFFFFFFFF
+            u = (h & 0xFFFFFFFF) if r % 2 == 0 else h >> 32
             out[i, r] = int(np.searchsorted(np.floor(cdf * 2.0 ** 32), u, side="right"))
     return out
 
