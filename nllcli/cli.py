@@ -166,11 +166,11 @@ class BootstrapKind(str, Enum):
     poisson = "poisson"
 
 
-class GateOn(str, Enum):
-    value = "value"
-    lower = "lower"
-    upper = "upper"
-    interval = "interval"
+class GateOn(str, Enum):  # members not named lower / upper: those are str methods
+    on_value = "value"
+    on_lower = "lower"
+    on_upper = "upper"
+    on_interval = "interval"
 
 
 GateOnOpt = Annotated[GateOn, typer.Option("--gate-on", metavar="value|lower|upper|interval", help="What the "
@@ -430,7 +430,7 @@ def score(
     confidence: Confidence = 0.95,
     resamples: Resamples = 2000,
     seed: Seed = 0,
-    gate_on: GateOnOpt = GateOn.value,
+    gate_on: GateOnOpt = GateOn.on_value,
 ) -> None:
     """Mean and per-sample NLL against hard labels, or cross-entropy, entropy and KL against soft targets.
 

@@ -32,10 +32,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import losses, metrics
+from .bootstrap import block_size, percentile_interval, poisson_weights, position_ids
 from .engine import Progress, Scored, group_rows, run
 from .errors import InputError, UsageError
 from .pairing import ByPosition, KeyIndex
-from .bootstrap import block_size, percentile_interval, poisson_weights, position_ids
 from .plan import (
     Interval,
     Job,
@@ -190,6 +190,7 @@ def compare(base_preds, new_preds, *, key: str | None = None, confidence: float 
     compared = comparison(names, base_values, new_report.metrics, deltas, weights, *settings)
     intervals = {row["metric"]: row["ci"] for row in compared}
     if replicated:
+        assert new_state.replicates is not None and base_state.replicates is not None
         new_values = replicate_values(new_state.summary, new_state.replicates, new_job)
         base_replicates = replicate_values(base_state.summary, base_state.replicates, base_job)
         intervals.update({m: list(percentile_interval(new_values[m] - base_replicates[m], confidence))

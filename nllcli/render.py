@@ -103,7 +103,8 @@ def write_table(report: Report, stream: IO[str]) -> None:
         metrics = _table(style, plain, ("metric", "left"), ("value", "right"), *interval_header, ("unit", "left"))
         for name, value in report.metrics.items():
             unit = report.units if metric_table.is_information(name) else ""
-            shown = [_plain_interval(report.intervals[name])] if interval_header and name in report.intervals else []
+            intervals = report.intervals or {}
+            shown = [_plain_interval(intervals[name])] if interval_header and name in intervals else []
             metrics.add_row(*_cells(name, _number(value), *shown, unit))
         console.print(metrics)
         if report.per_class:

@@ -325,7 +325,7 @@ def replicate_values(point: Summary, replicates: Replicates, job: Job) -> dict[s
     with np.errstate(all="ignore"):
         for r, summary in enumerate(replicates.summaries(point)):
             out[r] = [m.finish(summary, job) for m in reported]
-    return {m.name: metrics.in_units(m.name, out[:, j], scale) for j, m in enumerate(reported)}
+    return {m.name: out[:, j] / scale if m.information else out[:, j] for j, m in enumerate(reported)}
 
 
 def replicate_intervals(point: Summary, replicates: Replicates, job: Job) -> dict[str, list[float]]:

@@ -225,8 +225,8 @@ class State:
             self.groups[key] = self.groups[key] + part if key in self.groups else part
         self.overall, self.worst = _merge(self.overall, other.overall), _merge(self.worst, other.worst)
         self.replicates = _merge(self.replicates, other.replicates)
-        for key, part in other.group_replicates.items():
-            self.group_replicates[key] = _merge(self.group_replicates.get(key), part)
+        for key, replicates in other.group_replicates.items():
+            self.group_replicates[key] = _merge(self.group_replicates.get(key), replicates)
         return self
 
     @property
@@ -325,8 +325,8 @@ class Replicates:
         other = [f.name for f in dataclasses.fields(Summary)
                  if f.name not in (*_SHAPE_FIELDS, *_REPLICATED, *_NOT_REPLICATED)]
         if other and reweighted is not None:
-            parts = [reweighted(w * poisson[:, j]) for j in range(r)]
-            fields.update({name: np.stack([np.asarray(getattr(p, name), dtype=np.float64) for p in parts])
+            resampled = [reweighted(w * poisson[:, j]) for j in range(r)]
+            fields.update({name: np.stack([np.asarray(getattr(p, name), dtype=np.float64) for p in resampled])
                            for name in other})
         return cls(fields)
 
@@ -391,7 +391,7 @@ def _sums_by_part(poisson: np.ndarray, parts) -> dict[str, np.ndarray]:
             blocks.append(spread.reshape(n, -1))
         else:
             out[name] = _grouped(poisson, index, size, columns)
-    product = resampled_sums(poisson, np.concatenate(blocks, axis=1)) if blocks else None
+    product = resampled_sums(poisson, np.concatenate(blocks, axis=1)) if blocks else np.zeros((poisson.shape[1], 0))
     at = 0
     for name, size, width in dense:
         out[name] = product[:, at:at + size * width].reshape(-1, size, width)

@@ -7,7 +7,6 @@ strict and the CLI gates on a bound of the interval."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import numpy as np
@@ -15,6 +14,7 @@ import pyarrow as pa
 import pytest
 
 import nllcli
+from helpers import loads_strict
 from nllcli import bootstrap as B
 from nllcli import metrics, summary
 from nllcli.engine import Partition, score_partition
@@ -22,8 +22,6 @@ from nllcli.plan import plan_score
 from nllcli.readers import Chunk
 from nllcli.report import build_report, replicate_values
 from nllcli.summary import Replicates, State, Summary
-
-from helpers import loads_strict
 from test_partitions import predictions, whole_batch
 
 K = 4
