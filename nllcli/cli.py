@@ -174,7 +174,7 @@ class GateOn(str, Enum):  # members not named lower / upper: those are str metho
 
 
 GateOnOpt = Annotated[GateOn, typer.Option("--gate-on", metavar="value|lower|upper|interval", help="What the "
-                                           "gates test: the value, a bound of its interval, or `interval` (fail "
+                                           "gates test: the value, a bound of its interval, or interval (fail "
                                            "only when the whole interval is past the threshold).")]
 Confidence = Annotated[float, typer.Option("--confidence", metavar="LEVEL", help="The level of the bootstrap "
                                            "intervals.")]
@@ -489,6 +489,9 @@ def _compare(base_file: str, new_file: str, format: Format, quiet: bool, **optio
     Takes the options of `nll score`; --by compares per group, --worst N lists the samples whose loss rose most.
 
     --fail-if-worse D exits 1 when the nll delta and its whole interval are above D; --max/--min gate NEW.
+
+    --max-increase nll=2% (or ece=0.01; also --max-decrease, --min-increase, --min-decrease) gate the change of any
+    metric; --gate-on tests the change, a bound of its interval, or the whole interval.
     """
     _prepare_process()
     from .comparison import compare

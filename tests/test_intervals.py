@@ -8,8 +8,10 @@ strict and the CLI gates on a bound of the interval."""
 from __future__ import annotations
 
 import math
+import subprocess
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pytest
 
@@ -273,3 +275,20 @@ def test_gate_entries_are_strict_json(run, samples):
     data = loads_strict(result.stdout)
     assert result.exit_code == 1 and not data["gates"][0]["passed"]
     assert all(isinstance(v, float) and math.isfinite(v) for v in data["gates"][0]["interval"])
+
+
+def test_real_process_with_a_gate_on_the_upper_bound(nll_exe, samples, tmp_path):
+    """The console script, piped: JSON on stdout, the gate line on stderr, exit 1; `| head` exits 0."""
+    frame_path = tmp_path / "preds.parquet"
+    pd.read_csv(samples / "robot_tools.csv").to_parquet(frame_path)
+    result = subprocess.run([*nll_exe, "score", str(frame_path), "--max", "nll=0.5", "--gate-on", "upper",
+                             "--resamples", "300", "-f", "json"], capture_output=True, text=True)
+    assert result.returncode == 1
+    data = loads_strict(result.stdout)
+    assert data["gates"][0]["interval"] == data["intervals"]["nll"] and data["intervals"]["nll"][1] > 0.5
+    assert result.stderr.startswith("nll: gate failed: nll = 0.404979, 95% interval [")
+    piped = subprocess.run(["bash", "-o", "pipefail", "-c",
+                            f"{' '.join(nll_exe)} score {frame_path} --interval --resamples 300 | head -2"],
+                           capture_output=True, text=True)
+    assert piped.returncode == 0 and piped.stdout.splitlines()[1].split() == ["metric", "value", "95%", "interval",
+                                                                             "unit"]
