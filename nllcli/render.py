@@ -223,8 +223,8 @@ def _groups_table(report: Report, style: dict, plain: bool):
         return table
     shown = [m.name for m in metric_table.METRICS if m.in_groups and m.name in report.groups[0]["metrics"]
              and not (m.name == "kl" and "nll" in report.metrics and report.metrics.get("entropy") == 0)]
-    intervals = "intervals" in report.groups[0]  # --interval: "value [low, high]" per cell
-    table = _table(style, plain, *columns, *((metric, "right") for metric in shown))
+    intervals = "intervals" in report.groups[0]  # --interval: "value [low, high]" per cell, which may wrap
+    table = _table(style, plain, *columns, *((metric, "right", intervals) for metric in shown))
     for group in report.groups:
         table.add_row(*_cells(*map(_text, group["by"].values()), f"{group['rows']:,}",
                               *[_number(group["metrics"][m]) + (f" {_plain_interval(group['intervals'][m])}"
