@@ -205,7 +205,7 @@ def compare(base_preds, new_preds, *, key: str | None = None, confidence: float 
                    "method": bootstrap},
         worst=pairing.most_worsened(worst, deltas["nll"], new_job.layout.class_names,
                                     new_job.settings.unit_scale) if worst else [])
-    return dataclasses.replace(report, regression=regression(report, fail_if_worse))
+    return dataclasses.replace(report, regression=regression(report, fail_if_worse), fail_if_worse=fail_if_worse)
 
 
 def _weighted_mean(values: np.ndarray, weights: np.ndarray, settings, name: str) -> float:

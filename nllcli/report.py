@@ -193,6 +193,7 @@ class Report:
     clipped_zero_reverse: int = 0  # --symmetric: target probabilities below eps where q > 0
     intervals: dict[str, list[float]] | None = None  # --interval: {metric: [low, high]}, units as the metrics
     bootstrap: dict[str, Any] | None = None  # the intervals' confidence, resamples, seed and method
+    fail_if_worse: float | None = None  # compare --fail-if-worse: the threshold asked (None: not asked)
 
     @property
     def failed_gates(self) -> list[Gate]:
@@ -263,6 +264,7 @@ class Report:
                             [_finite_or_none(x) for x in v] if k == "ci" else v for k, v in c.items()}
                            for c in self.comparison],
             "regression": self.regression,
+            "fail_if_worse": self.fail_if_worse,
             "worst": [{k: _finite_or_none(v) if isinstance(v, float) else v for k, v in w.items()}
                       for w in self.worst],
             "gates": [self._gate_entry(g) for g in self.gates],
