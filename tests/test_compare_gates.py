@@ -213,3 +213,20 @@ def test_usage_errors_exit_2(run, args, fragment):
     result = run("compare", A, B_FILE, *args)
     assert result.exit_code == 2, result.stderr
     assert fragment in result.stderr and "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_ci_formats_show_the_change_and_its_limit():
+    """Markdown, JUnit and the annotations share formats.gate_results: a change gate shows the change,
+    the interval of the change and the limit on it (not the new model's value)."""
+    from nllcli import compare
+    from nllcli.formats import gate_results
+
+    report = compare(str(B_FILE), str(A), max_increase=["nll=1%"], min_increase=["accuracy=0.01"], gate_on="upper",
+                     resamples=300)
+    nll, accuracy = gate_results(report)
+    row = report.comparison[0]
+    assert nll.name == "--max-increase nll=1% --gate-on upper" and not nll.passed
+    assert nll.value == pytest.approx(row["delta"]) and nll.interval == row["ci"]
+    assert nll.message.startswith(f"the upper end of the nll change interval, {row['ci'][1]:+.6g}, is above the "
+                                  f"limit {0.01 * row['base']:+.6g} (base {row['base']:.6g}; new {row['new']:.6g}")
+    assert accuracy.passed == (report.comparison[1]["ci"][1] >= 0.01)
