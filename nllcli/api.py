@@ -37,7 +37,9 @@ def score(preds: PathOrData, *, targets: PathOrData | None = None, label: str | 
           class_weight_file: str | Path | None = None, save_state: str | Path | None = None,
           storage_options: dict | None = None,
           engine: str = "local", scheduler: str | None = None, scheduler_file: str | None = None,
-          workers: int | None = None, partition_size: int | str | None = None) -> Report:
+          workers: int | None = None, partition_size: int | str | None = None,
+          interval: bool = False, confidence: float = 0.95, resamples: int = 2000, seed: int = 0,
+          gate_on: str = "value") -> Report:
     """Score predictions against hard labels or soft targets (`nll score`).
 
     targets: a file of target distributions, paired by ``key`` or by position; target_prefix:
@@ -61,6 +63,10 @@ def score(preds: PathOrData, *, targets: PathOrData | None = None, label: str | 
     ``scheduler`` (an address; else $DASK_SCHEDULER_ADDRESS) or ``scheduler_file``, or on a local
     cluster of ``workers`` processes started for the run; partition_size: bytes of input a
     partition holds (64MB). With dask, per_sample names a directory of Parquet parts.
+    interval: a Poisson bootstrap percentile interval of every metric
+    (``Report.intervals``, per group too) at ``confidence`` from ``resamples`` resamples seeded by
+    ``seed``; gate_on: what the gates test, "value", "lower" or "upper" (a bound of the interval) or
+    "interval" (fail only when the whole interval is past the threshold); a bound implies interval.
     """
     check_per_sample_target(per_sample, preds, targets)
     check_state_target(save_state, preds, targets)
@@ -70,7 +76,8 @@ def score(preds: PathOrData, *, targets: PathOrData | None = None, label: str | 
                      target_prefix=target_prefix, target_probs=target_probs, label_smoothing=label_smoothing,
                      bins=bins, top_k=top_k, by=by, worst=worst, max=max, min=min, bins_kind=bins_kind,
                      ignore_label=ignore_label, class_weight=class_weight, class_weight_file=class_weight_file,
-                     storage_options=storage_options)
+                     storage_options=storage_options, interval=interval, confidence=confidence,
+                     resamples=resamples, seed=seed, gate_on=gate_on)
     dask = _engine(engine, scheduler=scheduler, scheduler_file=scheduler_file, workers=workers,
                    partition_size=partition_size)
     return _run_and_report(job, per_sample, progress, save_state, storage_options, dask)

@@ -169,6 +169,27 @@ Max = Annotated[Optional[list[str]], typer.Option("--max", metavar="METRIC=VALUE
 Min = Annotated[Optional[list[str]], typer.Option("--min", metavar="METRIC=VALUE",
                                                   help="Exit 1 if METRIC is below VALUE (repeatable).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Hide the progress bar.")]
+
+
+class BootstrapKind(str, Enum):
+    rows = "rows"
+    poisson = "poisson"
+
+
+class GateOn(str, Enum):  # members not named lower / upper: those are str methods
+    on_value = "value"
+    on_lower = "lower"
+    on_upper = "upper"
+    on_interval = "interval"
+
+
+GateOnOpt = Annotated[GateOn, typer.Option("--gate-on", metavar="value|lower|upper|interval", help="What the "
+                                           "gates test: the value, a bound of its interval, or interval (fail "
+                                           "only when the whole interval is past the threshold).")]
+Confidence = Annotated[float, typer.Option("--confidence", metavar="LEVEL", help="The level of the bootstrap "
+                                           "intervals.")]
+Resamples = Annotated[int, typer.Option("--resamples", metavar="N", help="How many bootstrap resamples to draw.")]
+Seed = Annotated[int, typer.Option("--seed", metavar="N", help="The bootstrap seed, so that a run repeats exactly.")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show the traceback of an error.")]
 ReportFile = Annotated[Optional[list[str]], typer.Option(
     "--report", metavar="FILE", help="Also write the report to FILE, in the format its suffix names: .json, .md "
@@ -474,6 +495,12 @@ def score(
     scheduler_file: SchedulerFile = None,
     workers: Workers = None,
     partition_size: PartitionSize = None,
+    interval: Annotated[bool, typer.Option("--interval", help="A seeded Poisson bootstrap interval for every "
+                                           "metric, overall and per group.")] = False,
+    confidence: Confidence = 0.95,
+    resamples: Resamples = 2000,
+    seed: Seed = 0,
+    gate_on: GateOnOpt = GateOn.on_value,
 ) -> None:
     """Mean and per-sample NLL against hard labels, or cross-entropy, entropy and KL against soft targets.
 
@@ -492,7 +519,9 @@ def score(
                            bins_kind=bins_kind.value, ignore_label=ignore_label, class_weight=class_weight,
                            class_weight_file=class_weight_file, save_state=save_state,
                            storage_options=_storage_options(storage_option), engine=engine.value, scheduler=scheduler,
-                           scheduler_file=scheduler_file, workers=workers, partition_size=partition_size)
+                           scheduler_file=scheduler_file, workers=workers, partition_size=partition_size,
+                           interval=interval, confidence=confidence, resamples=resamples, seed=seed,
+                           gate_on=gate_on.value)
     _finish(report, format, per_sample, report_files, not no_ci_integration)
 
 
@@ -507,7 +536,8 @@ def _score_report(preds: list[str], *, targets: str | None, quiet: bool, **optio
 
 def _plain(options: dict) -> dict:
     """Option values as the library takes them: enums as their text, absent lists as ()."""
-    plain = {k: (v.value if isinstance(v, Enum) else () if v is None and k in ("by", "max", "min") else v)
+    lists = ("by", "max", "min", "max_increase", "max_decrease", "min_increase", "min_decrease")
+    plain = {k: (v.value if isinstance(v, Enum) else () if v is None and k in lists else v)
              for k, v in options.items() if k != "debug"}
     if "storage_option" in plain:
         plain["storage_options"] = _storage_options(plain.pop("storage_option") or None)
@@ -548,6 +578,9 @@ def _compare(base_file: str, new_file: str, format: Format, quiet: bool, report_
     Takes the options of `nll score`; --by compares per group, --worst N lists the samples whose loss rose most.
 
     --fail-if-worse D exits 1 when the nll delta and its whole interval are above D; --max/--min gate NEW.
+
+    --max-increase nll=2% (or ece=0.01; also --max-decrease, --min-increase, --min-decrease) gate the change of any
+    metric; --gate-on tests the change, a bound of its interval, or the whole interval.
     """
     _prepare_process()
     from .ci import report_targets
@@ -600,6 +633,9 @@ def _derived_command(name: str, implementation, drop: set[str], front=(), back=(
     command.__annotations__ = {p.name: p.annotation for p in params}
     command.__doc__ = implementation.__doc__
     app.command(name, cls=PlainHelp, epilog=_epilog(name))(handle_errors(command))
+
+
+_INTERVAL_OPTIONS = ("interval", "confidence", "resamples", "seed")  # compare declares its own
 
 
 @app.command(cls=PlainHelp, epilog=_epilog("kl"))
@@ -656,12 +692,12 @@ def kl(
 
 
 _derived_command("plot", _plot, drop={"format", "per_sample", "max", "min", "report_file", "no_ci_integration",
-                                      "save_state"},
+                                      "save_state", *_INTERVAL_OPTIONS, "gate_on"},
                  front=[(
     "output", Annotated[str, typer.Option("--output", "-o", metavar="FILE", help="The image to write: "
                                           ".png, .svg or .pdf.",
                                           show_default=False)])])
-_derived_command("compare", _compare, drop={"preds", "per_sample", "save_state"}, front=[
+_derived_command("compare", _compare, drop={"preds", "per_sample", "save_state", *_INTERVAL_OPTIONS}, front=[
     ("base_file", Annotated[str, typer.Argument(metavar="BASE", help="Predictions of the model in use.",
                                                 show_default=False)]),
     ("new_file", Annotated[str, typer.Argument(metavar="NEW", help="Predictions of the candidate model.",
@@ -676,6 +712,21 @@ _derived_command("compare", _compare, drop={"preds", "per_sample", "save_state"}
     ("fail_if_worse", Annotated[Optional[float], typer.Option(
         "--fail-if-worse", metavar="DELTA", help="Exit 1 when the nll delta and its whole interval are "
         "above DELTA (0: any clear regression).")], None),
+    ("max_increase", Annotated[Optional[list[str]], typer.Option(
+        "--max-increase", metavar="METRIC=X[%]", help="Exit 1 if METRIC rose by more than X (in its units) or "
+        "X% of the base value (repeatable).")], None),
+    ("max_decrease", Annotated[Optional[list[str]], typer.Option(
+        "--max-decrease", metavar="METRIC=X[%]", help="Exit 1 if METRIC fell by more than X or X% "
+        "(accuracy=0.01).")], None),
+    ("min_increase", Annotated[Optional[list[str]], typer.Option(
+        "--min-increase", metavar="METRIC=X[%]", help="Exit 1 unless METRIC rose by at least X or X%.")], None),
+    ("min_decrease", Annotated[Optional[list[str]], typer.Option(
+        "--min-decrease", metavar="METRIC=X[%]", help="Exit 1 unless METRIC fell by at least X or X% "
+        "(nll=1%).")], None),
+    ("bootstrap", Annotated[BootstrapKind, typer.Option(
+        "--bootstrap", metavar="rows|poisson", help="rows: resample rows (strided blocks above 20,000 rows); "
+        "poisson: Poisson(1) row weights seeded by each row's position in BASE, the same for any split of "
+        "the rows.")], BootstrapKind.rows),
 ])
 
 

@@ -19,7 +19,7 @@ from .columns import Layout, floats, integers, target_layout
 from .errors import InputError, UsageError
 from .pairing import KeyIndex, align_by_position
 from .plan import Job, Settings
-from .summary import State, Summary, Worst
+from .summary import Replicates, State, Summary, Worst
 
 Progress = Callable[[int, int], None]  # (rows so far, bytes so far)
 
@@ -161,13 +161,62 @@ class Scorer:
     def state_of(self, scored: Scored) -> State:
         """The State of one scored partition: its Summary, its groups' and its worst rows."""
         k, bins = len(self.layout.class_names), self.settings.bins
-        groups = {key: scored.summary(k, bins, rows)
-                  for key, rows in (group_rows(scored.chunk.batch, self.layout.groups) if self.layout.groups else ())}
+        grouped = list(group_rows(scored.chunk.batch, self.layout.groups)) if self.layout.groups else []
+        groups = {key: scored.summary(k, bins, rows) for key, rows in grouped}
         worst = None
         if self.job.worst:
             worst = Worst(self.job.worst)
             worst.add_entries(self.worst_candidates(scored))
-        return State(scored.summary(k, bins), groups, worst)
+        state = State(scored.summary(k, bins), groups, worst)
+        if self.job.interval is not None:
+            state.replicates, state.group_replicates = self.replicates_of(scored, grouped)
+        return state
+
+    def row_ids(self, scored: Scored) -> np.ndarray:
+        """The bootstrap row ids of a batch: its rows' global positions, or their hashed keys."""
+        from .bootstrap import key_ids, position_ids
+
+        key = self.job.interval.key if self.job.interval is not None else None
+        return key_ids(scored.chunk.batch.column(key)) if key else position_ids(scored.first_index, scored.rows)
+
+    def replicates_of(self, scored: Scored, grouped: list[tuple[tuple, np.ndarray]]
+                      ) -> tuple[Replicates, dict[tuple, Replicates]]:
+        """Bootstrap replicates of a batch's Summary and of its groups', rows taken in blocks so
+        that the (rows, resamples) weights stay bounded."""
+        from .bootstrap import block_size, poisson_weights
+
+        interval = self.job.interval
+        assert interval is not None
+        ids, n = self.row_ids(scored), scored.rows
+        step = block_size(interval.resamples)
+        total: Replicates | None = None
+        groups: dict[tuple, Replicates] = {}
+        for start in range(0, max(n, 1), step):
+            end = min(n, start + step)
+            poisson = poisson_weights(ids[start:end], interval.resamples, interval.seed)
+            total = _merge_replicates(total, self._replicates(scored, np.arange(start, end), poisson))
+            for key, rows in grouped:
+                inside = rows[(rows >= start) & (rows < end)]
+                if inside.size:
+                    groups[key] = _merge_replicates(groups.get(key),
+                                                    self._replicates(scored, inside, poisson[inside - start]))
+        assert total is not None
+        return total, groups
+
+    def _replicates(self, scored: Scored, rows: np.ndarray, poisson: np.ndarray) -> Replicates:
+        k, bins = len(self.layout.class_names), self.settings.bins
+
+        def pick(a):
+            return None if a is None else a[rows]
+
+        def reweighted(w: np.ndarray) -> Summary:
+            full = np.zeros(scored.rows)
+            full[rows] = w
+            return dataclasses.replace(scored, weights=full).summary(k, bins, rows)
+
+        return Replicates.of_batch(poisson, {name: v[rows] for name, v in scored.summed.items()}, k,
+                                   pick(scored.weights), pick(scored.labels), pick(scored.correct),
+                                   pick(scored.confidence), bins, scored.loss[rows], reweighted)
 
     def score(self, part: Partition) -> Scored:
         """Validate and score one partition."""
@@ -295,6 +344,10 @@ def group_rows(batch, columns: Sequence[str]) -> Iterator[tuple[tuple, np.ndarra
     for start, end in zip(starts, np.r_[starts[1:], len(order)]):
         rows = order[start:end]
         yield tuple(values[index[rows[0]]] for index, values in decoders), rows
+
+
+def _merge_replicates(a: Replicates | None, b: Replicates) -> Replicates:
+    return b if a is None else a + b
 
 
 def score_partition(job: Job, part: Partition) -> State:

@@ -11,7 +11,7 @@ from pathlib import Path
 from . import losses, metrics
 from .columns import Layout, column_not_found, find_column, index_key, parse_classes, resolve_layout, target_layout
 from .errors import InputError, UsageError, visible
-from .report import UNITS, Gate, check_gate_metrics
+from .report import GATE_ON, UNITS, Gate, check_gate_metrics
 from .summary import BINS_KINDS
 
 
@@ -97,6 +97,30 @@ def default_key(explicit: str | None, *schemas) -> str | None:
     return index[0] if not explicit and index[0] is not None and len(set(index)) == 1 else None
 
 
+@dataclass(frozen=True)
+class Interval:
+    """--interval: a Poisson bootstrap of every metric (see bootstrap.py and summary.Replicates).
+
+    ``key``: the column whose hashed values seed each row's weights (compare pairs by it); None:
+    the row's global position.
+    """
+
+    confidence: float = 0.95
+    resamples: int = 2000
+    seed: int = 0
+    key: str | None = None
+
+    def __post_init__(self):
+        check_bootstrap_settings(self.confidence, self.resamples)
+
+
+def check_bootstrap_settings(confidence: float, resamples: int) -> None:
+    if not 0 < confidence < 1:
+        raise UsageError(f"--confidence {confidence:g}: must be between 0 and 1")
+    if resamples < 1:
+        raise UsageError(f"--resamples {resamples}: must be at least 1")
+
+
 @dataclass
 class Job:
     """A resolved command: inputs opened, columns decided, settings checked; no row read yet.
@@ -118,6 +142,7 @@ class Job:
     explicit_classes: bool = False
     worst: int = 0
     class_weights: list[float] | None = None  # --class-weight: one weight per class, in class order
+    interval: Interval | None = None  # --interval (or a gate on a bound of it)
 
     @property
     def calibration(self) -> bool:
@@ -154,7 +179,9 @@ def plan_score(preds, *, targets=None, label: str | None = None, classes: str | 
                bins_kind: str = "width", ignore_label: str | int | None = None,
                class_weight: str | dict[str, float] | Sequence[float] | None = None,
                class_weight_file: str | Path | None = None,
-               storage_options: dict | None = None) -> Job:
+               storage_options: dict | None = None,
+               interval: bool = False, confidence: float = 0.95, resamples: int = 2000, seed: int = 0,
+               gate_on: str = "value") -> Job:
     """Check the options and open the inputs of a `score` (see score())."""
     settings = Settings(kind=input, eps=eps, tol=tol, renormalize=renormalize, base=str(base),
                         label_smoothing=label_smoothing, bins=bins, top_k=top_k, bins_kind=bins_kind,
@@ -171,7 +198,9 @@ def plan_score(preds, *, targets=None, label: str | None = None, classes: str | 
     check_stdin_once(preds, targets)
     if isinstance(preds, (list, tuple)) and len(preds) == 1:
         preds = preds[0]
-    gates = parse_gates(max, min, "score", settings)
+    gates = parse_gates(max, min, "score", settings, gate_on)
+    wants_interval = interval or any(g.on != "value" for g in gates)
+    intervals = Interval(confidence, resamples, seed) if wants_interval else None
     sources = open_inputs(preds, storage_options)
     schema, name = sources[0].schema, sources[0].name
     target_sources = open_inputs(targets, storage_options) if targets is not None else []
@@ -188,7 +217,7 @@ def plan_score(preds, *, targets=None, label: str | None = None, classes: str | 
     if layout.label is None:
         for gate in gates:
             if metrics.find(gate.metric).needs_label:
-                raise UsageError(f"--{gate.bound} {gate.metric}=...: {gate.metric} needs a label column (--label)")
+                raise UsageError(f"{gate.option} {gate.metric}=...: {gate.metric} needs a label column (--label)")
     if settings.ignore_label is not None and layout.label is None:
         raise UsageError("--ignore-label needs a label column (--label)")
     same_file_targets = (target_layout(schema, name, layout.class_names, name, prefix=target_prefix)
@@ -196,7 +225,8 @@ def plan_score(preds, *, targets=None, label: str | None = None, classes: str | 
     class_weights = (class_weight_vector(weights_asked, layout.class_names, class_weight_file)
                      if weights_asked is not None else None)
     return Job("score", settings, soft, gates, sources, target_sources, pair_key, layout, same_file_targets,
-               target_probs, classes is not None, worst, class_weights)
+               target_probs, classes is not None, worst, class_weights,
+               interval=intervals)
 
 
 def plan_kl(p, q, *, classes: str | list[str] | None = None, probs: str | None = None, key: str | None = None,
@@ -229,13 +259,19 @@ def say_notes(job: Job) -> None:
         sys.stderr.write(f"nll: {visible(note)}\n")  # names in notes come from the data
 
 
-def parse_gates(max_: Sequence[str], min_: Sequence[str], command: str, settings: Settings) -> list[Gate]:
-    gates = [Gate.parse(t, "max") for t in max_] + [Gate.parse(t, "min") for t in min_]
+def parse_gates(max_: Sequence[str], min_: Sequence[str], command: str, settings: Settings,
+                gate_on: str = "value", changes: dict[str, Sequence[str]] | None = None) -> list[Gate]:
+    """--max / --min gates (and compare's --max-increase ... in ``changes``: bound -> texts), each
+    tested on ``gate_on``: the value, a bound of its interval, or the whole interval."""
+    if gate_on not in GATE_ON:
+        raise UsageError(f"--gate-on {gate_on!r}: choose one of {', '.join(GATE_ON)}")
+    gates = [Gate.parse(t, "max", gate_on) for t in max_] + [Gate.parse(t, "min", gate_on) for t in min_]
+    gates += [Gate.parse(t, bound, gate_on) for bound, texts in (changes or {}).items() for t in texts]
     offered = [m.name for m in metrics.offered(command, settings)]
     for gate in gates:
         metric = metrics.get(gate.metric)
         if gate.metric not in offered and metric is not None and command in metric.commands and metric.option:
-            raise UsageError(f"--{gate.bound} {gate.metric}=...: {gate.metric} needs {metric.option}")
+            raise UsageError(f"{gate.option} {gate.metric}=...: {gate.metric} needs {metric.option}")
     check_gate_metrics(gates, offered)
     return gates
 

@@ -8,8 +8,10 @@ serves a stream of batches and, later, partitions computed elsewhere.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -306,9 +308,11 @@ class State:
     overall: Summary | None = None
     groups: dict[tuple, Summary] = dataclasses.field(default_factory=dict)
     worst: Worst | None = None
+    replicates: Replicates | None = None  # --interval: bootstrap replicates of the overall Summary
+    group_replicates: dict[tuple, Replicates] = dataclasses.field(default_factory=dict)  # and of each group
 
     def __add__(self, other: "State") -> "State":
-        out = State(self.overall, dict(self.groups), self.worst)
+        out = State(self.overall, dict(self.groups), self.worst, self.replicates, dict(self.group_replicates))
         out += other
         return out
 
@@ -317,6 +321,9 @@ class State:
         for key, part in other.groups.items():
             self.groups[key] = self.groups[key] + part if key in self.groups else part
         self.overall, self.worst = _merge(self.overall, other.overall), _merge(self.worst, other.worst)
+        self.replicates = _merge(self.replicates, other.replicates)
+        for key, replicates in other.group_replicates.items():
+            self.group_replicates[key] = _merge(self.group_replicates.get(key), replicates)
         return self
 
     @property
@@ -336,3 +343,169 @@ def _merge(a, b):
     if a is None:
         return b
     return a if b is None else a + b
+
+
+# -- bootstrap replicates ----------------------------------------------------------------------
+
+# Summary fields that replicates carry with a leading resample axis, computed here directly; the
+# counts of clipped values stay those of the point Summary (no metric is finished from them).
+_REPLICATED = ("rows", "weight", "sums", "correct", "class_rows", "class_weight", "class_sums", "class_correct",
+               "bin_weight", "bin_confidence", "bin_correct", "loss_histogram")
+_NOT_REPLICATED = ("clipped", "clipped_zero", "zero_loss", "reverse_zero", "reverse_zero_loss")
+
+
+@dataclass
+class Replicates:
+    """R bootstrap replicates of a Summary: the Summary of the same rows, each weighted by its
+    Poisson(1) resample weight (bootstrap.poisson_weights), for every resample r.
+
+    ``fields`` maps a Summary field to its (R, *shape) values; a field it lacks is the point
+    Summary's. ``Replicates + Replicates`` is the replicates of the rows of both, like Summary.
+    Memory: R x the size of a Summary, whatever the number of rows.
+    """
+
+    fields: dict[str, np.ndarray]
+
+    @property
+    def resamples(self) -> int:
+        return len(self.fields["weight"])
+
+    @classmethod
+    def of_batch(cls, poisson: np.ndarray, values: dict[str, np.ndarray], n_classes: int,
+                 weights: np.ndarray | None = None, labels: np.ndarray | None = None,
+                 correct: np.ndarray | None = None, confidence: np.ndarray | None = None, n_bins: int = 15,
+                 loss: np.ndarray | None = None,
+                 reweighted: Callable[[np.ndarray], Summary] | None = None) -> "Replicates":
+        """Replicates of one batch (the arguments of Summary.of_batch) under ``poisson``, its (n, R)
+        resample weights. Fields of Summary not listed in _REPLICATED come from ``reweighted(w)``,
+        the batch's Summary under row weights w, called once per resample (a metric added to the
+        Summary gets its replicates with no code here, only more slowly)."""
+        n, r = poisson.shape
+        k = n_classes
+        w = np.ones(n) if weights is None else weights
+        hits = losses.weighted(correct.astype(np.float64), w) if correct is not None else np.zeros(n)
+        summed = np.stack([losses.weighted(values[name], w) for name in values], axis=1) if values \
+            else np.zeros((n, 0))
+        m = summed.shape[1]
+        # Every field is sum_i P_ir x_i for some per-row x: one matrix product over the columns
+        # [rows, weight, sums..., correct | per class | per confidence bin | per loss bin], the
+        # per-bin ones spread over one-hot columns (or, for many classes, summed group by group).
+        parts: list[tuple[str, np.ndarray, np.ndarray | None, int]] = [
+            ("overall", np.column_stack([np.ones(n), w, summed, hits]), None, 1)]
+        if labels is not None:
+            parts.append(("class", np.column_stack([np.ones(n), w, summed, hits]), labels, k))
+            if confidence is not None:
+                parts.append(("bin", np.column_stack([w, losses.weighted(confidence, w), hits]),
+                              confidence_bins(confidence, n_bins), n_bins))
+        if loss is not None:
+            index = np.searchsorted(_HISTOGRAM_EDGES, loss, side="right") - 1  # np.histogram's bins
+            index[loss == np.inf] = len(LOSS_EDGES) - 1
+            inside = (index >= 0) & (index < len(LOSS_EDGES))  # NaN and negative losses are in no bin
+            parts.append(("loss", np.where(inside, w, 0.0)[:, None], np.where(inside, index, 0), len(LOSS_EDGES)))
+        sums = _sums_by_part(poisson, parts)
+        overall = sums["overall"][:, 0, :]
+        fields = {"rows": overall[:, 0], "weight": overall[:, 1], "sums": overall[:, 2:2 + m],
+                  "correct": overall[:, 2 + m] if labels is not None else np.zeros(r),
+                  "class_rows": np.zeros((r, k)), "class_weight": np.zeros((r, k)),
+                  "class_sums": np.zeros((r, k, m)), "class_correct": np.zeros((r, k)),
+                  "bin_weight": np.zeros((r, n_bins)), "bin_confidence": np.zeros((r, n_bins)),
+                  "bin_correct": np.zeros((r, n_bins)), "loss_histogram": np.zeros((r, len(LOSS_EDGES)))}
+        if "class" in sums:
+            per_class = sums["class"]
+            fields.update(class_rows=per_class[:, :, 0], class_weight=per_class[:, :, 1],
+                          class_sums=per_class[:, :, 2:2 + m], class_correct=per_class[:, :, 2 + m])
+        if "bin" in sums:
+            fields.update(bin_weight=sums["bin"][:, :, 0], bin_confidence=sums["bin"][:, :, 1],
+                          bin_correct=sums["bin"][:, :, 2])
+        if "loss" in sums:
+            fields["loss_histogram"] = sums["loss"][:, :, 0]
+        other = [f.name for f in dataclasses.fields(Summary)
+                 if f.name not in (*_SHAPE_FIELDS, *_REPLICATED, *_NOT_REPLICATED)]
+        if other and reweighted is not None:
+            resampled = [reweighted(w * poisson[:, j]) for j in range(r)]
+            fields.update({name: np.stack([np.asarray(getattr(p, name), dtype=np.float64) for p in resampled])
+                           for name in other})
+        return cls(fields)
+
+    def __add__(self, other: "Replicates") -> "Replicates":
+        if self.fields.keys() != other.fields.keys():
+            raise ValueError("cannot merge replicates of different fields")
+        return Replicates({name: self.fields[name] + other.fields[name] for name in self.fields})
+
+    def summary(self, point: Summary, r: int) -> Summary:
+        """Replicate r as a Summary: ``point`` (the Summary of the same rows) with the replicated fields."""
+        return next(self.summaries(point, start=r, stop=r + 1))
+
+    def summaries(self, point: Summary, start: int = 0, stop: int | None = None) -> Iterator[Summary]:
+        """The replicates start..stop-1 as Summaries (counts as integers, like the point Summary's)."""
+        casts = {name: _cast_like(getattr(point, name)) for name in self.fields}
+        for r in range(start, self.resamples if stop is None else stop):
+            out = copy.copy(point)
+            out.__dict__.update({name: casts[name](stack[r]) for name, stack in self.fields.items()})
+            yield out
+
+
+def _cast_like(current) -> Callable:
+    """How a replicate's value of a field is made the type of the point Summary's."""
+    if isinstance(current, (int, np.integer)):
+        return lambda v: int(round(float(v)))
+    if isinstance(current, float):
+        return float
+    if isinstance(current, np.ndarray) and current.dtype.kind in "iu":
+        return lambda v: np.rint(v).astype(current.dtype)
+    return lambda v: v
+
+
+def resampled_sums(poisson: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """(R, C): sum_i poisson[i, r] * columns[i, c]. A row left out of a resample (weight 0) adds
+    nothing even when its value is infinite or undefined; drawn, it adds what it holds."""
+    finite = np.isfinite(columns)
+    if finite.all():
+        return poisson.T @ columns
+    out = poisson.T @ np.where(finite, columns, 0.0)
+    rows, cols = np.nonzero(~finite)
+    for i, c in zip(rows, cols):
+        out[:, c] += np.where(poisson[i] > 0, columns[i, c], 0.0)
+    return out
+
+
+ONE_HOT_COLUMNS = 512  # above this many one-hot columns, rows are summed group by group instead
+
+
+def _sums_by_part(poisson: np.ndarray, parts) -> dict[str, np.ndarray]:
+    """(R, size, C) per part (name, columns, index or None, size): sum over rows i with
+    index[i] == j of poisson[i, r] * columns[i, c]; small parts share one matrix product."""
+    n = poisson.shape[0]
+    dense, blocks, out = [], [], {}
+    for name, columns, index, size in parts:
+        if index is None:
+            dense.append((name, 1, columns.shape[1]))
+            blocks.append(columns)
+        elif size * columns.shape[1] <= ONE_HOT_COLUMNS:
+            spread = np.zeros((n, size, columns.shape[1]))
+            spread[np.arange(n), index] = columns
+            dense.append((name, size, columns.shape[1]))
+            blocks.append(spread.reshape(n, -1))
+        else:
+            out[name] = _grouped(poisson, index, size, columns)
+    product = resampled_sums(poisson, np.concatenate(blocks, axis=1)) if blocks else np.zeros((poisson.shape[1], 0))
+    at = 0
+    for name, size, width in dense:
+        out[name] = product[:, at:at + size * width].reshape(-1, size, width)
+        at += size * width
+    return out
+
+
+def _grouped(poisson: np.ndarray, index: np.ndarray, size: int, columns: np.ndarray) -> np.ndarray:
+    """(R, size, C): sum over rows i with index[i] == j of poisson[i, r] * columns[i, c]."""
+    out = np.zeros((poisson.shape[1], size, columns.shape[1]))
+    if len(index) == 0:
+        return out
+    order = np.argsort(index, kind="stable")
+    ordered = index[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    ends = np.r_[starts[1:], len(ordered)]
+    resampled, values = poisson[order], columns[order]
+    for start, end in zip(starts, ends):
+        out[:, ordered[start], :] = resampled_sums(resampled[start:end], values[start:end])
+    return out
