@@ -37,6 +37,9 @@ class Metric:
     paired: Callable[[Scored], np.ndarray] | None = None  # per-sample values `compare` pairs
     compared: Callable[[Job], bool] = lambda job: True  # whether `compare` pairs it for this job
     in_groups: bool = False  # a column of the --by table
+    # Whether --interval resamples it: not those finished from sums too large to copy per resample
+    # (summary._NOT_RESAMPLED: the fine histogram of equal-mass bins, the (class, bin) cells).
+    resampled: Callable[[Settings], bool] = lambda settings: True
 
 
 def _loss(s: Summary, job: Job) -> float:
@@ -69,6 +72,15 @@ def _hits(correct: np.ndarray | None) -> np.ndarray:
     return correct.astype(float)
 
 
+def _never(settings: Settings) -> bool:
+    return False
+
+
+def _width_bins(settings: Settings) -> bool:
+    """Equal-width bins resample; equal-mass ones need the fine histogram (see Metric.resampled)."""
+    return settings.bins_kind != "mass"
+
+
 SCORE, KL = "score", "kl"
 
 METRICS: tuple[Metric, ...] = (
@@ -91,18 +103,22 @@ METRICS: tuple[Metric, ...] = (
     Metric("brier", (SCORE,), lambda s, job: s.mean("brier"), quantity=_brier, paired=lambda s: s.summed["brier"],
            in_groups=True),
     Metric("ece", (SCORE,), lambda s, job: s.calibration_errors(job.settings.bins_kind)[0], needs_label=True,
-           in_groups=True),
-    Metric("mce", (SCORE,), lambda s, job: s.calibration_errors(job.settings.bins_kind)[1], needs_label=True),
+           in_groups=True, resampled=_width_bins),
+    Metric("mce", (SCORE,), lambda s, job: s.calibration_errors(job.settings.bins_kind)[1], needs_label=True,
+           resampled=_width_bins),
     # Calibration estimators (summary.py and losses.py state each one). ece_mass always uses
     # equal-mass bins; --bins-kind picks the bins of ece, mce, ece_l2 and ece_l2_debiased.
-    Metric("ece_mass", (SCORE,), lambda s, job: s.calibration_errors("mass")[0], needs_label=True),
-    Metric("classwise_ece", (SCORE,), lambda s, job: s.classwise_calibration_error()),
-    Metric("ece_l2", (SCORE,), lambda s, job: s.l2_calibration_error(job.settings.bins_kind), needs_label=True),
+    Metric("ece_mass", (SCORE,), lambda s, job: s.calibration_errors("mass")[0], needs_label=True,
+           resampled=_never),
+    Metric("classwise_ece", (SCORE,), lambda s, job: s.classwise_calibration_error(), resampled=_never),
+    Metric("ece_l2", (SCORE,), lambda s, job: s.l2_calibration_error(job.settings.bins_kind), needs_label=True,
+           resampled=_width_bins),
     Metric("ece_l2_debiased", (SCORE,), lambda s, job: s.l2_calibration_error(job.settings.bins_kind, True),
-           needs_label=True),
-    Metric("brier_reliability", (SCORE,), lambda s, job: s.brier_decomposition()[0]),
-    Metric("brier_resolution", (SCORE,), lambda s, job: s.brier_decomposition()[1], lower_is_better=False),
-    Metric("brier_uncertainty", (SCORE,), lambda s, job: s.brier_decomposition()[2]),
+           needs_label=True, resampled=_width_bins),
+    Metric("brier_reliability", (SCORE,), lambda s, job: s.brier_decomposition()[0], resampled=_never),
+    Metric("brier_resolution", (SCORE,), lambda s, job: s.brier_decomposition()[1], lower_is_better=False,
+           resampled=_never),
+    Metric("brier_uncertainty", (SCORE,), lambda s, job: s.brier_decomposition()[2], resampled=_never),
 )
 
 

@@ -200,6 +200,11 @@ def plan_score(preds, *, targets=None, label: str | None = None, classes: str | 
         preds = preds[0]
     gates = parse_gates(max, min, "score", settings, gate_on)
     wants_interval = interval or any(g.on != "value" for g in gates)
+    for gate in gates:
+        metric = metrics.get(gate.metric)
+        if gate.on != "value" and metric is not None and not metric.resampled(settings):
+            raise UsageError(f"{gate.option} {gate.metric}=... --gate-on {gate.on}: {gate.metric} has no interval "
+                             "(its sums are too large to resample); gate on its value")
     intervals = Interval(confidence, resamples, seed) if wants_interval else None
     sources = open_inputs(preds, storage_options)
     schema, name = sources[0].schema, sources[0].name

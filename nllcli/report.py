@@ -330,7 +330,8 @@ def replicate_values(point: Summary, replicates: Replicates, job: Job) -> dict[s
 
     from . import metrics
 
-    reported, scale = metrics.reported(job), job.settings.unit_scale
+    reported = [m for m in metrics.reported(job) if m.resampled(job.settings)]
+    scale = job.settings.unit_scale
     out = np.empty((replicates.resamples, len(reported)))
     with np.errstate(all="ignore"):
         for r, summary in enumerate(replicates.summaries(point)):
@@ -388,6 +389,13 @@ def build_report(job: Job, state: State, command: str | None = None) -> Report:
         warnings.append(f"classwise_ece and the Brier decomposition need at most {CLASS_CELLS_LIMIT:,} (class, bin) "
                         f"cells, here {len(layout.class_names):,} classes x {len(s.bin_weight):,} bins: left out "
                         "(fewer --bins)")
+    if intervals is not None:
+        from .metrics import reported as metrics_of
+
+        unresampled = [m.name for m in metrics_of(job) if not m.resampled(settings)]
+        if unresampled:
+            warnings.append(f"note: no interval for {', '.join(unresampled)}: their sums (the fine histogram of "
+                            "equal-mass bins, the (class, bin) cells) are too large to copy per resample")
     if s.ignored:
         warnings.append(f"note: {s.ignored:,} {'row' if s.ignored == 1 else 'rows'} with the label "
                         f"{settings.ignore_label} dropped (--ignore-label); {s.rows:,} scored")

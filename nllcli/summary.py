@@ -351,7 +351,12 @@ def _merge(a, b):
 # counts of clipped values stay those of the point Summary (no metric is finished from them).
 _REPLICATED = ("rows", "weight", "sums", "correct", "class_rows", "class_weight", "class_sums", "class_correct",
                "bin_weight", "bin_confidence", "bin_correct", "loss_histogram")
-_NOT_REPLICATED = ("clipped", "clipped_zero", "zero_loss", "reverse_zero", "reverse_zero_loss")
+_NOT_REPLICATED = ("clipped", "clipped_zero", "zero_loss", "reverse_zero", "reverse_zero_loss", "ignored")
+# Sums too large to resample (the fine histogram of equal-mass bins: 4 x 2,048 numbers; the
+# (class, bin) cells: 3 x K x B): R copies would cost R times as much (2000 x 64 KB = 128 MB per
+# group). Replicates leave them empty, so ece_mass, classwise_ece and the Brier decomposition
+# (and ece, mce with --bins-kind mass) have no interval: NaN replicates, a null interval.
+_NOT_RESAMPLED = ("fine_weight", "fine_weight_sq", "fine_confidence", "fine_correct", "class_bins", "class_totals")
 
 
 @dataclass
@@ -419,8 +424,14 @@ class Replicates:
                           bin_correct=sums["bin"][:, :, 2])
         if "loss" in sums:
             fields["loss_histogram"] = sums["loss"][:, :, 0]
+        if labels is not None and confidence is not None:  # sum of squared row weights, (w P)^2
+            squared = _sums_by_part(poisson * poisson, [("bin", (w * w)[:, None], confidence_bins(confidence, n_bins),
+                                                         n_bins)])
+            fields["bin_weight_sq"] = squared["bin"][:, :, 0]
+        else:
+            fields["bin_weight_sq"] = np.zeros((r, n_bins))
         other = [f.name for f in dataclasses.fields(Summary)
-                 if f.name not in (*_SHAPE_FIELDS, *_REPLICATED, *_NOT_REPLICATED)]
+                 if f.name not in (*_SHAPE_FIELDS, *_REPLICATED, "bin_weight_sq", *_NOT_REPLICATED, *_NOT_RESAMPLED)]
         if other and reweighted is not None:
             resampled = [reweighted(w * poisson[:, j]) for j in range(r)]
             fields.update({name: np.stack([np.asarray(getattr(p, name), dtype=np.float64) for p in resampled])
@@ -442,6 +453,7 @@ class Replicates:
         for r in range(start, self.resamples if stop is None else stop):
             out = copy.copy(point)
             out.__dict__.update({name: casts[name](stack[r]) for name, stack in self.fields.items()})
+            out.__dict__.update(dict.fromkeys(_NOT_RESAMPLED, _NONE))
             yield out
 
 

@@ -108,7 +108,9 @@ def test_intervals_do_not_depend_on_the_partitions(options):
     batch = whole_batch(job)
     reports = [build_report(job, partitioned_state(job, batch, parts)) for parts in (1, 2, 7)]
     first = reports[0]
-    assert first.intervals and set(first.intervals) == set(first.metrics)
+    resampled = {m.name for m in metrics.reported(job) if m.resampled(job.settings)}
+    assert first.intervals and set(first.intervals) == resampled
+    assert {"nll", "accuracy", "brier", "ece", "mce", "ece_l2"} <= resampled
     for other in reports[1:]:
         for name, (low, high) in first.intervals.items():
             assert other.intervals[name] == pytest.approx([low, high], rel=1e-12, abs=1e-12), name
@@ -196,7 +198,7 @@ def test_coverage_simulation_per_metric():
     report = nllcli.score(table, by=["trial"], bins=5, interval=True, resamples=400)
     assert len(report.groups) == trials
     coverage = {name: np.mean([g["intervals"][name][0] <= truth[name] <= g["intervals"][name][1]
-                               for g in report.groups]) for name in truth}
+                               for g in report.groups]) for name in report.intervals}
     for name in ("nll", "accuracy", "brier", "perplexity", "ece"):
         assert abs(coverage[name] - 0.95) <= 0.02, (name, coverage)
     assert coverage["mce"] > 0.7, coverage  # about 0.8 at 300 rows
@@ -209,11 +211,13 @@ def test_cli_json_has_intervals_beside_their_settings(run_json, samples):
     code, data, err = run_json("score", samples / "robot_tools.csv", "--interval", "--by", "camera",
                                "--resamples", "300", "--seed", "4", "--confidence", "0.9")
     assert code == 0, err
-    assert set(data["intervals"]) == set(data["metrics"])
+    unresampled = {"ece_mass", "classwise_ece", "brier_reliability", "brier_resolution", "brier_uncertainty"}
+    assert set(data["intervals"]) == set(data["metrics"]) - unresampled
+    assert any("no interval for ece_mass" in w for w in data["warnings"])
     assert (data["confidence"], data["resamples"], data["seed"], data["bootstrap"]) == (0.9, 300, 4, "poisson")
     for name, (low, high) in data["intervals"].items():
         assert low <= data["metrics"][name] <= high or name in ("mce",), name
-    assert all(set(g["intervals"]) == set(g["metrics"]) for g in data["groups"])
+    assert all(set(g["intervals"]) == set(g["metrics"]) - unresampled for g in data["groups"])
     code, plain, _ = run_json("score", samples / "robot_tools.csv")
     assert plain["intervals"] is None and plain["resamples"] is None
 
