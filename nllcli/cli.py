@@ -594,21 +594,9 @@ def _compare(base_file: str, new_file: str, format: Format, quiet: bool, report_
         _compare_token_files(base_file, new_file, format, quiet, options)
         return
     report_files = report_targets(report_file or (), [base_file, new_file, options.get("targets")])
-    _local_compare(options)
     with _ProgressBar(quiet, _total_bytes([base_file, new_file])) as progress:
         report = compare(base_file, new_file, progress=progress, **_plain(options))
     _finish(report, format, None, report_files, not no_ci_integration)
-
-
-def _local_compare(options: dict) -> None:
-    """compare runs on the local engine: its bootstrap draws rows in order (see README "A Dask cluster")."""
-    engine = options.pop("engine", Engine.local)
-    given = [options.pop(k, None) for k in ("scheduler", "scheduler_file", "workers", "partition_size")]
-    if engine == Engine.dask:
-        raise UsageError("compare --engine dask: not available yet (its intervals need the partition-independent "
-                         "Poisson bootstrap); run compare with the local engine")
-    if any(v is not None for v in given):
-        raise UsageError("--scheduler, --scheduler-file, --workers and --partition-size: only with --engine dask")
 
 
 def _derived_command(name: str, implementation, drop: set[str], front=(), back=()) -> None:
@@ -723,10 +711,10 @@ _derived_command("compare", _compare, drop={"preds", "per_sample", "save_state",
     ("min_decrease", Annotated[Optional[list[str]], typer.Option(
         "--min-decrease", metavar="METRIC=X[%]", help="Exit 1 unless METRIC fell by at least X or X% "
         "(nll=1%).")], None),
-    ("bootstrap", Annotated[BootstrapKind, typer.Option(
+    ("bootstrap", Annotated[Optional[BootstrapKind], typer.Option(
         "--bootstrap", metavar="rows|poisson", help="rows: resample rows (strided blocks above 20,000 rows); "
         "poisson: Poisson(1) row weights seeded by each row's position in BASE, the same for any split of "
-        "the rows.")], BootstrapKind.rows),
+        "the rows. Default: rows, poisson with --engine dask.", show_default=False)], None),
 ])
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -111,7 +112,9 @@ def compare(base_preds, new_preds, *, key: str | None = None, confidence: float 
             class_weight_file=None,
             storage_options: dict | None = None,
             max_increase: Sequence[str] = (), max_decrease: Sequence[str] = (), min_increase: Sequence[str] = (),
-            min_decrease: Sequence[str] = (), gate_on: str = "value", bootstrap: str = "rows") -> Report:
+            min_decrease: Sequence[str] = (), gate_on: str = "value", bootstrap: str | None = None,
+            engine: str = "local", scheduler: str | None = None, scheduler_file: str | None = None,
+            workers: int | None = None, partition_size: int | str | None = None) -> Report:
 
     """Compare two prediction files for the same samples (`nll compare`); a Report with `comparison`.
 
@@ -126,9 +129,24 @@ def compare(base_preds, new_preds, *, key: str | None = None, confidence: float 
     metric, "METRIC=X" in the metric's units or "METRIC=X%" of the base value. gate_on: what every
     gate tests, "value", "lower" / "upper" (a bound of its interval) or "interval" (fail only when
     the value and its whole interval are past the limit, the rule of fail_if_worse). bootstrap:
-    "rows" (resample rows) or "poisson" (Poisson(1) weights seeded by each row's position in BASE).
+    "rows" (resample rows) or "poisson" (Poisson(1) weights seeded by each row's position in BASE);
+    default rows, poisson on Dask. engine, scheduler, scheduler_file, workers, partition_size: as
+    score(); on "dask" each pair of partitions is compared on a worker into mergeable sums
+    (PairedPart), the same numbers as the local engine with --bootstrap poisson.
     """
+    from .api import _engine
+
     check_bootstrap_settings(confidence, resamples)
+    dask = _engine(engine, scheduler=scheduler, scheduler_file=scheduler_file, workers=workers,
+                   partition_size=partition_size)
+    if bootstrap is None:
+        bootstrap = "rows" if dask is None else "poisson"
+        if dask is not None:
+            sys.stderr.write("nll: note: compare --engine dask uses --bootstrap poisson (rows resampling does "
+                             "not merge across partitions)\n")
+    elif dask is not None and bootstrap == "rows":
+        raise UsageError("compare --engine dask: --bootstrap rows does not merge across partitions; "
+                         "use --bootstrap poisson (the default on Dask)")
     if bootstrap not in BOOTSTRAPS:
         raise UsageError(f"--bootstrap {bootstrap!r}: choose one of {', '.join(BOOTSTRAPS)}")
     if worst < 0:
@@ -172,28 +190,47 @@ def compare(base_preds, new_preds, *, key: str | None = None, confidence: float 
     new_index = {c: j for j, c in enumerate(new_job.layout.class_names)}
     class_map = np.array([new_index[c] for c in base_job.layout.class_names])
 
-    base_side = Sides.empty(names)
-    base_state = run(base_job, lambda s: base_side.add(s, names, base_key, class_map), progress)
-    pairing = Pairing(base_side, names, base_job.sources[0].name, new_job.sources[0].name, base_key,
-                      new_job.layout.groups)
-    new_state = run(new_job, lambda s: pairing.add(s, new_key), progress)
-    deltas, weights = pairing.finish()
+    settings = (confidence, resamples, seed, new_job.settings.unit_scale, bootstrap)
+    scale = new_job.settings.unit_scale
+    if dask is not None:
+        from .engine_dask import compare_dask
 
-    new_report = build_report(new_job, new_state, "compare")
+        base_state, new_state, paired = compare_dask(base_job, new_job, names, class_map, dask, worst=worst,
+                                                     resamples=resamples, seed=seed, progress=progress)
+        new_report = build_report(new_job, new_state, "compare")
+        base_values = metric_values(base_state.summary, base_job)
+
+        def compare_group(group: dict) -> list[dict]:
+            part = paired.groups[tuple(group["by"].values())]
+            return part.comparison(names, part.base_values(names, scale), group["metrics"], confidence,
+                                   resamples, seed, scale)
+
+        compared = paired.overall.comparison(names, base_values, new_report.metrics, confidence, resamples, seed,
+                                             scale)
+        worsened = paired.most_worsened(worst, new_job.layout.class_names, scale)
+    else:
+        base_side = Sides.empty(names)
+        base_state = run(base_job, lambda s: base_side.add(s, names, base_key, class_map), progress)
+        pairing = Pairing(base_side, names, base_job.sources[0].name, new_job.sources[0].name, base_key,
+                          new_job.layout.groups)
+        new_state = run(new_job, lambda s: pairing.add(s, new_key), progress)
+        deltas, weights = pairing.finish()
+        new_report = build_report(new_job, new_state, "compare")
+        base_values = metric_values(base_state.summary, base_job)
+
+        def compare_group(group: dict) -> list[dict]:
+            rows = pairing.group_rows[tuple(group["by"].values())]
+            group_base = {n: _weighted_mean(pairing.values[n][rows], weights[rows], new_job.settings, n)
+                          for n in names}
+            return comparison(names, group_base, group["metrics"], {n: d[rows] for n, d in deltas.items()},
+                              weights[rows], *settings, rows)
+
+        compared = comparison(names, base_values, new_report.metrics, deltas, weights, *settings)
+        worsened = pairing.most_worsened(worst, deltas["nll"], new_job.layout.class_names, scale) if worst else []
     say_notes(base_job)
     say_notes(new_job)
-    settings = (confidence, resamples, seed, new_job.settings.unit_scale, bootstrap)
-    base_values = metric_values(base_state.summary, base_job)
-    groups = []
-    for group in new_report.groups:
-        rows = pairing.group_rows[tuple(group["by"].values())]
-        group_base = {n: _weighted_mean(pairing.values[n][rows], weights[rows], new_job.settings, n)
-                      for n in names}
-        groups.append({**group, "comparison": comparison(names, group_base, group["metrics"],
-                                                         {n: d[rows] for n, d in deltas.items()}, weights[rows],
-                                                         *settings, rows)})
+    groups = [{**group, "comparison": compare_group(group)} for group in new_report.groups]
     groups.sort(key=lambda g: -g["comparison"][0]["delta"])  # the largest nll increase first
-    compared = comparison(names, base_values, new_report.metrics, deltas, weights, *settings)
     intervals = {row["metric"]: row["ci"] for row in compared}
     if replicated:
         assert new_state.replicates is not None and base_state.replicates is not None
@@ -209,8 +246,7 @@ def compare(base_preds, new_preds, *, key: str | None = None, confidence: float 
         comparison=compared, groups=groups, gates=gates,
         bootstrap={**(new_report.bootstrap or {}), "confidence": confidence, "resamples": resamples, "seed": seed,
                    "method": bootstrap},
-        worst=pairing.most_worsened(worst, deltas["nll"], new_job.layout.class_names,
-                                    new_job.settings.unit_scale) if worst else [])
+        worst=worsened)
     return dataclasses.replace(report, regression=regression(report, fail_if_worse), fail_if_worse=fail_if_worse)
 
 
@@ -230,19 +266,106 @@ def comparison(names, base: dict, new: dict, deltas: dict[str, np.ndarray], weig
     in the base file; default 0..n-1)."""
     if method == "poisson":
         ids = position_ids(0, len(weights)) if row_ids is None else np.asarray(row_ids, dtype=np.uint64)
-        intervals = poisson_bootstrap(deltas, weights, resamples, confidence, seed, ids)
-    else:
-        intervals = bootstrap(deltas, weights, resamples, confidence, seed)
+        part = PairedPart.of(names, deltas, weights, {n: np.zeros(len(weights)) for n in names}, ids, resamples, seed)
+        return part.comparison(names, base, new, confidence, resamples, seed, scale)
+    intervals = bootstrap(deltas, weights, resamples, confidence, seed)
+    shares = {name: float(np.sum(weights * _better(name, deltas[name])) / np.sum(weights)) for name in names}
+    return _entries(names, base, new, intervals, shares, confidence, resamples, seed, scale, method)
+
+
+def _better(name: str, delta: np.ndarray) -> np.ndarray:
+    return delta < 0 if metrics.find(name).lower_is_better else delta > 0
+
+
+def _entries(names, base: dict, new: dict, intervals: dict, shares: dict, confidence: float, resamples: int,
+             seed: int, scale: float, method: str) -> list[dict]:
     entries = []
     for name in names:
         low, high = (metrics.in_units(name, v, scale) for v in intervals[name])
-        better = deltas[name] < 0 if metrics.find(name).lower_is_better else deltas[name] > 0
         entries.append({
             "metric": name, "base": base[name], "new": new[name], "delta": new[name] - base[name],
             "ci": [low, high], "confidence": confidence, "resamples": resamples, "seed": seed, "bootstrap": method,
-            "new_better_share": float(np.sum(weights * better) / np.sum(weights)),
+            "new_better_share": shares[name],
         })
     return entries
+
+
+@dataclass
+class PairedPart:
+    """The paired rows of a partition (or of a --by group in it) as sums that add with ``+``: per
+    Poisson resample r, sum_i P_ir w_i and sum_i P_ir w_i d_i for each metric (``sums``, R x (1 + M));
+    the weight of the rows where new is better; sum w and sum w m_base (a group's base value).
+    P = poisson_weights(base row positions, R, seed): the same whatever the partitioning."""
+
+    sums: np.ndarray
+    better: np.ndarray
+    weight: float
+    base: np.ndarray
+
+    @classmethod
+    def of(cls, names, deltas: dict[str, np.ndarray], weights: np.ndarray, base_values: dict[str, np.ndarray],
+           row_ids: np.ndarray, resamples: int, seed: int) -> "PairedPart":
+        columns = np.column_stack([weights, *(losses.weighted(deltas[m], weights) for m in names)])
+        sums = np.zeros((resamples, columns.shape[1]))
+        step = block_size(resamples)
+        for start in range(0, len(weights), step):
+            sums += resampled_sums(poisson_weights(row_ids[start:start + step], resamples, seed),
+                                   columns[start:start + step])
+        better = np.array([np.sum(weights * _better(n, deltas[n])) for n in names])
+        base = np.array([losses.weighted(base_values[n], weights).sum() for n in names])
+        return cls(sums, better, float(weights.sum()), base)
+
+    def __add__(self, other: "PairedPart") -> "PairedPart":
+        return PairedPart(self.sums + other.sums, self.better + other.better, self.weight + other.weight,
+                          self.base + other.base)
+
+    def intervals(self, names, confidence: float) -> dict[str, tuple[float, float]]:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means = self.sums[:, 1:] / self.sums[:, :1]
+        return {m: percentile_interval(means[:, j], confidence) for j, m in enumerate(names)}
+
+    def base_values(self, names, scale: float) -> dict[str, float]:
+        """Each metric's weighted mean on the base side, in the report's units (a group's base value)."""
+        return {n: metrics.in_units(n, float(self.base[j] / self.weight) if self.weight > 0 else float("nan"), scale)
+                for j, n in enumerate(names)}
+
+    def comparison(self, names, base: dict, new: dict, confidence: float, resamples: int, seed: int,
+                   scale: float) -> list[dict]:
+        shares = {n: float(self.better[j] / self.weight) for j, n in enumerate(names)}
+        return _entries(names, base, new, self.intervals(names, confidence), shares, confidence, resamples, seed,
+                        scale, "poisson")
+
+
+@dataclass
+class PairedParts:
+    """What the Dask engine's compare tasks return, added with ``+``: the whole input's PairedPart,
+    one per --by group, and the candidates for the most-worsened rows, (base row, nll delta, base
+    loss, label or -1, key or None) sorted by (-delta, base row)."""
+
+    overall: PairedPart
+    groups: dict[tuple, PairedPart]
+    worst: list[tuple]
+    n: int
+
+    def __add__(self, other: "PairedParts") -> "PairedParts":
+        groups = dict(self.groups)
+        for group, part in other.groups.items():
+            groups[group] = groups[group] + part if group in groups else part
+        worst = sorted(self.worst + other.worst, key=lambda w: (-w[1], w[0]))[:self.n]
+        return PairedParts(self.overall + other.overall, groups, worst, self.n)
+
+    def most_worsened(self, n: int, class_names, scale: float) -> list[dict]:
+        return [worsened_entry(row, key, class_names[label] if label >= 0 else None, base_loss, delta, scale)
+                for row, delta, base_loss, label, key in self.worst[:n]]
+
+
+def worsened_entry(row: int, key, label: str | None, base_loss: float, delta: float, scale: float) -> dict:
+    """One entry of compare's most-worsened list (losses in the report's units)."""
+    entry = {"row": int(row), **({"key": key} if key is not None else {})}
+    if label is not None:
+        entry["label"] = label
+    return {**entry, "base_loss": float(base_loss / scale), "new_loss": float((base_loss + delta) / scale),
+            "delta": float(delta / scale)}
 
 
 class Pairing:
@@ -294,17 +417,9 @@ class Pairing:
         """The n samples whose loss rose most from base to new (ties: the earliest base row)."""
         rows = Worst.candidates(nll_delta, n)
         rows = rows[np.lexsort((rows, -nll_delta[rows]))]
-        keys = self.keys.take(rows).to_pylist() if self.keys is not None else None
-        entries = []
-        for i, r in enumerate(rows):
-            base_loss = self.values["nll"][r]
-            entry = {"row": int(r), **({"key": keys[i]} if keys else {})}
-            if self.labels is not None:
-                entry["label"] = class_names[self.labels[r]]
-            entries.append({**entry, "base_loss": float(base_loss / scale),
-                            "new_loss": float((base_loss + nll_delta[r]) / scale),
-                            "delta": float(nll_delta[r] / scale)})
-        return entries
+        keys = self.keys.take(rows).to_pylist() if self.keys is not None else [None] * len(rows)
+        return [worsened_entry(r, keys[i], class_names[self.labels[r]] if self.labels is not None else None,
+                               self.values["nll"][r], nll_delta[r], scale) for i, r in enumerate(rows)]
 
     def finish(self) -> tuple[dict[str, np.ndarray], np.ndarray]:
         self.index.finish(self.new_name)
@@ -347,15 +462,8 @@ def poisson_bootstrap(deltas: dict[str, np.ndarray], weights: np.ndarray, resamp
     weights: replicate r is sum_i P_ir w_i d_i / sum_i P_ir w_i with P = poisson_weights(row_ids, R, seed),
     the same P for every metric. Rows are taken in blocks: memory R x metrics, never R x rows."""
     names = list(deltas)
-    columns = np.column_stack([weights, *(losses.weighted(deltas[m], weights) for m in names)])
-    sums = np.zeros((resamples, columns.shape[1]))
-    step = block_size(resamples)
-    for start in range(0, len(weights), step):
-        sums += resampled_sums(poisson_weights(row_ids[start:start + step], resamples, seed),
-                               columns[start:start + step])
-    with np.errstate(invalid="ignore", divide="ignore"):
-        means = sums[:, 1:] / sums[:, :1]
-    return {m: percentile_interval(means[:, j], confidence) for j, m in enumerate(names)}
+    zeros = {n: np.zeros(len(weights)) for n in names}
+    return PairedPart.of(names, deltas, weights, zeros, row_ids, resamples, seed).intervals(names, confidence)
 
 
 def regression(report, threshold: float | None) -> str | None:

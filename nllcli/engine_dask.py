@@ -472,6 +472,20 @@ def _split_keys(job: Job, piece: Piece, buckets: int, t_layout, whole_file: bool
     all_keys = pa.concat_arrays([k.combine_chunks() if isinstance(k, pa.ChunkedArray) else k for k in keys]) \
         if keys else pa.array([], pa.string())
     matrix = np.concatenate(rows) if rows else np.zeros((0, len(job.layout.class_names)))
+    return _by_bucket(all_keys, piece.first_index, buckets, matrix if t_layout is not None else None)
+
+
+def _concat_keys(keys: list):
+    import pyarrow as pa
+
+    return pa.concat_arrays([k.combine_chunks() if isinstance(k, pa.ChunkedArray) else k for k in keys]) \
+        if keys else pa.array([], pa.string())
+
+
+def _by_bucket(all_keys, first_index: int, buckets: int, matrix: np.ndarray | None) -> list:
+    """Per bucket: (keys, positions in the partition, positions in the input, rows of ``matrix`` or None)."""
+    import pyarrow as pa
+
     bucket = bucket_of(all_keys, buckets)
     order = np.argsort(bucket, kind="stable")
     bounds = np.searchsorted(bucket[order], np.arange(buckets + 1))
@@ -479,8 +493,7 @@ def _split_keys(job: Job, piece: Piece, buckets: int, t_layout, whole_file: bool
     for b in range(buckets):
         local = order[bounds[b]:bounds[b + 1]]
         taken = pa.array(local, pa.int64())
-        out.append((all_keys.take(taken), local, piece.first_index + local,
-                    matrix[local] if t_layout is not None else None))
+        out.append((all_keys.take(taken), local, first_index + local, matrix[local] if matrix is not None else None))
     return out
 
 
@@ -735,3 +748,257 @@ def _streamed_pairs(client, job: Job, t_layout) -> tuple[list[Piece], list]:
         targets.append(("chunk", client.scatter(t_chunk.batch, hash=False), t_layout, t_chunk.first_row))
         index += n
     return pieces, targets
+
+
+# -- compare ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CompareSettings:
+    """What a compare task needs besides the two jobs: the compared metrics, the map of BASE's class
+    numbers to NEW's, the length of the most-worsened list and the Poisson bootstrap."""
+
+    names: tuple
+    class_map: np.ndarray
+    worst: int
+    resamples: int
+    seed: int
+
+
+def compare_dask(base_job: Job, new_job: Job, names, class_map: np.ndarray, options: DaskOptions, *, worst: int,
+                 resamples: int, seed: int, progress=None, client=None) -> tuple[State, State, Any]:
+    """BASE's State, NEW's State and their PairedParts, computed on a Dask cluster: the numbers of
+    comparison.compare with the local engine and --bootstrap poisson.
+
+    Rows pair by key through the hash join of the targets (BASE's per-sample values travel as the
+    target rows of NEW's partitions), else by position, file by file (both inputs must then hold
+    the same rows in each file, or Parquet file). Each pair of partitions is compared on a worker
+    into a PairedParts (sums per resample, weights seeded by the base row position), added in a tree.
+    """
+    from .engine import check_state
+
+    _check_comparable(base_job, new_job)
+    settings = CompareSettings(tuple(names), class_map, worst, resamples, seed)
+    with contextlib.ExitStack() as stack:
+        if client is None:
+            client = stack.enter_context(dask_client(options))
+        base_future = client.scatter(_portable_job(base_job), broadcast=True, hash=False)
+        new_future = client.scatter(_portable_job(new_job), broadcast=True, hash=False)
+        base_states = None
+        if new_job.layout.key:
+            pieces = plan_pieces(client, new_job.sources, options.partition_bytes)
+            b_pieces = plan_pieces(client, base_job.sources, options.partition_bytes)
+            buckets = min(MAX_BUCKETS, max(1, len(pieces), len(b_pieces)))
+            b_split = [client.submit(split_base, base_future, b, buckets, settings, pure=False) for b in b_pieces]
+            n_split = [client.submit(split_compare_keys, new_future, p, buckets, pure=False) for p in pieces]
+            _first_error([*b_split, *n_split])
+            base_states = [client.submit(_split_state, f, pure=False) for f in b_split]
+            joined = []
+            for b in range(buckets):
+                news = [client.submit(_bucket_side, f, b, part, pure=False) for part, f in enumerate(n_split)]
+                bases = [client.submit(_bucket_of_split, f, b, pure=False) for f in b_split]
+                joined.append(client.submit(join_bucket, news, bases, pure=False))
+            problems = functools.reduce(lambda a, b: a + b, client.gather(
+                [client.submit(_problems_of, j, pure=False) for j in joined]))
+            problems.check(new_job.sources[0].name, base_job.sources[0].name, base_job.layout.key or "")
+            partners: list = [("key", [client.submit(_matched_of, j, part, pure=False) for j in joined])
+                              for part in range(len(pieces))]
+        else:
+            pieces = plan_pieces(client, new_job.sources, options.partition_bytes, split=False)
+            b_pieces = plan_pieces(client, base_job.sources, options.partition_bytes, split=False)
+            _aligned_files(new_job, base_job, pieces, b_pieces)
+            partners = [("position", b) for b in b_pieces]
+        futures = [client.submit(compare_piece, base_future, new_future, piece, partner, settings, pure=False)
+                   for piece, partner in zip(pieces, partners)]
+        total = _tree_sum_with(client, add_compared, futures)
+        if progress is not None:
+            from distributed import as_completed
+
+            rows = size = 0
+            sizes = {f.key: (p.rows, p.size) for f, p in zip(futures, pieces)}
+            for done in as_completed(futures, loop=client.loop):
+                r, s = sizes[done.key]
+                rows, size = rows + r, size + s
+                progress(rows, size)
+        _first_error(futures)
+        if total is None:
+            raise InputError(new_job.sources[0].name, "no data rows")
+        base_state, new_state, paired = total.result()
+        if base_states is not None:
+            summed = _tree_sum(client, base_states)
+            base_state = summed.result() if summed is not None else State()
+    check_state(base_job, base_state)
+    check_state(new_job, new_state)
+    return base_state, new_state, paired
+
+
+def _check_comparable(base_job: Job, new_job: Job) -> None:
+    """What compare --engine dask does not do (yet): each refused with a one-line usage error."""
+    for job in (base_job, new_job):
+        if any(s.path is None for s in job.sources):
+            raise UsageError("compare --engine dask reads files (or URLs): not standard input or tables; "
+                             "use the local engine")
+        if job.target_sources:
+            raise UsageError("compare --engine dask: --targets FILE is not available; put the targets in the "
+                             "prediction files (--target-prefix) or use the local engine")
+        if job.settings.ignore_label is not None:
+            raise UsageError("compare --engine dask: --ignore-label is not available (the bootstrap seeds "
+                             "rows by their position among the kept ones); use the local engine")
+
+
+def _aligned_files(new_job: Job, base_job: Job, pieces: list[Piece], b_pieces: list[Piece]) -> None:
+    from .pairing import count_mismatch
+
+    total, b_total = sum(p.rows for p in pieces), sum(b.rows for b in b_pieces)
+    if total != b_total:  # the error of the local engine's ByPosition
+        raise count_mismatch(new_job.sources[0].name, total, base_job.sources[0].name, b_total)
+    if [p.rows for p in pieces] != [b.rows for b in b_pieces]:
+        raise UsageError(f"compare --engine dask pairs rows by position only when both inputs have the same rows "
+                         f"in each file ({base_job.sources[0].name}: {len(b_pieces)} files, "
+                         f"{new_job.sources[0].name}: {len(pieces)}); pair them by an id column with --key")
+
+
+def _tree_sum_with(client, add: Callable, futures: list) -> Any:
+    while len(futures) > 1:
+        futures = [client.submit(add, *futures[i:i + FAN_IN], pure=False) for i in range(0, len(futures), FAN_IN)]
+    return futures[0] if futures else None
+
+
+def add_compared(*results: tuple) -> tuple:
+    """The sum of compare_piece results: (BASE's State or None, NEW's State, PairedParts)."""
+    bases = [r[0] for r in results if r[0] is not None]
+    return (add_states(*bases) if bases else None, add_states(*(r[1] for r in results)),
+            functools.reduce(lambda a, b: a + b, (r[2] for r in results)))
+
+
+def _base_rows(scored, settings: CompareSettings) -> np.ndarray:
+    """BASE's rows as NEW's partitions receive them: each compared metric, the label in NEW's class
+    numbers (-1: none), the weight and the row's position in BASE, one row per sample."""
+    from .comparison import per_sample_metrics
+
+    n = scored.rows
+    labels = settings.class_map[scored.labels] if scored.labels is not None else np.full(n, -1)
+    weights = scored.weights if scored.weights is not None else np.ones(n)
+    return np.column_stack([*per_sample_metrics(scored, settings.names).values(), labels, weights,
+                            scored.first_index + np.arange(n)]).reshape(n, len(settings.names) + 3)
+
+
+def _scored_base(job: Job, piece: Piece, settings: CompareSettings, whole_file: bool) -> tuple[State, np.ndarray, list]:
+    """BASE's State of a partition, its rows (``_base_rows``) and its keys (when pairing by key)."""
+    from .engine import Partition, Scorer
+
+    scorer = Scorer(job)
+    state, rows, keys = State(), [], []
+    for chunk in read_piece(piece, job.layout.columns, job.layout.types(job.sources[0].schema), whole_file):
+        scored = scorer.score(Partition(chunk, piece.first_index + chunk.first_row - piece.first_row))
+        state += scorer.state_of(scored)
+        rows.append(_base_rows(scored, settings))
+        if job.layout.key:
+            keys.append(chunk.batch.column(job.layout.key))
+    matrix = np.concatenate(rows) if rows else np.zeros((0, len(settings.names) + 3))
+    return state, matrix, keys
+
+
+@_on_worker
+def split_base(job: Job, piece: Piece, buckets: int, settings: CompareSettings) -> tuple:
+    """BASE's partition scored, its rows split by the bucket of their key: (buckets, State)."""
+    def work(whole_file: bool) -> tuple:
+        state, matrix, keys = _scored_base(job, piece, settings, whole_file)
+        return _by_bucket(_concat_keys(keys), piece.first_index, buckets, matrix), state
+
+    return _retrying(work)
+
+
+@_on_worker
+def split_compare_keys(job: Job, piece: Piece, buckets: int) -> list:
+    """NEW's keys of a partition split by bucket (as split_keys)."""
+    key = job.layout.key or ""
+
+    def work(whole_file: bool) -> list:
+        types = job.layout.types(job.sources[0].schema)
+        chunks = read_piece(piece, [key], {key: types[key]} if key in types else {}, whole_file)
+        return _by_bucket(_concat_keys([c.batch.column(key) for c in chunks]), piece.first_index, buckets, None)
+
+    return _retrying(work)
+
+
+def _split_state(split: tuple) -> State:
+    return split[1]
+
+
+def _bucket_of_split(split: tuple, bucket: int) -> tuple:
+    return split[0][bucket]
+
+
+@_on_worker
+def compare_piece(base_job: Job, new_job: Job, piece: Piece, partner: tuple, settings: CompareSettings) -> tuple:
+    """NEW's partition scored and paired with BASE's rows: (BASE's State or None, NEW's State,
+    PairedParts). ``partner``: ("position", BASE's partition of the same rows) or ("key",
+    [(positions, BASE rows) or None per bucket])."""
+    return _retrying(lambda whole_file: _compare_piece(base_job, new_job, piece, partner, settings, whole_file))
+
+
+def _compare_piece(base_job: Job, new_job: Job, piece: Piece, partner: tuple, settings: CompareSettings,
+                   whole_file: bool) -> tuple:
+    from .comparison import PairedPart, PairedParts, per_sample_metrics
+    from .engine import Partition, Scorer, group_rows
+
+    names, m = settings.names, len(settings.names)
+    base_name, new_name = base_job.sources[0].name, new_job.sources[0].name
+    base_state = None
+    if partner[0] == "position":
+        base_state, payload, _ = _scored_base(base_job, partner[1], settings, whole_file)
+    else:
+        payload = np.full((piece.rows, m + 3), np.nan)
+        for matched in partner[1]:
+            if matched is not None:
+                payload[matched[0]] = matched[1]
+    scorer = Scorer(new_job)
+    layout = new_job.layout
+    state = State()
+    deltas: list[np.ndarray] = []
+    rows_of: list[np.ndarray] = []
+    keys: list = []
+    members: dict[tuple, list[np.ndarray]] = {}
+    done = 0
+    for chunk in read_piece(piece, layout.columns, layout.types(new_job.sources[0].schema), whole_file):
+        offset = chunk.first_row - piece.first_row
+        scored = scorer.score(Partition(chunk, piece.first_index + offset))
+        state += scorer.state_of(scored)
+        base = payload[offset:offset + scored.rows]
+        labels = base[:, m]
+        if scored.labels is not None and labels.size and labels[0] >= 0:
+            disagree = np.flatnonzero(labels != scored.labels)
+            if disagree.size:
+                raise InputError(new_name, f"labels disagree with {base_name}",
+                                 rows=(chunk.first_row + disagree).tolist(), total=disagree.size)
+        weights = scored.weights if scored.weights is not None else np.ones(scored.rows)
+        if not np.array_equal(base[:, m + 1], weights):
+            raise InputError(new_name, f"weights differ from {base_name}")
+        with np.errstate(invalid="ignore"):  # inf - inf: a zero-probability row in both models
+            deltas.append(np.column_stack([v - base[:, j] for j, v in
+                                           enumerate(per_sample_metrics(scored, names).values())]))
+        rows_of.append(base)
+        if layout.key:
+            keys.extend(chunk.batch.column(layout.key).to_pylist())
+        for group, found in group_rows(scored.chunk.batch, layout.groups) if layout.groups else ():
+            members.setdefault(group, []).append(done + found)
+        done += scored.rows
+    delta = np.concatenate(deltas) if deltas else np.zeros((0, m))
+    base = np.concatenate(rows_of) if rows_of else np.zeros((0, m + 3))
+    ids = base[:, m + 2].astype(np.uint64)
+
+    def part(rows: np.ndarray | None = None) -> PairedPart:
+        def pick(a):
+            return a if rows is None else a[rows]
+
+        return PairedPart.of(names, {n: pick(delta[:, j]) for j, n in enumerate(names)}, pick(base[:, m + 1]),
+                             {n: pick(base[:, j]) for j, n in enumerate(names)}, pick(ids), settings.resamples,
+                             settings.seed)
+
+    nll = names.index("nll")
+    order = np.lexsort((ids, -delta[:, nll]))[:settings.worst]
+    worst = [(int(ids[i]), float(delta[i, nll]), float(base[i, nll]), int(base[i, m]),
+              keys[i] if keys else None) for i in order]
+    groups = {group: part(np.concatenate(found)) for group, found in members.items()}
+    return base_state, state, PairedParts(part(), groups, worst, settings.worst)
