@@ -139,11 +139,9 @@ def compare(base_preds, new_preds, *, key: str | None = None, confidence: float 
     check_bootstrap_settings(confidence, resamples)
     dask = _engine(engine, scheduler=scheduler, scheduler_file=scheduler_file, workers=workers,
                    partition_size=partition_size)
+    chosen = bootstrap is None and dask is not None  # said in a note once the run succeeded
     if bootstrap is None:
         bootstrap = "rows" if dask is None else "poisson"
-        if dask is not None:
-            sys.stderr.write("nll: note: compare --engine dask uses --bootstrap poisson (rows resampling does "
-                             "not merge across partitions)\n")
     elif dask is not None and bootstrap == "rows":
         raise UsageError("compare --engine dask: --bootstrap rows does not merge across partitions; "
                          "use --bootstrap poisson (the default on Dask)")
@@ -229,6 +227,9 @@ def compare(base_preds, new_preds, *, key: str | None = None, confidence: float 
         worsened = pairing.most_worsened(worst, deltas["nll"], new_job.layout.class_names, scale) if worst else []
     say_notes(base_job)
     say_notes(new_job)
+    if chosen:
+        sys.stderr.write("nll: note: compare --engine dask uses --bootstrap poisson (rows resampling does not "
+                         "merge across partitions)\n")
     groups = [{**group, "comparison": compare_group(group)} for group in new_report.groups]
     groups.sort(key=lambda g: -g["comparison"][0]["delta"])  # the largest nll increase first
     intervals = {row["metric"]: row["ci"] for row in compared}

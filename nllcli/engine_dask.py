@@ -655,7 +655,7 @@ def _run(client, job: Job, options: DaskOptions, scratch: Path | None, progress)
                                  key=job.pair_key, explicit=job.explicit_classes)
     by_position = bool(job.target_sources) and not job.pair_key
     targets: list = []
-    if by_position and any(s.path is None for s in [*job.sources, *job.target_sources]):
+    if by_position and any(not s.rereadable for s in [*job.sources, *job.target_sources]):
         pieces, targets = _streamed_pairs(client, job, t_layout)
     else:
         pieces = _pieces(client, job.sources, layout, options, split=not by_position)
@@ -688,7 +688,7 @@ def _run(client, job: Job, options: DaskOptions, scratch: Path | None, progress)
 def _pieces(client, sources: list, layout, options: DaskOptions, split: bool = True) -> list[Piece]:
     """The partitions of one input: its files' (planned by plan_pieces), or the batches the client
     reads from standard input or a table, each sent to a worker as it is read (Piece.batch: a future)."""
-    if sources[0].path is not None:
+    if sources[0].rereadable:
         return plan_pieces(client, sources, options.partition_bytes, split)
     pieces, index = [], 0
     for chunk in sources[0].batches(layout.columns, layout.types(sources[0].schema)):
@@ -710,7 +710,7 @@ def _portable_job(job: Job) -> Job:
     from .readers import portable
 
     def ship(sources):
-        return [portable(s) if s.path is not None else dataclasses.replace(s, _stdin=None, _table=None,
+        return [portable(s) if s.rereadable else dataclasses.replace(s, _stdin=None, _table=None,
                                                                            _parquet=None, _parquet_buffer=None,
                                                                            _raw=None, sample=None)
                 for s in sources]
@@ -835,7 +835,7 @@ def compare_dask(base_job: Job, new_job: Job, names, class_map: np.ndarray, opti
 def _check_comparable(base_job: Job, new_job: Job) -> None:
     """What compare --engine dask does not do (yet): each refused with a one-line usage error."""
     for job in (base_job, new_job):
-        if any(s.path is None for s in job.sources):
+        if any(not s.rereadable for s in job.sources):
             raise UsageError("compare --engine dask reads files (or URLs): not standard input or tables; "
                              "use the local engine")
         if job.target_sources:

@@ -1094,7 +1094,7 @@ def portable(source: Source) -> Source:
     partition of the file in another process."""
     import dataclasses
 
-    if source.path is None:
+    if not source.rereadable:
         raise ValueError(f"{source.name}: only a file's source can be read elsewhere")
     return dataclasses.replace(source, _stdin=None, _parquet=None, _raw=None, _parquet_buffer=None, _table=None,
                                sample=None, _head=b"")
@@ -1115,10 +1115,10 @@ def parquet_row_groups(source: Source, groups: range, columns: list[str],
 def csv_header_end(source: Source) -> int | None:
     """Bytes of a plain CSV file's header line (its newline included); None when the file cannot be
     cut at line ends: compressed, not a regular file, no line end, or a quote open at the header's end."""
-    if source.path is None or source.compressed or source.format != "csv":
+    if not source.rereadable or source.compressed or source.format != "csv":
         return None
     try:
-        with open(source.path, "rb") as handle:
+        with _ranged_file(source) as handle:
             head = b""
             while b"\n" not in head and len(head) < HEADER_LIMIT:
                 block = handle.read(CSV_BLOCK_BYTES)
@@ -1136,10 +1136,10 @@ def csv_header_end(source: Source) -> int | None:
 def csv_cuts(source: Source, start: int, target: int) -> list[int]:
     """Byte offsets cutting a CSV file's data (from ``start``) into ranges of about ``target``
     bytes, each at a line end: [start, ..., size]."""
-    size = source.size or os.path.getsize(str(source.path))
+    size = source.size if source.size is not None else os.path.getsize(str(source.path))
     cuts = [start]
     try:
-        with open(str(source.path), "rb") as handle:
+        with _ranged_file(source) as handle:
             while cuts[-1] + target < size:
                 handle.seek(cuts[-1] + target)
                 scanned = cuts[-1] + target
@@ -1162,11 +1162,19 @@ def csv_cuts(source: Source, start: int, target: int) -> list[int]:
 
 def read_byte_range(source: Source, start: int, stop: int) -> bytes:
     try:
-        with open(str(source.path), "rb") as handle:
+        with _ranged_file(source) as handle:
             handle.seek(start)
             return handle.read(stop - start)
     except OSError as exc:
         raise os_error(source.name, exc) from exc
+
+
+def _ranged_file(source: Source):
+    """The file's bytes to seek and read in ranges: a local file, or a remote one fetching exactly
+    the bytes read (one ranged request per read, no read-ahead)."""
+    if source.remote is not None:
+        return source.remote.python_file(read_ahead=False)
+    return open(str(source.path), "rb")
 
 
 def csv_range_rows(data: bytes) -> int | None:

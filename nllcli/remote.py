@@ -213,6 +213,12 @@ class RemoteFile:
     fs: Any
     path: str
     size: int | None
+    storage_options: dict[str, Any] | None = None
+
+    def __reduce__(self):
+        """Pickled as its URL and storage options, never its file system (sessions, locks, event
+        loops): a Dask worker makes its own through ``filesystem``, with its own credentials."""
+        return _reopened, (self.url, self.path, self.size, self.storage_options)
 
     @classmethod
     def open(cls, url: str, storage_options: dict[str, Any] | None = None) -> "RemoteFile":
@@ -227,7 +233,7 @@ class RemoteFile:
         if info.get("type") == "directory":
             raise InputError(shown(url), "is a directory (end it with / to read the files below it)")
         size = info.get("size")
-        return cls(url, fs, path, int(size) if size is not None else None)
+        return cls(url, fs, path, int(size) if size is not None else None, storage_options)
 
     @property
     def name(self) -> str:
@@ -256,6 +262,10 @@ class RemoteFile:
                 return handle.read(limit)
             except _remote_errors() as exc:
                 raise error(self.url, exc) from exc
+
+
+def _reopened(url: str, path: str, size: int | None, storage_options: dict[str, Any] | None) -> RemoteFile:
+    return RemoteFile(url, filesystem(url, storage_options), path, size, storage_options)
 
 
 def read_bytes(url: str, storage_options: dict[str, Any] | None = None, *, limit: int) -> bytes:

@@ -15,8 +15,9 @@ os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")  # before distribute
 
 
 @pytest.fixture(scope="session")
-def dask_client(tmp_path_factory):
-    """A distributed Client of a LocalCluster whose workers import this checkout of nllcli."""
+def dask_client(tmp_path_factory, dummy_aws):
+    """A distributed Client of a LocalCluster whose workers import this checkout of nllcli and, as
+    processes started after ``dummy_aws``, inherit its dummy AWS credentials (for the S3 tests)."""
     from distributed import Client, LocalCluster
 
     code = str(Path(nllcli.__file__).resolve().parent.parent)

@@ -295,12 +295,13 @@ def test_usage_errors(monkeypatch, run, tmp_path):
     frame(16, 20).to_csv(path)
     result = run("score", path, "--workers", "2")
     assert result.exit_code == 2 and "only with --engine dask" in result.stderr
-    result = run("compare", path, path, "--engine", "dask")
-    assert result.exit_code == 2 and "local engine" in result.stderr
+    result = run("compare", path, path, "--workers", "2")
+    assert result.exit_code == 2 and "only with --engine dask" in result.stderr
     monkeypatch.setitem(sys.modules, "distributed", None)  # Dask not installed
-    result = run("score", path, "--engine", "dask")
-    assert result.exit_code == 2
-    assert result.stderr == "nll: error: --engine dask needs Dask: pip install 'nllcli[dask]'\n"
+    for command in (["score", path], ["compare", path, path]):
+        result = run(*command, "--engine", "dask")
+        assert result.exit_code == 2
+        assert result.stderr == "nll: error: --engine dask needs Dask: pip install 'nllcli[dask]'\n"
     assert parse_size("64MB") == 64 << 20 and parse_size("1.5k") == 1536 and parse_size(100) == 100
     with pytest.raises(UsageError):
         parse_size("lots")
