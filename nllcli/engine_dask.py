@@ -771,8 +771,9 @@ def compare_dask(base_job: Job, new_job: Job, names, class_map: np.ndarray, opti
     comparison.compare with the local engine and --bootstrap poisson.
 
     Rows pair by key through the hash join of the targets (BASE's per-sample values travel as the
-    target rows of NEW's partitions), else by position, file by file (both inputs must then hold
-    the same rows in each file, or Parquet file). Each pair of partitions is compared on a worker
+    target rows of NEW's partitions); by position, partition with partition when both inputs cut
+    into partitions of the same rows (Parquet files of the same row groups), else through the same
+    join on each row's position in its input. Each pair of partitions is compared on a worker
     into a PairedParts (sums per resample, weights seeded by the base row position), added in a tree.
     """
     from .engine import check_state
@@ -785,9 +786,12 @@ def compare_dask(base_job: Job, new_job: Job, names, class_map: np.ndarray, opti
         base_future = client.scatter(_portable_job(base_job), broadcast=True, hash=False)
         new_future = client.scatter(_portable_job(new_job), broadcast=True, hash=False)
         base_states = None
-        if new_job.layout.key:
-            pieces = plan_pieces(client, new_job.sources, options.partition_bytes)
-            b_pieces = plan_pieces(client, base_job.sources, options.partition_bytes)
+        pieces = plan_pieces(client, new_job.sources, options.partition_bytes)
+        b_pieces = plan_pieces(client, base_job.sources, options.partition_bytes)
+        if not new_job.layout.key:
+            _aligned_rows(new_job, base_job, pieces, b_pieces)
+        if new_job.layout.key or [p.rows for p in pieces] != [b.rows for b in b_pieces]:
+            # by key, or by position through the same join on the row's position in its input
             buckets = min(MAX_BUCKETS, max(1, len(pieces), len(b_pieces)))
             b_split = [client.submit(split_base, base_future, b, buckets, settings, pure=False) for b in b_pieces]
             n_split = [client.submit(split_compare_keys, new_future, p, buckets, pure=False) for p in pieces]
@@ -803,10 +807,7 @@ def compare_dask(base_job: Job, new_job: Job, names, class_map: np.ndarray, opti
             problems.check(new_job.sources[0].name, base_job.sources[0].name, base_job.layout.key or "")
             partners: list = [("key", [client.submit(_matched_of, j, part, pure=False) for j in joined])
                               for part in range(len(pieces))]
-        else:
-            pieces = plan_pieces(client, new_job.sources, options.partition_bytes, split=False)
-            b_pieces = plan_pieces(client, base_job.sources, options.partition_bytes, split=False)
-            _aligned_files(new_job, base_job, pieces, b_pieces)
+        else:  # both inputs cut into partitions of the same rows
             partners = [("position", b) for b in b_pieces]
         futures = [client.submit(compare_piece, base_future, new_future, piece, partner, settings, pure=False)
                    for piece, partner in zip(pieces, partners)]
@@ -846,16 +847,13 @@ def _check_comparable(base_job: Job, new_job: Job) -> None:
                              "rows by their position among the kept ones); use the local engine")
 
 
-def _aligned_files(new_job: Job, base_job: Job, pieces: list[Piece], b_pieces: list[Piece]) -> None:
+def _aligned_rows(new_job: Job, base_job: Job, pieces: list[Piece], b_pieces: list[Piece]) -> None:
+    """The error of the local engine's ByPosition when the two inputs' row counts differ."""
     from .pairing import count_mismatch
 
     total, b_total = sum(p.rows for p in pieces), sum(b.rows for b in b_pieces)
-    if total != b_total:  # the error of the local engine's ByPosition
+    if total != b_total:
         raise count_mismatch(new_job.sources[0].name, total, base_job.sources[0].name, b_total)
-    if [p.rows for p in pieces] != [b.rows for b in b_pieces]:
-        raise UsageError(f"compare --engine dask pairs rows by position only when both inputs have the same rows "
-                         f"in each file ({base_job.sources[0].name}: {len(b_pieces)} files, "
-                         f"{new_job.sources[0].name}: {len(pieces)}); pair them by an id column with --key")
 
 
 def _tree_sum_with(client, add: Callable, futures: list) -> Any:
@@ -893,8 +891,8 @@ def _scored_base(job: Job, piece: Piece, settings: CompareSettings, whole_file: 
         scored = scorer.score(Partition(chunk, piece.first_index + chunk.first_row - piece.first_row))
         state += scorer.state_of(scored)
         rows.append(_base_rows(scored, settings))
-        if job.layout.key:
-            keys.append(chunk.batch.column(job.layout.key))
+        keys.append(chunk.batch.column(job.layout.key) if job.layout.key else
+                    _positions(scored.first_index, scored.rows))
     matrix = np.concatenate(rows) if rows else np.zeros((0, len(settings.names) + 3))
     return state, matrix, keys
 
@@ -911,8 +909,10 @@ def split_base(job: Job, piece: Piece, buckets: int, settings: CompareSettings) 
 
 @_on_worker
 def split_compare_keys(job: Job, piece: Piece, buckets: int) -> list:
-    """NEW's keys of a partition split by bucket (as split_keys)."""
+    """NEW's keys of a partition split by bucket (as split_keys); without a key, its rows' positions."""
     key = job.layout.key or ""
+    if not key:
+        return _by_bucket(_positions(piece.first_index, piece.rows), piece.first_index, buckets, None)
 
     def work(whole_file: bool) -> list:
         types = job.layout.types(job.sources[0].schema)
@@ -920,6 +920,12 @@ def split_compare_keys(job: Job, piece: Piece, buckets: int) -> list:
         return _by_bucket(_concat_keys([c.batch.column(key) for c in chunks]), piece.first_index, buckets, None)
 
     return _retrying(work)
+
+
+def _positions(first: int, n: int):
+    import pyarrow as pa
+
+    return pa.array(np.arange(first, first + n, dtype=np.int64))
 
 
 def _split_state(split: tuple) -> State:

@@ -67,28 +67,25 @@ def test_by_key_any_partitioning_gives_the_local_poisson_compare(dask_client, tm
     assert largest_difference(dask, local) < 1e-12
 
 
-def test_by_position_file_by_file(dask_client, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("same_cuts", [True, False])
+def test_by_position_gives_the_local_poisson_compare(dask_client, tmp_path, same_cuts):  # noqa: F811
     base_frame = frame(22, 500).drop(columns="id")
     new_frame = new_model(base_frame, 2)
     paths = {}
     for side, df in (("base", base_frame), ("new", new_frame)):
-        paths[side] = []
-        for i, rows in enumerate(np.array_split(np.arange(len(df)), 3)):
-            path = tmp_path / f"{side}{i}.csv"
-            df.iloc[rows].to_csv(path)  # pandas' index column, as people write them
-            paths[side].append(str(path))
-    local, dask = both(dask_client, paths["base"], paths["new"], **OPTIONS)
+        (tmp_path / side).mkdir()
+        if same_cuts:  # Parquet files of the same row groups: partition pairs with partition
+            paths[side] = parquet_files(tmp_path / side, df, 2, 3)
+        else:  # CSV byte ranges cut where each file's bytes fall: paired through a join on the position
+            paths[side] = []
+            for i, rows in enumerate(np.array_split(np.arange(len(df)), 3 if side == "base" else 2)):
+                df.iloc[rows].to_csv(tmp_path / side / f"{i}.csv")  # pandas' index column, as people write them
+                paths[side].append(str(tmp_path / side / f"{i}.csv"))
+    local, dask = both(dask_client, paths["base"], paths["new"], partition_size=4000, **OPTIONS)
     assert_same(dask, local)
-    assert "key" not in dask["worst"][0]
-    uneven = [paths["new"][0], *paths["new"][1:]]
-    merged = tmp_path / "new_all.csv"
-    new_frame.to_csv(merged)
-    with pytest.raises(UsageError, match="--key"):
-        compare(paths["base"], [str(merged)], engine="dask", scheduler=dask_client.scheduler.address,
-                )
+    assert "key" not in dask["worst"][0] and len(dask["worst"]) == 5
     with pytest.raises(InputError, match="row counts differ"):
-        compare(paths["base"], uneven[:2], engine="dask", scheduler=dask_client.scheduler.address,
-                )
+        compare(paths["base"], paths["new"][:1], engine="dask", scheduler=dask_client.scheduler.address)
 
 
 def test_gates_and_fail_if_worse_are_the_local_verdicts(dask_client, run, tmp_path):  # noqa: F811
