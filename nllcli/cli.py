@@ -24,7 +24,6 @@ from .errors import (
     EXIT_SIGNAL_BASE,
     NllError,
     Terminated,
-    UsageError,
     environment_fault,
     visible,
     without_trailing_spaces,
