@@ -812,11 +812,16 @@ def compare_dask(base_job: Job, new_job: Job, names, class_map: np.ndarray, opti
         futures = [client.submit(compare_piece, base_future, new_future, piece, partner, settings, pure=False)
                    for piece, partner in zip(pieces, partners)]
         total = _tree_sum_with(client, add_compared, futures)
-        if progress is not None:
+        if progress is not None:  # BASE's rows and bytes count when read: with their NEW partition, or split
             from distributed import as_completed
 
             rows = size = 0
-            sizes = {f.key: (p.rows, p.size) for f, p in zip(futures, pieces)}
+            if base_states is not None:
+                rows, size = sum(b.rows for b in b_pieces), sum(b.size for b in b_pieces)
+                progress(rows, size)
+            sizes = {f.key: (p.rows + (partner[1].rows if partner[0] == "position" else 0),
+                             p.size + (partner[1].size if partner[0] == "position" else 0))
+                     for f, p, partner in zip(futures, pieces, partners)}
             for done in as_completed(futures, loop=client.loop):
                 r, s = sizes[done.key]
                 rows, size = rows + r, size + s

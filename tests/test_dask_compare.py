@@ -143,3 +143,16 @@ def test_what_compare_on_dask_refuses(dask_client, tmp_path):  # noqa: F811
                 ignore_label="a")
     with pytest.raises(UsageError, match="--scheduler"):
         compare(str(tmp_path / "a.csv"), str(tmp_path / "a.csv"), scheduler=address)
+
+
+@pytest.mark.parametrize("key", ["id", None])
+def test_progress_counts_the_rows_of_both_inputs(dask_client, tmp_path, key):  # noqa: F811
+    base_frame = frame(26, 300) if key else frame(26, 300).drop(columns="id")  # no id: by position
+    (tmp_path / "base").mkdir()
+    (tmp_path / "new").mkdir()
+    base = parquet_files(tmp_path / "base", base_frame, 3, 1)
+    new = parquet_files(tmp_path / "new", new_model(base_frame, 6), 3, 1)
+    seen: list = []
+    compare(base, new, key=key, engine="dask", scheduler=dask_client.scheduler.address, partition_size=1,
+            progress=lambda rows, size: seen.append((rows, size)))
+    assert seen == sorted(seen) and seen[-1][0] == 600 and seen[-1][1] > 0
