@@ -20,6 +20,11 @@ carry the same weights (seeded by the key when rows pair by key, else by positio
 
 Memory: the base file's per-sample values (8 bytes per compared metric per row, plus keys when
 pairing by key) and the paired differences; nothing else grows with the number of rows.
+
+On Dask (``engine="dask"``, engine_dask.compare_dask) the pairs are made on the workers, partition
+by partition, and each returns a PairedParts: the Poisson sums per resample (PairedPart), per
+group, and the most-worsened candidates, which add with ``+``; the client holds R x metrics sums
+per group and never a row.
 """
 
 from __future__ import annotations
