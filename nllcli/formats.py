@@ -10,6 +10,9 @@ every format: escaped for Markdown so that they never make a link, an image, HTM
 heading or a table cell; for XML (and with the characters XML 1.0 forbids written as \\uXXXX); for
 OpenMetrics label values as its grammar says. Control characters are escaped visibly first
 (errors.visible), as on the terminal.
+
+A TokensReport (`nll tokens`) is written by the same classes: its dict has the same keys, and its
+files(), counts() (documents and tokens, not rows), unit() and title() say what differs.
 """
 
 from __future__ import annotations
@@ -438,7 +441,8 @@ class OpenMetrics(ReportFormat):
     """OpenMetrics text (what GitLab's metrics report reads): one gauge family per metric,
     `nll_<metric>`, with the labels command, input and units, plus class, group or model where the
     value is one of a class, a --by group or compare's base model; `nll_<metric>_lower` / `_upper`
-    for intervals, `nll_<metric>_delta` (and its interval) for compare, `nll_rows`, and
+    for intervals, `nll_<metric>_delta` (and its interval) for compare, `nll_rows` (`nll_documents`
+    and `nll_tokens` for nll tokens), and
     `nll_gate_passed` (1 or 0) per gate. Ends with `# EOF`."""
 
     name = "openmetrics"
