@@ -12,7 +12,7 @@ OpenMetrics label values as its grammar says. Control characters are escaped vis
 (errors.visible), as on the terminal.
 
 A TokensReport (`nll tokens`) is written by the same classes: its dict has the same keys, and its
-files(), counts() (documents and tokens, not rows), unit() and title() say what differs.
+input_roles(), counts() (documents and tokens, not rows), unit() and title() say what differs.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeGuard
 
 from . import metrics as metric_table
 from .errors import visible
@@ -28,6 +28,7 @@ from .render import _interval, _number, _text
 
 if TYPE_CHECKING:
     from .report import Report
+    from .tokens.report import TokensReport
 
 
 # -- gates, shared by every format and the CI annotations ----------------------------------------
@@ -122,29 +123,37 @@ def _signed(value: float | None) -> str:
 
 def title(report: Report) -> str:
     """The first line of every format: command, files, rows and classes (data: not escaped here)."""
-    if hasattr(report, "title"):  # a TokensReport: files, documents and tokens
+    if _tokens(report):  # files, documents and tokens
         return report.title()
     return f"nll {report.command}: {', '.join(_files(report))} ({report.rows:,} rows, {len(report.classes)} classes)"
 
 
-# A TokensReport (nll tokens) is read through the same keys; these say what differs: its files are a
-# list (the base model's first), it counts documents and tokens, its metrics have their own units.
+# A TokensReport (nll tokens) is read through the same keys; these say what differs: its inputs are a
+# list, it counts documents and tokens, its metrics have their own units.
+
+
+def _tokens(report: Report | TokensReport) -> TypeGuard[TokensReport]:
+    """Whether the report is a TokensReport (of nll tokens or its --compare)."""
+    return hasattr(report, "input_roles")
+
+
+def _inputs(report: Report) -> dict[str, list[str]]:
+    """The input files by role: preds and targets, base and new, or nll tokens' files."""
+    return report.input_roles() if _tokens(report) else report.inputs
 
 
 def _files(report: Report) -> list[str]:
-    if hasattr(report, "files"):
-        return report.files()
-    return [name for names in report.inputs.values() for name in names]
+    return [name for names in _inputs(report).values() for name in names]
 
 
 def _counts(report: Report) -> list[tuple[str, int | None]]:
     """What was scored: [("rows", n)], or documents and tokens."""
-    return report.counts() if hasattr(report, "counts") else [("rows", report.rows)]
+    return report.counts() if _tokens(report) else [("rows", report.rows)]
 
 
 def _unit(report: Report, name: str) -> str:
     """The unit of a metric: the report's for information metrics, else none."""
-    if hasattr(report, "unit"):
+    if _tokens(report):
         return report.unit(name)
     return report.units if metric_table.is_information(name) else ""
 
@@ -275,7 +284,7 @@ class Markdown(ReportFormat):
             first = report.groups[0]["metrics"]
             shown = [m.name for m in metric_table.METRICS if m.in_groups and m.name in first
                      and not (m.name == "kl" and "nll" in report.metrics and report.metrics.get("entropy") == 0)]
-            if hasattr(report, "counts"):  # nll tokens: every metric of the group
+            if _tokens(report):  # every metric of the group
                 shown = list(first)
             header = [*columns, *counted, *shown]
             body = []
@@ -294,7 +303,7 @@ class Markdown(ReportFormat):
         worst = report.worst
         columns = [c for c in ("row", "key", "label", "predicted", *numbers) if c in worst[0]]
         counts: tuple[str, ...] = ()
-        if hasattr(report, "counts"):  # nll tokens: doc, tokens, bytes, nll, ... or doc, nll_delta
+        if _tokens(report):  # doc, tokens, bytes, nll, ... or doc, nll_delta
             columns, counts = list(worst[0]), ("tokens", "bytes")
             numbers = tuple(c for c in columns if c not in ("doc", *counts))
         body = [[_number(entry[c]) if c in numbers else str(entry[c]) if c == "row" else _count(entry[c])
@@ -397,12 +406,9 @@ class JUnit(ReportFormat):
 
     @staticmethod
     def _properties(report: Report) -> list[tuple[str, str]]:
-        inputs = report.inputs
-        if isinstance(inputs, list):  # nll tokens: its files, or BASE and NEW's
-            inputs = {"base": report.base.inputs, "new": inputs} if report.base is not None else {"files": inputs}
-        files = [(f"input.{role}", name) for role, names in inputs.items() for name in names]
+        files = [(f"input.{role}", name) for role, names in _inputs(report).items() for name in names]
         values = [(f"metric.{name}", _number(value)) for name, value in report.metrics.items()]
-        counts = [(name, _count(value).replace(",", "")) for name, value in _counts(report)]
+        counts = [(name, "n/a" if value is None else str(value)) for name, value in _counts(report)]
         return [("command", report.command), *files, *counts, ("units", report.units), *values]
 
     @staticmethod

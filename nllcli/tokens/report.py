@@ -117,9 +117,9 @@ class TokensReport:
         """The unit a metric is shown in: the asked one for nll and doc_nll, bits for bits_per_byte."""
         return self.units if name in INFORMATION else "bits" if name == "bits_per_byte" else ""
 
-    def files(self) -> list[str]:
-        """Every input, the base model's first (--compare)."""
-        return [*(self.base.inputs if self.base is not None else ()), *self.inputs]
+    def input_roles(self) -> dict[str, list[str]]:
+        """The inputs by role, as a score Report's `inputs`: the files, or BASE and NEW's (--compare)."""
+        return {"base": self.base.inputs, "new": self.inputs} if self.base is not None else {"files": self.inputs}
 
     def counts(self) -> list[tuple[str, int | None]]:
         """What was scored, for the titles and the CI formats: documents and tokens (None: unknown)."""
