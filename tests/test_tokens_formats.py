@@ -384,3 +384,17 @@ def test_a_real_run_under_github_actions_piped_to_head(summary, tmp_path):
     assert [c.name for c in suite] == ["--max nll=11"]
     assert one_line(subprocess.run([*command[:4], "--report", str(tmp_path / "x.pdf")], env=env,
                                    capture_output=True, text=True, timeout=120).stderr).startswith("nll: error: ")
+
+
+def test_nll_compare_on_token_files_annotates_unless_told_not_to(tmp_path, summary):
+    files = layouts(tmp_path, random_tokens(9, docs=8, placeholders=False, masks=False))
+    env = {"GITHUB_ACTIONS": "true", "GITHUB_STEP_SUMMARY": str(summary)}
+    args = ("compare", files["chat"], files["vllm"], "--fail-if-worse", "-1")  # the same tokens: delta 0 > -1
+    result = _invoke(*args, env=env)
+    assert result.exit_code == 1
+    (error,) = [line for line in result.stderr.splitlines() if line.startswith("::")]
+    assert error.startswith("::error title=nll tokens compare%3A --fail-if-worse -1 failed::nll got worse")
+    assert summary.read_text().count("## nll tokens compare") == 1
+    quiet = _invoke(*args, "--no-ci-integration", env=env)
+    assert quiet.exit_code == 1 and "::error" not in quiet.stderr
+    assert summary.read_text().count("## nll tokens compare") == 1
