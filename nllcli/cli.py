@@ -703,7 +703,7 @@ TOKENS_EXAMPLES = ["nll tokens tokens_trigram.csv",
                    "nll tokens tokens_trigram_chat.jsonl -f json",
                    "nll tokens tokens_trigram.csv --per-doc docs.csv --max bits_per_byte=4",
                    "nll tokens --compare tokens_bigram.csv tokens_trigram.csv --fail-if-worse 0",
-                   "nll tokens tokens_trigram.csv --max bits_per_byte=4 --report tokens.md --report tokens-junit.xml"]
+                   "nll tokens tokens_trigram.csv --report tokens.md --report tokens-junit.xml"]
 
 
 @app.command(cls=PlainHelp, epilog="Examples, in the sample_data folder:\n\n" + "\n".join(TOKENS_EXAMPLES))
