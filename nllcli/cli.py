@@ -410,14 +410,15 @@ def _total_bytes(*paths_lists) -> int | None:
 
 
 def _finish(report, fmt: Format, per_sample: str | None, report_files: list[tuple[str, str]] | None = None,
-            ci_integration: bool = True) -> None:
+            ci_integration: bool = True, write=None) -> None:
     """Render the report (to stderr when per-sample rows own stdout), write the --report files, tell
-    GitHub Actions (annotations, job summary) and apply the gates."""
+    GitHub Actions (annotations, job summary) and apply the gates. ``write``: the report's writer
+    (nll tokens: tokens.render.write_report), render.write_report by default."""
     from .ci import github_integration, write_report_files
     from .render import write_report
 
     write_report_files(report, report_files or [])  # first: a reader that stops early (`| head`) still gets them
-    write_report(report, fmt.value, sys.stderr if per_sample == "-" else sys.stdout)
+    (write or write_report)(report, fmt.value, sys.stderr if per_sample == "-" else sys.stdout)
     for warning in github_integration(report) if ci_integration else ():
         _err(f"nll: warning: {warning}")
     failed = report.failed_gates
@@ -587,11 +588,8 @@ def _compare(base_file: str, new_file: str, format: Format, quiet: bool, report_
     from .comparison import compare
 
     if _token_files(base_file, new_file):
-        if report_file:
-            from .errors import UsageError
-
-            raise UsageError("--report: not available for token files (use --format json and redirect stdout)")
-        _compare_token_files(base_file, new_file, format, quiet, options)
+        report_files = report_targets(report_file or (), [base_file, new_file])
+        _compare_token_files(base_file, new_file, format, quiet, options, report_files, not no_ci_integration)
         return
     report_files = report_targets(report_file or (), [base_file, new_file, options.get("targets")])
     _local_compare(options)
@@ -839,17 +837,12 @@ class TokenLayout(str, Enum):
     lm_eval = "lm-eval"
 
 
-class TokensFormat(str, Enum):
-    table = "table"
-    json = "json"
-    ndjson = "ndjson"
-
-
 TOKENS_EXAMPLES = ["nll tokens tokens_trigram.csv",
                    "nll tokens tokens_trigram.csv --by source --worst 3 --base 2",
                    "nll tokens tokens_trigram_chat.jsonl -f json",
                    "nll tokens tokens_trigram.csv --per-doc docs.csv --max bits_per_byte=4",
-                   "nll tokens --compare tokens_bigram.csv tokens_trigram.csv --fail-if-worse 0"]
+                   "nll tokens --compare tokens_bigram.csv tokens_trigram.csv --fail-if-worse 0",
+                   "nll tokens tokens_trigram.csv --report tokens.md --report tokens-junit.xml"]
 
 
 @app.command(cls=PlainHelp, epilog="Examples, in the sample_data folder:\n\n" + "\n".join(TOKENS_EXAMPLES))
@@ -887,9 +880,7 @@ def tokens(
                                                    "document (id, tokens, bytes, words, nll, perplexity, "
                                                    "bits_per_byte) to a .csv or .parquet file, or - for "
                                                    "stdout.")] = None,
-    format: Annotated[TokensFormat, typer.Option("--format", "-f", metavar="table|json|ndjson", help="A table "
-                                                 "(plain text when piped), a JSON report, or the same report on "
-                                                 "one line.")] = TokensFormat.table,
+    format: FormatOpt = Format.table,
     max: Max = None,
     min: Min = None,
     compare: Annotated[bool, typer.Option("--compare", help="FILES are BASE NEW: paired by document id, deltas "
@@ -904,6 +895,8 @@ def tokens(
         "are above DELTA (bits_per_byte when the tokenizers differ).")] = None,
     quiet: Quiet = False,
     debug: Debug = False,
+    report_file: ReportFile = None,
+    no_ci_integration: NoCiIntegration = False,
 ) -> None:
     """Perplexity, bits per byte and per-document NLL from saved LLM token log-probabilities.
 
@@ -914,11 +907,13 @@ def tokens(
     Exit codes: 0 ok, 1 a gate or --fail-if-worse failed, 2 usage, input or environment error, 3 a bug of nll.
     """
     _prepare_process()
+    from .ci import report_targets
     from .errors import UsageError
     from .tokens import api as tokens_api
     from .tokens.render import check_format, write_report
 
     check_format(format.value)
+    report_files = report_targets(report_file or (), files, [per_doc])
     layout = format_in.value if format_in is not None else None
     columns = dict(doc=doc, logprob=logprob, bytes=bytes, mask=mask, text=text)
     with _ProgressBar(quiet, None) as progress:  # tokens read so far (the readers do not report bytes)
@@ -936,13 +931,7 @@ def tokens(
                 raise UsageError("--fail-if-worse needs --compare BASE NEW")
             report = tokens_api.tokens(files, format_in=layout, by=by or (), base=base.value, worst=worst,
                                        max=max or (), min=min or (), per_doc=per_doc, progress=progress, **columns)
-    write_report(report, format.value, sys.stderr if per_doc == "-" else sys.stdout)
-    for gate in report.failed_gates:
-        _err(f"nll: {gate.describe(report.metrics.get(gate.metric))}")
-    if report.regression:
-        _err(f"nll: {report.regression}")
-    if report.failed_gates or report.regression:
-        raise typer.Exit(EXIT_GATE)
+    _finish(report, format, per_doc, report_files, not no_ci_integration, write=write_report)
 
 
 TOKEN_COMPARE_OPTIONS = {"base", "worst", "max", "min", "confidence", "resamples", "seed", "fail_if_worse", "debug"}
@@ -955,7 +944,8 @@ def _token_files(*files: str) -> bool:
     return all(is_json(f) for f in files) and all(detect(f) != "table" for f in files)
 
 
-def _compare_token_files(base_file: str, new_file: str, format: Format, quiet: bool, options: dict) -> None:
+def _compare_token_files(base_file: str, new_file: str, format: Format, quiet: bool, options: dict,
+                         report_files: list[tuple[str, str]], ci_integration: bool) -> None:
     import inspect
 
     from .errors import UsageError
@@ -975,13 +965,8 @@ def _compare_token_files(base_file: str, new_file: str, format: Format, quiet: b
                                            confidence=options["confidence"], resamples=options["resamples"],
                                            seed=options["seed"], fail_if_worse=options["fail_if_worse"],
                                            progress=progress)
-    write_report(report, format.value, sys.stdout)
-    for gate in report.failed_gates:
-        _err(f"nll: {gate.describe(report.metrics.get(gate.metric))}")
-    if report.regression:
-        _err(f"nll: {report.regression}")
-    if report.failed_gates or report.regression:
-        raise typer.Exit(EXIT_GATE)
+    _finish(report, format, None, report_files, ci_integration, write=write_report)
+
 
 EXAMPLES["merge"] = ["nll merge robot_tools.nllstate",
                      "nll merge robot_tools.nllstate --format json --max nll=0.5"]
@@ -1001,17 +986,21 @@ def merge(
     storage_option: StorageOption = None,
     quiet: Quiet = False,
     debug: Debug = False,
+    report_file: ReportFile = None,
+    no_ci_integration: NoCiIntegration = False,
 ) -> None:
     """The report of several state files: the same as one run over all their inputs.
 
     States of different classes, settings, bins, units or versions are refused. They are read one at a time.
     """
     from . import api  # no _prepare_process(): no rows are read, and pyarrow is never imported
+    from .ci import report_targets
 
+    report_files = report_targets(report_file or (), [states])
     with _MergeProgress(quiet) as progress:
         report = api.merge(states, max=max or (), min=min or (), save_state=save_state,
                            storage_options=_storage_options(storage_option), progress=progress)
-    _finish(report, format, None)
+    _finish(report, format, None, report_files, not no_ci_integration)
 
 
 class _MergeProgress(_ProgressBar):
