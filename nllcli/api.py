@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import losses
 from .engine import Progress, run
 from .plan import Job, plan_kl, plan_score, say_notes
 from .report import Report, build_report
 from .sinks import check_per_sample_target, per_sample_sink
+
+if TYPE_CHECKING:
+    from .calibrate import Calibration
 
 PathOrData = object  # a path, a list of paths, '-', a pandas DataFrame or a pyarrow Table
 
@@ -27,7 +31,8 @@ def score(preds: PathOrData, *, targets: PathOrData | None = None, label: str | 
           target_prefix: str | None = None, target_probs: str | None = None,
           label_smoothing: float | None = None, bins: int = 15, top_k: int | None = None,
           by: Sequence[str] = (), worst: int = 0, max: Sequence[str] = (), min: Sequence[str] = (),
-          per_sample: str | Path | None = None, progress: Progress | None = None) -> Report:
+          per_sample: str | Path | None = None, progress: Progress | None = None,
+          temperature: float | None = None) -> Report:
     """Score predictions against hard labels or soft targets (`nll score`).
 
     targets: a file of target distributions, paired by ``key`` or by position; target_prefix:
@@ -38,14 +43,15 @@ def score(preds: PathOrData, *, targets: PathOrData | None = None, label: str | 
     2 or 10. bins: confidence bins for ECE; top_k: also top_k_accuracy (the label among the K
     likeliest classes); by: group columns; worst: list the N largest losses. per_sample: a .csv or
     .parquet file (or '-') of one row per sample, written atomically. progress(rows, bytes) is
-    called after each batch.
+    called after each batch. temperature: score softmax(z / T) instead (z the logits, the
+    log-probabilities, or log p for probabilities), as `nll calibrate` does.
     """
     check_per_sample_target(per_sample, preds, targets)
     job = plan_score(preds, targets=targets, label=label, classes=classes, probs=probs, key=key, weight=weight,
                      ignore=ignore, positive=positive, input=input, eps=eps, tol=tol, renormalize=renormalize,
                      base=base,
                      target_prefix=target_prefix, target_probs=target_probs, label_smoothing=label_smoothing,
-                     bins=bins, top_k=top_k, by=by, worst=worst, max=max, min=min)
+                     bins=bins, top_k=top_k, by=by, worst=worst, max=max, min=min, temperature=temperature)
     return _run_and_report(job, per_sample, progress)
 
 
@@ -71,3 +77,28 @@ def _run_and_report(job: Job, per_sample, progress: Progress | None) -> Report:
     if job.command == "score":
         say_notes(job)
     return report
+
+
+def calibrate(valid: PathOrData, *, apply: Sequence[PathOrData] = (), method: str = "temperature",
+              temperature: float | None = None, load: str | None = None, save: str | None = None,
+              output: str | None = None, label: str | None = None, classes: str | list[str] | None = None,
+              probs: str | None = None, key: str | None = None, weight: str | None = None,
+              ignore: Sequence[str] = (), positive: str | None = None, input: str = "probs",
+              eps: float = losses.EPS, tol: float = 1e-4, renormalize: bool = False, base: str = "e",
+              bins: int = 15, top_k: int | None = None, max: Sequence[str] = (),
+              min: Sequence[str] = ()) -> Calibration:
+    """Temperature scaling (`nll calibrate`): fit T > 0 by maximum likelihood on ``valid`` (its
+    labels, weighted by ``weight``), then score ``valid`` and each ``apply`` file before and after.
+
+    temperature / load: take T as given, or from a file written by ``save``, instead of fitting.
+    output: a folder receiving a calibrated copy of each input file, in its format and layout.
+    max / min: gates on the calibrated metrics of ``valid``. The other options are score()'s.
+    The fit holds the log-probabilities of ``valid`` in memory (n x K float64, about 4 copies while
+    it runs); ``apply`` files are streamed.
+    """
+    from .calibrate import run
+
+    return run(valid, apply=list(apply), method=method, temperature=temperature, load=load, save=save,
+               output=output, max=max, min=min, label=label, classes=classes, probs=probs, key=key,
+               weight=weight, ignore=ignore, positive=positive, input=input, eps=eps, tol=tol,
+               renormalize=renormalize, base=base, bins=bins, top_k=top_k)

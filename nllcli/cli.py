@@ -404,6 +404,9 @@ def score(
     min: Min = None,
     quiet: Quiet = False,
     debug: Debug = False,
+    temperature: Annotated[Optional[float], typer.Option("--temperature", metavar="T", help="Score softmax(z / T): "
+                                                         "z the logits, log-probabilities or log p (a T from "
+                                                         "nll calibrate).")] = None,
 ) -> None:
     """Mean and per-sample NLL against hard labels, or cross-entropy, entropy and KL against soft targets.
 
@@ -415,7 +418,8 @@ def score(
                            weight=weight, ignore=ignore or (), positive=positive, input=input.value, eps=eps, tol=tol,
                            renormalize=renormalize, base=base.value, target_prefix=target_prefix,
                            label_smoothing=label_smoothing, bins=bins, top_k=top_k, by=by or (), worst=worst,
-                           max=max or (), min=min or (), per_sample=per_sample, quiet=quiet)
+                           max=max or (), min=min or (), per_sample=per_sample, quiet=quiet,
+                           temperature=temperature)
     _finish(report, format, per_sample)
 
 
@@ -536,7 +540,7 @@ _derived_command("plot", _plot, drop={"format", "per_sample", "max", "min"}, fro
     "output", Annotated[str, typer.Option("--output", "-o", metavar="FILE", help="The image to write: "
                                           ".png, .svg or .pdf.",
                                           show_default=False)])])
-_derived_command("compare", _compare, drop={"preds", "per_sample"}, front=[
+_derived_command("compare", _compare, drop={"preds", "per_sample", "temperature"}, front=[
     ("base_file", Annotated[str, typer.Argument(metavar="BASE", help="Predictions of the model in use.",
                                                 show_default=False)]),
     ("new_file", Annotated[str, typer.Argument(metavar="NEW", help="Predictions of the candidate model.",
@@ -653,3 +657,85 @@ def _stdout_fault(exc: OSError) -> int:
     fault = environment_fault(exc, "standard output")
     _err(f"nll: error: {fault}" if fault else f"nll: internal error: {type(exc).__name__}: {exc}")
     return fault.exit_code if fault else EXIT_INTERNAL
+
+
+EXAMPLES["calibrate"] = [
+    "nll calibrate robot_tools_val_logits.csv --input logits --apply robot_tools_test_logits.csv",
+    "nll calibrate robot_tools_val_logits.csv --input logits --save temperature.json --max ece=0.05",
+    "nll calibrate robot_tools_test_logits.csv --input logits --load temperature.json --output calibrated",
+    "nll score robot_tools_test_logits.csv --input logits --temperature 2.5",
+]
+
+
+class Method(str, Enum):
+    temperature = "temperature"
+
+
+@app.command(cls=PlainHelp, epilog=_epilog("calibrate"))
+@handle_errors
+def calibrate(
+    valid: Annotated[str, typer.Argument(metavar="VALID", help="Held-out predictions with true labels, "
+                                         "to fit the temperature on (.csv, .tsv, .csv.gz, .parquet).",
+                                         show_default=False)],
+    apply: Annotated[Optional[list[str]], typer.Option("--apply", metavar="TEST", help="A file to calibrate with "
+                                                       "the same T and score before and after "
+                                                       "(repeatable).")] = None,
+    method: Annotated[Method, typer.Option("--method", metavar="temperature", help="The calibration map: one "
+                                           "temperature T for all classes, softmax(z / T).")] = Method.temperature,
+    temperature: Annotated[Optional[float], typer.Option("--temperature", metavar="T", help="Use this T instead "
+                                                         "of fitting one.")] = None,
+    load: Annotated[Optional[str], typer.Option("--load", metavar="FILE", help="Use the T saved by --save "
+                                                "instead of fitting one.")] = None,
+    save: Annotated[Optional[str], typer.Option("--save", metavar="FILE", help="Write T as JSON, for --load "
+                                                "or score --temperature.")] = None,
+    output: Annotated[Optional[str], typer.Option("--output", "-o", metavar="DIR", help="Write a calibrated "
+                                                  "copy of VALID and each TEST into DIR: same name, format, "
+                                                  "columns and kind of values; never over an input.")] = None,
+    label: Annotated[Optional[str], typer.Option("--label", metavar="COLUMN", help="The column of true labels.",
+                                                 show_default="first of "
+                                                 "label, y, y_true, target, true_label, class")] = None,
+    classes: Classes = None,
+    probs: Probs = None,
+    key: Key = None,
+    weight: Annotated[Optional[str], typer.Option("--weight", metavar="COLUMN", help="A column of sample "
+                                                  "weights, for the fit and the metrics.")] = None,
+    ignore: Ignore = None,
+    positive: Annotated[Optional[str], typer.Option("--positive", metavar="LABEL", help="The label of class 1 when "
+                                                    "a single column holds P(class 1).")] = None,
+    input: Input = InputKind.probs,
+    eps: Eps = EPS_DEFAULT,
+    tol: Tol = 1e-4,
+    renormalize: Renormalize = False,
+    base: BaseOpt = Base.e,
+    bins: Annotated[int, typer.Option("--bins", metavar="N", help="Equal-width confidence bins for "
+                                      "ECE.")] = 15,
+    top_k: Annotated[Optional[int], typer.Option("--top-k", metavar="K", help="Also top_k_accuracy.")] = None,
+    format: FormatOpt = Format.table,
+    max: Annotated[Optional[list[str]], typer.Option("--max", metavar="METRIC=VALUE", help="Exit 1 if METRIC of "
+                                                     "VALID after calibration is above VALUE (repeatable).")] = None,
+    min: Annotated[Optional[list[str]], typer.Option("--min", metavar="METRIC=VALUE", help="Exit 1 if METRIC of "
+                                                     "VALID after calibration is below VALUE (repeatable).")] = None,
+    debug: Debug = False,
+) -> None:
+    """Temperature scaling: fit T by maximum likelihood on VALID, report every metric before and after.
+
+    The calibrated predictions are softmax(z / T), z the logits, the log-probabilities or log p; T > 1
+    softens an overconfident model. T is found by Newton's method on log T (bracketed, to 1e-10).
+
+    Memory: the fit holds VALID's log-probabilities (rows x classes x 8 bytes, about four copies while
+    it runs); --apply files are streamed. Each file is read more than once: no standard input.
+    """
+    _prepare_process()
+    from . import api
+    from .calibrate import write_calibration
+
+    result = api.calibrate(valid, apply=apply or (), method=method.value, temperature=temperature, load=load,
+                           save=save, output=output, label=label, classes=classes, probs=probs, key=key,
+                           weight=weight, ignore=ignore or (), positive=positive, input=input.value, eps=eps,
+                           tol=tol, renormalize=renormalize, base=base.value, bins=bins, top_k=top_k,
+                           max=max or (), min=min or ())
+    write_calibration(result, format.value, sys.stdout)
+    for gate in result.failed_gates:
+        _err(f"nll: {gate.describe(result.valid[1].metrics.get(gate.metric))} (VALID after calibration)")
+    if result.failed_gates:
+        raise typer.Exit(EXIT_GATE)

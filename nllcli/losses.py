@@ -108,6 +108,16 @@ def log_softmax(z: np.ndarray) -> np.ndarray:
         return z - logsumexp(z)[:, None]
 
 
+def tempered_log_softmax(values: np.ndarray, kind: str, temperature: float) -> np.ndarray:
+    """Temperature scaling: log q_k = z_k / T - logsumexp(z / T), with z the logits, the
+    log-probabilities, or log p for probabilities (log 0 = -inf: a zero stays a zero, as p^(1/T)).
+
+    Never log(softmax(z / T)); any shift of a row's z leaves the result unchanged. T > 0.
+    """
+    z = _log(values) if kind == "probs" else values
+    return log_softmax(z / temperature)
+
+
 def renormalize_rows(p: np.ndarray) -> np.ndarray:
     """Divide each row by its sum (rows must have a positive sum)."""
     return p / p.sum(axis=1, keepdims=True)

@@ -27,6 +27,7 @@ class Settings:
     symmetric: bool = False
     bins: int = 15
     top_k: int | None = None
+    temperature: float | None = None  # scale logits by 1/T before scoring (nll calibrate)
 
     def __post_init__(self):
         if self.kind not in losses.INPUT_KINDS:
@@ -43,6 +44,14 @@ class Settings:
             raise UsageError(f"--bins {self.bins}: must be between 1 and 10000")
         if self.top_k is not None and self.top_k < 1:
             raise UsageError(f"--top-k {self.top_k}: must be at least 1")
+        if self.temperature is not None and not (0 < self.temperature < math.inf):
+            raise UsageError(f"--temperature {self.temperature:g}: must be a positive finite number")
+
+    @property
+    def scored_kind(self) -> str:
+        """The kind the kernels see: probabilities scaled by a temperature arrive as log-probabilities
+        (clipped by eps like them)."""
+        return "log-probs" if self.temperature is not None and self.kind == "probs" else self.kind
 
     @property
     def unit_scale(self) -> float:
@@ -141,10 +150,11 @@ def plan_score(preds, *, targets=None, label: str | None = None, classes: str | 
                renormalize: bool = False, base: str = "e", target_prefix: str | None = None,
                target_probs: str | None = None, label_smoothing: float | None = None,
                bins: int = 15, top_k: int | None = None, by: Sequence[str] = (), worst: int = 0,
-               max: Sequence[str] = (), min: Sequence[str] = (), ignore: Sequence[str] = ()) -> Job:
+               max: Sequence[str] = (), min: Sequence[str] = (), ignore: Sequence[str] = (),
+               temperature: float | None = None) -> Job:
     """Check the options and open the inputs of a `score` (see score())."""
     settings = Settings(kind=input, eps=eps, tol=tol, renormalize=renormalize, base=str(base),
-                        label_smoothing=label_smoothing, bins=bins, top_k=top_k)
+                        label_smoothing=label_smoothing, bins=bins, top_k=top_k, temperature=temperature)
     soft = targets is not None or target_prefix is not None or label_smoothing is not None
     if label_smoothing is not None and (targets is not None or target_prefix is not None):
         raise UsageError("--label-smoothing softens hard labels; it does not combine with --targets or --target-prefix")
