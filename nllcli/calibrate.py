@@ -332,13 +332,13 @@ def load_temperature(path: str) -> dict[str, Any]:
     """A temperature written by --save (its schema_version, kind and method checked)."""
     from .sinks import reported_as
 
+    if not Path(path).is_file():
+        raise UsageError(f"--load {path}: no such file")
     try:
         with reported_as(path), open(path, encoding="utf-8") as stream:
             document = json.load(stream)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"--load {path}: not a temperature file written by nll calibrate --save ({exc})") from None
-    except FileNotFoundError:
-        raise UsageError(f"--load {path}: no such file") from None
     if not isinstance(document, dict) or document.get("kind") != SAVE_KIND:
         raise UsageError(f"--load {path}: not a temperature file written by nll calibrate --save")
     if document.get("schema_version") != SAVE_VERSION:
