@@ -175,7 +175,8 @@ EXAMPLES = {
                 "nll compare robot_tools.csv robot_tools_model_b.csv --by camera --worst 5",
                 "nll compare robot_tools.csv robot_tools_model_b.csv --fail-if-worse 0 -f json"],
     "plot": ["nll plot robot_tools.csv -o robot_tools.png",
-             "nll plot robot_tools.csv --targets robot_tools_annotators.csv -o soft.svg"],
+             "nll plot robot_tools.csv --targets robot_tools_annotators.csv -o soft.svg",
+             "nll plot robot_tools_val_logits.csv --input logits --calibrate -o calibrated.png"],
 }
 
 
@@ -449,11 +450,33 @@ def _plot(output: str, **options) -> None:
     refuse_input_as_output(output, "--output", [options.get("preds"), options.get("targets")])
     write_plot(output)  # fails early, before reading, if matplotlib is missing or the suffix is wrong
     options = _plain(options)
-    report = _score_report(options.pop("preds"), **options)
-    write_plot(output, report)
+    fit, temperature = options.pop("calibrate", False), options.get("temperature")
+    if fit or temperature is not None:  # the original and the temperature-scaled file, side by side
+        result = _calibration_for_plot(fit, **options)
+        report = result.valid[0]
+        write_plot(output, report, result.valid[1], result.temperature)
+    else:
+        report = _score_report(options.pop("preds"), **options)
+        write_plot(output, report)
     for warning in report.all_warnings():  # a quiet note already says "note:"
         _err(f"nll: {warning}" if warning.startswith("note: ") else f"nll: warning: {warning}")
     _err(f"nll: wrote {output}")
+
+
+def _calibration_for_plot(fit: bool, *, preds: list[str], temperature: float | None, quiet: bool, **options):
+    """api.calibrate on the plotted file: T fitted on it (--calibrate) or given (--temperature)."""
+    _prepare_process()
+    from . import api
+    from .errors import UsageError
+
+    if fit and temperature is not None:
+        raise UsageError("--calibrate fits T and --temperature gives it: use one")
+    unsupported = [f"--{name.replace('_', '-')}" for name in ("targets", "target_prefix", "label_smoothing", "by")
+                   if options.pop(name, None) not in (None, ())]
+    if unsupported:
+        raise UsageError(f"--calibrate and --temperature in nll plot need hard labels, not {', '.join(unsupported)}")
+    options.pop("worst", None)
+    return api.calibrate(preds if len(preds) != 1 else preds[0], temperature=temperature, **options)
 
 
 def _compare(base_file: str, new_file: str, format: Format, quiet: bool, **options) -> None:
@@ -539,7 +562,10 @@ def kl(
 _derived_command("plot", _plot, drop={"format", "per_sample", "max", "min"}, front=[(
     "output", Annotated[str, typer.Option("--output", "-o", metavar="FILE", help="The image to write: "
                                           ".png, .svg or .pdf.",
-                                          show_default=False)])])
+                                          show_default=False)])], back=[(
+    "calibrate", Annotated[bool, typer.Option("--calibrate", help="Fit a temperature on the file (nll calibrate) "
+                                              "and draw the calibrated curve beside the original; --temperature T "
+                                              "draws a given one.")], False)])
 _derived_command("compare", _compare, drop={"preds", "per_sample", "temperature"}, front=[
     ("base_file", Annotated[str, typer.Argument(metavar="BASE", help="Predictions of the model in use.",
                                                 show_default=False)]),

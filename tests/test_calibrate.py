@@ -337,3 +337,41 @@ def test_subprocess_save_then_load(nll_exe, samples, tmp_path):
     assert applied.returncode == 0, applied.stderr
     assert f"T = {t:.6g}, loaded from" in applied.stdout
     assert Path(out / "robot_tools_test_logits.csv").exists()
+
+
+# -- nll plot: the calibrated curve beside the original ----------------------------------------
+
+
+def _axes_of(report, calibrated=None, temperature=None):
+    from matplotlib.figure import Figure
+
+    from nllcli import plot
+
+    fig = Figure()
+    plot._draw(fig, report, calibrated, temperature)
+    return fig.axes
+
+
+def test_plot_draws_the_calibrated_curve_and_a_log_scale_when_one_bin_dominates(samples):
+    result = api.calibrate(str(samples / "digits_gbm_test_logits.csv"), input="logits")
+    reliability, confidence, *_ = _axes_of(result.valid[0], result.valid[1], result.temperature)
+    labels = [line.get_label() for line in reliability.get_lines()]
+    assert f"after T = {result.temperature:.4g}" in labels
+    assert "ECE" in reliability.get_title() and "after T" in reliability.get_title()
+    assert confidence.get_yscale() == "log"  # 94% of the rows are in the top bin
+    robot = api.score(str(samples / "robot_tools_test_logits.csv"), input="logits", temperature=2.5)
+    assert _axes_of(robot)[1].get_yscale() == "linear"
+
+
+def test_plot_calibrate_and_temperature(run, samples, tmp_path):
+    valid = samples / "robot_tools_val_logits.csv"
+    fitted = run("plot", valid, "--input", "logits", "--calibrate", "-o", tmp_path / "fit.png")
+    assert fitted.exit_code == 0, fitted.stderr
+    assert (tmp_path / "fit.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    given_t = run("plot", valid, "--input", "logits", "--temperature", "2.5", "-o", tmp_path / "t.svg")
+    assert given_t.exit_code == 0, given_t.stderr
+    assert "T = 2.5" in (tmp_path / "t.svg").read_text()
+    assert_input_error(run("plot", valid, "--calibrate", "--temperature", "2", "-o", tmp_path / "x.png"), "use one")
+    assert_input_error(run("plot", samples / "robot_tools.csv", "--calibrate", "--targets",
+                           samples / "robot_tools_annotators.csv", "-o", tmp_path / "x.png"), "hard labels")
+    assert not (tmp_path / "x.png").exists()
