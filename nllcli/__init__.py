@@ -10,13 +10,14 @@ The functions are imported on first use, so `import nllcli` (and `nll --help`) s
 
 from ._version import __version__
 
-__all__ = ["InputError", "NllError", "Report", "State", "Summary", "UsageError", "__version__", "compare", "kl",
-           "score"]
+__all__ = ["InputError", "NllError", "Report", "State", "Summary", "UsageError", "__version__", "calibrate", "compare",
+           "kl", "score"]
 
 _LAZY = {
     "score": ("api", "score"),
     "kl": ("api", "kl"),
     "compare": ("comparison", "compare"),
+    "calibrate": ("api", "calibrate"),
     "State": ("summary", "State"),
     "Report": ("report", "Report"),
     "Summary": ("summary", "Summary"),

@@ -18,7 +18,7 @@ from .report import Report, build_report
 from .sinks import check_per_sample_target, per_sample_sink
 
 if TYPE_CHECKING:
-    from .calibrate import Calibration
+    from .calibration import Calibration
 
 PathOrData = object  # a path, a list of paths, '-', a pandas DataFrame or a pyarrow Table
 
@@ -96,7 +96,7 @@ def calibrate(valid: PathOrData, *, apply: Sequence[PathOrData] = (), method: st
     The fit holds the log-probabilities of ``valid`` in memory (n x K float64, about 4 copies while
     it runs); ``apply`` files are streamed.
     """
-    from .calibrate import run
+    from .calibration import run
 
     return run(valid, apply=list(apply), method=method, temperature=temperature, load=load, save=save,
                output=output, max=max, min=min, label=label, classes=classes, probs=probs, key=key,

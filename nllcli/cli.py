@@ -689,7 +689,7 @@ EXAMPLES["calibrate"] = [
     "nll calibrate robot_tools_val_logits.csv --input logits --apply robot_tools_test_logits.csv",
     "nll calibrate robot_tools_val_logits.csv --input logits --save temperature.json --max ece=0.05",
     "nll calibrate robot_tools_test_logits.csv --input logits --load temperature.json --output calibrated",
-    "nll score robot_tools_test_logits.csv --input logits --temperature 2.5",
+    "nll calibrate robot_tools_test_logits.csv --input logits --temperature 2.5 --format json",
 ]
 
 
@@ -745,15 +745,17 @@ def calibrate(
 ) -> None:
     """Temperature scaling: fit T by maximum likelihood on VALID, report every metric before and after.
 
-    The calibrated predictions are softmax(z / T), z the logits, the log-probabilities or log p; T > 1
-    softens an overconfident model. T is found by Newton's method on log T (bracketed, to 1e-10).
+    Calibrated predictions are softmax(z / T), z the logits, log-probabilities or log p; T > 1 softens them.
 
-    Memory: the fit holds VALID's log-probabilities (rows x classes x 8 bytes, about four copies while
-    it runs); --apply files are streamed. Each file is read more than once: no standard input.
+    Memory: the fit holds VALID's log-probabilities, rows x classes x 8 bytes (4 copies while it runs).
+
+    --apply files are streamed. Each file is read more than once: no standard input.
+
+    Exit codes: 0 ok, 1 a --max/--min gate failed, 2 usage, input or environment error, 3 a bug of nll.
     """
     _prepare_process()
     from . import api
-    from .calibrate import write_calibration
+    from .calibration import write_calibration
 
     result = api.calibrate(valid, apply=apply or (), method=method.value, temperature=temperature, load=load,
                            save=save, output=output, label=label, classes=classes, probs=probs, key=key,

@@ -18,8 +18,8 @@ from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, logsumexp
 
 from helpers import assert_input_error, loads_strict
-from nllcli import api, calibrate
-from nllcli.calibrate import fit_rows, fit_temperature, temperature_terms
+from nllcli import api, calibration
+from nllcli.calibration import fit_rows, fit_temperature, temperature_terms
 
 CLASSES = ["cat", "dog", "bird", "fish"]
 
@@ -116,7 +116,7 @@ def test_flat_rows_give_t_1_and_separable_rows_the_lower_bound():
     assert flat.flat and flat.temperature == 1.0
     z = np.array([[5.0, 0.0], [0.0, 5.0], [4.0, 1.0]])
     sure = fit_temperature(*fit_rows(log_softmax(z, axis=1), np.array([0, 1, 0]), None))
-    assert sure.at_bound == "lower" and sure.temperature == calibrate.TEMPERATURE_BOUNDS[0]
+    assert sure.at_bound == "lower" and sure.temperature == calibration.TEMPERATURE_BOUNDS[0]
 
 
 def test_a_zero_probability_on_the_true_class_carries_no_information():
@@ -232,7 +232,7 @@ def test_output_is_atomic_and_never_an_input(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(calibrate, "scaled_values", broken)
+    monkeypatch.setattr(calibration, "scaled_values", broken)
     with pytest.raises(RuntimeError):
         api.calibrate(str(tmp_path / "valid.csv"), input="logits", output=str(out))
     assert [p.name for p in out.iterdir()] == ["valid.csv"]  # no temporary file left
@@ -375,3 +375,15 @@ def test_plot_calibrate_and_temperature(run, samples, tmp_path):
     assert_input_error(run("plot", samples / "robot_tools.csv", "--calibrate", "--targets",
                            samples / "robot_tools_annotators.csv", "-o", tmp_path / "x.png"), "hard labels")
     assert not (tmp_path / "x.png").exists()
+
+
+def test_help_states_the_memory_and_ends_with_examples(run):
+    from nllcli.cli import EXAMPLES
+
+    text = run("calibrate", "--help").stdout
+    for noise in ("<bool>", "<str>", "<float>", "<list", "{VALID}"):
+        assert noise not in text
+    assert "Memory" in text and "--apply" in text and "--output" in text
+    assert text.rstrip().splitlines()[-1].strip() == EXAMPLES["calibrate"][-1]
+    assert "--temperature" in run("score", "--help").stdout and "--calibrate" in run("plot", "--help").stdout
+    assert "--temperature" not in run("compare", "--help").stdout
