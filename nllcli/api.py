@@ -32,7 +32,8 @@ def score(preds: PathOrData, *, targets: PathOrData | None = None, label: str | 
           label_smoothing: float | None = None, bins: int = 15, top_k: int | None = None,
           by: Sequence[str] = (), worst: int = 0, max: Sequence[str] = (), min: Sequence[str] = (),
           per_sample: str | Path | None = None, progress: Progress | None = None,
-          temperature: float | None = None) -> Report:
+          temperature: float | None = None,
+          vector_scaling: tuple[tuple[float, ...], tuple[float, ...]] | None = None) -> Report:
     """Score predictions against hard labels or soft targets (`nll score`).
 
     targets: a file of target distributions, paired by ``key`` or by position; target_prefix:
@@ -44,14 +45,16 @@ def score(preds: PathOrData, *, targets: PathOrData | None = None, label: str | 
     likeliest classes); by: group columns; worst: list the N largest losses. per_sample: a .csv or
     .parquet file (or '-') of one row per sample, written atomically. progress(rows, bytes) is
     called after each batch. temperature: score softmax(z / T) instead (z the logits, the
-    log-probabilities, or log p for probabilities), as `nll calibrate` does.
+    log-probabilities, or log p for probabilities), as `nll calibrate` does; vector_scaling:
+    (scales, biases), one per class, score softmax(a * x + b) with x the log-probabilities.
     """
     check_per_sample_target(per_sample, preds, targets)
     job = plan_score(preds, targets=targets, label=label, classes=classes, probs=probs, key=key, weight=weight,
                      ignore=ignore, positive=positive, input=input, eps=eps, tol=tol, renormalize=renormalize,
                      base=base,
                      target_prefix=target_prefix, target_probs=target_probs, label_smoothing=label_smoothing,
-                     bins=bins, top_k=top_k, by=by, worst=worst, max=max, min=min, temperature=temperature)
+                     bins=bins, top_k=top_k, by=by, worst=worst, max=max, min=min, temperature=temperature,
+                     vector_scaling=vector_scaling)
     return _run_and_report(job, per_sample, progress)
 
 
@@ -86,19 +89,21 @@ def calibrate(valid: PathOrData, *, apply: Sequence[PathOrData] = (), method: st
               ignore: Sequence[str] = (), positive: str | None = None, input: str = "probs",
               eps: float = losses.EPS, tol: float = 1e-4, renormalize: bool = False, base: str = "e",
               bins: int = 15, top_k: int | None = None, max: Sequence[str] = (),
-              min: Sequence[str] = ()) -> Calibration:
+              min: Sequence[str] = (), l2: float = 1e-4) -> Calibration:
     """Temperature scaling (`nll calibrate`): fit T > 0 by maximum likelihood on ``valid`` (its
     labels, weighted by ``weight``), then score ``valid`` and each ``apply`` file before and after.
 
     temperature / load: take T as given, or from a file written by ``save``, instead of fitting.
     output: a folder receiving a calibrated copy of each input file, in its format and layout.
-    max / min: gates on the calibrated metrics of ``valid``. The other options are score()'s.
+    max / min: gates on the calibrated metrics of ``valid``. method="vector": vector scaling, one
+    scale and one bias per class on the log-probabilities, with the penalty (l2 / 2)(|a - 1|^2 +
+    |b|^2) towards the identity. The other options are score()'s.
     The fit holds the log-probabilities of ``valid`` in memory (n x K float64, about 4 copies while
     it runs); ``apply`` files are streamed.
     """
     from .calibration import run
 
     return run(valid, apply=list(apply), method=method, temperature=temperature, load=load, save=save,
-               output=output, max=max, min=min, label=label, classes=classes, probs=probs, key=key,
+               output=output, l2=l2, max=max, min=min, label=label, classes=classes, probs=probs, key=key,
                weight=weight, ignore=ignore, positive=positive, input=input, eps=eps, tol=tol,
                renormalize=renormalize, base=base, bins=bins, top_k=top_k)

@@ -1,4 +1,5 @@
-"""nll calibrate: temperature scaling fitted by maximum likelihood, applied to other files.
+"""nll calibrate: temperature scaling (or vector scaling) fitted by maximum likelihood, applied to
+other files.
 
 The fit keeps the log-probabilities of the validation file in memory (n x K float64, plus about
 three working copies of that size while it iterates); test files are streamed. Metrics before and
@@ -24,11 +25,12 @@ if TYPE_CHECKING:
     from .plan import Job
     from .report import Report
 
-METHODS = ("temperature",)
+METHODS = ("temperature", "vector")
+VECTOR_L2 = 1e-4  # vector scaling's default penalty towards the identity map
 TEMPERATURE_BOUNDS = (1e-4, 1e4)  # the fit searches T in this range (log T in [-9.21, 9.21])
 STEP_TOLERANCE = 1e-10  # the last Newton step on log T: T is converged to about 1e-10 relative
 MAX_ITERATIONS = 200
-SAVE_KIND = "nll-calibration"
+SAVE_KIND = "nll-calibration"  # the "kind" of a file written by --save
 SAVE_VERSION = 1
 
 
@@ -131,12 +133,97 @@ def fit_temperature(z: np.ndarray, y: np.ndarray, w: np.ndarray, *,
     return TemperatureFit(math.exp(s), before[0], f, len(y), MAX_ITERATIONS, False)
 
 
-def scaled_values(values: np.ndarray, log_q: np.ndarray, kind: str, temperature: float) -> np.ndarray:
-    """The calibrated class values in the input's own kind: logits z / T (not normalised), else the
-    scaled log-probabilities or probabilities (``log_q`` = tempered_log_softmax(values, kind, T))."""
-    if kind == "logits":
-        return values / temperature
-    return log_q if kind == "log-probs" else np.exp(log_q)
+@dataclass(frozen=True)
+class VectorFit:
+    """Vector scaling's fitted scales and biases, one per class, and how the fit went."""
+
+    scale: tuple[float, ...]
+    bias: tuple[float, ...]
+    nll_before: float  # mean NLL (nats) of the fitted rows with a = 1, b = 0
+    nll_after: float  # ... with the fitted a, b (the penalty not included)
+    rows: int
+    iterations: int
+    converged: bool
+    l2: float
+
+
+def vector_terms(x: np.ndarray, y: np.ndarray, w: np.ndarray, a: np.ndarray, b: np.ndarray, l2: float
+                 ) -> tuple[float, float, np.ndarray, np.ndarray]:
+    """Penalised mean NLL of vector scaling, its gradient and Hessian in theta = (a, b).
+
+    With q_i = softmax(a * x_i + b), r_i = q_i - onehot(y_i), weights w_i (W = sum w_i) and the
+    penalty (l2 / 2) (|a - 1|^2 + |b|^2) towards the identity map:
+
+        F      = sum_i w_i [logsumexp(a * x_i + b) - a_y x_iy - b_y] / W + penalty
+        dF/da  = sum_i w_i r_i * x_i / W + l2 (a - 1)       dF/db = sum_i w_i r_i / W + l2 b
+        H      = sum_i w_i J_i^T (diag q_i - q_i q_i^T) J_i / W + l2 I,   J_i = [diag x_i, I]
+
+    F is convex (the NLL of a softmax is convex in its logits, which are linear in theta), strictly
+    so with l2 > 0. Returns (F, the mean NLL alone, gradient, Hessian).
+    """
+    n, k = x.shape
+    total = w.sum()
+    logits = x * a + b
+    lse = losses.logsumexp(logits)
+    q = np.exp(logits - lse[:, None])
+    rows = np.arange(n)
+    nll = float(w @ (lse - logits[rows, y]) / total)
+    r = q.copy()
+    r[rows, y] -= 1.0
+    wr = r * w[:, None]
+    grad = np.concatenate([(wr * x).sum(axis=0), wr.sum(axis=0)]) / total
+    wq = q * w[:, None]
+    u = q * x
+    wu = u * w[:, None]
+    h_aa = np.diag((wu * x).sum(axis=0)) - wu.T @ u
+    h_ab = np.diag(wu.sum(axis=0)) - wu.T @ q
+    h_bb = np.diag(wq.sum(axis=0)) - wq.T @ q
+    hess = np.block([[h_aa, h_ab], [h_ab.T, h_bb]]) / total
+    penalty = 0.5 * l2 * (float(((a - 1.0) ** 2).sum()) + float((b ** 2).sum()))
+    grad += l2 * np.concatenate([a - 1.0, b])
+    hess += l2 * np.eye(2 * k)
+    return nll + penalty, nll, grad, hess
+
+
+def fit_vector(x: np.ndarray, y: np.ndarray, w: np.ndarray, *, l2: float = 1e-4) -> VectorFit:
+    """Scales a and biases b minimising the penalised mean NLL of softmax(a * x + b) (vector_terms).
+
+    Newton's method from the identity (a = 1, b = 0) with a backtracking line search; stops when
+    the Newton decrement g^T H^-1 g / 2 falls below 1e-20 (the objective within 1e-20 of its
+    minimum). x: the feature log-probabilities of each row (losses.feature_log_probs).
+    """
+    k = x.shape[1]
+    a, b = np.ones(k), np.zeros(k)
+    f, before, grad, hess = vector_terms(x, y, w, a, b, l2)
+    nll = before
+    for iteration in range(1, MAX_ITERATIONS + 1):
+        try:
+            step = -np.linalg.solve(hess, grad)
+        except np.linalg.LinAlgError:
+            step = -np.linalg.lstsq(hess, grad, rcond=None)[0]
+        decrement = float(-grad @ step)
+        if decrement / 2 < 1e-20:
+            return VectorFit(tuple(a.tolist()), tuple(b.tolist()), before, nll, len(y), iteration, True, l2)
+        t = 1.0
+        while t > 1e-12:
+            a_new, b_new = a + t * step[:k], b + t * step[k:]
+            f_new, nll_new, grad_new, hess_new = vector_terms(x, y, w, a_new, b_new, l2)
+            if f_new <= f - 0.25 * t * decrement:
+                break
+            t *= 0.5
+        else:
+            return VectorFit(tuple(a.tolist()), tuple(b.tolist()), before, nll, len(y), iteration, True, l2)
+        a, b, f, nll, grad, hess = a_new, b_new, f_new, nll_new, grad_new, hess_new
+    return VectorFit(tuple(a.tolist()), tuple(b.tolist()), before, nll, len(y), MAX_ITERATIONS, False, l2)
+
+
+def scaled_values(values: np.ndarray, log_q: np.ndarray, kind: str, mapping: dict[str, Any]) -> np.ndarray:
+    """The calibrated class values in the input's own kind: logits z / T (temperature; vector
+    scaling writes its log-probabilities, logits of the same softmax), else the calibrated
+    log-probabilities or probabilities (``log_q``)."""
+    if kind == "logits" and "temperature" in mapping:
+        return values / mapping["temperature"]
+    return log_q if kind != "probs" else np.exp(log_q)
 
 
 # -- the job -----------------------------------------------------------------------------------
@@ -144,19 +231,28 @@ def scaled_values(values: np.ndarray, log_q: np.ndarray, kind: str, temperature:
 
 @dataclass
 class Calibration:
-    """The result of `nll calibrate`: the temperature, and score's reports before and after for
-    the validation file and each test file."""
+    """The result of `nll calibrate`: the calibration map (a temperature, or vector scaling's scales
+    and biases), and score's reports before and after for the validation file and each test file."""
 
     method: str
-    temperature: float
+    temperature: float | None  # None for vector scaling
     source: str  # "fitted", "given" or "loaded"
-    fit: TemperatureFit | None
+    fit: TemperatureFit | VectorFit | None
     valid: tuple[Report, Report]  # (before, after)
     tests: list[tuple[Report, Report]]
     loaded_from: str | None = None
     saved: str | None = None
     outputs: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    scale: tuple[float, ...] | None = None  # vector scaling, one per class
+    bias: tuple[float, ...] | None = None
+
+    @property
+    def mapping(self) -> dict[str, Any]:
+        """The map as score() takes it: temperature=T, or vector_scaling=(scales, biases)."""
+        if self.method == "vector":
+            return {"vector_scaling": (self.scale, self.bias)}
+        return {"temperature": self.temperature}
 
     @property
     def gates(self):
@@ -182,16 +278,21 @@ class Calibration:
                                       "clipped", "warnings")}
 
         after = self.valid[1]
-        fit = None
+        fit: dict[str, Any] | None = None
         if self.fit is not None:
             fit = {"rows": self.fit.rows, "iterations": self.fit.iterations, "converged": self.fit.converged,
-                   "at_bound": self.fit.at_bound, "bounds": list(TEMPERATURE_BOUNDS),
                    "nll_before": _finite(self.fit.nll_before), "nll_after": _finite(self.fit.nll_after)}
+            if isinstance(self.fit, TemperatureFit):
+                fit.update(at_bound=self.fit.at_bound, bounds=list(TEMPERATURE_BOUNDS))
+            else:
+                fit.update(l2=self.fit.l2)
         return {
             "schema_version": SCHEMA_VERSION,
             "command": "calibrate",
             "method": self.method,
             "temperature": self.temperature,
+            "scale": None if self.scale is None else dict(zip(after.classes, self.scale)),
+            "bias": None if self.bias is None else dict(zip(after.classes, self.bias)),
             "temperature_source": self.source,
             "loaded_from": self.loaded_from,
             "saved": self.saved,
@@ -216,17 +317,21 @@ def _finite(value: float | None) -> float | None:
 
 
 def run(valid, *, apply: Sequence = (), method: str = "temperature", temperature: float | None = None,
-        load: str | None = None, save: str | None = None, output: str | None = None,
+        load: str | None = None, save: str | None = None, output: str | None = None, l2: float = VECTOR_L2,
         max: Sequence[str] = (), min: Sequence[str] = (), **score_options) -> Calibration:
-    """The calibrate job (see api.calibrate): fit (or take) T, score every input before and after,
-    write the calibrated copies and the saved temperature."""
+    """The calibrate job (see api.calibrate): fit (or take) the map, score every input before and
+    after, write the calibrated copies and the saved map."""
     from . import api
-    from .plan import plan_score
+    from .plan import Settings, plan_score
 
     if method not in METHODS:
         raise UsageError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
     if temperature is not None and load is not None:
         raise UsageError("--temperature and --load both give the temperature: use one")
+    if temperature is not None and method != "temperature":
+        raise UsageError(f"--temperature gives a temperature; --method {method} fits something else")
+    if not (0 <= l2 < math.inf):
+        raise UsageError(f"--l2 {l2:g}: must be >= 0")
     inputs = [valid, *apply]
     for item in inputs:
         if isinstance(item, (str, Path)) and str(item) == "-":
@@ -234,59 +339,79 @@ def run(valid, *, apply: Sequence = (), method: str = "temperature", temperature
     targets = _output_paths(output, inputs) if output is not None else []
     if save is not None:
         _check_save_target(save, inputs)
-    loaded = load_temperature(load) if load is not None else None
+    loaded = load_map(load) if load is not None else None
     job = plan_score(valid, max=max, min=min, **score_options)  # gates checked before any work
     if job.layout.label is None:
         raise UsageError("nll calibrate needs the true labels of VALID (--label COLUMN)")
-    warnings: list[str] = []
-    fit = None
+    classes = list(job.layout.class_names)
+    result = Calibration(method, None, "fitted", None, (None, None), [], loaded_from=load)  # type: ignore[arg-type]
     if temperature is not None:
-        source, value = "given", float(temperature)
+        result.source, result.temperature = "given", float(temperature)
     elif loaded is not None:
-        source, value = "loaded", loaded["temperature"]
-        if loaded.get("classes") not in (None, list(job.layout.class_names)):
-            warnings.append(f"{load} was fitted on classes {', '.join(map(str, loaded['classes']))}, "
-                            f"not {', '.join(job.layout.class_names)}")
+        result.source, result.method = "loaded", loaded["method"]
+        if loaded["method"] == "vector":
+            if loaded["classes"] != classes:
+                raise UsageError(f"--load {load}: fitted on classes {', '.join(map(str, loaded['classes']))}, "
+                                 f"not {', '.join(classes)}")
+            result.scale, result.bias = tuple(loaded["scale"]), tuple(loaded["bias"])
+        else:
+            result.temperature = loaded["temperature"]
+            if loaded.get("classes") not in (None, classes):
+                result.warnings.append(f"{load} was fitted on classes {', '.join(map(str, loaded['classes']))}, "
+                                       f"not {', '.join(classes)}")
+    elif method == "vector":
+        vector = _fit_vector(job, l2)
+        result.fit, result.scale, result.bias = vector, vector.scale, vector.bias
+        if not vector.converged:
+            result.warnings.append(f"the fit did not converge in {vector.iterations} iterations")
     else:
         fit = _fit(job)
-        source, value = "fitted", fit.temperature
-        warnings += _fit_warnings(fit)
-    from .plan import Settings
-
-    Settings(temperature=value)  # the same check as --temperature
-    valid_pair = (api.score(valid, **score_options),
-                  api.score(valid, temperature=value, max=max, min=min, **score_options))
-    test_pairs = [(api.score(test, **score_options), api.score(test, temperature=value, **score_options))
-                  for test in apply]
-    before, after = valid_pair[0].metrics.get("nll"), valid_pair[1].metrics.get("nll")
-    if fit is not None and before is not None and after is not None and after > before:
-        warnings.append(f"nll on VALID rose from {before:.6g} to {after:.6g}: values clipped by --eps differ "
-                        "from what the fit saw")
-    result = Calibration(method, value, source, fit, valid_pair, test_pairs, loaded_from=load, warnings=warnings)
+        result.fit, result.temperature = fit, fit.temperature
+        result.warnings += _fit_warnings(fit)
+    mapping = result.mapping
+    Settings(**mapping)  # the same checks as score's
+    result.valid = (api.score(valid, **score_options),
+                    api.score(valid, max=max, min=min, **mapping, **score_options))
+    result.tests = [(api.score(test, **score_options), api.score(test, **mapping, **score_options))
+                    for test in apply]
+    before, after = result.valid[0].metrics.get("nll"), result.valid[1].metrics.get("nll")
+    if result.fit is not None and before is not None and after is not None and after > before:
+        result.warnings.append(f"nll on VALID rose from {before:.6g} to {after:.6g}: values clipped by --eps "
+                               "differ from what the fit saw")
     for item, target in zip(inputs, targets):
-        write_calibrated(item, target, value, **score_options)
+        write_calibrated(item, target, mapping, **score_options)
         result.outputs.append(str(target))
     if save is not None:
-        save_temperature(save, result, job)
+        save_map(save, result, job)
         result.saved = str(save)
     return result
 
 
-def _fit(job: Job) -> TemperatureFit:
+def _fit_arrays(job: Job, rows) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The rows of every batch, joined; an InputError when none is left."""
     from .engine import model_rows
 
-    parts = [fit_rows(log_q, labels, weights) for log_q, labels, weights in model_rows(job)
-             if labels is not None]
+    parts = [rows(log_q, labels, weights) for log_q, labels, weights in model_rows(job) if labels is not None]
     name = ", ".join(s.name for s in job.sources)
-    if not parts:
-        raise InputError(name, "no data rows")
-    z = np.concatenate([p[0] for p in parts])
-    y = np.concatenate([p[1] for p in parts])
-    w = np.concatenate([p[2] for p in parts])
-    if len(y) == 0:
-        raise InputError(name, "no row to fit a temperature on (every weight is 0, or every true class has "
-                         "probability 0)")
-    return fit_temperature(z, y, w)
+    if not parts or sum(len(p[1]) for p in parts) == 0:
+        raise InputError(name, "no row to fit on (every weight is 0, or every true class has probability 0)")
+    z, y, w = (np.concatenate([p[i] for p in parts]) for i in range(3))
+    return z, y, w
+
+
+def _fit(job: Job) -> TemperatureFit:
+    return fit_temperature(*_fit_arrays(job, fit_rows))
+
+
+def _fit_vector(job: Job, l2: float) -> VectorFit:
+    eps = job.settings.eps
+
+    def rows(log_q, labels, weights):
+        keep = np.ones(len(labels), dtype=bool) if weights is None else weights > 0
+        x = losses.feature_log_probs(log_q[keep], "log-probs", eps)
+        return x, labels[keep], np.ones(int(keep.sum())) if weights is None else weights[keep]
+
+    return fit_vector(*_fit_arrays(job, rows), l2=l2)
 
 
 def _fit_warnings(fit: TemperatureFit) -> list[str]:
@@ -304,16 +429,19 @@ def _fit_warnings(fit: TemperatureFit) -> list[str]:
     return []
 
 
-# -- files: the saved temperature, the calibrated copies -----------------------------------
+# -- files: the saved map, the calibrated copies ---------------------------------------------
 
 
-def save_temperature(path: str, result: Calibration, job: Job) -> None:
-    """Write the temperature as versioned JSON, atomically."""
+def save_map(path: str, result: Calibration, job: Job) -> None:
+    """Write the calibration map (T, or the scales and biases) as versioned JSON, atomically."""
     from .sinks import AtomicFile, reported_as
 
     fit = result.fit
     document = {"schema_version": SAVE_VERSION, "kind": SAVE_KIND, "method": result.method,
-                "temperature": result.temperature, "classes": list(job.layout.class_names),
+                "temperature": result.temperature,
+                "scale": None if result.scale is None else list(result.scale),
+                "bias": None if result.bias is None else list(result.bias),
+                "classes": list(job.layout.class_names),
                 "input": job.settings.kind, "fitted_on": result.valid[1].inputs["preds"],
                 "rows": fit.rows if fit else None,
                 "nll_before": _finite(fit.nll_before) if fit else None,
@@ -328,26 +456,40 @@ def save_temperature(path: str, result: Calibration, job: Job) -> None:
         raise
 
 
-def load_temperature(path: str) -> dict[str, Any]:
-    """A temperature written by --save (its schema_version, kind and method checked)."""
+def load_map(path: str) -> dict[str, Any]:
+    """A calibration map written by --save (its schema_version, kind, method and numbers checked)."""
     from .sinks import reported_as
 
     if not Path(path).is_file():
         raise UsageError(f"--load {path}: no such file")
+    what = "not a calibration file written by nll calibrate --save"
     try:
         with reported_as(path), open(path, encoding="utf-8") as stream:
             document = json.load(stream)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UsageError(f"--load {path}: not a temperature file written by nll calibrate --save ({exc})") from None
+        raise UsageError(f"--load {path}: {what} ({exc})") from None
     if not isinstance(document, dict) or document.get("kind") != SAVE_KIND:
-        raise UsageError(f"--load {path}: not a temperature file written by nll calibrate --save")
+        raise UsageError(f"--load {path}: {what}")
     if document.get("schema_version") != SAVE_VERSION:
         raise UsageError(f"--load {path}: schema_version {document.get('schema_version')!r}, this nll reads "
                          f"{SAVE_VERSION}")
-    if document.get("method") not in METHODS:
-        raise UsageError(f"--load {path}: method {document.get('method')!r} is not one of {', '.join(METHODS)}")
+    method = document.get("method")
+    if method not in METHODS:
+        raise UsageError(f"--load {path}: method {method!r} is not one of {', '.join(METHODS)}")
+
+    def number(value) -> bool:
+        return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+    if method == "vector":
+        scale, bias, classes = document.get("scale"), document.get("bias"), document.get("classes")
+        if not (isinstance(scale, list) and isinstance(bias, list) and isinstance(classes, list)
+                and len(scale) == len(bias) == len(classes) and all(map(number, scale + bias))):
+            raise UsageError(f"--load {path}: vector scaling needs finite scale and bias lists, one per class")
+        document["scale"], document["bias"] = [float(v) for v in scale], [float(v) for v in bias]
+        document["classes"] = [str(c) for c in classes]
+        return document
     t = document.get("temperature")
-    if isinstance(t, bool) or not isinstance(t, (int, float)) or not (0 < t < math.inf):
+    if not (number(t) and isinstance(t, (int, float)) and t > 0):
         raise UsageError(f"--load {path}: temperature {t!r} is not a positive number")
     document["temperature"] = float(t)
     return document
@@ -382,9 +524,10 @@ def _output_paths(output: str, inputs) -> list[Path]:
     return targets
 
 
-def write_calibrated(preds, target: Path, temperature: float, **score_options) -> None:
-    """Copy ``preds`` to ``target`` with its class values scaled by T, in its format, columns and
-    order; every other column as it was. Streamed batch by batch, written atomically."""
+def write_calibrated(preds, target: Path, mapping: dict[str, Any], **score_options) -> None:
+    """Copy ``preds`` to ``target`` with its class values calibrated by ``mapping`` (temperature=T or
+    vector_scaling=(a, b)), in its format, columns and order; every other column as it was.
+    Streamed batch by batch, written atomically."""
     import dataclasses
 
     import pyarrow as pa
@@ -394,7 +537,7 @@ def write_calibrated(preds, target: Path, temperature: float, **score_options) -
     from .sinks import write_copy
 
     job = plan_score(preds, **score_options)
-    settings = dataclasses.replace(job.settings, temperature=temperature)
+    settings = dataclasses.replace(job.settings, **mapping)
     layout, source = job.layout, job.sources[0]
     schema = source.schema
     keep_text = source.format == "csv"  # CSV cells are copied as the text they were
@@ -407,10 +550,10 @@ def write_calibrated(preds, target: Path, temperature: float, **score_options) -
     def batches():
         for chunk in source.batches(list(schema.names), types):
             prepared = prepare(chunk, layout, settings)
-            out = scaled_values(prepared.values, prepared.logs(), settings.kind, temperature)
+            out = scaled_values(prepared.values, prepared.logs(), settings.kind, mapping)
             batch = chunk.batch
-            if layout.binary:
-                out = out[:, 1:]
+            if layout.binary:  # one column: P(class 1), its log, or its logit log q1 - log q0
+                out = out[:, 1:] - out[:, :1] if settings.kind == "logits" else out[:, 1:]
             if layout.list_column:
                 flat = pa.array(np.ascontiguousarray(out).ravel())
                 offsets = pa.array(np.arange(0, out.size + 1, out.shape[1], dtype=np.int32))
@@ -448,14 +591,17 @@ def _json(result: Calibration, indent: int | None) -> str:
     return _NOT_PLAIN_ASCII.sub(_json_escape, text)
 
 
-def describe_temperature(result: Calibration) -> str:
-    """One line: T and where it came from."""
+def describe_map(result: Calibration) -> str:
+    """One line: the map and where it came from."""
     valid = ", ".join(result.valid[1].inputs["preds"])
+    if result.method == "vector" and result.scale is not None:
+        what = f"vector scaling: {len(result.scale)} scales and biases (below)"
+    else:
+        what = f"temperature scaling: T = {result.temperature:.6g}"
     if result.source == "fitted" and result.fit is not None:
-        return (f"temperature scaling: T = {result.temperature:.6g}, fitted on {valid} "
-                f"({result.fit.rows:,} rows, {result.fit.iterations} iterations)")
+        return f"{what}, fitted on {valid} ({result.fit.rows:,} rows, {result.fit.iterations} iterations)"
     origin = f"loaded from {result.loaded_from}" if result.source == "loaded" else "given"
-    return f"temperature scaling: T = {result.temperature:.6g}, {origin}"
+    return f"{what}, {origin}"
 
 
 def _write_table(result: Calibration, stream: IO[str]) -> None:
@@ -475,7 +621,12 @@ def _write_table(result: Calibration, stream: IO[str]) -> None:
     plain = not terminal
     style = dict(box=None if plain else box.SIMPLE_HEAVY, show_edge=not plain, pad_edge=False)
     with console.capture() as captured:
-        console.print(_cell(f"nll calibrate: {describe_temperature(result)}"))
+        console.print(_cell(f"nll calibrate: {describe_map(result)}"))
+        if result.scale is not None and result.bias is not None:
+            params = _table(style, plain, ("class", "left"), ("scale", "right"), ("bias", "right"))
+            for name, a, b in zip(result.valid[1].classes, result.scale, result.bias):
+                params.add_row(*_cells(name, f"{a:.6f}", f"{b:+.6f}"))
+            console.print(params)
         for role, (before, after) in [("valid", result.valid), *(("test", t) for t in result.tests)]:
             files = ", ".join(after.inputs["preds"])
             console.print(_cell(f"{role}: {files} ({after.rows:,} rows, {len(after.classes)} classes)"))
@@ -490,7 +641,8 @@ def _write_table(result: Calibration, stream: IO[str]) -> None:
             console.print(table)
         notes = [f"wrote {path}" for path in result.outputs]
         if result.saved:
-            notes.append(f"saved T to {result.saved}")
+            notes.append(f"saved {'T' if result.method == 'temperature' else 'the scales and biases'} to "
+                         f"{result.saved}")
         notes += result.all_warnings()
         for gate in result.gates:
             verdict = "ok" if gate.passes(result.valid[1].metrics.get(gate.metric)) else "FAILED"

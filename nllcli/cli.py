@@ -695,6 +695,7 @@ EXAMPLES["calibrate"] = [
 
 class Method(str, Enum):
     temperature = "temperature"
+    vector = "vector"
 
 
 @app.command(cls=PlainHelp, epilog=_epilog("calibrate"))
@@ -706,8 +707,10 @@ def calibrate(
     apply: Annotated[Optional[list[str]], typer.Option("--apply", metavar="TEST", help="A file to calibrate with "
                                                        "the same T and score before and after "
                                                        "(repeatable).")] = None,
-    method: Annotated[Method, typer.Option("--method", metavar="temperature", help="The calibration map: one "
-                                           "temperature T for all classes, softmax(z / T).")] = Method.temperature,
+    method: Annotated[Method, typer.Option("--method", metavar="temperature|vector", help="The calibration map: "
+                                           "one temperature T, softmax(z / T); or vector scaling, a scale and a "
+                                           "bias per class on the log-probabilities x, softmax(a * x + b)."
+                                           )] = Method.temperature,
     temperature: Annotated[Optional[float], typer.Option("--temperature", metavar="T", help="Use this T instead "
                                                          "of fitting one.")] = None,
     load: Annotated[Optional[str], typer.Option("--load", metavar="FILE", help="Use the T saved by --save "
@@ -742,6 +745,8 @@ def calibrate(
     min: Annotated[Optional[list[str]], typer.Option("--min", metavar="METRIC=VALUE", help="Exit 1 if METRIC of "
                                                      "VALID after calibration is below VALUE (repeatable).")] = None,
     debug: Debug = False,
+    l2: Annotated[float, typer.Option("--l2", metavar="X", help="Vector scaling's penalty (X / 2)(|a - 1|^2 + "
+                                      "|b|^2) towards the identity map.")] = 1e-4,
 ) -> None:
     """Temperature scaling: fit T by maximum likelihood on VALID, report every metric before and after.
 
@@ -761,7 +766,7 @@ def calibrate(
                            save=save, output=output, label=label, classes=classes, probs=probs, key=key,
                            weight=weight, ignore=ignore or (), positive=positive, input=input.value, eps=eps,
                            tol=tol, renormalize=renormalize, base=base.value, bins=bins, top_k=top_k,
-                           max=max or (), min=min or ())
+                           max=max or (), min=min or (), l2=l2)
     write_calibration(result, format.value, sys.stdout)
     for gate in result.failed_gates:
         _err(f"nll: {gate.describe(result.valid[1].metrics.get(gate.metric))} (VALID after calibration)")

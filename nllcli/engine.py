@@ -72,6 +72,10 @@ def prepare(chunk, layout: Layout, settings: Settings, kind: str | None = None) 
     _raise_problem(losses.find_problem(values, kind, settings.tol, settings.renormalize), chunk, layout)
     if settings.temperature is not None and model_side:
         return Prepared(values, None, losses.tempered_log_softmax(values, kind, settings.temperature))
+    if settings.vector_scaling is not None and model_side:
+        scale, bias = (np.asarray(v) for v in settings.vector_scaling)
+        log_q = losses.vector_scaled_log_softmax(values, kind, scale, bias, settings.eps)
+        return Prepared(log_q, None, log_q)  # its own values: vector scaling may change the predicted class
     if kind == "probs":
         return Prepared(values, losses.renormalize_rows(values) if settings.renormalize else values, None)
     if kind == "logits" or settings.renormalize:

@@ -28,6 +28,7 @@ class Settings:
     bins: int = 15
     top_k: int | None = None
     temperature: float | None = None  # scale logits by 1/T before scoring (nll calibrate)
+    vector_scaling: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # (scales, biases) per class
 
     def __post_init__(self):
         if self.kind not in losses.INPUT_KINDS:
@@ -46,12 +47,17 @@ class Settings:
             raise UsageError(f"--top-k {self.top_k}: must be at least 1")
         if self.temperature is not None and not (0 < self.temperature < math.inf):
             raise UsageError(f"--temperature {self.temperature:g}: must be a positive finite number")
+        if self.vector_scaling is not None and (self.temperature is not None or len(self.vector_scaling) != 2 or
+                                                len(self.vector_scaling[0]) != len(self.vector_scaling[1]) or
+                                                not all(map(math.isfinite, sum(self.vector_scaling, ())))):
+            raise UsageError("vector scaling needs as many finite scales as biases, and no temperature")
 
     @property
     def scored_kind(self) -> str:
         """The kind the kernels see: probabilities scaled by a temperature arrive as log-probabilities
         (clipped by eps like them)."""
-        return "log-probs" if self.temperature is not None and self.kind == "probs" else self.kind
+        scaled = self.temperature is not None or self.vector_scaling is not None
+        return "log-probs" if scaled and self.kind == "probs" else self.kind
 
     @property
     def unit_scale(self) -> float:
@@ -151,10 +157,12 @@ def plan_score(preds, *, targets=None, label: str | None = None, classes: str | 
                target_probs: str | None = None, label_smoothing: float | None = None,
                bins: int = 15, top_k: int | None = None, by: Sequence[str] = (), worst: int = 0,
                max: Sequence[str] = (), min: Sequence[str] = (), ignore: Sequence[str] = (),
-               temperature: float | None = None) -> Job:
+               temperature: float | None = None,
+               vector_scaling: tuple[tuple[float, ...], tuple[float, ...]] | None = None) -> Job:
     """Check the options and open the inputs of a `score` (see score())."""
     settings = Settings(kind=input, eps=eps, tol=tol, renormalize=renormalize, base=str(base),
-                        label_smoothing=label_smoothing, bins=bins, top_k=top_k, temperature=temperature)
+                        label_smoothing=label_smoothing, bins=bins, top_k=top_k, temperature=temperature,
+                        vector_scaling=vector_scaling)
     soft = targets is not None or target_prefix is not None or label_smoothing is not None
     if label_smoothing is not None and (targets is not None or target_prefix is not None):
         raise UsageError("--label-smoothing softens hard labels; it does not combine with --targets or --target-prefix")
@@ -177,6 +185,9 @@ def plan_score(preds, *, targets=None, label: str | None = None, classes: str | 
         layout.class_names = _list_width_names(sources, layout)
     if soft and layout.binary:
         raise UsageError("soft targets need one probability column per class (this file has one)")
+    if vector_scaling is not None and len(vector_scaling[0]) != len(layout.class_names):
+        raise UsageError(f"vector scaling has {len(vector_scaling[0])} scales, the file "
+                         f"{len(layout.class_names)} classes")
     if layout.label is None:
         for gate in gates:
             if metrics.find(gate.metric).needs_label:

@@ -387,3 +387,105 @@ def test_help_states_the_memory_and_ends_with_examples(run):
     assert text.rstrip().splitlines()[-1].strip() == EXAMPLES["calibrate"][-1]
     assert "--temperature" in run("score", "--help").stdout and "--calibrate" in run("plot", "--help").stdout
     assert "--temperature" not in run("compare", "--help").stdout
+
+
+# -- vector scaling --------------------------------------------------------------------------------
+
+
+def _vector_objective(x, y, w, l2):
+    """The penalised mean NLL of softmax(a * x + b) and its gradient, written independently for SciPy."""
+    k = x.shape[1]
+
+    def objective(theta):
+        a, b = theta[:k], theta[k:]
+        logits = x * a + b
+        log_q = log_softmax(logits, axis=1)
+        f = -(w * log_q[np.arange(len(y)), y]).sum() / w.sum()
+        r = np.exp(log_q) - np.eye(k)[y]
+        grad = np.concatenate([(w[:, None] * r * x).sum(0), (w[:, None] * r).sum(0)]) / w.sum()
+        return f + 0.5 * l2 * (((a - 1) ** 2).sum() + (b ** 2).sum()), grad + l2 * np.concatenate([a - 1, b])
+
+    return objective
+
+
+def _vector_rows(z, y, w=None):
+    return log_softmax(z, axis=1), y, np.ones(len(y)) if w is None else w
+
+
+@pytest.mark.parametrize("l2", [1e-4, 1e-2])
+def test_vector_scaling_equals_scipy_minimize(l2):
+    from scipy.optimize import minimize
+
+    z, y = overconfident(2000, 4, 2.0, 21)
+    z[:, 2] *= 1.6  # one class more overconfident than the others
+    w = np.random.default_rng(5).uniform(0.2, 2.0, len(y))
+    x, y, w = _vector_rows(z, y, w)
+    fit = calibration.fit_vector(x, y, w, l2=l2)
+    reference = minimize(_vector_objective(x, y, w, l2), np.r_[np.ones(4), np.zeros(4)], jac=True, method="BFGS",
+                         options={"gtol": 1e-12, "maxiter": 10_000})
+    np.testing.assert_allclose(np.r_[fit.scale, fit.bias], reference.x, rtol=1e-6, atol=1e-8)
+    f, _, _, _ = calibration.vector_terms(x, y, w, np.array(fit.scale), np.array(fit.bias), l2)
+    assert f == pytest.approx(reference.fun, rel=1e-12)
+    assert fit.converged and fit.nll_after < fit.nll_before
+
+
+def test_vector_gradient_and_hessian_match_finite_differences():
+    z, y = overconfident(300, 3, 2.0, 22)
+    x, y, w = _vector_rows(z, y)
+    a, b = np.array([0.6, 0.5, 0.9]), np.array([0.1, -0.2, 0.0])
+    _, _, grad, hess = calibration.vector_terms(x, y, w, a, b, 1e-3)
+    theta, h = np.r_[a, b], 1e-6
+    for i in range(6):
+        e = np.zeros(6)
+        e[i] = h
+        fp, _, gp, _ = calibration.vector_terms(x, y, w, (theta + e)[:3], (theta + e)[3:], 1e-3)
+        fm, _, gm, _ = calibration.vector_terms(x, y, w, (theta - e)[:3], (theta - e)[3:], 1e-3)
+        assert grad[i] == pytest.approx((fp - fm) / (2 * h), rel=1e-6, abs=1e-9)
+        np.testing.assert_allclose(hess[:, i], (gp - gm) / (2 * h), rtol=1e-5, atol=1e-8)
+
+
+def test_vector_scaling_without_a_penalty_reaches_the_minimum():
+    from scipy.optimize import minimize
+
+    z, y = overconfident(1500, 3, 3.0, 23)
+    x, y, w = _vector_rows(z, y)
+    fit = calibration.fit_vector(x, y, w, l2=0.0)  # the biases' common shift is free: a singular Hessian
+    reference = minimize(_vector_objective(x, y, w, 0.0), np.r_[np.ones(3), np.zeros(3)], jac=True,
+                         method="BFGS", options={"gtol": 1e-12})
+    assert fit.nll_after == pytest.approx(reference.fun, rel=1e-10)
+    np.testing.assert_allclose(fit.scale, reference.x[:3], rtol=1e-5)
+
+
+def test_vector_job_metrics_files_and_saved_map(tmp_path):
+    z, y = overconfident(1200, 3, 2.0, 24)
+    z[:, 0] += 1.5  # a biased class: vector scaling can move the predicted class
+    frame(z, y).to_csv(tmp_path / "valid.csv", index=False)
+    frame(*overconfident(500, 3, 2.0, 25)).to_csv(tmp_path / "test.csv", index=False)
+    result = api.calibrate(str(tmp_path / "valid.csv"), apply=[str(tmp_path / "test.csv")], input="logits",
+                           method="vector", save=str(tmp_path / "v.json"), output=str(tmp_path / "out"))
+    a, b = np.array(result.scale), np.array(result.bias)
+    log_q = log_softmax(log_softmax(z, axis=1) * a + b, axis=1)
+    after = result.valid[1].metrics
+    assert after["nll"] == pytest.approx(-log_q[np.arange(len(y)), y].mean(), rel=1e-12)
+    assert after["accuracy"] == pytest.approx((log_q.argmax(axis=1) == y).mean(), abs=0)
+    assert after["nll"] < result.valid[0].metrics["nll"]
+    assert api.score(str(tmp_path / "out" / "valid.csv"), input="logits").metrics == pytest.approx(after, rel=1e-12)
+    data = result.to_dict()
+    assert data["method"] == "vector" and data["temperature"] is None and set(data["scale"]) == set(CLASSES[:3])
+    loaded = api.calibrate(str(tmp_path / "test.csv"), input="logits", load=str(tmp_path / "v.json"))
+    assert loaded.method == "vector" and loaded.valid[1].metrics == result.tests[0][1].metrics
+    other = frame(z, y, names=["x", "y", "z", "w"])
+    other.to_csv(tmp_path / "other.csv", index=False)
+    with pytest.raises(Exception, match="fitted on classes"):
+        api.calibrate(str(tmp_path / "other.csv"), input="logits", load=str(tmp_path / "v.json"))
+
+
+def test_vector_cli(run_json, run, samples, tmp_path):
+    valid = samples / "robot_tools_val_logits.csv"
+    code, data, stderr = run_json("calibrate", valid, "--input", "logits", "--method", "vector", "--l2", "0.01")
+    assert code == 0, stderr
+    assert data["fit"]["l2"] == 0.01 and data["after"]["valid"]["metrics"]["ece"] < 0.05
+    table = run("calibrate", valid, "--input", "logits", "--method", "vector")
+    assert "vector scaling" in table.stdout and "scale" in table.stdout and "hammer" in table.stdout
+    assert_input_error(run("calibrate", valid, "--method", "vector", "--temperature", "2"), "fits something else")
+    assert_input_error(run("calibrate", valid, "--method", "vector", "--l2", "-1"), "--l2")
