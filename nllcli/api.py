@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from . import losses
 from .engine import Progress, run
+from .errors import UsageError
 from .plan import Job, plan_kl, plan_score, say_notes
 from .report import Report, build_report
 from .sinks import check_per_sample_target, per_sample_sink
@@ -33,7 +34,8 @@ def score(preds: PathOrData, *, targets: PathOrData | None = None, label: str | 
           by: Sequence[str] = (), worst: int = 0, max: Sequence[str] = (), min: Sequence[str] = (),
           per_sample: str | Path | None = None, progress: Progress | None = None,
           temperature: float | None = None,
-          vector_scaling: tuple[tuple[float, ...], tuple[float, ...]] | None = None) -> Report:
+          vector_scaling: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+          multilabel: bool = False, label_delimiter: str | None = None) -> Report:
     """Score predictions against hard labels or soft targets (`nll score`).
 
     targets: a file of target distributions, paired by ``key`` or by position; target_prefix:
@@ -47,7 +49,25 @@ def score(preds: PathOrData, *, targets: PathOrData | None = None, label: str | 
     called after each batch. temperature: score softmax(z / T) instead (z the logits, the
     log-probabilities, or log p for probabilities), as `nll calibrate` does; vector_scaling:
     (scales, biases), one per class, score softmax(a * x + b) with x the log-probabilities.
+    multilabel: each class column is an independent P(y_k = 1), the labels 0/1 columns
+    (target_prefix) or a column listing each row's classes (label, split on label_delimiter);
+    see nllcli.multilabel.
     """
+    if multilabel:
+        from .multilabel import score as score_multilabel
+
+        given = {"--targets": targets, "--probs": probs, "--positive": positive, "--target-probs": target_probs,
+                 "--label-smoothing": label_smoothing, "--top-k": top_k, "--by": by or None, "--worst": worst or None,
+                 "--per-sample": per_sample, "--temperature": temperature, "--renormalize": renormalize or None,
+                 "vector_scaling": vector_scaling}
+        unsupported = [option for option, value in given.items() if value is not None]
+        if unsupported:
+            raise UsageError(f"--multilabel does not take {', '.join(unsupported)}")
+        return score_multilabel(preds, label=label, classes=classes, key=key, weight=weight, ignore=ignore,
+                                input=input, eps=eps, base=base, target_prefix=target_prefix,
+                                label_delimiter=label_delimiter, bins=bins, max=max, min=min, progress=progress)
+    if label_delimiter is not None:
+        raise UsageError("--label-delimiter splits the labels of --multilabel")
     check_per_sample_target(per_sample, preds, targets)
     job = plan_score(preds, targets=targets, label=label, classes=classes, probs=probs, key=key, weight=weight,
                      ignore=ignore, positive=positive, input=input, eps=eps, tol=tol, renormalize=renormalize,

@@ -408,6 +408,12 @@ def score(
     temperature: Annotated[Optional[float], typer.Option("--temperature", metavar="T", help="Score softmax(z / T): "
                                                          "z the logits, log-probabilities or log p (a T from "
                                                          "nll calibrate).")] = None,
+    multilabel: Annotated[bool, typer.Option("--multilabel", help="Each class column is an independent P(y = 1): "
+                                             "binary cross-entropy per label; labels as 0/1 columns "
+                                             "(--target-prefix) or a column listing each row's classes.")] = False,
+    label_delimiter: Annotated[Optional[str], typer.Option("--label-delimiter", metavar="CHAR", help="What "
+                                                           "separates the classes of a --multilabel label cell.",
+                                                           show_default="any of , ; | in no class name")] = None,
 ) -> None:
     """Mean and per-sample NLL against hard labels, or cross-entropy, entropy and KL against soft targets.
 
@@ -420,7 +426,7 @@ def score(
                            renormalize=renormalize, base=base.value, target_prefix=target_prefix,
                            label_smoothing=label_smoothing, bins=bins, top_k=top_k, by=by or (), worst=worst,
                            max=max or (), min=min or (), per_sample=per_sample, quiet=quiet,
-                           temperature=temperature)
+                           temperature=temperature, multilabel=multilabel, label_delimiter=label_delimiter)
     _finish(report, format, per_sample)
 
 
@@ -559,14 +565,15 @@ def kl(
     _finish(report, format, per_sample)
 
 
-_derived_command("plot", _plot, drop={"format", "per_sample", "max", "min"}, front=[(
+_derived_command("plot", _plot, drop={"format", "per_sample", "max", "min", "multilabel", "label_delimiter"}, front=[(
     "output", Annotated[str, typer.Option("--output", "-o", metavar="FILE", help="The image to write: "
                                           ".png, .svg or .pdf.",
                                           show_default=False)])], back=[(
     "calibrate", Annotated[bool, typer.Option("--calibrate", help="Fit a temperature on the file (nll calibrate) "
                                               "and draw the calibrated curve beside the original; --temperature T "
                                               "draws a given one.")], False)])
-_derived_command("compare", _compare, drop={"preds", "per_sample", "temperature"}, front=[
+_derived_command("compare", _compare, drop={"preds", "per_sample", "temperature", "multilabel",
+                                                       "label_delimiter"}, front=[
     ("base_file", Annotated[str, typer.Argument(metavar="BASE", help="Predictions of the model in use.",
                                                 show_default=False)]),
     ("new_file", Annotated[str, typer.Argument(metavar="NEW", help="Predictions of the candidate model.",

@@ -85,6 +85,7 @@ class Report:
     clipped_zero: int = 0  # observed-class probabilities below eps raised to eps: -log(eps) each
     clipped_nudged: int = 0  # observed-class probabilities above 1 - eps lowered to 1 - eps
     clipped_zero_reverse: int = 0  # --symmetric: target probabilities below eps where q > 0
+    multilabel: bool = False  # score --multilabel: per_class rows are labels, nll is binary cross-entropy
 
     @property
     def failed_gates(self) -> list[Gate]:
@@ -142,6 +143,7 @@ class Report:
             "clipped_zero": self.clipped_zero,
             "clipped_nudged": self.clipped_nudged,
             "clipped_zero_reverse": self.clipped_zero_reverse,
+            "multilabel": self.multilabel,
             "warnings": warnings,
             "calibration": self.calibration,
             "loss_histogram": self.loss_histogram,
