@@ -147,8 +147,8 @@ class VectorFit:
     l2: float
 
 
-def vector_terms(x: np.ndarray, y: np.ndarray, w: np.ndarray, a: np.ndarray, b: np.ndarray, l2: float
-                 ) -> tuple[float, float, np.ndarray, np.ndarray]:
+def vector_terms(x: np.ndarray, y: np.ndarray, w: np.ndarray, a: np.ndarray, b: np.ndarray, l2: float,
+                 derivatives: bool = True) -> tuple[float, float, np.ndarray | None, np.ndarray | None]:
     """Penalised mean NLL of vector scaling, its gradient and Hessian in theta = (a, b).
 
     With q_i = softmax(a * x_i + b), r_i = q_i - onehot(y_i), weights w_i (W = sum w_i) and the
@@ -159,15 +159,19 @@ def vector_terms(x: np.ndarray, y: np.ndarray, w: np.ndarray, a: np.ndarray, b: 
         H      = sum_i w_i J_i^T (diag q_i - q_i q_i^T) J_i / W + l2 I,   J_i = [diag x_i, I]
 
     F is convex (the NLL of a softmax is convex in its logits, which are linear in theta), strictly
-    so with l2 > 0. Returns (F, the mean NLL alone, gradient, Hessian).
+    so with l2 > 0. Returns (F, the mean NLL alone, gradient, Hessian); without ``derivatives``
+    the last two are None.
     """
     n, k = x.shape
     total = w.sum()
     logits = x * a + b
     lse = losses.logsumexp(logits)
-    q = np.exp(logits - lse[:, None])
     rows = np.arange(n)
     nll = float(w @ (lse - logits[rows, y]) / total)
+    penalty = 0.5 * l2 * (float(((a - 1.0) ** 2).sum()) + float((b ** 2).sum()))
+    if not derivatives:
+        return nll + penalty, nll, None, None
+    q = np.exp(logits - lse[:, None])
     r = q.copy()
     r[rows, y] -= 1.0
     wr = r * w[:, None]
@@ -179,7 +183,6 @@ def vector_terms(x: np.ndarray, y: np.ndarray, w: np.ndarray, a: np.ndarray, b: 
     h_ab = np.diag(wu.sum(axis=0)) - wu.T @ q
     h_bb = np.diag(wq.sum(axis=0)) - wq.T @ q
     hess = np.block([[h_aa, h_ab], [h_ab.T, h_bb]]) / total
-    penalty = 0.5 * l2 * (float(((a - 1.0) ** 2).sum()) + float((b ** 2).sum()))
     grad += l2 * np.concatenate([a - 1.0, b])
     hess += l2 * np.eye(2 * k)
     return nll + penalty, nll, grad, hess
@@ -188,33 +191,38 @@ def vector_terms(x: np.ndarray, y: np.ndarray, w: np.ndarray, a: np.ndarray, b: 
 def fit_vector(x: np.ndarray, y: np.ndarray, w: np.ndarray, *, l2: float = 1e-4) -> VectorFit:
     """Scales a and biases b minimising the penalised mean NLL of softmax(a * x + b) (vector_terms).
 
-    Newton's method from the identity (a = 1, b = 0) with a backtracking line search; stops when
-    the Newton decrement g^T H^-1 g / 2 falls below 1e-20 (the objective within 1e-20 of its
-    minimum). x: the feature log-probabilities of each row (losses.feature_log_probs).
+    Newton's method from the identity (a = 1, b = 0), with a backtracking line search until the
+    Newton decrement g^T H^-1 g is below 1e-8 (then full steps, where Newton converges
+    quadratically); stops when the decrement falls below 1e-24 or a step moves no parameter by
+    more than 1e-13. x: the feature log-probabilities of each row (losses.feature_log_probs).
     """
     k = x.shape[1]
     a, b = np.ones(k), np.zeros(k)
     f, before, grad, hess = vector_terms(x, y, w, a, b, l2)
     nll = before
+
+    def done(iteration: int, converged: bool = True) -> VectorFit:
+        return VectorFit(tuple(a.tolist()), tuple(b.tolist()), before, nll, len(y), iteration, converged, l2)
+
     for iteration in range(1, MAX_ITERATIONS + 1):
+        assert grad is not None and hess is not None
         try:
             step = -np.linalg.solve(hess, grad)
         except np.linalg.LinAlgError:
             step = -np.linalg.lstsq(hess, grad, rcond=None)[0]
         decrement = float(-grad @ step)
-        if decrement / 2 < 1e-20:
-            return VectorFit(tuple(a.tolist()), tuple(b.tolist()), before, nll, len(y), iteration, True, l2)
+        if decrement < 1e-24 or np.abs(step).max() < 1e-13:
+            return done(iteration)
         t = 1.0
-        while t > 1e-12:
-            a_new, b_new = a + t * step[:k], b + t * step[k:]
-            f_new, nll_new, grad_new, hess_new = vector_terms(x, y, w, a_new, b_new, l2)
-            if f_new <= f - 0.25 * t * decrement:
-                break
-            t *= 0.5
-        else:
-            return VectorFit(tuple(a.tolist()), tuple(b.tolist()), before, nll, len(y), iteration, True, l2)
-        a, b, f, nll, grad, hess = a_new, b_new, f_new, nll_new, grad_new, hess_new
-    return VectorFit(tuple(a.tolist()), tuple(b.tolist()), before, nll, len(y), MAX_ITERATIONS, False, l2)
+        if decrement > 1e-8:
+            while t > 1e-10 and vector_terms(x, y, w, a + t * step[:k], b + t * step[k:], l2, False)[0] > \
+                    f - 0.25 * t * decrement:
+                t *= 0.5
+            if t <= 1e-10:  # no decrease left to find in float64
+                return done(iteration)
+        a, b = a + t * step[:k], b + t * step[k:]
+        f, nll, grad, hess = vector_terms(x, y, w, a, b, l2)
+    return done(MAX_ITERATIONS, converged=False)
 
 
 def scaled_values(values: np.ndarray, log_q: np.ndarray, kind: str, mapping: dict[str, Any]) -> np.ndarray:
