@@ -127,6 +127,9 @@ class Format(str, Enum):
     table = "table"
     json = "json"
     ndjson = "ndjson"
+    markdown = "markdown"
+    junit = "junit"
+    openmetrics = "openmetrics"
 
 
 # Options shared by the commands, declared once. Help texts are Rich markup: a literal [ is escaped as \[.
@@ -150,8 +153,9 @@ Renormalize = Annotated[bool, typer.Option("--renormalize", help="Divide each ro
                                            "requiring it to sum to 1.")]
 BaseOpt = Annotated[Base, typer.Option("--base", metavar="e|2|10", help="Logarithm base: e (nats), 2 (bits) "
                                        "or 10 (bans).")]
-FormatOpt = Annotated[Format, typer.Option("--format", "-f", metavar="table|json|ndjson", help="A table (plain "
-                                           "text when piped), a JSON report, or the same report on one line.")]
+FormatOpt = Annotated[Format, typer.Option("--format", "-f", metavar="table|json|ndjson|markdown|junit|openmetrics",
+                                           help="A table (plain text when piped), a JSON report, the same report "
+                                           "on one line, GitHub-flavoured Markdown, JUnit XML or OpenMetrics text.")]
 PerSample = Annotated[Optional[str], typer.Option("--per-sample", metavar="FILE", help="Write one row per sample "
                                                   "to a .csv or .parquet file, or - for CSV on standard output.")]
 Max = Annotated[Optional[list[str]], typer.Option("--max", metavar="METRIC=VALUE",
@@ -160,6 +164,11 @@ Min = Annotated[Optional[list[str]], typer.Option("--min", metavar="METRIC=VALUE
                                                   help="Exit 1 if METRIC is below VALUE (repeatable).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Hide the progress bar.")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show the traceback of an error.")]
+ReportFile = Annotated[Optional[list[str]], typer.Option(
+    "--report", metavar="FILE", help="Also write the report to FILE, in the format its suffix names: .json, .md "
+    "(Markdown), .xml (JUnit), .prom or .txt (OpenMetrics); repeatable, written even when a gate fails.")]
+NoCiIntegration = Annotated[bool, typer.Option("--no-ci-integration", help="Under GitHub Actions, do not annotate "
+                                               "failed gates nor append the Markdown report to the job summary.")]
 
 # The common calls, shown at the end of each command's --help; each one runs as it is in sample_data/.
 EXAMPLES = {
@@ -168,12 +177,14 @@ EXAMPLES = {
               "nll score robot_tools_logits.csv --input logits --base 2",
               "nll score robot_tools.csv --targets robot_tools_annotators.csv",
               "nll score robot_tools.csv --per-sample losses.csv",
-              "nll score robot_tools.csv --format json --max nll=0.5 --min accuracy=0.85"],
+              "nll score robot_tools.csv --format json --max nll=0.5 --min accuracy=0.85",
+              "nll score robot_tools.csv --max nll=0.5 --report nll.json --report nll.md --report nll-junit.xml"],
     "kl": ["nll kl robot_tools_annotators.csv robot_tools.csv",
            "nll kl robot_tools_annotators.csv robot_tools.csv --symmetric --format json"],
     "compare": ["nll compare robot_tools.csv robot_tools_model_b.csv",
                 "nll compare robot_tools.csv robot_tools_model_b.csv --by camera --worst 5",
-                "nll compare robot_tools.csv robot_tools_model_b.csv --fail-if-worse 0 -f json"],
+                "nll compare robot_tools.csv robot_tools_model_b.csv --fail-if-worse 0 -f json",
+                "nll compare robot_tools.csv robot_tools_model_b.csv --fail-if-worse 0 --report compare.md"],
     "plot": ["nll plot robot_tools.csv -o robot_tools.png",
              "nll plot robot_tools.csv --targets robot_tools_annotators.csv -o soft.svg",
              "nll plot robot_tools_val_logits.csv --input logits --calibrate -o calibrated.png"],
@@ -348,11 +359,17 @@ def _total_bytes(*paths_lists) -> int | None:
         return None
 
 
-def _finish(report, fmt: Format, per_sample: str | None) -> None:
-    """Render the report (to stderr when per-sample rows own stdout) and apply the gates."""
+def _finish(report, fmt: Format, per_sample: str | None, report_files: list[tuple[str, str]] | None = None,
+            ci_integration: bool = True) -> None:
+    """Render the report (to stderr when per-sample rows own stdout), write the --report files, tell
+    GitHub Actions (annotations, job summary) and apply the gates."""
+    from .ci import github_integration, write_report_files
     from .render import write_report
 
+    write_report_files(report, report_files or [])  # first: a reader that stops early (`| head`) still gets them
     write_report(report, fmt.value, sys.stderr if per_sample == "-" else sys.stdout)
+    for warning in github_integration(report) if ci_integration else ():
+        _err(f"nll: warning: {warning}")
     failed = report.failed_gates
     for gate in failed:
         _err(f"nll: {gate.describe(report.metrics.get(gate.metric))}")
@@ -405,6 +422,8 @@ def score(
     min: Min = None,
     quiet: Quiet = False,
     debug: Debug = False,
+    report_file: ReportFile = None,
+    no_ci_integration: NoCiIntegration = False,
     temperature: Annotated[Optional[float], typer.Option("--temperature", metavar="T", help="Score softmax(z / T): "
                                                          "z the logits, log-probabilities or log p (a T from "
                                                          "nll calibrate).")] = None,
@@ -421,13 +440,16 @@ def score(
 
     Exit codes: 0 ok, 1 a --max/--min gate failed, 2 usage, input or environment error, 3 a bug of nll.
     """
+    from .ci import report_targets
+
+    report_files = report_targets(report_file or (), [preds, targets], [per_sample])
     report = _score_report(preds, targets=targets, label=label, classes=classes, probs=probs, key=key,
                            weight=weight, ignore=ignore or (), positive=positive, input=input.value, eps=eps, tol=tol,
                            renormalize=renormalize, base=base.value, target_prefix=target_prefix,
                            label_smoothing=label_smoothing, bins=bins, top_k=top_k, by=by or (), worst=worst,
                            max=max or (), min=min or (), per_sample=per_sample, quiet=quiet,
                            temperature=temperature, multilabel=multilabel, label_delimiter=label_delimiter)
-    _finish(report, format, per_sample)
+    _finish(report, format, per_sample, report_files, not no_ci_integration)
 
 
 def _score_report(preds: list[str], *, targets: str | None, quiet: bool, **options):
@@ -485,7 +507,8 @@ def _calibration_for_plot(fit: bool, *, preds: list[str], temperature: float | N
     return api.calibrate(preds if len(preds) != 1 else preds[0], temperature=temperature, **options)
 
 
-def _compare(base_file: str, new_file: str, format: Format, quiet: bool, **options) -> None:
+def _compare(base_file: str, new_file: str, format: Format, quiet: bool, report_file: list[str] | None = None,
+             no_ci_integration: bool = False, **options) -> None:
     """Did NEW get worse than BASE on the same samples? Paired deltas with bootstrap intervals.
 
     Rows pair by --key (default id, when both files have it), else by position; labels must agree.
@@ -495,11 +518,13 @@ def _compare(base_file: str, new_file: str, format: Format, quiet: bool, **optio
     --fail-if-worse D exits 1 when the nll delta and its whole interval are above D; --max/--min gate NEW.
     """
     _prepare_process()
+    from .ci import report_targets
     from .comparison import compare
 
+    report_files = report_targets(report_file or (), [base_file, new_file, options.get("targets")])
     with _ProgressBar(quiet, _total_bytes([base_file, new_file])) as progress:
         report = compare(base_file, new_file, progress=progress, **_plain(options))
-    _finish(report, format, None)
+    _finish(report, format, None, report_files, not no_ci_integration)
 
 
 def _derived_command(name: str, implementation, drop: set[str], front=(), back=()) -> None:
@@ -550,6 +575,8 @@ def kl(
     min: Min = None,
     quiet: Quiet = False,
     debug: Debug = False,
+    report_file: ReportFile = None,
+    no_ci_integration: NoCiIntegration = False,
 ) -> None:
     """KL(P || Q) per row pair and on average, with cross-entropy H(P, Q) and entropy H(P).
 
@@ -557,15 +584,19 @@ def kl(
     """
     _prepare_process()
     from . import api
+    from .ci import report_targets
 
+    report_files = report_targets(report_file or (), [p, q], [per_sample])
     with _ProgressBar(quiet, _total_bytes([p, q])) as progress:
         report = api.kl(p, q, classes=classes, probs=probs, key=key, input=input.value, eps=eps, tol=tol,
                         renormalize=renormalize, base=base.value, symmetric=symmetric, max=max or (),
                         min=min or (), per_sample=per_sample, progress=progress, ignore=ignore or ())
-    _finish(report, format, per_sample)
+    _finish(report, format, per_sample, report_files, not no_ci_integration)
 
 
-_derived_command("plot", _plot, drop={"format", "per_sample", "max", "min", "multilabel", "label_delimiter"}, front=[(
+_derived_command("plot", _plot, drop={"format", "per_sample", "max", "min", "report_file", "no_ci_integration",
+                                     "multilabel", "label_delimiter"},
+                 front=[(
     "output", Annotated[str, typer.Option("--output", "-o", metavar="FILE", help="The image to write: "
                                           ".png, .svg or .pdf.",
                                           show_default=False)])], back=[(
@@ -765,6 +796,10 @@ def calibrate(
 
     Exit codes: 0 ok, 1 a --max/--min gate failed, 2 usage, input or environment error, 3 a bug of nll.
     """
+    if format not in (Format.table, Format.json, Format.ndjson):
+        from .errors import UsageError
+
+        raise UsageError(f"--format {format.value}: nll calibrate writes table, json or ndjson")
     _prepare_process()
     from . import api
     from .calibration import write_calibration

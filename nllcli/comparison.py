@@ -150,7 +150,7 @@ def compare(base_preds, new_preds, *, key: str | None = None, confidence: float 
         comparison=comparison(names, base_values, new_report.metrics, deltas, weights, *settings), groups=groups,
         worst=pairing.most_worsened(worst, deltas["nll"], new_job.layout.class_names,
                                     new_job.settings.unit_scale) if worst else [])
-    return dataclasses.replace(report, regression=regression(report, fail_if_worse))
+    return dataclasses.replace(report, regression=regression(report, fail_if_worse), fail_if_worse=fail_if_worse)
 
 
 def _weighted_mean(values: np.ndarray, weights: np.ndarray, settings, name: str) -> float:

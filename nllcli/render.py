@@ -1,5 +1,5 @@
-"""A Report as a Rich table (plain aligned text when piped), JSON or NDJSON: RENDERERS maps each
-format to its writer.
+"""A Report as a Rich table (plain aligned text when piped), JSON or NDJSON, and (formats.py) Markdown,
+JUnit XML or OpenMetrics text: RENDERERS maps each format to its writer.
 
 Every string from the data (class names, labels, keys, group values, column and file names) is
 shown as text: never Rich markup, control and bidi characters escaped (errors.visible).
@@ -259,3 +259,19 @@ def _loss_chart(report: Report, plain: bool, style: dict):
 
 Renderer = Callable[[Report, IO[str]], None]
 RENDERERS: dict[str, Renderer] = {"table": write_table, "json": write_json, "ndjson": write_ndjson}
+
+
+def _format_writer(name: str) -> Renderer:
+    """The writer of a format of formats.py (Markdown, JUnit, OpenMetrics), imported when it is used."""
+    def write(report: Report, stream: IO[str]) -> None:
+        from .formats import FORMATS
+
+        stream.write(FORMATS[name].render(report))
+
+    return write
+
+
+RENDERERS.update({name: _format_writer(name) for name in ("markdown", "junit", "openmetrics")})
+REPORT_SUFFIXES = {".json": "json", ".md": "markdown", ".markdown": "markdown", ".xml": "junit",
+                   ".prom": "openmetrics", ".txt": "openmetrics"}
+"""The format `--report FILE` writes, by the suffix of FILE."""

@@ -85,6 +85,7 @@ class Report:
     clipped_zero: int = 0  # observed-class probabilities below eps raised to eps: -log(eps) each
     clipped_nudged: int = 0  # observed-class probabilities above 1 - eps lowered to 1 - eps
     clipped_zero_reverse: int = 0  # --symmetric: target probabilities below eps where q > 0
+    fail_if_worse: float | None = None  # compare --fail-if-worse: the threshold asked (None: not asked)
     multilabel: bool = False  # score --multilabel: per_class rows are labels, nll is binary cross-entropy
 
     @property
@@ -153,6 +154,7 @@ class Report:
                             [_finite_or_none(x) for x in v] if k == "ci" else v for k, v in c.items()}
                            for c in self.comparison],
             "regression": self.regression,
+            "fail_if_worse": self.fail_if_worse,
             "worst": [{k: _finite_or_none(v) if isinstance(v, float) else v for k, v in w.items()}
                       for w in self.worst],
             "gates": [{"metric": g.metric, "bound": g.bound, "threshold": g.threshold,
