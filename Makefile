@@ -35,6 +35,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m compileall -q nllcli
 	$(BIN)/python benchmarks/bench.py
+	$(BIN)/python benchmarks/bench_tokens.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

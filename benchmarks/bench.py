@@ -2,6 +2,7 @@
 
     python benchmarks/bench.py            everything: 2M and 10M rows, 3 repeats
     python benchmarks/bench.py --quick    no 10M files, 1 repeat
+    python benchmarks/bench.py --dask     only the Dask step (bench_dask.py: 10M rows, 1M with --quick)
 
 Data is cached in $NLL_BENCH_DIR (default ~/.cache/nll-bench) and only generated when missing.
 Every measured command runs in a fresh process under _measure.py, which reports its wall time
@@ -93,6 +94,9 @@ def plan(cache: Path, repeats: int, with_10m: bool) -> list[Bench]:
             Bench("score_parquet_10m", "memory, 10M rows", "nll score preds_10m.parquet",
                   _nll("score", d["preds_10m.parquet"], *js), nll_score, "score_parquet", nll_row=True),
         ]
+    if "states_1000" in d:
+        benches.append(Bench("merge_1000", "sharded jobs", "nll merge states_1000/ (1,000 state files, 10 classes, "
+                             "8 groups, worst 10)", _nll("merge", d["states_1000"], "--quiet"), {}, nll_row=True))
     startup = f"start-up, median of {STARTUP_REPEATS}"
     benches += [
         Bench("python_bare", startup, "python -c pass", [PYTHON, "-c", "pass"], {}),
@@ -263,17 +267,51 @@ def print_report(benches: list[Bench], targets: list[dict], header: str) -> None
         print(f"  {t['status']:4}  {t['target']}{shown}")
 
 
+def ensure_state_files(folder: Path, count: int = 1000, rows: int = 200, regen: bool = False) -> float:
+    """``count`` state files of distinct shards (``rows`` rows, 10 classes, a group column,
+    --worst 10), written in-process once; the seconds it took (0 when cached)."""
+    if folder.is_dir() and len(list(folder.glob("*.nllstate"))) == count and not regen:
+        return 0.0
+    import numpy as np
+    import pyarrow as pa
+
+    import nllcli
+
+    start = time.perf_counter()
+    partial = folder.with_name(folder.name + ".partial")
+    partial.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(7)
+    for i in range(count):
+        p = rng.dirichlet(np.ones(10), rows)
+        table = pa.table({"id": np.arange(i * rows, (i + 1) * rows), "label": rng.integers(0, 10, rows),
+                          "site": rng.choice([f"s{j}" for j in range(8)], rows),
+                          **{f"p_{k}": p[:, k] for k in range(10)}})
+        nllcli.score(table, by=["site"], worst=10, save_state=partial / f"shard-{i:04d}.nllstate")
+    if folder.exists():
+        import shutil
+
+        shutil.rmtree(folder)
+    partial.rename(folder)
+    return round(time.perf_counter() - start, 1)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="skip the 10M-row files and use 1 repeat")
     parser.add_argument("--repeats", type=int, help="repeats per command (default 3, or 1 with --quick)")
     parser.add_argument("--regen", action="store_true", help="regenerate the data even if cached")
+    parser.add_argument("--dask", action="store_true", help="only the Dask step: local engine vs a 2-worker "
+                        "LocalCluster on 20 Parquet files")
+    parser.add_argument("--no-dask", action="store_true", help="skip the Dask step")
     args = parser.parse_args()
     repeats = args.repeats or (1 if args.quick else 3)
     cache = Path(os.environ.get("NLL_BENCH_DIR") or Path.home() / ".cache" / "nll-bench").expanduser()
+    if args.dask:
+        return _dask_step(cache, args.quick)
 
     start = time.perf_counter()
     generation = _datagen.ensure(cache, with_10m=not args.quick, regen=args.regen)
+    generation["states_1000"] = ensure_state_files(cache / "states_1000", regen=args.regen)
     benches = plan(cache, repeats, with_10m=not args.quick)
     warm_page_cache(benches, cache)
     for b in benches:
@@ -293,10 +331,24 @@ def main() -> int:
     }
     (cache / "last_run.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nresults written to {cache / 'last_run.json'}")
+    if not args.no_dask:
+        _dask_step(cache, args.quick)
     broken = [b.label for b in benches if not b.nll_row and not b.result.get("ok")]
     if broken:
         print(f"harness problem: reference command(s) failed: {', '.join(broken)}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _dask_step(cache: Path, quick: bool) -> int:
+    """Local engine vs a 2-worker LocalCluster (bench_dask.py); results in last_dask_run.json."""
+    import bench_dask
+
+    cache.mkdir(parents=True, exist_ok=True)
+    result = bench_dask.run(cache, 1_000_000 if quick else 10_000_000)
+    bench_dask.show(result)
+    (cache / "last_dask_run.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nDask results written to {cache / 'last_dask_run.json'}")
     return 0
 
 

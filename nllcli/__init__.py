@@ -10,13 +10,17 @@ The functions are imported on first use, so `import nllcli` (and `nll --help`) s
 
 from ._version import __version__
 
-__all__ = ["InputError", "NllError", "Report", "State", "Summary", "UsageError", "__version__", "calibrate", "compare",
-           "kl", "score"]
+__all__ = ["InputError", "NllError", "Report", "SavedState", "State", "Summary", "UsageError", "__version__",
+           "calibrate", "compare", "kl", "load_state", "merge", "save_state", "score"]
 
 _LAZY = {
     "score": ("api", "score"),
     "kl": ("api", "kl"),
     "compare": ("comparison", "compare"),
+    "merge": ("api", "merge"),
+    "save_state": ("api", "save_state"),
+    "load_state": ("statefile", "load_state"),
+    "SavedState": ("statefile", "SavedState"),
     "calibrate": ("api", "calibrate"),
     "State": ("summary", "State"),
     "Report": ("report", "Report"),

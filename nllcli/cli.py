@@ -24,6 +24,7 @@ from .errors import (
     EXIT_SIGNAL_BASE,
     NllError,
     Terminated,
+    UsageError,
     environment_fault,
     visible,
     without_trailing_spaces,
@@ -123,6 +124,11 @@ class Base(str, Enum):
     ten = "10"
 
 
+class BinsKind(str, Enum):
+    width = "width"
+    mass = "mass"
+
+
 class Format(str, Enum):
     table = "table"
     json = "json"
@@ -163,12 +169,57 @@ Max = Annotated[Optional[list[str]], typer.Option("--max", metavar="METRIC=VALUE
 Min = Annotated[Optional[list[str]], typer.Option("--min", metavar="METRIC=VALUE",
                                                   help="Exit 1 if METRIC is below VALUE (repeatable).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Hide the progress bar.")]
+
+
+class BootstrapKind(str, Enum):
+    rows = "rows"
+    poisson = "poisson"
+
+
+class GateOn(str, Enum):  # members not named lower / upper: those are str methods
+    on_value = "value"
+    on_lower = "lower"
+    on_upper = "upper"
+    on_interval = "interval"
+
+
+GateOnOpt = Annotated[GateOn, typer.Option("--gate-on", metavar="value|lower|upper|interval", help="What the "
+                                           "gates test: the value, a bound of its interval, or interval (fail "
+                                           "only when the whole interval is past the threshold).")]
+Confidence = Annotated[float, typer.Option("--confidence", metavar="LEVEL", help="The level of the bootstrap "
+                                           "intervals.")]
+Resamples = Annotated[int, typer.Option("--resamples", metavar="N", help="How many bootstrap resamples to draw.")]
+Seed = Annotated[int, typer.Option("--seed", metavar="N", help="The bootstrap seed, so that a run repeats exactly.")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show the traceback of an error.")]
 ReportFile = Annotated[Optional[list[str]], typer.Option(
     "--report", metavar="FILE", help="Also write the report to FILE, in the format its suffix names: .json, .md "
     "(Markdown), .xml (JUnit), .prom or .txt (OpenMetrics); repeatable, written even when a gate fails.")]
 NoCiIntegration = Annotated[bool, typer.Option("--no-ci-integration", help="Under GitHub Actions, do not annotate "
                                                "failed gates nor append the Markdown report to the job summary.")]
+SaveState = Annotated[Optional[str], typer.Option("--save-state", metavar="FILE", help="Also write the run's "
+                                                  "state to FILE (.nllstate, JSON) for `nll merge`.")]
+StorageOption = Annotated[Optional[list[str]], typer.Option(
+    "--storage-option", metavar="KEY=VALUE", help="An option of the s3://, gs://, az:// or http(s):// file "
+    "system (repeatable; JSON values: anon=true, endpoint_url=http://...). Credentials come from the environment.")]
+
+
+class Engine(str, Enum):
+    local = "local"
+    dask = "dask"
+
+
+EngineOpt = Annotated[Engine, typer.Option("--engine", metavar="local|dask", help="Score in this process, or on "
+                                           "a Dask cluster (pip install 'nllcli\\[dask]'): the same numbers.")]
+Scheduler = Annotated[Optional[str], typer.Option("--scheduler", metavar="ADDRESS", help="The Dask scheduler, "
+                                                  "as tcp://host:8786.",
+                                                  show_default="$DASK_SCHEDULER_ADDRESS, else a local cluster")]
+SchedulerFile = Annotated[Optional[str], typer.Option("--scheduler-file", metavar="FILE", help="The Dask "
+                                                      "scheduler's JSON file (dask scheduler --scheduler-file).")]
+Workers = Annotated[Optional[int], typer.Option("--workers", metavar="N", help="Worker processes of the local "
+                                                "Dask cluster started for the run.", show_default="one per CPU")]
+PartitionSize = Annotated[Optional[str], typer.Option("--partition-size", metavar="SIZE", help="Input bytes per "
+                                                      "Dask partition: a Parquet run of row groups or a CSV byte "
+                                                      "range.", show_default="64MB")]
 
 # The common calls, shown at the end of each command's --help; each one runs as it is in sample_data/.
 EXAMPLES = {
@@ -424,6 +475,33 @@ def score(
     debug: Debug = False,
     report_file: ReportFile = None,
     no_ci_integration: NoCiIntegration = False,
+    bins_kind: Annotated[BinsKind, typer.Option("--bins-kind", metavar="width|mass", help="The bins of ece, mce, "
+                                                "ece_l2 and the reliability chart: equal width or equal mass "
+                                                "(ece_mass is always equal-mass).")] = BinsKind.width,
+    ignore_label: Annotated[Optional[str], typer.Option("--ignore-label", metavar="VALUE", help="Drop and count "
+                                                        "the rows whose label is VALUE (torch's ignore_index, "
+                                                        "e.g. -100).")] = None,
+    class_weight: Annotated[Optional[str], typer.Option("--class-weight", metavar="NAME=W,...", help="Weigh each "
+                                                        "row by its label's weight, as torch's cross_entropy("
+                                                        "weight=...): means are sum w*loss / sum w; classes not "
+                                                        "named weigh 1; W,W,... gives one per class in order; "
+                                                        "times --weight.")] = None,
+    class_weight_file: Annotated[Optional[str], typer.Option("--class-weight-file", metavar="FILE", help="The "
+                                                             "class weights as a JSON object (or list) or a CSV "
+                                                             "file with columns class,weight.")] = None,
+    save_state: SaveState = None,
+    storage_option: StorageOption = None,
+    engine: EngineOpt = Engine.local,
+    scheduler: Scheduler = None,
+    scheduler_file: SchedulerFile = None,
+    workers: Workers = None,
+    partition_size: PartitionSize = None,
+    interval: Annotated[bool, typer.Option("--interval", help="A seeded Poisson bootstrap interval for every "
+                                           "metric, overall and per group.")] = False,
+    confidence: Confidence = 0.95,
+    resamples: Resamples = 2000,
+    seed: Seed = 0,
+    gate_on: GateOnOpt = GateOn.on_value,
     temperature: Annotated[Optional[float], typer.Option("--temperature", metavar="T", help="Score softmax(z / T): "
                                                          "z the logits, log-probabilities or log p (a T from "
                                                          "nll calibrate).")] = None,
@@ -448,6 +526,12 @@ def score(
                            renormalize=renormalize, base=base.value, target_prefix=target_prefix,
                            label_smoothing=label_smoothing, bins=bins, top_k=top_k, by=by or (), worst=worst,
                            max=max or (), min=min or (), per_sample=per_sample, quiet=quiet,
+                           bins_kind=bins_kind.value, ignore_label=ignore_label, class_weight=class_weight,
+                           class_weight_file=class_weight_file, save_state=save_state,
+                           storage_options=_storage_options(storage_option), engine=engine.value, scheduler=scheduler,
+                           scheduler_file=scheduler_file, workers=workers, partition_size=partition_size,
+                           interval=interval, confidence=confidence, resamples=resamples, seed=seed,
+                           gate_on=gate_on.value,
                            temperature=temperature, multilabel=multilabel, label_delimiter=label_delimiter)
     _finish(report, format, per_sample, report_files, not no_ci_integration)
 
@@ -463,8 +547,19 @@ def _score_report(preds: list[str], *, targets: str | None, quiet: bool, **optio
 
 def _plain(options: dict) -> dict:
     """Option values as the library takes them: enums as their text, absent lists as ()."""
-    return {k: (v.value if isinstance(v, Enum) else () if v is None and k in ("by", "max", "min") else v)
-            for k, v in options.items() if k != "debug"}
+    lists = ("by", "max", "min", "max_increase", "max_decrease", "min_increase", "min_decrease")
+    plain = {k: (v.value if isinstance(v, Enum) else () if v is None and k in lists else v)
+             for k, v in options.items() if k != "debug"}
+    if "storage_option" in plain:
+        plain["storage_options"] = _storage_options(plain.pop("storage_option") or None)
+    return plain
+
+
+def _storage_options(items: list[str] | None) -> dict | None:
+    """--storage-option KEY=VALUE pairs as the library takes them (None without any)."""
+    from .remote import parse_storage_options
+
+    return parse_storage_options(items) or None
 
 
 def _plot(output: str, **options) -> None:
@@ -516,15 +611,37 @@ def _compare(base_file: str, new_file: str, format: Format, quiet: bool, report_
     Takes the options of `nll score`; --by compares per group, --worst N lists the samples whose loss rose most.
 
     --fail-if-worse D exits 1 when the nll delta and its whole interval are above D; --max/--min gate NEW.
+
+    --max-increase nll=2% (or ece=0.01; also --max-decrease, --min-increase, --min-decrease) gate the change of any
+    metric; --gate-on tests the change, a bound of its interval, or the whole interval.
     """
     _prepare_process()
     from .ci import report_targets
     from .comparison import compare
 
+    if _token_files(base_file, new_file):
+        if report_file:
+            from .errors import UsageError
+
+            raise UsageError("--report: not available for token files (use --format json and redirect stdout)")
+        _compare_token_files(base_file, new_file, format, quiet, options)
+        return
     report_files = report_targets(report_file or (), [base_file, new_file, options.get("targets")])
+    _local_compare(options)
     with _ProgressBar(quiet, _total_bytes([base_file, new_file])) as progress:
         report = compare(base_file, new_file, progress=progress, **_plain(options))
     _finish(report, format, None, report_files, not no_ci_integration)
+
+
+def _local_compare(options: dict) -> None:
+    """compare runs on the local engine: its bootstrap draws rows in order (see README "A Dask cluster")."""
+    engine = options.pop("engine", Engine.local)
+    given = [options.pop(k, None) for k in ("scheduler", "scheduler_file", "workers", "partition_size")]
+    if engine == Engine.dask:
+        raise UsageError("compare --engine dask: not available yet (its intervals need the partition-independent "
+                         "Poisson bootstrap); run compare with the local engine")
+    if any(v is not None for v in given):
+        raise UsageError("--scheduler, --scheduler-file, --workers and --partition-size: only with --engine dask")
 
 
 def _derived_command(name: str, implementation, drop: set[str], front=(), back=()) -> None:
@@ -549,6 +666,9 @@ def _derived_command(name: str, implementation, drop: set[str], front=(), back=(
     command.__annotations__ = {p.name: p.annotation for p in params}
     command.__doc__ = implementation.__doc__
     app.command(name, cls=PlainHelp, epilog=_epilog(name))(handle_errors(command))
+
+
+_INTERVAL_OPTIONS = ("interval", "confidence", "resamples", "seed")  # compare declares its own
 
 
 @app.command(cls=PlainHelp, epilog=_epilog("kl"))
@@ -577,6 +697,13 @@ def kl(
     debug: Debug = False,
     report_file: ReportFile = None,
     no_ci_integration: NoCiIntegration = False,
+    save_state: SaveState = None,
+    storage_option: StorageOption = None,
+    engine: EngineOpt = Engine.local,
+    scheduler: Scheduler = None,
+    scheduler_file: SchedulerFile = None,
+    workers: Workers = None,
+    partition_size: PartitionSize = None,
 ) -> None:
     """KL(P || Q) per row pair and on average, with cross-entropy H(P, Q) and entropy H(P).
 
@@ -590,12 +717,15 @@ def kl(
     with _ProgressBar(quiet, _total_bytes([p, q])) as progress:
         report = api.kl(p, q, classes=classes, probs=probs, key=key, input=input.value, eps=eps, tol=tol,
                         renormalize=renormalize, base=base.value, symmetric=symmetric, max=max or (),
-                        min=min or (), per_sample=per_sample, progress=progress, ignore=ignore or ())
+                        min=min or (), per_sample=per_sample, progress=progress, ignore=ignore or (),
+                        save_state=save_state, storage_options=_storage_options(storage_option), engine=engine.value,
+                        scheduler=scheduler, scheduler_file=scheduler_file, workers=workers,
+                        partition_size=partition_size)
     _finish(report, format, per_sample, report_files, not no_ci_integration)
 
 
 _derived_command("plot", _plot, drop={"format", "per_sample", "max", "min", "report_file", "no_ci_integration",
-                                     "multilabel", "label_delimiter"},
+                                      "save_state", *_INTERVAL_OPTIONS, "gate_on", "multilabel", "label_delimiter"},
                  front=[(
     "output", Annotated[str, typer.Option("--output", "-o", metavar="FILE", help="The image to write: "
                                           ".png, .svg or .pdf.",
@@ -603,8 +733,8 @@ _derived_command("plot", _plot, drop={"format", "per_sample", "max", "min", "rep
     "calibrate", Annotated[bool, typer.Option("--calibrate", help="Fit a temperature on the file (nll calibrate) "
                                               "and draw the calibrated curve beside the original; --temperature T "
                                               "draws a given one.")], False)])
-_derived_command("compare", _compare, drop={"preds", "per_sample", "temperature", "multilabel",
-                                                       "label_delimiter"}, front=[
+_derived_command("compare", _compare, drop={"preds", "per_sample", "save_state", *_INTERVAL_OPTIONS, "temperature",
+                                           "multilabel", "label_delimiter"}, front=[
     ("base_file", Annotated[str, typer.Argument(metavar="BASE", help="Predictions of the model in use.",
                                                 show_default=False)]),
     ("new_file", Annotated[str, typer.Argument(metavar="NEW", help="Predictions of the candidate model.",
@@ -619,6 +749,21 @@ _derived_command("compare", _compare, drop={"preds", "per_sample", "temperature"
     ("fail_if_worse", Annotated[Optional[float], typer.Option(
         "--fail-if-worse", metavar="DELTA", help="Exit 1 when the nll delta and its whole interval are "
         "above DELTA (0: any clear regression).")], None),
+    ("max_increase", Annotated[Optional[list[str]], typer.Option(
+        "--max-increase", metavar="METRIC=X[%]", help="Exit 1 if METRIC rose by more than X (in its units) or "
+        "X% of the base value (repeatable).")], None),
+    ("max_decrease", Annotated[Optional[list[str]], typer.Option(
+        "--max-decrease", metavar="METRIC=X[%]", help="Exit 1 if METRIC fell by more than X or X% "
+        "(accuracy=0.01).")], None),
+    ("min_increase", Annotated[Optional[list[str]], typer.Option(
+        "--min-increase", metavar="METRIC=X[%]", help="Exit 1 unless METRIC rose by at least X or X%.")], None),
+    ("min_decrease", Annotated[Optional[list[str]], typer.Option(
+        "--min-decrease", metavar="METRIC=X[%]", help="Exit 1 unless METRIC fell by at least X or X% "
+        "(nll=1%).")], None),
+    ("bootstrap", Annotated[BootstrapKind, typer.Option(
+        "--bootstrap", metavar="rows|poisson", help="rows: resample rows (strided blocks above 20,000 rows); "
+        "poisson: Poisson(1) row weights seeded by each row's position in BASE, the same for any split of "
+        "the rows.")], BootstrapKind.rows),
 ])
 
 
@@ -721,6 +866,204 @@ def _stdout_fault(exc: OSError) -> int:
     fault = environment_fault(exc, "standard output")
     _err(f"nll: error: {fault}" if fault else f"nll: internal error: {type(exc).__name__}: {exc}")
     return fault.exit_code if fault else EXIT_INTERNAL
+
+
+class TokenLayout(str, Enum):
+    table = "table"
+    chat = "chat"
+    completions = "completions"
+    vllm = "vllm"
+    lm_eval = "lm-eval"
+
+
+class TokensFormat(str, Enum):
+    table = "table"
+    json = "json"
+    ndjson = "ndjson"
+
+
+TOKENS_EXAMPLES = ["nll tokens tokens_trigram.csv",
+                   "nll tokens tokens_trigram.csv --by source --worst 3 --base 2",
+                   "nll tokens tokens_trigram_chat.jsonl -f json",
+                   "nll tokens tokens_trigram.csv --per-doc docs.csv --max bits_per_byte=4",
+                   "nll tokens --compare tokens_bigram.csv tokens_trigram.csv --fail-if-worse 0"]
+
+
+@app.command(cls=PlainHelp, epilog="Examples, in the sample_data folder:\n\n" + "\n".join(TOKENS_EXAMPLES))
+@handle_errors
+def tokens(
+    files: Annotated[list[str], typer.Argument(metavar="FILES", help="Token log-probability files of one layout: "
+                                               "a long table (.csv, .tsv, .parquet, .jsonl, one row per token), "
+                                               "OpenAI chat or legacy completions, vLLM prompt_logprobs or "
+                                               "lm-evaluation-harness samples (.jsonl); with --compare, BASE NEW.",
+                                               show_default=False)],
+    format_in: Annotated[Optional[TokenLayout], typer.Option(
+        "--format-in", metavar="LAYOUT", help="The layout of the files: table, chat, completions, vllm or "
+        "lm-eval.",
+        show_default="detected")] = None,
+    doc: Annotated[Optional[str], typer.Option("--doc", metavar="COLUMN", help="The document id column.",
+                                               show_default="doc_id, document_id, doc, ..., id")] = None,
+    logprob: Annotated[Optional[str], typer.Option("--logprob", metavar="COLUMN", help="The token "
+                                                   "log-probability column (<= 0; placeholders null, NaN, -inf and "
+                                                   "<= -9999 are counted, never scored).",
+                                                   show_default="logprob, log_prob, token_logprob, ...")] = None,
+    bytes: Annotated[Optional[str], typer.Option("--bytes", metavar="COLUMN", help="The token byte length "
+                                                 "column.", show_default="bytes, n_bytes, ...; else the UTF-8 "
+                                                 "length of the token text")] = None,
+    mask: Annotated[Optional[str], typer.Option("--mask", metavar="COLUMN", help="1 / true: the token is scored; "
+                                                "0 / false: it is not.", show_default="mask, loss_mask, ...")] = None,
+    text: Annotated[Optional[str], typer.Option("--text", metavar="COLUMN", help="The token text: a document's "
+                                                "text is its scored tokens' text in file order (bytes, words).",
+                                                show_default="token, token_text, text, ...")] = None,
+    by: Annotated[Optional[list[str]], typer.Option("--by", metavar="COLUMN", help="Every metric per value of "
+                                                    "COLUMN (task, domain), constant within a document.")] = None,
+    base: BaseOpt = Base.e,
+    worst: Annotated[int, typer.Option("--worst", metavar="N", help="List the N documents with the largest "
+                                       "NLL per token.")] = 0,
+    per_doc: Annotated[Optional[str], typer.Option("--per-doc", metavar="FILE", help="Write one row per "
+                                                   "document (id, tokens, bytes, words, nll, perplexity, "
+                                                   "bits_per_byte) to a .csv or .parquet file, or - for "
+                                                   "stdout.")] = None,
+    format: Annotated[TokensFormat, typer.Option("--format", "-f", metavar="table|json|ndjson", help="A table "
+                                                 "(plain text when piped), a JSON report, or the same report on "
+                                                 "one line.")] = TokensFormat.table,
+    max: Max = None,
+    min: Min = None,
+    compare: Annotated[bool, typer.Option("--compare", help="FILES are BASE NEW: paired by document id, deltas "
+                                          "of nll and bits_per_byte with bootstrap intervals.")] = False,
+    confidence: Annotated[float, typer.Option("--confidence", metavar="LEVEL", help="--compare: the level of "
+                                              "the bootstrap intervals.")] = 0.95,
+    resamples: Annotated[int, typer.Option("--resamples", metavar="N", help="--compare: bootstrap "
+                                           "resamples.")] = 2000,
+    seed: Annotated[int, typer.Option("--seed", metavar="N", help="--compare: the bootstrap seed.")] = 0,
+    fail_if_worse: Annotated[Optional[float], typer.Option(
+        "--fail-if-worse", metavar="DELTA", help="--compare: exit 1 when the nll delta and its whole interval "
+        "are above DELTA (bits_per_byte when the tokenizers differ).")] = None,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Perplexity, bits per byte and per-document NLL from saved LLM token log-probabilities.
+
+    Token-weighted nll and perplexity, means of per-document nll and perplexity, bits per byte.
+
+    Byte and word perplexity and bits per byte as lm-evaluation-harness defines them; masks and placeholders counted.
+
+    Exit codes: 0 ok, 1 a gate or --fail-if-worse failed, 2 usage, input or environment error, 3 a bug of nll.
+    """
+    _prepare_process()
+    from .errors import UsageError
+    from .tokens import api as tokens_api
+    from .tokens.render import check_format, write_report
+
+    check_format(format.value)
+    layout = format_in.value if format_in is not None else None
+    columns = dict(doc=doc, logprob=logprob, bytes=bytes, mask=mask, text=text)
+    with _ProgressBar(quiet, None) as progress:  # tokens read so far (the readers do not report bytes)
+        if compare:
+            if len(files) != 2:
+                raise UsageError(f"--compare takes two files, BASE NEW (got {len(files)})")
+            if by or per_doc:
+                raise UsageError("--compare does not take --by or --per-doc")
+            report = tokens_api.compare_tokens(files[0], files[1], format_in=layout, base=base.value,
+                                               confidence=confidence, resamples=resamples, seed=seed,
+                                               fail_if_worse=fail_if_worse, max=max or (), min=min or (),
+                                               worst=worst, progress=progress, **columns)
+        else:
+            if fail_if_worse is not None:
+                raise UsageError("--fail-if-worse needs --compare BASE NEW")
+            report = tokens_api.tokens(files, format_in=layout, by=by or (), base=base.value, worst=worst,
+                                       max=max or (), min=min or (), per_doc=per_doc, progress=progress, **columns)
+    write_report(report, format.value, sys.stderr if per_doc == "-" else sys.stdout)
+    for gate in report.failed_gates:
+        _err(f"nll: {gate.describe(report.metrics.get(gate.metric))}")
+    if report.regression:
+        _err(f"nll: {report.regression}")
+    if report.failed_gates or report.regression:
+        raise typer.Exit(EXIT_GATE)
+
+
+TOKEN_COMPARE_OPTIONS = {"base", "worst", "max", "min", "confidence", "resamples", "seed", "fail_if_worse", "debug"}
+
+
+def _token_files(*files: str) -> bool:
+    """`nll compare` on LLM token files (chat, completions, vLLM, lm-eval JSON Lines): `nll tokens --compare`."""
+    from .tokens.readers import detect, is_json
+
+    return all(is_json(f) for f in files) and all(detect(f) != "table" for f in files)
+
+
+def _compare_token_files(base_file: str, new_file: str, format: Format, quiet: bool, options: dict) -> None:
+    import inspect
+
+    from .errors import UsageError
+    from .tokens import api as tokens_api
+    from .tokens.render import check_format, write_report
+
+    check_format(format.value)
+    defaults = {p.name: p.default for p in inspect.signature(score).parameters.values()}
+    given = [name for name, value in options.items()
+             if name not in TOKEN_COMPARE_OPTIONS and name in defaults and value != defaults[name]]
+    if given:
+        raise UsageError(f"{', '.join('--' + n.replace('_', '-') for n in given)}: not an option for token files "
+                         "(see nll tokens --help)")
+    with _ProgressBar(quiet, None) as progress:
+        report = tokens_api.compare_tokens(base_file, new_file, base=options["base"].value, worst=options["worst"],
+                                           max=options["max"] or (), min=options["min"] or (),
+                                           confidence=options["confidence"], resamples=options["resamples"],
+                                           seed=options["seed"], fail_if_worse=options["fail_if_worse"],
+                                           progress=progress)
+    write_report(report, format.value, sys.stdout)
+    for gate in report.failed_gates:
+        _err(f"nll: {gate.describe(report.metrics.get(gate.metric))}")
+    if report.regression:
+        _err(f"nll: {report.regression}")
+    if report.failed_gates or report.regression:
+        raise typer.Exit(EXIT_GATE)
+
+EXAMPLES["merge"] = ["nll merge robot_tools.nllstate",
+                     "nll merge robot_tools.nllstate --format json --max nll=0.5"]
+
+
+@app.command(cls=PlainHelp, epilog=_epilog("merge"))
+@handle_errors
+def merge(
+    states: Annotated[list[str], typer.Argument(metavar="STATES", help="State files written by --save-state "
+                                                "(.nllstate), globs or directories of them, local or s3://...",
+                                                show_default=False)],
+    format: FormatOpt = Format.table,
+    max: Max = None,
+    min: Min = None,
+    save_state: Annotated[Optional[str], typer.Option("--save-state", metavar="FILE", help="Also write the "
+                                                      "merged state, to merge again later.")] = None,
+    storage_option: StorageOption = None,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """The report of several state files: the same as one run over all their inputs.
+
+    States of different classes, settings, bins, units or versions are refused. They are read one at a time.
+    """
+    from . import api  # no _prepare_process(): no rows are read, and pyarrow is never imported
+
+    with _MergeProgress(quiet) as progress:
+        report = api.merge(states, max=max or (), min=min or (), save_state=save_state,
+                           storage_options=_storage_options(storage_option), progress=progress)
+    _finish(report, format, None)
+
+
+class _MergeProgress(_ProgressBar):
+    """The progress bar of `nll merge`: state files read and the rows they hold."""
+
+    def __init__(self, quiet: bool):
+        self.bar = None
+        if quiet or not sys.stderr.isatty():
+            return
+        from rich.console import Console
+        from rich.progress import Progress, TextColumn, TimeElapsedColumn
+
+        self.bar = Progress(TextColumn("{task.fields[rows]:,} rows in {task.completed:,} state files"),
+                            TimeElapsedColumn(), console=Console(file=sys.stderr), transient=True)
+        self.task = self.bar.add_task("merging", total=None, rows=0)
 
 
 EXAMPLES["calibrate"] = [

@@ -152,8 +152,26 @@ class Layout:
         seen = list(dict.fromkeys(distinct[c] for c in codes[:100]))[:5]
         hint = ("one probability column is P(class 1): labels 0/1 or false/true, or name class 1 with "
                 "--positive LABEL" if self.binary else "labels match class names, or integer positions 0..K-1")
+        padding = next((v for v in seen if (whole_number(v) or "").startswith("-")), None)
+        if padding is not None:  # torch's ignore_index (-100) in a file from training code
+            hint += f"; to leave those rows out: --ignore-label {padding}"
         raise InputError(self.source, f"labels not among the classes {self.class_names}: {seen}",
                          column=self.label, rows=(first_row + bad).tolist(), total=bad.size, hint=hint)
+
+    def rows_labelled(self, batch: pa.RecordBatch, value: str) -> np.ndarray:
+        """Whether each row's label is ``value`` (--ignore-label): the same text once stripped, or the
+        same whole number ('-100' and '-100.0'); a missing label is not."""
+        labels = batch.column(self.label)
+        if not pa.types.is_dictionary(labels.type):
+            labels = labels.cast(pa.string()).dictionary_encode()
+        names = labels.dictionary
+        if not pa.types.is_string(names.type):
+            names = names.cast(pa.string())
+        number = whole_number(value)
+        matches = np.array([v is not None and (v.strip() == value or (number is not None and
+                                                                      whole_number(v.strip()) == number))
+                            for v in names.to_pylist()] + [False], dtype=bool)
+        return matches[integers(labels.indices, fill=-1)]
 
     @functools.cached_property
     def _packed_id(self) -> bytes:

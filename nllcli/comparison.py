@@ -9,7 +9,14 @@ per-sample values m_i (loss, 0/1 correctness, Brier) and weights w_i:
 Its confidence interval is a paired percentile bootstrap: resample rows with replacement (the
 same rows for both models), recompute delta, take the (1 - c)/2 and (1 + c)/2 quantiles. Above
 EXACT_ROWS rows, rows are resampled in EXACT_ROWS strided blocks (row i in block i mod B), which
-keeps the cost bounded and the pairs intact.
+keeps the cost bounded and the pairs intact. ``--bootstrap poisson`` weights row i of resample r
+by a Poisson(1) draw seeded by (seed, i, r), i its position in the base file (bootstrap.py): the
+same weights whatever the split of the rows, and the same as `score --interval` gives that row.
+
+Gates on the change of any metric (``--max-increase nll=2%``, ...) test the delta, a bound of its
+interval or the whole interval (``--gate-on``); for a metric compare does not pair (ECE, MCE,
+perplexity) the interval is that of the difference of Poisson replicates of both runs, whose rows
+carry the same weights (seeded by the key when rows pair by key, else by position).
 
 Memory: the base file's per-sample values (8 bytes per compared metric per row, plus keys when
 pairing by key) and the paired differences; nothing else grows with the number of rows.
@@ -25,12 +32,25 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import losses, metrics
+from .bootstrap import block_size, percentile_interval, poisson_weights, position_ids
 from .engine import Progress, Scored, group_rows, run
 from .errors import InputError, UsageError
 from .pairing import ByPosition, KeyIndex
-from .plan import Job, check_stdin_once, default_key, input_names, plan_score, say_notes
-from .report import Report, build_report, metric_values
-from .summary import Worst
+from .plan import (
+    Interval,
+    Job,
+    check_bootstrap_settings,
+    check_stdin_once,
+    default_key,
+    input_names,
+    parse_gates,
+    plan_score,
+    say_notes,
+)
+from .report import Report, build_report, metric_values, replicate_values
+from .summary import Worst, resampled_sums
+
+BOOTSTRAPS = ("rows", "poisson")
 
 EXACT_ROWS = 20_000
 
@@ -86,7 +106,13 @@ def compare(base_preds, new_preds, *, key: str | None = None, confidence: float 
             eps: float = losses.EPS, tol: float = 1e-4,
             renormalize: bool = False, base: str = "e", target_prefix: str | None = None,
             target_probs: str | None = None, label_smoothing: float | None = None, bins: int = 15,
-            top_k: int | None = None, per_sample: None = None, progress: Progress | None = None) -> Report:
+            top_k: int | None = None, per_sample: None = None, progress: Progress | None = None,
+            bins_kind: str = "width", ignore_label: str | int | None = None, class_weight=None,
+            class_weight_file=None,
+            storage_options: dict | None = None,
+            max_increase: Sequence[str] = (), max_decrease: Sequence[str] = (), min_increase: Sequence[str] = (),
+            min_decrease: Sequence[str] = (), gate_on: str = "value", bootstrap: str = "rows") -> Report:
+
     """Compare two prediction files for the same samples (`nll compare`); a Report with `comparison`.
 
     Both files are read with the options of score() (targets, label, ..., top_k). Rows pair by
@@ -94,12 +120,17 @@ def compare(base_preds, new_preds, *, key: str | None = None, confidence: float 
     paired bootstrap. Gates (max/min) apply to the new model; ``fail_if_worse`` marks a clear nll
     regression (see Report.regression). ``by`` compares per group (groups from the new file), each
     with its own interval; ``worst`` lists the samples whose loss rose most. ``per_sample`` is not
-    available here (a UsageError): run score() on each file.
+    available here (a UsageError): run score() on each file. storage_options: see score().
+
+    max_increase, max_decrease, min_increase, min_decrease: gates on the change new - base of any
+    metric, "METRIC=X" in the metric's units or "METRIC=X%" of the base value. gate_on: what every
+    gate tests, "value", "lower" / "upper" (a bound of its interval) or "interval" (fail only when
+    the value and its whole interval are past the limit, the rule of fail_if_worse). bootstrap:
+    "rows" (resample rows) or "poisson" (Poisson(1) weights seeded by each row's position in BASE).
     """
-    if not 0 < confidence < 1:
-        raise UsageError(f"--confidence {confidence:g}: must be between 0 and 1")
-    if resamples < 1:
-        raise UsageError(f"--resamples {resamples}: must be at least 1")
+    check_bootstrap_settings(confidence, resamples)
+    if bootstrap not in BOOTSTRAPS:
+        raise UsageError(f"--bootstrap {bootstrap!r}: choose one of {', '.join(BOOTSTRAPS)}")
     if worst < 0:
         raise UsageError(f"--worst {worst}: must be >= 0")
     if per_sample:
@@ -108,9 +139,18 @@ def compare(base_preds, new_preds, *, key: str | None = None, confidence: float 
     options = dict(targets=targets, label=label, classes=classes, probs=probs, key=key, weight=weight,
                    ignore=ignore, positive=positive, input=input, eps=eps, tol=tol, renormalize=renormalize, base=base,
                    target_prefix=target_prefix, target_probs=target_probs, label_smoothing=label_smoothing,
-                   bins=bins, top_k=top_k)
+                   bins=bins, top_k=top_k, bins_kind=bins_kind, ignore_label=ignore_label,
+                   class_weight=class_weight, class_weight_file=class_weight_file,
+                   storage_options=storage_options)
     base_job = plan_score(base_preds, **options)
-    new_job = plan_score(new_preds, max=max, min=min, by=by, **options)
+    new_job = plan_score(new_preds, max=max, min=min, by=by, gate_on=gate_on, confidence=confidence,
+                         resamples=resamples, seed=seed, **options)
+    change_gates = parse_gates((), (), "score", new_job.settings, gate_on,
+                               {"max_increase": max_increase, "max_decrease": max_decrease,
+                                "min_increase": min_increase, "min_decrease": min_decrease})
+    for gate in change_gates:
+        if not new_job.labelled and metrics.find(gate.metric).needs_label:
+            raise UsageError(f"{gate.option} {gate.metric}=...: {gate.metric} needs a label column (--label)")
     pair = default_key(key, (base_job.sources[0].schema, base_job.sources[0].name),
                         (new_job.sources[0].schema, new_job.sources[0].name))
     base_key = new_key = None
@@ -121,6 +161,14 @@ def compare(base_preds, new_preds, *, key: str | None = None, confidence: float 
         raise InputError(new_job.sources[0].name, f"classes {new_job.layout.class_names} differ from "
                                                   f"{base_job.layout.class_names} in {base_job.sources[0].name}")
     names = compared_metrics(new_job)
+    # A change gate on a bound of the interval of a metric compare does not pair (ece, mce, ...):
+    # both runs keep Poisson replicates seeded by the same row ids, and the interval is that of the
+    # replicate differences.
+    replicated = sorted({g.metric for g in change_gates if g.on != "value" and g.metric not in names})
+    if replicated:
+        interval = Interval(confidence, resamples, seed, key=None)
+        base_job.interval, new_job.interval = (dataclasses.replace(interval, key=base_key),
+                                               dataclasses.replace(interval, key=new_key))
     new_index = {c: j for j, c in enumerate(new_job.layout.class_names)}
     class_map = np.array([new_index[c] for c in base_job.layout.class_names])
 
@@ -134,7 +182,7 @@ def compare(base_preds, new_preds, *, key: str | None = None, confidence: float 
     new_report = build_report(new_job, new_state, "compare")
     say_notes(base_job)
     say_notes(new_job)
-    settings = (confidence, resamples, seed, new_job.settings.unit_scale)
+    settings = (confidence, resamples, seed, new_job.settings.unit_scale, bootstrap)
     base_values = metric_values(base_state.summary, base_job)
     groups = []
     for group in new_report.groups:
@@ -143,11 +191,24 @@ def compare(base_preds, new_preds, *, key: str | None = None, confidence: float 
                       for n in names}
         groups.append({**group, "comparison": comparison(names, group_base, group["metrics"],
                                                          {n: d[rows] for n, d in deltas.items()}, weights[rows],
-                                                         *settings)})
+                                                         *settings, rows)})
     groups.sort(key=lambda g: -g["comparison"][0]["delta"])  # the largest nll increase first
+    compared = comparison(names, base_values, new_report.metrics, deltas, weights, *settings)
+    intervals = {row["metric"]: row["ci"] for row in compared}
+    if replicated:
+        assert new_state.replicates is not None and base_state.replicates is not None
+        new_values = replicate_values(new_state.summary, new_state.replicates, new_job)
+        base_replicates = replicate_values(base_state.summary, base_state.replicates, base_job)
+        intervals.update({m: list(percentile_interval(new_values[m] - base_replicates[m], confidence))
+                          for m in replicated})
+    gates = [*new_report.gates,
+             *(g.with_result(base_values.get(g.metric), intervals.get(g.metric) if g.on != "value" else None,
+                             confidence) for g in change_gates)]
     report = dataclasses.replace(
         new_report, inputs={"base": input_names(base_job.sources), "new": input_names(new_job.sources)},
-        comparison=comparison(names, base_values, new_report.metrics, deltas, weights, *settings), groups=groups,
+        comparison=compared, groups=groups, gates=gates,
+        bootstrap={**(new_report.bootstrap or {}), "confidence": confidence, "resamples": resamples, "seed": seed,
+                   "method": bootstrap},
         worst=pairing.most_worsened(worst, deltas["nll"], new_job.layout.class_names,
                                     new_job.settings.unit_scale) if worst else [])
     return dataclasses.replace(report, regression=regression(report, fail_if_worse), fail_if_worse=fail_if_worse)
@@ -161,16 +222,24 @@ def _weighted_mean(values: np.ndarray, weights: np.ndarray, settings, name: str)
 
 
 def comparison(names, base: dict, new: dict, deltas: dict[str, np.ndarray], weights: np.ndarray,
-               confidence: float, resamples: int, seed: int, scale: float) -> list[dict]:
-    """One entry per metric: base, new, delta, its bootstrap interval, the share where new is better."""
-    intervals = bootstrap(deltas, weights, resamples, confidence, seed)
+               confidence: float, resamples: int, seed: int, scale: float, method: str = "rows",
+               row_ids: np.ndarray | None = None) -> list[dict]:
+    """One entry per metric: base, new, delta, its bootstrap interval, the share where new is better.
+
+    method "poisson" weights the rows by bootstrap.poisson_weights of ``row_ids`` (their positions
+    in the base file; default 0..n-1)."""
+    if method == "poisson":
+        ids = position_ids(0, len(weights)) if row_ids is None else np.asarray(row_ids, dtype=np.uint64)
+        intervals = poisson_bootstrap(deltas, weights, resamples, confidence, seed, ids)
+    else:
+        intervals = bootstrap(deltas, weights, resamples, confidence, seed)
     entries = []
     for name in names:
         low, high = (metrics.in_units(name, v, scale) for v in intervals[name])
         better = deltas[name] < 0 if metrics.find(name).lower_is_better else deltas[name] > 0
         entries.append({
             "metric": name, "base": base[name], "new": new[name], "delta": new[name] - base[name],
-            "ci": [low, high], "confidence": confidence, "resamples": resamples, "seed": seed,
+            "ci": [low, high], "confidence": confidence, "resamples": resamples, "seed": seed, "bootstrap": method,
             "new_better_share": float(np.sum(weights * better) / np.sum(weights)),
         })
     return entries
@@ -270,6 +339,23 @@ def bootstrap(deltas: dict[str, np.ndarray], weights: np.ndarray, resamples: int
     tail = (1.0 - confidence) / 2.0
     bounds = {m: np.quantile(means[m], [tail, 1.0 - tail]) for m in names}
     return {m: (float(low), float(high)) for m, (low, high) in bounds.items()}
+
+
+def poisson_bootstrap(deltas: dict[str, np.ndarray], weights: np.ndarray, resamples: int, confidence: float,
+                      seed: int, row_ids: np.ndarray) -> dict[str, tuple[float, float]]:
+    """Percentile intervals of the weighted mean of each paired difference under Poisson(1) row
+    weights: replicate r is sum_i P_ir w_i d_i / sum_i P_ir w_i with P = poisson_weights(row_ids, R, seed),
+    the same P for every metric. Rows are taken in blocks: memory R x metrics, never R x rows."""
+    names = list(deltas)
+    columns = np.column_stack([weights, *(losses.weighted(deltas[m], weights) for m in names)])
+    sums = np.zeros((resamples, columns.shape[1]))
+    step = block_size(resamples)
+    for start in range(0, len(weights), step):
+        sums += resampled_sums(poisson_weights(row_ids[start:start + step], resamples, seed),
+                               columns[start:start + step])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = sums[:, 1:] / sums[:, :1]
+    return {m: percentile_interval(means[:, j], confidence) for j, m in enumerate(names)}
 
 
 def regression(report, threshold: float | None) -> str | None:

@@ -7,6 +7,7 @@ run(job, sink, progress) streams a job's batches through it and adds up their St
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,7 @@ from .columns import Layout, floats, integers, target_layout
 from .errors import InputError, UsageError
 from .pairing import KeyIndex, align_by_position
 from .plan import Job, Settings
-from .summary import State, Summary, Worst
+from .summary import Replicates, State, Summary, Worst
 
 Progress = Callable[[int, int], None]  # (rows so far, bytes so far)
 
@@ -36,7 +37,12 @@ class Prepared:
         return losses.clipped_model(self.q, self.log_q, kind, eps)
 
     def probs(self) -> np.ndarray:
-        return self.q if self.q is not None else np.exp(self.logs())
+        """The probabilities: q, or exp of the log-probabilities (computed once per batch)."""
+        if self.q is not None:
+            return self.q
+        if "_exp" not in self.__dict__:
+            self.__dict__["_exp"] = np.exp(self.logs())
+        return self.__dict__["_exp"]
 
     def logs(self) -> np.ndarray:
         """The log-probabilities of logits or log-probs (probabilities have q instead)."""
@@ -110,6 +116,10 @@ class Scored:
     confidence: np.ndarray | None
     p_true: np.ndarray | None
     clips: losses.RowClips | None  # None: nothing clipped
+    probs: np.ndarray | None = None  # (n, K) probabilities for the (class, bin) cells, with labels or targets
+    targets: np.ndarray | None = None  # (n, K) target distributions (soft), else None
+    kept: np.ndarray | None = None  # --ignore-label: positions in the batch of the rows kept (None: all)
+    ignored: int = 0  # rows of the batch dropped for their label
 
     @property
     def rows(self) -> int:
@@ -123,7 +133,12 @@ class Scored:
         clips = self.clips.counts(self.weights, rows) if self.clips is not None else {}
         return Summary.of_batch({k: pick(v) for k, v in self.summed.items()}, n_classes, pick(self.weights),
                                 pick(self.labels), pick(self.correct), confidence=pick(self.confidence),
-                                n_bins=n_bins, loss=pick(self.loss), **clips)
+                                n_bins=n_bins, loss=pick(self.loss), probs=pick(self.probs),
+                                targets=pick(self.targets), ignored=self.ignored if rows is None else 0, **clips)
+
+    def index_of(self, rows: np.ndarray) -> np.ndarray:
+        """0-based positions in the whole input of some of the batch's scored rows."""
+        return self.first_index + (rows if self.kept is None else self.kept[rows])
 
 
 @dataclass
@@ -153,17 +168,70 @@ class Scorer:
     def state_of(self, scored: Scored) -> State:
         """The State of one scored partition: its Summary, its groups' and its worst rows."""
         k, bins = len(self.layout.class_names), self.settings.bins
-        groups = {key: scored.summary(k, bins, rows)
-                  for key, rows in (group_rows(scored.chunk.batch, self.layout.groups) if self.layout.groups else ())}
+        grouped = list(group_rows(scored.chunk.batch, self.layout.groups)) if self.layout.groups else []
+        groups = {key: scored.summary(k, bins, rows) for key, rows in grouped}
         worst = None
         if self.job.worst:
             worst = Worst(self.job.worst)
             worst.add_entries(self.worst_candidates(scored))
-        return State(scored.summary(k, bins), groups, worst)
+        state = State(scored.summary(k, bins), groups, worst)
+        if self.job.interval is not None:
+            state.replicates, state.group_replicates = self.replicates_of(scored, grouped)
+        return state
+
+    def row_ids(self, scored: Scored) -> np.ndarray:
+        """The bootstrap row ids of a batch: its rows' global positions, or their hashed keys."""
+        from .bootstrap import key_ids, position_ids
+
+        key = self.job.interval.key if self.job.interval is not None else None
+        return key_ids(scored.chunk.batch.column(key)) if key else position_ids(scored.first_index, scored.rows)
+
+    def replicates_of(self, scored: Scored, grouped: list[tuple[tuple, np.ndarray]]
+                      ) -> tuple[Replicates, dict[tuple, Replicates]]:
+        """Bootstrap replicates of a batch's Summary and of its groups', rows taken in blocks so
+        that the (rows, resamples) weights stay bounded."""
+        from .bootstrap import block_size, poisson_weights
+
+        interval = self.job.interval
+        assert interval is not None
+        ids, n = self.row_ids(scored), scored.rows
+        step = block_size(interval.resamples)
+        total: Replicates | None = None
+        groups: dict[tuple, Replicates] = {}
+        for start in range(0, max(n, 1), step):
+            end = min(n, start + step)
+            poisson = poisson_weights(ids[start:end], interval.resamples, interval.seed)
+            total = _merge_replicates(total, self._replicates(scored, np.arange(start, end), poisson))
+            for key, rows in grouped:
+                inside = rows[(rows >= start) & (rows < end)]
+                if inside.size:
+                    groups[key] = _merge_replicates(groups.get(key),
+                                                    self._replicates(scored, inside, poisson[inside - start]))
+        assert total is not None
+        return total, groups
+
+    def _replicates(self, scored: Scored, rows: np.ndarray, poisson: np.ndarray) -> Replicates:
+        k, bins = len(self.layout.class_names), self.settings.bins
+
+        def pick(a):
+            return None if a is None else a[rows]
+
+        def reweighted(w: np.ndarray) -> Summary:
+            full = np.zeros(scored.rows)
+            full[rows] = w
+            return dataclasses.replace(scored, weights=full).summary(k, bins, rows)
+
+        return Replicates.of_batch(poisson, {name: v[rows] for name, v in scored.summed.items()}, k,
+                                   pick(scored.weights), pick(scored.labels), pick(scored.correct),
+                                   pick(scored.confidence), bins, scored.loss[rows], reweighted)
 
     def score(self, part: Partition) -> Scored:
         """Validate and score one partition."""
-        chunk, targets = part.chunk, part.targets
+        chunk, targets, kept = part.chunk, part.targets, None
+        if self.settings.ignore_label is not None:
+            chunk, kept = drop_ignored(chunk, self.layout, self.settings.ignore_label)
+            if kept is not None and targets is not None:
+                targets = targets[kept]
         if targets is None and self.job.same_file_targets is not None:
             targets = self.targets_of(chunk, self.job.same_file_targets)
         layout, settings = self.layout, self.settings
@@ -182,8 +250,14 @@ class Scorer:
         if self.calibration and labels is not None:
             confidence = losses.top_confidence(pred.q, pred.log_q)
         correct = np.equal(predicted, labels) if predicted is not None and labels is not None else None
+        weights = _weights(chunk, layout)
+        if self.job.class_weights is not None and labels is not None:  # torch's weight[y_i], times --weight
+            row_weights = np.asarray(self.job.class_weights)[labels]
+            weights = row_weights if weights is None else weights * row_weights
+        probs = pred.probs() if self.calibration and (labels is not None or targets is not None) else None
         return Scored(chunk, part.first_index, values, summed, values["cross_entropy" if self.soft else "nll"],
-                      _weights(chunk, layout), labels, predicted, correct, confidence, p_true, clips)
+                      weights, labels, predicted, correct, confidence, p_true, clips, probs,
+                      targets if self.soft else None, kept, part.chunk.batch.num_rows - chunk.batch.num_rows)
 
     def _losses(self, pred: Prepared, labels, targets) -> tuple[dict[str, np.ndarray], losses.RowClips | None,
                                                                   np.ndarray | None]:
@@ -218,8 +292,8 @@ class Scorer:
     def worst_candidates(self, scored: Scored) -> list[dict]:
         """The rows of a batch that may belong among the worst: id, label, predicted, p_true, loss."""
         rows = Worst.candidates(scored.loss, self.job.worst)
-        entries: list[dict[str, Any]] = [{"index": scored.first_index + int(r), "loss": float(scored.loss[r])}
-                                         for r in rows]
+        entries: list[dict[str, Any]] = [{"index": int(i), "loss": float(scored.loss[r])}
+                                         for i, r in zip(scored.index_of(rows), rows)]
         if self.layout.key:
             keys = scored.chunk.batch.column(self.layout.key).take(rows).to_pylist()
             for entry, key in zip(entries, keys):
@@ -230,6 +304,31 @@ class Scorer:
                 entry.update(label=names[scored.labels[r]], predicted=names[scored.predicted[r]],
                              p_true=float(scored.p_true[r]))
         return entries
+
+
+class KeptRows:
+    """The 1-based row numbers of the rows a batch kept after --ignore-label, standing in for the
+    batch's ``first_row``: ``first_row + positions`` is the row numbers of those kept rows, as it is
+    for a whole batch, so messages name the rows of the file."""
+
+    def __init__(self, numbers: np.ndarray):
+        self.numbers = numbers
+
+    def __add__(self, positions):
+        return self.numbers[positions]
+
+    __radd__ = __add__
+    __array_ufunc__ = None  # positions + first_row: numpy leaves it to __radd__
+
+
+def drop_ignored(chunk, layout: Layout, value: str):
+    """(the batch without the rows whose label is ``value``, positions of the rows kept or None)."""
+    ignored = layout.rows_labelled(chunk.batch, value)
+    if not ignored.any():
+        return chunk, None
+    kept = np.flatnonzero(~ignored)
+    numbers = chunk.first_row + np.arange(chunk.batch.num_rows)
+    return dataclasses.replace(chunk, batch=chunk.batch.take(kept), first_row=KeptRows(numbers[kept])), kept
 
 
 def group_rows(batch, columns: Sequence[str]) -> Iterator[tuple[tuple, np.ndarray]]:
@@ -252,6 +351,10 @@ def group_rows(batch, columns: Sequence[str]) -> Iterator[tuple[tuple, np.ndarra
     for start, end in zip(starts, np.r_[starts[1:], len(order)]):
         rows = order[start:end]
         yield tuple(values[index[rows[0]]] for index, values in decoders), rows
+
+
+def _merge_replicates(a: Replicates | None, b: Replicates) -> Replicates:
+    return b if a is None else a + b
 
 
 def score_partition(job: Job, part: Partition) -> State:
@@ -277,7 +380,15 @@ def run(job: Job, sink: Sink | None = None, progress: Progress | None = None) ->
             if sink is not None:
                 sink(scored)
             if progress is not None:
-                progress(part.first_index + scored.rows, part.chunk.bytes_read)
+                progress(part.first_index + part.chunk.batch.num_rows, part.chunk.bytes_read)
+    return check_state(job, state)
+
+
+def check_state(job: Job, state: State) -> State:
+    """The State of a whole run, refused when it holds nothing to average."""
+    if state.rows == 0 and state.overall is not None and state.overall.ignored:
+        raise InputError(", ".join(s.name for s in job.sources), f"every row has the label "
+                         f"{job.settings.ignore_label!r} of --ignore-label: nothing to score", column=job.layout.label)
     if state.rows == 0:
         raise InputError(", ".join(s.name for s in job.sources), "no data rows")
     if state.summary.weight <= 0:

@@ -73,6 +73,8 @@ def _gate_result(entry: dict[str, Any], level: float | None, metrics: dict[str, 
     if value is None and base is None and metric in metrics:  # infinite or undefined: null in the dict
         value = metrics[metric]
     passed = bool(entry.get("passed"))
+    if "change" in entry:  # compare's gates on new - base: the change is tested, against `limit`
+        return _change_gate_result(entry, name, passed, level)
     upper = not bound.startswith("min")
     kind = {"max": "maximum", "min": "minimum"}.get(bound, f"{bound.replace('_', ' ')} bound")
     subject, tested = f"{metric} = {_short(value)}", value
@@ -94,6 +96,25 @@ def _gate_result(entry: dict[str, Any], level: float | None, metrics: dict[str, 
         details.append(f"{_level(level)} interval [{_short(interval[0])}, {_short(interval[1])}]")
     message = f"{subject} {relation} {kind} {shown_threshold}" + (f" ({'; '.join(details)})" if details else "")
     return GateResult(name, passed, message, metric, value, interval)
+
+
+def _change_gate_result(entry: dict[str, Any], name: str, passed: bool, level: float | None) -> GateResult:
+    """A gate on the change new - base (--max-increase ...): the change, or an end of its interval,
+    against the limit on the change (report.Gate.limit)."""
+    metric, on, interval = entry["metric"], entry.get("on"), entry.get("interval")
+    change, limit = entry.get("change"), entry.get("limit")
+    keeps_below = entry["bound"] in ("max_increase", "min_decrease")
+    subject = f"{metric} change {_signed(change)}"
+    if interval and on in ("lower", "upper"):
+        subject = f"the {on} end of the {metric} change interval, {_signed(interval[0 if on == 'lower' else 1])},"
+    elif interval and on == "interval":
+        subject = f"the whole {metric} change interval"
+    relation = ("is within" if passed else "is above") if keeps_below else ("meets" if passed else "is below")
+    details = [f"base {_short(entry.get('base'))}", f"new {_short(entry.get('value'))}"]
+    if interval:
+        details.append(f"{_level(level)} interval [{_signed(interval[0])}, {_signed(interval[1])}]")
+    message = f"{subject} {relation} the limit {_signed(limit)} ({'; '.join(details)})"
+    return GateResult(name, passed, message, metric, change, interval)
 
 
 def _confidence(data: dict[str, Any]) -> float | None:

@@ -533,3 +533,163 @@ class RowClips:
         if self.reverse_zero is not None:
             out.update(reverse_zero=count(self.reverse_zero), reverse_zero_loss=weighted(self.reverse_loss))
         return out
+
+
+# -- calibration estimators, finished from binned sums ----------------------------------------
+# Each reads sums over bins (weights, confidences, outcomes), never rows, so that batches, groups
+# and partitions merge by adding the sums.
+
+
+def _fine_edges() -> np.ndarray:
+    """Edges of the fine histogram of top-label confidence that equal-mass bins are read from.
+
+    2,048 bins (e_i, e_i+1]: 1,023 of width 1/1024 up to 1 - 1/1024, then 1,024 equal in
+    log(1 - c) from 1 - 1/1024 to 1 - 1e-9/1024 (each 2.0% narrower in 1 - c than the last), and
+    the last one up to 1. Confidences of overconfident models, crowded near 1, stay apart.
+    """
+    uniform = np.arange(1024) / 1024
+    tail = 1.0 - 2.0 ** -10 * 10.0 ** (-np.arange(1, 1025) * 9 / 1024)
+    return np.concatenate([uniform, tail, [1.0]])
+
+
+FINE_EDGES = _fine_edges()
+FINE_BINS = len(FINE_EDGES) - 1
+
+
+def fine_bins(confidence: np.ndarray) -> np.ndarray:
+    """Fine bin i of each confidence, FINE_EDGES[i] < c <= FINE_EDGES[i + 1]; 0 in the first bin and
+    a value above 1 (within --tol) in the last.
+
+    Up to 1 - 1/1024, ceil(1024 c) - 1 is exact (a power of two scales exactly). Above, bin
+    1023 + m with m = ceil(-log10(1024 (1 - c)) * 1024 / 9) - 1, then moved by one where rounding
+    put it across an edge (1 - c is exact there, and the bins are 2% apart in it).
+    """
+    bins = np.ceil(confidence * 1024.0).astype(np.intp)
+    bins -= 1
+    np.maximum(bins, 0, out=bins)
+    high = np.flatnonzero(confidence > FINE_EDGES[1023])
+    if high.size:
+        c = confidence[high]
+        with np.errstate(divide="ignore"):
+            m = np.ceil(-np.log10(np.maximum(1.0 - c, 0.0) * 1024.0) * (1024 / 9)) - 1  # inf at c >= 1
+        tail = (np.clip(m, 0, FINE_BINS - 1024) + 1023).astype(np.intp)
+        tail += (c > FINE_EDGES[tail + 1]) & (tail < FINE_BINS - 1)
+        tail -= (c <= FINE_EDGES[tail]) & (tail > 1023)
+        bins[high] = tail
+    return bins
+
+
+def mass_groups(weight: np.ndarray, n_bins: int) -> np.ndarray:
+    """The equal-mass bin of each fine bin: b = min(B - 1, floor(B * W_below / W)), W_below being
+    the weight of the fine bins before it.
+
+    Read on rows, this is the bin of a row whose confidence c has W(< c) below it: B bins of mass
+    W / B, rows of equal confidence kept together. On the fine histogram, the bins can only cut at
+    fine edges, so a bin's mass is off from the exact rule by at most the mass of one fine bin; when
+    each fine bin holds one distinct confidence (any number of ties), the two rules agree exactly.
+    A fine bin heavier than W / B leaves the bins it covers empty.
+    """
+    total = weight.sum()
+    if total <= 0:
+        return np.zeros(len(weight), dtype=np.intp)
+    below = np.cumsum(weight) - weight
+    # 1e-9 of a bin of slack: a cut that falls exactly on a fine edge (12 rows of weight 1.9 out of
+    # 20, B = 15) stays there whatever the rounding of the sums, and of the order they were added in.
+    return np.minimum(np.floor(n_bins * below / total + 1e-9).astype(np.intp), n_bins - 1)
+
+
+def l2_calibration_error(weight: np.ndarray, weight_sq: np.ndarray, confidence: np.ndarray,
+                         correct: np.ndarray, debiased: bool = False) -> float:
+    """The L2 calibration error, sqrt(sum_b (W_b / W) (acc_b - conf_b)^2), over non-empty bins.
+
+    debiased (Kumar, Liang & Ma 2019, "Verified uncertainty calibration"): each bin's squared gap
+    less the variance of its accuracy, acc_b (1 - acc_b) / (n_b - 1), bins with n_b < 2 counting 0,
+    and sqrt(max(0, sum)); n_b is the effective row count W_b^2 / sum_b w^2 (the row count when
+    unweighted), as in their calibration.utils.unbiased_square_ce.
+    """
+    filled = weight > 0
+    if not filled.any():
+        return float("nan")
+    w, acc = weight[filled], correct[filled] / weight[filled]
+    squared = (acc - confidence[filled] / w) ** 2
+    if debiased:
+        rows = w * w / weight_sq[filled]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            variance = acc * (1.0 - acc) / (rows - 1.0)
+        squared = np.where(rows >= 2.0, squared - variance, 0.0)
+    return math.sqrt(max(float(np.sum(w * squared) / w.sum()), 0.0))
+
+
+def class_bin_sums(index: np.ndarray, size: int, weights: np.ndarray | None, probs: np.ndarray,
+                   labels: np.ndarray | None, targets: np.ndarray | None) -> dict[str, np.ndarray]:
+    """Sums over the (class, bin) cells of each row's probability of each class, and per class.
+
+    ``index`` is (n, K), k * B + the equal-width bin of q_ik. Per cell (flattened, K * B): weight =
+    sum w, prob = sum w q, outcome = sum w y; per class (K,): prob_sq = sum w q^2, cross = sum w q y,
+    outcome_sq = sum w y^2; y_ik is the one-hot label or the target t_ik. One bincount over the
+    combined index per cell sum; with hard labels the outcomes only visit each row's labelled cell.
+    """
+    n, k = probs.shape
+    order: Literal["C", "F"] = "F" if probs.flags.f_contiguous and not probs.flags.c_contiguous else "C"
+    cells, q = index.ravel(order=order), probs.ravel(order=order)
+    w = None if weights is None else np.repeat(weights, k) if order == "C" else np.tile(weights, k)
+    ones = np.ones(n) if weights is None else weights
+
+    def column_sums(a: np.ndarray, b: np.ndarray) -> np.ndarray:  # sum_i w_i a_ik b_ik, without BLAS threads
+        return np.einsum("ij,ij->j", a, b) if weights is None else np.einsum("i,ij,ij->j", weights, a, b)
+
+    out = {"weight": np.bincount(cells, weights=w, minlength=size).astype(np.float64, copy=False),
+           "prob": np.bincount(cells, weights=q if w is None else w * q, minlength=size),
+           "prob_sq": column_sums(probs, probs)}
+    if targets is not None:
+        t = targets.ravel(order=order)
+        out["outcome"] = np.bincount(cells, weights=t if w is None else w * t, minlength=size)
+        out["cross"] = column_sums(probs, targets)
+        out["outcome_sq"] = column_sums(targets, targets)
+    elif labels is not None:
+        rows = np.arange(n)
+        out["outcome"] = np.bincount(index[rows, labels], weights=weights, minlength=size).astype(np.float64,
+                                                                                                 copy=False)
+        out["cross"] = np.bincount(labels, weights=ones * probs[rows, labels], minlength=k)
+        out["outcome_sq"] = np.bincount(labels, weights=ones, minlength=k)
+    else:
+        raise ValueError("class bins need labels or targets")
+    return out
+
+
+def classwise_calibration_error(weight: float, prob: np.ndarray, outcome: np.ndarray) -> float:
+    """Classwise ECE (Kull et al. 2019; the static calibration error of Nixon et al. 2019):
+    (1 / K) sum_k sum_b |sum_b,k w y - sum_b,k w q| / W over (K, B) cells of equal-width bins of q_k,
+    the mean over classes of each class's own ECE."""
+    if weight <= 0:
+        return float("nan")
+    return float(np.abs(outcome - prob).sum(axis=1).mean() / weight)
+
+
+def brier_decomposition(total: float, weight: np.ndarray, prob: np.ndarray, outcome: np.ndarray,
+                        prob_sq: np.ndarray, cross: np.ndarray, outcome_sq: np.ndarray) -> tuple[float, float, float]:
+    """(reliability, resolution, uncertainty) of the Brier score sum_k (q_k - y_k)^2, from the (K, B)
+    cells of equal-width bins of q_k, so that reliability - resolution + uncertainty = Brier exactly.
+
+    Per class k, with bin means qbar = prob / W_b, ybar = outcome / W_b and ybar_k = sum_b outcome / W:
+      uncertainty = sum_k (sum w y_k^2 / W - ybar_k^2)          (ybar_k (1 - ybar_k) for hard labels)
+      resolution  = sum_k sum_b (W_b / W) (ybar - ybar_k)^2                       (Murphy 1973)
+      reliability = sum_k sum_b [W_b (qbar - ybar)^2 + sum w (q - qbar)^2 - 2 sum w (q - qbar)(y - ybar)] / W
+                  = [sum w |q|^2 - 2 sum w q.y + sum_k sum_b outcome^2 / W_b] / W
+    Reliability is Murphy's term plus the within-bin variance and (minus twice) the within-bin
+    covariance of Stephenson et al. 2008, which make the identity exact for any binning (without them
+    it holds only when every row of a bin has the same forecast). Those two can make it slightly
+    negative when forecasts within a bin track the outcomes. ``prob_sq``, ``cross`` and
+    ``outcome_sq`` are the per-class totals sum w q^2, sum w q y and sum w y^2.
+    """
+    if total <= 0:
+        return float("nan"), float("nan"), float("nan")
+    filled = weight > 0
+    w = np.where(filled, weight, 1.0)
+    base = outcome.sum(axis=1) / total
+    uncertainty = float(np.sum(np.maximum(outcome_sq / total - base ** 2, 0.0)))  # a variance: rounding kept >= 0
+    ybar = np.where(filled, outcome / w, 0.0)
+    resolution = float(np.sum(weight * (ybar - base[:, None]) ** 2) / total)
+    between = float(np.sum(np.where(filled, outcome * ybar, 0.0)))
+    reliability = (float(np.sum(prob_sq) - 2.0 * np.sum(cross)) + between) / total
+    return reliability, resolution, uncertainty

@@ -90,8 +90,19 @@ METRICS: tuple[Metric, ...] = (
            paired=lambda s: s.summed["top_k_accuracy"], in_groups=True),
     Metric("brier", (SCORE,), lambda s, job: s.mean("brier"), quantity=_brier, paired=lambda s: s.summed["brier"],
            in_groups=True),
-    Metric("ece", (SCORE,), lambda s, job: s.calibration_errors()[0], needs_label=True, in_groups=True),
-    Metric("mce", (SCORE,), lambda s, job: s.calibration_errors()[1], needs_label=True),
+    Metric("ece", (SCORE,), lambda s, job: s.calibration_errors(job.settings.bins_kind)[0], needs_label=True,
+           in_groups=True),
+    Metric("mce", (SCORE,), lambda s, job: s.calibration_errors(job.settings.bins_kind)[1], needs_label=True),
+    # Calibration estimators (summary.py and losses.py state each one). ece_mass always uses
+    # equal-mass bins; --bins-kind picks the bins of ece, mce, ece_l2 and ece_l2_debiased.
+    Metric("ece_mass", (SCORE,), lambda s, job: s.calibration_errors("mass")[0], needs_label=True),
+    Metric("classwise_ece", (SCORE,), lambda s, job: s.classwise_calibration_error()),
+    Metric("ece_l2", (SCORE,), lambda s, job: s.l2_calibration_error(job.settings.bins_kind), needs_label=True),
+    Metric("ece_l2_debiased", (SCORE,), lambda s, job: s.l2_calibration_error(job.settings.bins_kind, True),
+           needs_label=True),
+    Metric("brier_reliability", (SCORE,), lambda s, job: s.brier_decomposition()[0]),
+    Metric("brier_resolution", (SCORE,), lambda s, job: s.brier_decomposition()[1], lower_is_better=False),
+    Metric("brier_uncertainty", (SCORE,), lambda s, job: s.brier_decomposition()[2]),
 )
 
 

@@ -112,3 +112,47 @@ class KeyIndex:
         if unused.size:
             raise InputError(self.name, f"{_count(unused.size, 'key')} with no row in {other_name}: "
                                         f"{self.keys.take(unused[:5]).to_pylist()}", column=self.column)
+
+
+class KeyProblems:
+    """What is wrong with a join by key done in pieces (one per hash bucket of the keys), added with
+    ``+`` and reported by ``check()`` with the messages of KeyIndex, as if one index had seen every row.
+
+    Examples are kept with the position of their row in its whole input, so the first ones shown
+    are those the one-pass join would show.
+    """
+
+    def __init__(self, missing: int = 0, missing_examples: list | None = None,
+                 duplicated_targets: list | None = None, repeated: list | None = None,
+                 unused: int = 0, unused_examples: list | None = None):
+        self.missing, self.unused = missing, unused
+        # (position, key) pairs, the first few of each bucket
+        self.missing_examples = missing_examples or []
+        self.duplicated_targets = duplicated_targets or []
+        self.repeated = repeated or []
+        self.unused_examples = unused_examples or []
+
+    def __add__(self, other: "KeyProblems") -> "KeyProblems":
+        def first(a: list, b: list) -> list:
+            return sorted(a + b, key=lambda pair: pair[0])[:5]
+
+        return KeyProblems(self.missing + other.missing, first(self.missing_examples, other.missing_examples),
+                           first(self.duplicated_targets, other.duplicated_targets),
+                           first(self.repeated, other.repeated), self.unused + other.unused,
+                           first(self.unused_examples, other.unused_examples))
+
+    def check(self, name: str, target_name: str, column: str) -> None:
+        """Raise the error KeyIndex would raise for these rows (``name``: the file paired with the targets)."""
+        def keys(pairs: list) -> list:
+            return [key for _, key in pairs[:5]]
+
+        if self.duplicated_targets:
+            raise InputError(target_name, f"duplicate keys: {keys(self.duplicated_targets)}", column=column)
+        if self.missing:
+            raise InputError(name, f"{_count(self.missing, 'key')} with no row in {target_name}: "
+                                   f"{keys(self.missing_examples)}", column=column)
+        if self.repeated:
+            raise InputError(name, f"duplicate keys: {keys(self.repeated)}", column=column)
+        if self.unused:
+            raise InputError(target_name, f"{_count(self.unused, 'key')} with no row in {name}: "
+                                          f"{keys(self.unused_examples)}", column=column)

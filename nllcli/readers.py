@@ -30,7 +30,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 import pyarrow as pa
@@ -89,6 +89,17 @@ class Source:
     _head: bytes = field(default=b"", repr=False)  # a stream's first bytes, for error messages
     column_names: list[str] | None = None  # a header line read differently (numpy's '# a,b,c')
     sample: pa.Table | None = field(default=None, repr=False)  # the first rows, as header inference saw them
+    remote: Any = field(default=None, repr=False)  # a remote.RemoteFile (s3://, http://...): opened through it
+
+    @property
+    def rereadable(self) -> bool:
+        """A file that can be read again (a local or remote path, not a stream)."""
+        return self.path is not None or self.remote is not None
+
+    @property
+    def threads(self) -> bool:
+        """Whether Arrow's threads may read it: not through Python (a stream, an fsspec file)."""
+        return self._stdin is None and self.remote is None
 
     def head(self, rows: int = 1000) -> pa.Table:
         """The first rows: the sample header inference parsed (CSV), or the first batch (Parquet)."""
@@ -170,7 +181,7 @@ class Source:
         if self._raw is not None:  # read again: with a larger block, or to locate an error
             self._raw.close()
         try:
-            self._raw = pa.OSFile(str(self.path), "r")
+            self._raw = self.remote.arrow_file() if self.remote is not None else pa.OSFile(str(self.path), "r")
         except OSError as exc:
             raise os_error(self.name, exc) from exc
         return pa.CompressedInputStream(self._raw, "gzip") if self.compressed else self._raw
@@ -181,7 +192,7 @@ class Source:
         done = 0
         # A Python stream is read on this thread only: Arrow's own threads must not call
         # back into Python (they could still be doing so when the interpreter exits).
-        use_threads = self._stdin is None
+        use_threads = self.threads
         while True:
             skip = done
             try:
@@ -196,7 +207,7 @@ class Source:
             except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, UnicodeDecodeError) as exc:
                 if not _straddles(exc):
                     raise self._csv_error(exc) from exc
-                if self.path is None or self.block_size >= ROW_LIMIT:
+                if not self.rereadable or self.block_size >= ROW_LIMIT:
                     raise self._row_too_long(done + 1) from exc
                 self.block_size = min(ROW_LIMIT, self.block_size * 4)
 
@@ -229,7 +240,7 @@ class Source:
         # pyarrow reads one column at least: it counts the rows and checks their width.
         wanted = others or [names[first]]
         generated = [f"f{position[c]}" for c in wanted]
-        read = pacsv.ReadOptions(use_threads=self._stdin is None, autogenerate_column_names=True)
+        read = pacsv.ReadOptions(use_threads=self.threads, autogenerate_column_names=True)
         parse = pacsv.ParseOptions(delimiter=self.delimiter, newlines_in_values=True)
         convert = pacsv.ConvertOptions(include_columns=generated, check_utf8=True,
                                        column_types={g: types.get(c, pa.string()) for g, c in zip(generated, wanted)},
@@ -297,7 +308,7 @@ class Source:
         if text is None:  # lines pyarrow counts another way (a lone \r): Python's csv module
             text = self._quoted_fields(block, rows, first, last)
         span = last - first + 1
-        read = pacsv.ReadOptions(column_names=["v"], use_threads=self._stdin is None)
+        read = pacsv.ReadOptions(column_names=["v"], use_threads=self.threads)
         parse = pacsv.ParseOptions(delimiter=self.delimiter, ignore_empty_lines=False, newlines_in_values=True)
         try:
             column = pacsv.read_csv(pa.py_buffer(text), read_options=read, parse_options=parse,
@@ -374,11 +385,11 @@ class Source:
         name = self.schema.names[first + column]
         in_block = (first_row + bad[bad % span == column] // span).tolist()
         # A file is searched to its end for that column's bad rows (pyarrow reads that column only).
-        rows = (self._rows_not_numeric(name) if self.path is not None else None) or in_block[:5]
+        rows = (self._rows_not_numeric(name) if self.rereadable else None) or in_block[:5]
         return InputError(self.name, f"non-numeric value {strings[int(bad[0])].as_py()!r}", column=name, rows=rows)
 
     def _row_too_long(self, row: int) -> InputError:
-        if self.path is None:  # a stream cannot be read again with a larger block
+        if not self.rereadable:  # a stream cannot be read again with a larger block
             return InputError(self.name, f"row longer than the {_mib(self.block_size)} block chosen from the "
                                          "first rows of a stream", rows=[row],
                               hint=f"give the file by its path: rows up to {_mib(ROW_LIMIT)} are read")
@@ -410,7 +421,7 @@ class Source:
 
     def _rows_not_numeric(self, column: str, limit: int = 5) -> list[int] | None:
         """Error path only: the first data rows whose ``column`` is not a number."""
-        if self.path is not None:  # pyarrow reads the one column as text: fast on big files
+        if self.rereadable:  # pyarrow reads the one column as text: fast on big files
             try:
                 import pyarrow.compute as pc
 
@@ -444,8 +455,12 @@ class Source:
         Blank lines are not rows, as for pyarrow. A broken file simply ends early.
         """
         try:
-            if self.path is not None:
-                raw: IO[bytes] = gzip.open(self.path, "rb") if self.compressed else open(self.path, "rb")  # type: ignore[assignment]
+            raw: IO[bytes]
+            if self.remote is not None:
+                remote_file = self.remote.python_file()
+                raw = gzip.GzipFile(fileobj=remote_file) if self.compressed else remote_file  # type: ignore[assignment]
+            elif self.path is not None:
+                raw = gzip.open(self.path, "rb") if self.compressed else open(self.path, "rb")  # type: ignore[assignment]
             else:
                 raw = io.BytesIO(self._head)
             with io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="") as text:
@@ -466,7 +481,8 @@ class Source:
         import pyarrow.parquet as pq  # imported only for Parquet input: it costs start-up time
 
         if self._parquet is None:  # its index costs about 2.5 KB a column: read once, kept unless wide
-            source = pa.BufferReader(self._parquet_buffer) if self._parquet_buffer is not None else str(self.path)
+            source = pa.BufferReader(self._parquet_buffer) if self._parquet_buffer is not None else (
+                self.remote.arrow_file() if self.remote is not None else str(self.path))
             # pre_buffer would read whole row groups ahead; without it memory stays flat as files grow.
             self._parquet = pq.ParquetFile(source, pre_buffer=False)
         return self._parquet
@@ -717,10 +733,14 @@ def _data_files(folder: Path, seen: set[tuple[int, int]]) -> Iterator[str]:
             raise os_error(str(path), exc) from exc
 
 
-def open_source(raw: str) -> Source:
-    """Open one path (or '-') and read its header. Raises InputError with the file name."""
+def open_source(raw: str, storage_options: dict | None = None) -> Source:
+    """Open one path (or '-', or a URL) and read its header. Raises InputError with the file name."""
     if raw == STDIN:
         return _open_stdin()
+    from . import remote
+
+    if remote.is_url(raw):
+        return _open_remote(remote.RemoteFile.open(raw, storage_options))
     path = Path(raw)
     try:
         info = path.stat()
@@ -750,6 +770,27 @@ def open_source(raw: str) -> Source:
         raise os_error(raw, exc) from exc
     with stream:
         head, source.block_size = _read_head(stream, raw)
+    return _with_header(source, head, delimiter)
+
+
+def _open_remote(file) -> Source:
+    """A remote file (a remote.RemoteFile): its format from its first bytes or name, its header read
+    through the file system; the file is opened again for each pass, like a local one."""
+    name = file.name
+    magic = file.read(4)
+    if not magic:
+        raise InputError(name, "file is empty")
+    lower = name.lower()
+    if magic == PARQUET_MAGIC or lower.endswith(PARQUET_SUFFIXES):
+        source = Source(name, None, "parquet", pa.schema([]), size=file.size, remote=file)
+        source.schema = _parquet_schema(source)
+        return source
+    compressed = magic[:2] == GZIP_MAGIC
+    delimiter = "\t" if lower.endswith((".tsv", ".tsv.gz")) else None
+    source = Source(name, None, "csv", pa.schema([]), compressed=compressed, size=file.size, remote=file)
+    stream = file.arrow_file()
+    with stream:
+        head, source.block_size = _read_head(pa.CompressedInputStream(stream, "gzip") if compressed else stream, name)
     return _with_header(source, head, delimiter)
 
 
@@ -953,9 +994,14 @@ def _parquet_schema(source: Source) -> pa.Schema:
         raise InputError(source.name, f"not a readable Parquet file: {_first_line(str(exc))}") from exc
 
 
-def open_sources(paths: Iterable[str]) -> list[Source]:
-    """Open several inputs that together form one dataset: their columns must agree."""
-    sources = [open_source(p) for p in expand_inputs(paths)]
+def open_sources(paths: Iterable[str], storage_options: dict | None = None) -> list[Source]:
+    """Open several inputs that together form one dataset: their columns must agree. URLs are
+    expanded by remote.resolve (globs, prefixes)."""
+    from . import remote
+
+    expanded = [url for p in expand_inputs(paths)
+                for url in (remote.resolve(p, storage_options)[1] if remote.is_url(p) else [p])]
+    sources = [open_source(p, storage_options) for p in expanded]
     first = sources[0]
     for other in sources[1:]:
         if set(other.schema.names) != set(first.schema.names):
@@ -1038,3 +1084,113 @@ class Prefetch:
         self.close(timeout=1.0 if interrupted else None)
 
 
+
+
+# -- partitions of one file, read apart (the Dask engine) ------------------------------------
+
+
+def portable(source: Source) -> Source:
+    """A copy of a file's Source that pickles (no open file, Parquet index or sample), to read a
+    partition of the file in another process."""
+    import dataclasses
+
+    if source.path is None:
+        raise ValueError(f"{source.name}: only a file's source can be read elsewhere")
+    return dataclasses.replace(source, _stdin=None, _parquet=None, _raw=None, _parquet_buffer=None, _table=None,
+                               sample=None, _head=b"")
+
+
+def parquet_row_groups(source: Source, groups: range, columns: list[str],
+                       types: dict[str, pa.DataType]) -> Iterator[pa.RecordBatch]:
+    """The batches of row groups ``groups`` of a Parquet file, as Source.batches reads the file."""
+    try:
+        parquet = source._parquet_file()
+        rows = max(1, min(PARQUET_BATCH_ROWS, PARQUET_BATCH_VALUES // source._values_per_row(parquet, columns)))
+        for batch in parquet.iter_batches(batch_size=rows, row_groups=list(groups), columns=columns):
+            yield _cast(batch, types, source.name)
+    except (pa.ArrowException, OSError) as exc:
+        raise InputError(source.name, f"cannot read Parquet: {_first_line(str(exc))}") from exc
+
+
+def csv_header_end(source: Source) -> int | None:
+    """Bytes of a plain CSV file's header line (its newline included); None when the file cannot be
+    cut at line ends: compressed, not a regular file, no line end, or a quote open at the header's end."""
+    if source.path is None or source.compressed or source.format != "csv":
+        return None
+    try:
+        with open(source.path, "rb") as handle:
+            head = b""
+            while b"\n" not in head and len(head) < HEADER_LIMIT:
+                block = handle.read(CSV_BLOCK_BYTES)
+                if not block:
+                    return None
+                head += block
+    except OSError as exc:
+        raise os_error(source.name, exc) from exc
+    end = head.find(b"\n")
+    if end < 0 or head[:end].count(b'"') % 2:
+        return None
+    return end + 1
+
+
+def csv_cuts(source: Source, start: int, target: int) -> list[int]:
+    """Byte offsets cutting a CSV file's data (from ``start``) into ranges of about ``target``
+    bytes, each at a line end: [start, ..., size]."""
+    size = source.size or os.path.getsize(str(source.path))
+    cuts = [start]
+    try:
+        with open(str(source.path), "rb") as handle:
+            while cuts[-1] + target < size:
+                handle.seek(cuts[-1] + target)
+                scanned = cuts[-1] + target
+                while True:
+                    block = handle.read(1 << 16)
+                    if not block:
+                        cuts.append(size)
+                        return cuts
+                    found = block.find(b"\n")
+                    if found >= 0:
+                        cuts.append(scanned + found + 1)
+                        break
+                    scanned += len(block)
+    except OSError as exc:
+        raise os_error(source.name, exc) from exc
+    if cuts[-1] < size:
+        cuts.append(size)
+    return cuts
+
+
+def read_byte_range(source: Source, start: int, stop: int) -> bytes:
+    try:
+        with open(str(source.path), "rb") as handle:
+            handle.seek(start)
+            return handle.read(stop - start)
+    except OSError as exc:
+        raise os_error(source.name, exc) from exc
+
+
+def csv_range_rows(data: bytes) -> int | None:
+    """Data rows in bytes cut at line ends, as pyarrow counts them (blank lines are no rows); None
+    when the bytes may hold a row that spans lines (a quote) or a lone carriage return."""
+    if b'"' in data or data.count(b"\r") != data.count(b"\r\n"):
+        return None
+    if not data:
+        return 0
+    view = np.frombuffer(data, dtype=np.uint8)
+    ends = np.flatnonzero(view == 10)
+    starts = np.r_[0, ends + 1]
+    lengths = np.r_[ends, len(view)] - starts
+    blank = (lengths == 0) | ((lengths == 1) & (view[np.minimum(starts, len(view) - 1)] == 13))
+    return int(np.count_nonzero(~blank))
+
+
+def csv_range_batches(source: Source, header_end: int, start: int, stop: int, columns: list[str],
+                      types: dict[str, pa.DataType]) -> Iterator[pa.RecordBatch]:
+    """The batches of the rows in bytes [start, stop) of a plain CSV file (cut at line ends), read
+    with the file's header line and options. A failure is left to the caller, which reads the
+    whole file again to name the true row."""
+    data = read_byte_range(source, 0, header_end) + read_byte_range(source, start, stop)
+    reader = pacsv.open_csv(pa.BufferReader(data), **source._csv_options(columns, types))
+    for batch in reader:
+        if batch.num_rows:
+            yield batch

@@ -98,10 +98,14 @@ def write_table(report: Report, stream: IO[str]) -> None:
             if report.regression:
                 console.print(_cell(f"REGRESSION: {report.regression}"))
             console.print(_cell("new model:"))
-        metrics = _table(style, plain, ("metric", "left"), ("value", "right"), ("unit", "left"))
+        interval_header = [(f"{report.bootstrap['confidence']:.0%} interval", "right")] \
+            if report.intervals is not None and report.bootstrap else []
+        metrics = _table(style, plain, ("metric", "left"), ("value", "right"), *interval_header, ("unit", "left"))
         for name, value in report.metrics.items():
             unit = report.units if metric_table.is_information(name) else ""
-            metrics.add_row(*_cells(name, _number(value), unit))
+            intervals = report.intervals or {}
+            shown = [_plain_interval(intervals[name])] if interval_header and name in intervals else []
+            metrics.add_row(*_cells(name, _number(value), *shown, unit))
         console.print(metrics)
         if report.per_class:
             per_class = _table(style, plain, ("true class", "left"), ("rows", "right"), ("nll", "right"),
@@ -121,8 +125,7 @@ def write_table(report: Report, stream: IO[str]) -> None:
         notes = report.all_warnings()
         for gate in report.gates:
             verdict = "ok" if gate.passes(report.metrics.get(gate.metric)) else "FAILED"
-            sign = "<=" if gate.bound == "max" else ">="
-            notes.append(f"gate {gate.metric} {sign} {gate.threshold:g}: {verdict}")
+            notes.append(f"gate {gate.condition}: {verdict}")
         for note in notes:
             console.print(_cell(note))
     stream.write(without_trailing_spaces(captured.get()))
@@ -190,8 +193,9 @@ def _reliability_chart(report: Report, plain: bool, style: dict):
         mark = min(int(row["confidence"] * BAR_WIDTH), BAR_WIDTH - 1)
         bar[mark] = "|"
         low, high = row["bin"]
-        table.add_row(*_cells(f"{low:.2f}-{high:.2f}", f"{row['weight']:,.0f}", f"{row['confidence']:.3f}",
-                              f"{row['accuracy']:.3f}", "".join(bar)))
+        digits = next((d for d in range(2, 7) if f"{low:.{d}f}" != f"{high:.{d}f}"), 6)  # equal-mass bins near 1
+        table.add_row(*_cells(f"{low:.{digits}f}-{high:.{digits}f}", f"{row['weight']:,.0f}",
+                              f"{row['confidence']:.3f}", f"{row['accuracy']:.3f}", "".join(bar)))
     return table
 
 
@@ -220,11 +224,18 @@ def _groups_table(report: Report, style: dict, plain: bool):
         return table
     shown = [m.name for m in metric_table.METRICS if m.in_groups and m.name in report.groups[0]["metrics"]
              and not (m.name == "kl" and "nll" in report.metrics and report.metrics.get("entropy") == 0)]
-    table = _table(style, plain, *columns, *((metric, "right") for metric in shown))
+    intervals = "intervals" in report.groups[0]  # --interval: "value [low, high]" per cell, which may wrap
+    table = _table(style, plain, *columns, *((metric, "right", intervals) for metric in shown))
     for group in report.groups:
         table.add_row(*_cells(*map(_text, group["by"].values()), f"{group['rows']:,}",
-                              *[_number(group["metrics"][m]) for m in shown]))
+                              *[_number(group["metrics"][m]) + (f" {_plain_interval(group['intervals'][m])}"
+                                                                if intervals else "") for m in shown]))
     return table
+
+
+def _plain_interval(pair) -> str:
+    """A metric's interval, "[low, high]"."""
+    return f"[{_number(pair[0])}, {_number(pair[1])}]"
 
 
 def _interval(ci) -> str:

@@ -60,7 +60,7 @@ def sample_ids(scored: Scored, layout: Layout) -> dict[str, Any]:
     """The key column of a batch's rows, or their 0-based positions as `row`."""
     if layout.key:
         return {layout.key: scored.chunk.batch.column(layout.key)}
-    return {"row": np.arange(scored.first_index, scored.first_index + scored.rows)}
+    return {"row": scored.index_of(np.arange(scored.rows))}  # rows of the input (--ignore-label leaves gaps)
 
 
 def check_per_sample_target(per_sample, *inputs) -> None:

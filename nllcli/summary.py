@@ -8,8 +8,10 @@ serves a stream of batches and, later, partitions computed elsewhere.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +23,13 @@ from . import losses
 LOSS_EDGES = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 40.0)
 _HISTOGRAM_EDGES = np.array([*LOSS_EDGES, np.inf])
 _SHAPE_FIELDS = ("names", "n_classes")  # describe the summary; must agree to merge
+_NONE = np.zeros(0)  # a sum not kept (no calibration): adds to itself, never written to
+# The sums over (class, equal-width bin of q_k) cells, in the order of Summary.class_bins, and the
+# per-class totals of Summary.class_totals (see losses.class_bin_sums).
+CLASS_BIN_SUMS = ("weight", "prob", "outcome")
+CLASS_TOTALS = ("prob_sq", "cross", "outcome_sq")
+BINS_KINDS = ("width", "mass")
+CLASS_CELLS_LIMIT = 1 << 20  # K x B cells kept per summary at most (3 sums each): 24 MiB
 
 
 @dataclass
@@ -44,6 +53,15 @@ class Summary:
     bin_confidence: np.ndarray  # (B,) weighted sum of confidence
     bin_correct: np.ndarray  # (B,) weighted count correct
     loss_histogram: np.ndarray  # (len(LOSS_EDGES),) weighted rows per loss bin
+    # The calibration estimators' sums (filled with the calibration bins; empty arrays otherwise):
+    ignored: int = 0  # --ignore-label: rows dropped for their label
+    bin_weight_sq: np.ndarray = dataclasses.field(default_factory=lambda: _NONE)  # (B,) sum of w^2
+    fine_weight: np.ndarray = dataclasses.field(default_factory=lambda: _NONE)  # (F,) fine confidence bins
+    fine_weight_sq: np.ndarray = dataclasses.field(default_factory=lambda: _NONE)  # (F,)
+    fine_confidence: np.ndarray = dataclasses.field(default_factory=lambda: _NONE)  # (F,)
+    fine_correct: np.ndarray = dataclasses.field(default_factory=lambda: _NONE)  # (F,)
+    class_bins: np.ndarray = dataclasses.field(default_factory=lambda: _NONE)  # (3, K, B): CLASS_BIN_SUMS
+    class_totals: np.ndarray = dataclasses.field(default_factory=lambda: _NONE)  # (3, K): CLASS_TOTALS
 
     @classmethod
     def empty(cls, names: tuple[str, ...], n_classes: int, n_bins: int = 15) -> "Summary":
@@ -58,7 +76,8 @@ class Summary:
                  labels: np.ndarray | None = None, correct: np.ndarray | None = None,
                  clipped: int = 0, confidence: np.ndarray | None = None, n_bins: int = 15,
                  loss: np.ndarray | None = None, clipped_zero: int = 0, zero_loss: float = 0.0,
-                 reverse_zero: int = 0, reverse_zero_loss: float = 0.0) -> "Summary":
+                 reverse_zero: int = 0, reverse_zero_loss: float = 0.0, probs: np.ndarray | None = None,
+                 targets: np.ndarray | None = None, ignored: int = 0) -> "Summary":
         """Summarise one batch.
 
         ``values`` maps each quantity to its (n,) per-sample array; ``labels`` and ``correct``
@@ -66,7 +85,9 @@ class Summary:
         fills the calibration bins; ``loss`` (nats) the loss histogram. ``clipped`` counts the
         clipped values, ``clipped_zero`` those of them raised from below eps, and ``zero_loss`` is
         the weighted loss those carry; ``reverse_zero`` and ``reverse_zero_loss`` the same for the
-        targets clipped in the reverse KL.
+        targets clipped in the reverse KL. ``probs`` (n, K), with labels or ``targets``, fills the
+        (class, bin) cells of classwise ECE and the Brier decomposition; ``ignored`` counts rows
+        dropped for their label.
         """
         names = tuple(values)
         n = len(next(iter(values.values()))) if values else 0
@@ -104,6 +125,20 @@ class Summary:
                 out.bin_weight = tally(bins, n_bins)
                 out.bin_confidence = tally(bins, n_bins, of=confidence)
                 out.bin_correct = tally(bins, n_bins, rows=correct)
+                out.bin_weight_sq = tally(bins, n_bins, of=weights)
+                fine = losses.fine_bins(confidence)
+                out.fine_weight = tally(fine, losses.FINE_BINS)
+                out.fine_weight_sq = tally(fine, losses.FINE_BINS, of=weights)
+                out.fine_confidence = tally(fine, losses.FINE_BINS, of=confidence)
+                out.fine_correct = tally(fine, losses.FINE_BINS, rows=correct)
+        out.ignored = ignored
+        if probs is not None and (labels is not None or targets is not None) and \
+                n_classes * n_bins <= CLASS_CELLS_LIMIT:
+            cells = confidence_bins(probs, n_bins)
+            cells += np.arange(n_classes) * n_bins  # k * B + bin of q_k: one index for all K x B cells
+            sums = losses.class_bin_sums(cells, n_classes * n_bins, weights, probs, labels, targets)
+            out.class_bins = np.stack([sums[name] for name in CLASS_BIN_SUMS]).reshape(-1, n_classes, n_bins)
+            out.class_totals = np.stack([sums[name] for name in CLASS_TOTALS])
         if loss is not None:  # bins [e_i, e_i+1), the last one [40, inf]
             out.loss_histogram = np.histogram(loss, bins=_HISTOGRAM_EDGES, weights=weights)[0].astype(np.float64)
         return out
@@ -113,7 +148,7 @@ class Summary:
                 len(self.bin_weight) != len(other.bin_weight):
             raise ValueError("cannot merge summaries of different quantities, classes or bins")
         return Summary(**{f.name: getattr(self, f.name) if f.name in _SHAPE_FIELDS
-                          else getattr(self, f.name) + getattr(other, f.name)
+                          else _plus(getattr(self, f.name), getattr(other, f.name))
                           for f in dataclasses.fields(self)})
 
     @property
@@ -138,14 +173,71 @@ class Summary:
         with np.errstate(invalid="ignore", divide="ignore"):
             return self.class_correct / self.class_weight
 
-    def calibration_errors(self) -> tuple[float, float]:
-        """(ECE, MCE): sum_b (W_b / W) |acc_b - conf_b|, and the largest gap over non-empty bins."""
-        filled = self.bin_weight > 0
+    def calibration_errors(self, kind: str = "width") -> tuple[float, float]:
+        """(ECE, MCE): sum_b (W_b / W) |acc_b - conf_b|, and the largest gap over non-empty bins,
+        of equal-width (``kind`` "width") or equal-mass ("mass") bins of top-label confidence."""
+        weight, _, confidence, correct = self.top_label_bins(kind)[:4]
+        filled = weight > 0
         if not filled.any():
             return float("nan"), float("nan")
-        gaps = np.abs(self.bin_correct[filled] - self.bin_confidence[filled]) / self.bin_weight[filled]
-        ece = float(np.sum(self.bin_weight[filled] * gaps) / self.bin_weight[filled].sum())
+        gaps = np.abs(correct[filled] - confidence[filled]) / weight[filled]
+        ece = float(np.sum(weight[filled] * gaps) / weight[filled].sum())
         return ece, float(gaps.max())
+
+    def top_label_bins(self, kind: str = "width") -> tuple[np.ndarray, ...]:
+        """(weight, weight_sq, confidence, correct, lower, upper) per bin of top-label confidence.
+
+        "width": the B equal-width bins. "mass": B bins of about equal weight read from the fine
+        histogram (losses.mass_groups states the rule and its approximation); empty ones (ties heavier
+        than W / B) are left out, and a bin's range is that of the fine bins it holds.
+        """
+        if kind == "width":
+            edges = bin_edges(len(self.bin_weight))
+            return (self.bin_weight, self.bin_weight_sq, self.bin_confidence, self.bin_correct,
+                    edges[:-1], edges[1:])
+        if kind != "mass":
+            raise ValueError(f"unknown bins kind {kind!r}")
+        n_bins = len(self.bin_weight)
+        if len(self.fine_weight) == 0:
+            empty = np.zeros(0)
+            return empty, empty, empty, empty, empty, empty
+        groups = losses.mass_groups(self.fine_weight, n_bins)
+        sums = [np.bincount(groups, weights=x, minlength=n_bins)
+                for x in (self.fine_weight, self.fine_weight_sq, self.fine_confidence, self.fine_correct)]
+        filled = np.flatnonzero(self.fine_weight > 0)
+        lower, upper = np.full(n_bins, np.inf), np.full(n_bins, -np.inf)
+        np.minimum.at(lower, groups[filled], losses.FINE_EDGES[filled])
+        np.maximum.at(upper, groups[filled], losses.FINE_EDGES[filled + 1])
+        kept = sums[0] > 0
+        return (*(x[kept] for x in sums), lower[kept], upper[kept])
+
+    def l2_calibration_error(self, kind: str = "width", debiased: bool = False) -> float:
+        """L2 ECE over the bins of ``kind``, plain or debiased (see losses.l2_calibration_error)."""
+        weight, weight_sq, confidence, correct = self.top_label_bins(kind)[:4]
+        return losses.l2_calibration_error(weight, weight_sq, confidence, correct, debiased)
+
+    def class_bin(self, name: str) -> np.ndarray:
+        """(K, B) sums of one of CLASS_BIN_SUMS over (class, equal-width bin of q_k) cells."""
+        if self.class_bins.size == 0:
+            return np.zeros((self.n_classes, len(self.bin_weight)))
+        return self.class_bins[CLASS_BIN_SUMS.index(name)]
+
+    def classwise_calibration_error(self) -> float:
+        return losses.classwise_calibration_error(self.weight if self.class_bins.size else 0.0,
+                                                  self.class_bin("prob"), self.class_bin("outcome"))
+
+    def brier_decomposition(self) -> tuple[float, float, float]:
+        """(reliability, resolution, uncertainty) with reliability - resolution + uncertainty = Brier."""
+        if self.class_bins.size == 0:
+            return float("nan"), float("nan"), float("nan")
+        return losses.brier_decomposition(self.weight, *self.class_bins, *self.class_totals)
+
+
+def _plus(a, b):
+    """a + b, where an estimator's sums not kept (an empty array, as in Summary.empty) add as zeros."""
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and (a.size == 0) != (b.size == 0):
+        return b if a.size == 0 else a  # by size, not identity: a pickled Summary (Dask) has its own copies
+    return a + b
 
 
 def confidence_bins(confidence: np.ndarray, n_bins: int) -> np.ndarray:
@@ -155,12 +247,19 @@ def confidence_bins(confidence: np.ndarray, n_bins: int) -> np.ndarray:
     that edge closes, 0 in the first bin and 1.0 in the last.
     """
     edges = bin_edges(n_bins)
-    # ceil(c * B) - 1 is the bin up to rounding, which can only move it by one across an edge.
-    bins = np.ceil(confidence * n_bins).astype(np.intp)
+    # ceil(c * B) - 1 is the bin up to rounding, which can only move it by one across an edge, and
+    # only for a value within a few ulps of one: those few are checked against the edges themselves.
+    scaled = confidence * n_bins
+    bins = np.ceil(scaled).astype(np.intp)
     bins -= 1
     np.clip(bins, 0, n_bins - 1, out=bins)
-    bins += (confidence > edges[bins + 1]) & (bins < n_bins - 1)  # above 1 (within --tol): the last bin
-    bins -= (confidence <= edges[bins]) & (bins > 0)
+    scaled -= np.rint(scaled)
+    near = np.nonzero(np.abs(scaled) <= 1e-9)  # any shape and memory order
+    if near[0].size:
+        b, c = bins[near], confidence[near]
+        b += (c > edges[b + 1]) & (b < n_bins - 1)  # above 1 (within --tol): the last bin
+        b -= (c <= edges[b]) & (b > 0)
+        bins[near] = b
     return bins
 
 
@@ -209,9 +308,11 @@ class State:
     overall: Summary | None = None
     groups: dict[tuple, Summary] = dataclasses.field(default_factory=dict)
     worst: Worst | None = None
+    replicates: Replicates | None = None  # --interval: bootstrap replicates of the overall Summary
+    group_replicates: dict[tuple, Replicates] = dataclasses.field(default_factory=dict)  # and of each group
 
     def __add__(self, other: "State") -> "State":
-        out = State(self.overall, dict(self.groups), self.worst)
+        out = State(self.overall, dict(self.groups), self.worst, self.replicates, dict(self.group_replicates))
         out += other
         return out
 
@@ -220,6 +321,9 @@ class State:
         for key, part in other.groups.items():
             self.groups[key] = self.groups[key] + part if key in self.groups else part
         self.overall, self.worst = _merge(self.overall, other.overall), _merge(self.worst, other.worst)
+        self.replicates = _merge(self.replicates, other.replicates)
+        for key, replicates in other.group_replicates.items():
+            self.group_replicates[key] = _merge(self.group_replicates.get(key), replicates)
         return self
 
     @property
@@ -239,3 +343,169 @@ def _merge(a, b):
     if a is None:
         return b
     return a if b is None else a + b
+
+
+# -- bootstrap replicates ----------------------------------------------------------------------
+
+# Summary fields that replicates carry with a leading resample axis, computed here directly; the
+# counts of clipped values stay those of the point Summary (no metric is finished from them).
+_REPLICATED = ("rows", "weight", "sums", "correct", "class_rows", "class_weight", "class_sums", "class_correct",
+               "bin_weight", "bin_confidence", "bin_correct", "loss_histogram")
+_NOT_REPLICATED = ("clipped", "clipped_zero", "zero_loss", "reverse_zero", "reverse_zero_loss")
+
+
+@dataclass
+class Replicates:
+    """R bootstrap replicates of a Summary: the Summary of the same rows, each weighted by its
+    Poisson(1) resample weight (bootstrap.poisson_weights), for every resample r.
+
+    ``fields`` maps a Summary field to its (R, *shape) values; a field it lacks is the point
+    Summary's. ``Replicates + Replicates`` is the replicates of the rows of both, like Summary.
+    Memory: R x the size of a Summary, whatever the number of rows.
+    """
+
+    fields: dict[str, np.ndarray]
+
+    @property
+    def resamples(self) -> int:
+        return len(self.fields["weight"])
+
+    @classmethod
+    def of_batch(cls, poisson: np.ndarray, values: dict[str, np.ndarray], n_classes: int,
+                 weights: np.ndarray | None = None, labels: np.ndarray | None = None,
+                 correct: np.ndarray | None = None, confidence: np.ndarray | None = None, n_bins: int = 15,
+                 loss: np.ndarray | None = None,
+                 reweighted: Callable[[np.ndarray], Summary] | None = None) -> "Replicates":
+        """Replicates of one batch (the arguments of Summary.of_batch) under ``poisson``, its (n, R)
+        resample weights. Fields of Summary not listed in _REPLICATED come from ``reweighted(w)``,
+        the batch's Summary under row weights w, called once per resample (a metric added to the
+        Summary gets its replicates with no code here, only more slowly)."""
+        n, r = poisson.shape
+        k = n_classes
+        w = np.ones(n) if weights is None else weights
+        hits = losses.weighted(correct.astype(np.float64), w) if correct is not None else np.zeros(n)
+        summed = np.stack([losses.weighted(values[name], w) for name in values], axis=1) if values \
+            else np.zeros((n, 0))
+        m = summed.shape[1]
+        # Every field is sum_i P_ir x_i for some per-row x: one matrix product over the columns
+        # [rows, weight, sums..., correct | per class | per confidence bin | per loss bin], the
+        # per-bin ones spread over one-hot columns (or, for many classes, summed group by group).
+        parts: list[tuple[str, np.ndarray, np.ndarray | None, int]] = [
+            ("overall", np.column_stack([np.ones(n), w, summed, hits]), None, 1)]
+        if labels is not None:
+            parts.append(("class", np.column_stack([np.ones(n), w, summed, hits]), labels, k))
+            if confidence is not None:
+                parts.append(("bin", np.column_stack([w, losses.weighted(confidence, w), hits]),
+                              confidence_bins(confidence, n_bins), n_bins))
+        if loss is not None:
+            index = np.searchsorted(_HISTOGRAM_EDGES, loss, side="right") - 1  # np.histogram's bins
+            index[loss == np.inf] = len(LOSS_EDGES) - 1
+            inside = (index >= 0) & (index < len(LOSS_EDGES))  # NaN and negative losses are in no bin
+            parts.append(("loss", np.where(inside, w, 0.0)[:, None], np.where(inside, index, 0), len(LOSS_EDGES)))
+        sums = _sums_by_part(poisson, parts)
+        overall = sums["overall"][:, 0, :]
+        fields = {"rows": overall[:, 0], "weight": overall[:, 1], "sums": overall[:, 2:2 + m],
+                  "correct": overall[:, 2 + m] if labels is not None else np.zeros(r),
+                  "class_rows": np.zeros((r, k)), "class_weight": np.zeros((r, k)),
+                  "class_sums": np.zeros((r, k, m)), "class_correct": np.zeros((r, k)),
+                  "bin_weight": np.zeros((r, n_bins)), "bin_confidence": np.zeros((r, n_bins)),
+                  "bin_correct": np.zeros((r, n_bins)), "loss_histogram": np.zeros((r, len(LOSS_EDGES)))}
+        if "class" in sums:
+            per_class = sums["class"]
+            fields.update(class_rows=per_class[:, :, 0], class_weight=per_class[:, :, 1],
+                          class_sums=per_class[:, :, 2:2 + m], class_correct=per_class[:, :, 2 + m])
+        if "bin" in sums:
+            fields.update(bin_weight=sums["bin"][:, :, 0], bin_confidence=sums["bin"][:, :, 1],
+                          bin_correct=sums["bin"][:, :, 2])
+        if "loss" in sums:
+            fields["loss_histogram"] = sums["loss"][:, :, 0]
+        other = [f.name for f in dataclasses.fields(Summary)
+                 if f.name not in (*_SHAPE_FIELDS, *_REPLICATED, *_NOT_REPLICATED)]
+        if other and reweighted is not None:
+            resampled = [reweighted(w * poisson[:, j]) for j in range(r)]
+            fields.update({name: np.stack([np.asarray(getattr(p, name), dtype=np.float64) for p in resampled])
+                           for name in other})
+        return cls(fields)
+
+    def __add__(self, other: "Replicates") -> "Replicates":
+        if self.fields.keys() != other.fields.keys():
+            raise ValueError("cannot merge replicates of different fields")
+        return Replicates({name: self.fields[name] + other.fields[name] for name in self.fields})
+
+    def summary(self, point: Summary, r: int) -> Summary:
+        """Replicate r as a Summary: ``point`` (the Summary of the same rows) with the replicated fields."""
+        return next(self.summaries(point, start=r, stop=r + 1))
+
+    def summaries(self, point: Summary, start: int = 0, stop: int | None = None) -> Iterator[Summary]:
+        """The replicates start..stop-1 as Summaries (counts as integers, like the point Summary's)."""
+        casts = {name: _cast_like(getattr(point, name)) for name in self.fields}
+        for r in range(start, self.resamples if stop is None else stop):
+            out = copy.copy(point)
+            out.__dict__.update({name: casts[name](stack[r]) for name, stack in self.fields.items()})
+            yield out
+
+
+def _cast_like(current) -> Callable:
+    """How a replicate's value of a field is made the type of the point Summary's."""
+    if isinstance(current, (int, np.integer)):
+        return lambda v: int(round(float(v)))
+    if isinstance(current, float):
+        return float
+    if isinstance(current, np.ndarray) and current.dtype.kind in "iu":
+        return lambda v: np.rint(v).astype(current.dtype)
+    return lambda v: v
+
+
+def resampled_sums(poisson: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """(R, C): sum_i poisson[i, r] * columns[i, c]. A row left out of a resample (weight 0) adds
+    nothing even when its value is infinite or undefined; drawn, it adds what it holds."""
+    finite = np.isfinite(columns)
+    if finite.all():
+        return poisson.T @ columns
+    out = poisson.T @ np.where(finite, columns, 0.0)
+    rows, cols = np.nonzero(~finite)
+    for i, c in zip(rows, cols):
+        out[:, c] += np.where(poisson[i] > 0, columns[i, c], 0.0)
+    return out
+
+
+ONE_HOT_COLUMNS = 512  # above this many one-hot columns, rows are summed group by group instead
+
+
+def _sums_by_part(poisson: np.ndarray, parts) -> dict[str, np.ndarray]:
+    """(R, size, C) per part (name, columns, index or None, size): sum over rows i with
+    index[i] == j of poisson[i, r] * columns[i, c]; small parts share one matrix product."""
+    n = poisson.shape[0]
+    dense, blocks, out = [], [], {}
+    for name, columns, index, size in parts:
+        if index is None:
+            dense.append((name, 1, columns.shape[1]))
+            blocks.append(columns)
+        elif size * columns.shape[1] <= ONE_HOT_COLUMNS:
+            spread = np.zeros((n, size, columns.shape[1]))
+            spread[np.arange(n), index] = columns
+            dense.append((name, size, columns.shape[1]))
+            blocks.append(spread.reshape(n, -1))
+        else:
+            out[name] = _grouped(poisson, index, size, columns)
+    product = resampled_sums(poisson, np.concatenate(blocks, axis=1)) if blocks else np.zeros((poisson.shape[1], 0))
+    at = 0
+    for name, size, width in dense:
+        out[name] = product[:, at:at + size * width].reshape(-1, size, width)
+        at += size * width
+    return out
+
+
+def _grouped(poisson: np.ndarray, index: np.ndarray, size: int, columns: np.ndarray) -> np.ndarray:
+    """(R, size, C): sum over rows i with index[i] == j of poisson[i, r] * columns[i, c]."""
+    out = np.zeros((poisson.shape[1], size, columns.shape[1]))
+    if len(index) == 0:
+        return out
+    order = np.argsort(index, kind="stable")
+    ordered = index[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    ends = np.r_[starts[1:], len(ordered)]
+    resampled, values = poisson[order], columns[order]
+    for start, end in zip(starts, ends):
+        out[:, ordered[start], :] = resampled_sums(resampled[start:end], values[start:end])
+    return out

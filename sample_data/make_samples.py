@@ -112,3 +112,8 @@ frame(logits_a).drop(columns="camera").to_csv(
 annotators(probs_a[rows, label]).to_csv(
     HERE / "robot_tools_annotators.csv", index=False, float_format="%.1f"
 )
+
+# The state of a run over robot_tools.csv, for `nll merge` (its --help examples).
+import nllcli  # noqa: E402
+
+nllcli.score(str(HERE / "robot_tools.csv"), save_state=str(HERE / "robot_tools.nllstate"))

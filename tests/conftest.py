@@ -15,6 +15,7 @@ from typer.testing import CliRunner  # noqa: E402
 from nllcli.cli import app  # noqa: E402
 
 from helpers import loads_strict  # noqa: E402
+from servers import dummy_aws, http_root, s3_bucket, s3_endpoint  # noqa: E402,F401  (real S3 and HTTP servers)
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "sample_data"

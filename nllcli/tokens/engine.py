@@ -1,0 +1,174 @@
+"""Read a token file's batches, validate them and fold them into a DocState (no maths of the report here)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import InputError, UsageError
+from . import readers
+from .kernel import DocState, TokenBatch, is_placeholder, text_features
+
+MISSING_GROUP = None
+
+
+@dataclass
+class Run:
+    """What a run read: the per-document state and facts about the input."""
+
+    state: DocState
+    layouts: list[str]
+    inputs: list[str]
+    groups: list[str]
+    tokens_known: bool = True
+    text_known: bool = True
+    rows: int = 0
+    columns: dict = field(default_factory=dict)
+
+
+def batches(paths: Sequence[str], layout: str | None, *, doc: str | None = None, logprob: str | None = None,
+            bytes: str | None = None, mask: str | None = None, text: str | None = None,
+            by: Sequence[str] = ()) -> tuple[list[str], Iterator[readers.RawBatch]]:
+    """The layout of each file (detected unless given) and every batch of all of them, in order."""
+    from .table import read_table
+
+    if layout is not None and layout not in readers.LAYOUTS:
+        raise UsageError(f"--format-in {layout!r}: choose one of {', '.join(readers.LAYOUTS)}")
+    layouts = [layout or (readers.detect(p) if isinstance(p, str) else "table") for p in paths]
+    if len(set(layouts)) > 1:
+        raise UsageError(f"the files hold different layouts ({', '.join(sorted(set(layouts)))}): score them apart")
+    kind = layouts[0]
+    table_options = dict(doc=doc, logprob=logprob, bytes=bytes, mask=mask, text=text, by=by)
+    if kind != "table":
+        given = [f"--{k}" for k, v in table_options.items() if v]
+        if given:
+            raise UsageError(f"{' '.join(given)}: column options apply to long tables, not to {kind} files")
+
+    def stream() -> Iterator[readers.RawBatch]:
+        if kind == "table":
+            yield from read_table(list(paths), **table_options)
+        elif kind == "lm-eval":
+            for path in paths:
+                yield from readers.read_lm_eval(path, readers.task_of(path) if len(paths) > 1 else None)
+        else:
+            read = {"chat": readers.read_chat, "completions": readers.read_completions, "vllm": readers.read_vllm}[kind]
+            for path in paths:
+                yield from read(path)
+
+    return layouts, stream()
+
+
+def run(paths: Sequence[str], *, layout: str | None = None, by: Sequence[str] = (),
+        progress: Callable[[int, int], None] | None = None, **columns) -> Run:
+    """Stream every batch of ``paths`` into one DocState."""
+    if isinstance(paths, str):
+        paths = [paths]
+    from ..readers import Prefetch, expand_inputs
+
+    if all(isinstance(p, str) and p != "-" for p in paths):
+        paths = expand_inputs(paths)
+    layouts, stream = batches(paths, layout, by=by, **columns)
+    out = Run(DocState(), layouts, [p if isinstance(p, str) else "<table>" for p in paths], list(by))
+    with Prefetch(stream) as parsed:  # the next batch is parsed in a thread while this one is folded
+        for raw in parsed:
+            fold(out, raw)
+            if progress is not None:
+                progress(out.rows, 0)
+    return out
+
+
+def _rows(raw: readers.RawBatch, bad: np.ndarray) -> list[int]:
+    return raw.rows[np.flatnonzero(bad)[:5]].tolist()
+
+
+def _scored(raw: readers.RawBatch) -> np.ndarray:
+    """The mask as booleans: 1 / true is scored, 0 / false is not; anything else is an error."""
+    import pyarrow as pa
+
+    n = len(raw.ll)
+    scored = np.ones(n, bool)
+    if raw.mask is not None:
+        column = raw.columns.get("mask")
+        if raw.mask.null_count:
+            bad = raw.mask.is_null().to_numpy(zero_copy_only=False)
+            raise InputError(raw.source, "the mask is missing", column, rows=_rows(raw, bad), total=int(bad.sum()))
+        if pa.types.is_boolean(raw.mask.type):
+            scored = raw.mask.to_numpy(zero_copy_only=False).astype(bool)
+        else:
+            values = raw.mask.to_numpy(zero_copy_only=False).astype(np.float64)
+            bad = (values != 0) & (values != 1)
+            if bad.any():
+                raise InputError(raw.source, "a mask holds 1 / true (scored) or 0 / false (not scored)", column,
+                                 rows=_rows(raw, bad), total=int(bad.sum()))
+            scored = values == 1
+    if raw.structural is not None:
+        scored &= ~raw.structural
+    return scored
+
+
+def _group_keys(raw: readers.RawBatch, first: np.ndarray) -> list[tuple] | None:
+    """The --by values of the tokens at positions ``first`` (as tuples)."""
+    if not raw.groups:
+        return None
+    values = [raw.groups[c].take(first).to_pylist() for c in raw.groups]
+    return list(zip(*values))
+
+
+def _check_groups(raw: readers.RawBatch, doc_codes: np.ndarray, local: np.ndarray, state: DocState) -> None:
+    """Every token of a document has the document's --by values (those of its first token)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not raw.groups:
+        return
+    for column_index, column in enumerate(raw.groups):
+        values = raw.groups[column]
+        expected = pa.array([state.group_of[c][column_index] for c in doc_codes], values.type)
+        wanted = expected.take(pa.array(local))
+        differs = pc.fill_null(pc.not_equal(values, wanted), True)
+        both_null = pc.and_(values.is_null(), wanted.is_null())
+        bad = pc.and_(differs, pc.invert(both_null)).to_numpy(zero_copy_only=False)
+        if bad.any():
+            raise InputError(raw.source, "a document's tokens have different values (a --by column must be "
+                             "constant within a document)", column, rows=_rows(raw, bad), total=int(bad.sum()))
+
+
+def fold(out: Run, raw: readers.RawBatch) -> None:
+    """Validate one batch and add it to the run's state."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = len(raw.ll)
+    out.rows += n
+    out.columns = raw.columns
+    out.tokens_known &= raw.tokens_known
+    out.text_known &= raw.text is not None if raw.words is None else bool((raw.words >= 0).all())
+    doc_column = raw.columns.get("doc")
+    missing = pc.or_kleene(raw.doc.is_null(), pc.equal(raw.doc.cast(pa.string()), ""))
+    if pc.any(missing).as_py():
+        bad = pc.fill_null(missing, True).to_numpy(zero_copy_only=False)
+        raise InputError(raw.source, "the document id is missing", doc_column, rows=_rows(raw, bad),
+                         total=int(bad.sum()))
+    scored = _scored(raw)
+    positive = scored & (raw.ll > 0)
+    if positive.any():
+        raise InputError(raw.source, "a log-probability is above 0 (a loss column? log-probabilities are <= 0)",
+                         raw.columns.get("logprob"), rows=_rows(raw, positive), total=int(positive.sum()))
+    encoded = pc.dictionary_encode(raw.doc if isinstance(raw.doc, pa.Array) else raw.doc.combine_chunks())
+    local = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    ids = encoded.dictionary.to_pylist()
+    first = np.full(len(ids), n, np.int64)
+    np.minimum.at(first, local, np.arange(n))
+    keys = _group_keys(raw, first)
+    doc_codes = out.state.codes(ids, keys)
+    _check_groups(raw, doc_codes, local, out.state)
+    codes = doc_codes[local]
+    nbytes = raw.nbytes if raw.nbytes is not None else np.full(n, -1, np.int64)
+    text = text_features(raw.text) if raw.text is not None and raw.words is None else None
+    out.state.add(TokenBatch(codes, raw.ll, nbytes, scored, text))
+    if raw.words is not None:
+        counted = scored & ~is_placeholder(raw.ll) & (raw.words >= 0)
+        np.add.at(out.state.runs, codes[counted], raw.words[counted] - 1)
+        out.state.has_text[codes[counted]] = True

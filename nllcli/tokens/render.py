@@ -1,0 +1,121 @@
+"""A TokensReport as a table (plain text when piped), JSON or NDJSON, through render.py's pieces."""
+
+from __future__ import annotations
+
+import io
+from typing import IO
+
+from ..errors import UsageError, without_trailing_spaces
+from ..render import PLAIN_WIDTH, _cell, _cells, _interval, _number, _table, _terminal_size, _text, to_json
+from ..sinks import reported_as
+from .report import INFORMATION, TokensReport
+
+
+def _count(value) -> str:
+    return "n/a" if value is None else f"{value:,}"
+
+
+def _print(console, table) -> None:
+    """Print a table whose numbers are never cut: each column is at least as wide as its widest
+    number; text columns fold first, and a terminal too narrow even then wraps the lines."""
+    for column in table.columns:
+        if column.justify == "right":
+            column.min_width = max([len(str(cell)) for cell in column._cells] + [len(str(column.header)) // 2, 1])
+        else:
+            column.min_width = max(4, min(12, len(str(column.header))))
+    from rich.measure import Measurement
+
+    needed = Measurement.get(console, console.options.update(width=PLAIN_WIDTH), table).minimum
+    width = console.width
+    console.width = max(width, needed)
+    console.print(table)
+    console.width = width
+
+
+def write_table(report: TokensReport, stream: IO[str]) -> None:
+    from rich import box
+    from rich.console import Console
+
+    terminal = stream.isatty()
+    console = Console(file=io.StringIO(), force_terminal=terminal, color_system="auto" if terminal else None,
+                      width=None if terminal else PLAIN_WIDTH, highlight=False, markup=False, emoji=False,
+                      soft_wrap=False)
+    if terminal:
+        console.size = _terminal_size(stream, console.size)
+    plain = not terminal
+    style = dict(box=None if plain else box.SIMPLE_HEAVY, show_edge=not plain, pad_edge=False)
+    files = ", ".join(report.inputs)
+    if report.base is not None:
+        files = f"{', '.join(report.base.inputs)} -> {files}"
+    title = (f"nll {report.command}: {files} ({report.layout}; {_count(report.tokens)} tokens, "
+             f"{report.documents:,} documents, {report.masked:,} masked, {report.placeholder:,} placeholders)")
+    with console.capture() as captured:
+        console.print(_cell(title))
+        if report.base is not None:
+            table = _table(style, plain, ("metric", "left", False), ("base", "right"), ("new", "right"),
+                           ("delta", "right"), (f"{report.comparison[0]['confidence']:.0%} interval", "right", True),
+                           ("docs better", "right"))
+            for row in report.comparison:
+                delta = "n/a" if row["delta"] != row["delta"] else f"{row['delta']:+.6f}"
+                ci = "n/a" if row["ci"][0] != row["ci"][0] else _interval(row["ci"])
+                better = row["new_better_share"]
+                share = "n/a" if better != better else f"{better:.1%}"
+                table.add_row(*_cells(row["metric"], _number(row["base"]), _number(row["new"]), delta, ci, share))
+            _print(console, table)
+            if report.regression:
+                console.print(_cell(f"REGRESSION: {report.regression}"))
+            console.print(_cell("new model:"))
+        metrics = _table(style, plain, ("metric", "left"), ("value", "right"), ("unit", "left"))
+        for name, value in report.metrics.items():
+            unit = report.units if name in INFORMATION else "bits" if name == "bits_per_byte" else ""
+            metrics.add_row(*_cells(name, _number(value), unit))
+        _print(console, metrics)
+        if report.groups:
+            columns = [(c, "left") for c in report.groups[0]["by"]]
+            shown = ["nll", "perplexity", "bits_per_byte"]  # all seven are in the JSON report
+            table = _table(style, plain, *columns, ("documents", "right"), ("tokens", "right"),
+                           *((m, "right") for m in shown))
+            for group in report.groups:
+                table.add_row(*_cells(*map(_text, group["by"].values()), f"{group['documents']:,}",
+                                      _count(group["tokens"]), *[_number(group["metrics"][m]) for m in shown]))
+            _print(console, table)
+        if report.worst:
+            keys = [k for k in report.worst[0] if k != "doc"]
+            table = _table(style, plain, ("worst: doc", "left"), *((k, "right") for k in keys))
+            for entry in report.worst:
+                table.add_row(*_cells(_text(entry["doc"]), *[_count(entry[k]) if isinstance(entry[k], int) or
+                                                             entry[k] is None else _number(entry[k]) for k in keys]))
+            _print(console, table)
+        notes = report.all_warnings()
+        for gate in report.gates:
+            verdict = "ok" if gate.passes(report.metrics.get(gate.metric)) else "FAILED"
+            notes.append(f"gate {gate.metric} {'<=' if gate.bound == 'max' else '>='} {gate.threshold:g}: {verdict}")
+        for note in notes:
+            console.print(_cell(note))
+    stream.write(without_trailing_spaces(captured.get()))
+
+
+def write_json(report: TokensReport, stream: IO[str]) -> None:
+    stream.write(to_json(report) + "\n")  # type: ignore[arg-type]  # to_json needs only to_dict()
+
+
+def write_ndjson(report: TokensReport, stream: IO[str]) -> None:
+    stream.write(to_json(report, indent=None) + "\n")  # type: ignore[arg-type]
+
+
+RENDERERS = {"table": write_table, "json": write_json, "ndjson": write_ndjson}
+
+
+def check_format(fmt: str) -> None:
+    """Before any work: the formats a TokensReport is written in (Markdown, JUnit and OpenMetrics are score's)."""
+    if fmt not in RENDERERS:
+        raise UsageError(f"--format {fmt}: nll tokens writes {', '.join(RENDERERS)}")
+
+
+def write_report(report: TokensReport, fmt: str, stream: IO[str]) -> None:
+    import sys
+
+    name = "standard error" if stream is sys.stderr else "standard output" if stream is sys.stdout else "output"
+    with reported_as(name):
+        RENDERERS[fmt](report, stream)
+        stream.flush()

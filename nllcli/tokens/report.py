@@ -1,0 +1,251 @@
+"""Metrics of token log-probabilities, and the TokensReport (its own to_dict: the score Report's
+rows, classes and calibration do not fit documents and tokens).
+
+With, over the tokens that count (scored by the mask, not placeholders), S = sum -ll in nats,
+T tokens, B bytes and W words, and per document d the same S_d, T_d:
+
+    nll             = S / T                      (in the asked units: / ln 2 bits, / ln 10 bans)
+    perplexity      = exp(S / T)                 token-weighted, unit-free
+    doc_nll         = mean_d S_d / T_d           documents with at least one token
+    doc_perplexity  = mean_d exp(S_d / T_d)
+    bits_per_byte   = S / (B ln 2)               lm-evaluation-harness, lm_eval/api/metrics.py:
+    byte_perplexity = exp(S / B)                 bits_per_byte(items) = -weighted_mean(items) / log(2),
+    word_perplexity = exp(S / W)                 weighted_perplexity(items) = exp(-weighted_mean(items)),
+                                                 weighted_mean = sum(ll) / sum(count) over (ll, count)
+
+with B = len(text.encode("utf-8")) and W = len(re.split(r"\\s+", text)) per document
+(lm_eval/api/task.py, count_bytes and count_words) unless the file gives byte lengths.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..report import NATS_PER_UNIT, SCHEMA_VERSION, UNITS, Gate, check_gate_metrics
+from .engine import Run
+
+METRICS = ("nll", "perplexity", "doc_nll", "doc_perplexity", "bits_per_byte", "byte_perplexity", "word_perplexity")
+INFORMATION = ("nll", "doc_nll")  # in the asked units; the others are unit-free or always bits
+LOWER_IS_BETTER = METRICS
+
+
+def parse_gates(max_, min_) -> list[Gate]:
+    gates = [Gate.parse(t, "max") for t in max_] + [Gate.parse(t, "min") for t in min_]
+    check_gate_metrics(gates, list(METRICS))
+    return gates
+
+
+def _exp(x: np.ndarray | float):
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.exp(x)
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b > 0 else math.nan
+
+
+def doc_figures(arrays: dict[str, np.ndarray], scale: float, tokens_known: bool) -> dict[str, np.ndarray]:
+    """Per document: nll (asked units), perplexity and bits per byte (NaN where undefined)."""
+    tokens = arrays["tokens"].astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per_token = np.where(tokens > 0, arrays["nll_sum"] / tokens, np.nan) if tokens_known else \
+            np.full(len(tokens), np.nan)
+        nbytes = np.where(arrays["bytes_unknown"] | (arrays["bytes"] == 0), np.nan, arrays["bytes"])
+        bpb = arrays["nll_sum"] / (nbytes * math.log(2))
+    return {"nll": per_token / scale, "perplexity": _exp(per_token), "bits_per_byte": bpb}
+
+
+def metric_values(arrays: dict[str, np.ndarray], scale: float, tokens_known: bool, text_known: bool) -> dict:
+    """The seven metrics of a set of documents (see the module docstring), NaN where undefined."""
+    total = float(arrays["nll_sum"].sum())
+    tokens = int(arrays["tokens"].sum())
+    per_doc = doc_figures(arrays, scale, tokens_known)
+    with_tokens = arrays["tokens"] > 0
+    bytes_known = not arrays["bytes_unknown"].any()
+    nbytes = float(arrays["bytes"].sum())
+    words = float(arrays["words"][with_tokens].sum())
+    per_token = _ratio(total, tokens) if tokens_known else math.nan
+    return {
+        "nll": per_token / scale,
+        "perplexity": float(_exp(per_token)),
+        "doc_nll": float(np.mean(per_doc["nll"][with_tokens])) if tokens_known and with_tokens.any() else math.nan,
+        "doc_perplexity": (float(np.mean(per_doc["perplexity"][with_tokens]))
+                           if tokens_known and with_tokens.any() else math.nan),
+        "bits_per_byte": _ratio(total, nbytes * math.log(2)) if bytes_known else math.nan,
+        "byte_perplexity": float(_exp(_ratio(total, nbytes))) if bytes_known else math.nan,
+        "word_perplexity": float(_exp(_ratio(total, words))) if text_known else math.nan,
+    }
+
+
+def _finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+@dataclass
+class TokensReport:
+    """The result of `nll tokens`: totals, the metrics, groups, worst documents, warnings, gates."""
+
+    inputs: list[str]
+    layout: str
+    units: str
+    tokens: int | None
+    documents: int
+    masked: int
+    placeholder: int
+    empty_documents: int
+    bytes: int | None
+    words: int | None
+    metrics: dict[str, float]
+    warnings: list[str] = field(default_factory=list)
+    gates: list[Gate] = field(default_factory=list)
+    groups: list[dict[str, Any]] = field(default_factory=list)
+    worst: list[dict[str, Any]] = field(default_factory=list)
+    comparison: list[dict[str, Any]] = field(default_factory=list)
+    regression: str | None = None
+    base: "TokensReport | None" = None
+    command: str = "tokens"
+
+    @property
+    def failed_gates(self) -> list[Gate]:
+        return [g for g in self.gates if not g.passes(self.metrics.get(g.metric))]
+
+    def all_warnings(self, for_json: bool = False) -> list[str]:
+        suffix = "; written as null" if for_json else ""
+        notes = []
+        for name, value in self.metrics.items():
+            if value is None or math.isnan(value):
+                explained = any(name in w.split(":")[0].split(", ") for w in self.warnings)
+                if not explained:
+                    notes.append(f"{name} is undefined{suffix}")
+            elif math.isinf(value):
+                notes.append(f"{name} overflows float64{suffix}")
+        return self.warnings + notes
+
+    def to_dict(self) -> dict[str, Any]:
+        """Strict JSON: NaN and infinity become null, with a warning."""
+        out: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "command": self.command,
+            "inputs": self.inputs,
+            "format_in": self.layout,
+            "units": self.units,
+            "tokens": self.tokens,
+            "documents": self.documents,
+            "masked": self.masked,
+            "placeholder": self.placeholder,
+            "empty_documents": self.empty_documents,
+            "bytes": self.bytes,
+            "words": self.words,
+            "metrics": {k: _finite(v) for k, v in self.metrics.items()},
+            "warnings": self.all_warnings(for_json=True),
+            "groups": [{**g, "metrics": {k: _finite(v) for k, v in g["metrics"].items()}} for g in self.groups],
+            "worst": [{k: _finite(v) for k, v in w.items()} for w in self.worst],
+            "gates": [{"metric": g.metric, "bound": g.bound, "threshold": g.threshold,
+                       "value": _finite(self.metrics.get(g.metric)), "passed": g.passes(self.metrics.get(g.metric))}
+                      for g in self.gates],
+        }
+        if self.base is not None:
+            out["comparison"] = [{k: ([_finite(x) for x in v] if isinstance(v, list) else _finite(v))
+                                  for k, v in row.items()} for row in self.comparison]
+            out["regression"] = self.regression
+            out["base"] = self.base.to_dict()
+        return out
+
+
+def _warnings(run: Run, arrays: dict, placeholder: int, empty: int, scale_name: str) -> list[str]:
+    out = []
+    if placeholder:
+        out.append(f"{placeholder:,} placeholder log-probabilities (null, NaN, -inf or <= -9999) were not "
+                   "scored: they are left out of every metric and of the documents' bytes and words")
+    if empty:
+        out.append(f"{empty:,} documents have no scored token: they are left out of doc_nll and doc_perplexity")
+    if not run.tokens_known:
+        out.append("nll, perplexity, doc_nll, doc_perplexity: lm-evaluation-harness samples hold one "
+                   "log-likelihood per document, not its token count")
+    unknown = int(arrays["bytes_unknown"].sum())
+    if unknown:
+        out.append(f"bits_per_byte, byte_perplexity: the byte length of {unknown:,} documents is unknown "
+                   "(give a byte or token text column: --bytes, --text)")
+    if not run.text_known:
+        out.append("word_perplexity: no token text to count words in (give --text)")
+    return out
+
+
+def build(run: Run, *, base: str = "e", gates: list[Gate] = (), worst: int = 0) -> TokensReport:  # type: ignore[assignment]
+    """The report of a run: totals, metrics, --by groups (worst first), the --worst documents."""
+    units = UNITS[base]
+    scale = NATS_PER_UNIT[units]
+    state = run.state
+    arrays = state.arrays()
+    metrics = metric_values(arrays, scale, run.tokens_known, run.text_known)
+    placeholder = int(arrays["placeholder"].sum())
+    empty = int((arrays["tokens"] == 0).sum())
+    report = TokensReport(
+        inputs=run.inputs, layout=run.layouts[0] if run.layouts else "table", units=units,
+        tokens=int(arrays["tokens"].sum()) if run.tokens_known else None, documents=state.n,
+        masked=int(arrays["masked"].sum()), placeholder=placeholder, empty_documents=empty,
+        bytes=int(arrays["bytes"].sum()) if not arrays["bytes_unknown"].any() else None,
+        words=int(arrays["words"][arrays["tokens"] > 0].sum()) if run.text_known else None,
+        metrics=metrics, warnings=_warnings(run, arrays, placeholder, empty, units), gates=list(gates))
+    if run.groups:
+        report.groups = _groups(run, arrays, scale)
+    if worst:
+        report.worst = worst_documents(run, arrays, scale, worst)
+    return report
+
+
+def _groups(run: Run, arrays: dict, scale: float) -> list[dict]:
+    keys = run.state.group_of[:run.state.n]
+    index: dict = {}
+    codes = np.array([index.setdefault(k, len(index)) for k in keys], np.int64)
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(len(index) + 1))
+    main = "nll" if run.tokens_known else "bits_per_byte"
+    groups: list[dict] = []
+    for code, key in enumerate(index):
+        members = order[bounds[code]:bounds[code + 1]]
+        part = {name: values[members] for name, values in arrays.items()}
+        tokens = int(part["tokens"].sum()) if run.tokens_known else None
+        groups.append({"by": dict(zip(run.groups, key or ())), "tokens": tokens, "documents": len(members),
+                       "metrics": metric_values(part, scale, run.tokens_known, run.text_known)})
+
+    def worst_first(group: dict) -> tuple:
+        value = group["metrics"][main]
+        return (-value if value == value else math.inf, [str(v) for v in group["by"].values()])
+
+    groups.sort(key=worst_first)
+    return groups
+
+
+def per_document(run: Run, arrays: dict, scale: float) -> dict[str, np.ndarray | list]:
+    """The per-document columns (the --per-doc file): id, tokens, bytes, words, nll, perplexity, bits per byte."""
+    figures = doc_figures(arrays, scale, run.tokens_known)
+    columns: dict[str, Any] = {"doc": run.state.ids[:run.state.n]}
+    for i, name in enumerate(run.groups):
+        columns[name] = [k[i] for k in run.state.group_of[:run.state.n]]
+    columns["tokens"] = arrays["tokens"] if run.tokens_known else [None] * run.state.n
+    columns["masked"] = arrays["masked"]
+    columns["placeholder"] = arrays["placeholder"]
+    columns["bytes"] = [None if unknown else int(b) for unknown, b in zip(arrays["bytes_unknown"], arrays["bytes"])]
+    columns["words"] = arrays["words"] if run.text_known else [None] * run.state.n
+    columns["nll"] = figures["nll"]
+    columns["perplexity"] = figures["perplexity"]
+    columns["bits_per_byte"] = figures["bits_per_byte"]
+    return columns
+
+
+def worst_documents(run: Run, arrays: dict, scale: float, n: int) -> list[dict]:
+    """The n documents with the largest per-token NLL (bits per byte without token counts)."""
+    figures = doc_figures(arrays, scale, run.tokens_known)
+    key = figures["nll"] if run.tokens_known else figures["bits_per_byte"]
+    order = np.argsort(-np.nan_to_num(key, nan=-np.inf), kind="stable")[:n]
+    return [{"doc": run.state.ids[i], "tokens": int(arrays["tokens"][i]) if run.tokens_known else None,
+             "bytes": None if arrays["bytes_unknown"][i] else int(arrays["bytes"][i]),
+             "nll": float(figures["nll"][i]), "perplexity": float(figures["perplexity"][i]),
+             "bits_per_byte": float(figures["bits_per_byte"][i])} for i in order]
