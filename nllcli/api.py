@@ -207,7 +207,7 @@ def calibrate(valid: PathOrData, *, apply: Sequence[PathOrData] = (), method: st
               ignore: Sequence[str] = (), positive: str | None = None, input: str = "probs",
               eps: float = losses.EPS, tol: float = 1e-4, renormalize: bool = False, base: str = "e",
               bins: int = 15, top_k: int | None = None, max: Sequence[str] = (),
-              min: Sequence[str] = (), l2: float = 1e-4) -> Calibration:
+              min: Sequence[str] = (), l2: float = 1e-4, bins_kind: str = "width") -> Calibration:
     """Temperature scaling (`nll calibrate`): fit T > 0 by maximum likelihood on ``valid`` (its
     labels, weighted by ``weight``), then score ``valid`` and each ``apply`` file before and after.
 
@@ -215,7 +215,7 @@ def calibrate(valid: PathOrData, *, apply: Sequence[PathOrData] = (), method: st
     output: a folder receiving a calibrated copy of each input file, in its format and layout.
     max / min: gates on the calibrated metrics of ``valid``. method="vector": vector scaling, one
     scale and one bias per class on the log-probabilities, with the penalty (l2 / 2)(|a - 1|^2 +
-    |b|^2) towards the identity. The other options are score()'s.
+    |b|^2) towards the identity. The other options are score()'s (bins_kind: the bins of ece).
     The fit holds the log-probabilities of ``valid`` in memory (n x K float64, about 4 copies while
     it runs); ``apply`` files are streamed.
     """
@@ -224,4 +224,4 @@ def calibrate(valid: PathOrData, *, apply: Sequence[PathOrData] = (), method: st
     return run(valid, apply=list(apply), method=method, temperature=temperature, load=load, save=save,
                output=output, l2=l2, max=max, min=min, label=label, classes=classes, probs=probs, key=key,
                weight=weight, ignore=ignore, positive=positive, input=input, eps=eps, tol=tol,
-               renormalize=renormalize, base=base, bins=bins, top_k=top_k)
+               renormalize=renormalize, base=base, bins=bins, top_k=top_k, bins_kind=bins_kind)

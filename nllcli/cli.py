@@ -594,11 +594,15 @@ def _calibration_for_plot(fit: bool, *, preds: list[str], temperature: float | N
 
     if fit and temperature is not None:
         raise UsageError("--calibrate fits T and --temperature gives it: use one")
-    unsupported = [f"--{name.replace('_', '-')}" for name in ("targets", "target_prefix", "label_smoothing", "by")
-                   if options.pop(name, None) not in (None, ())]
+    import inspect
+
+    taken = set(inspect.signature(api.calibrate).parameters)
+    defaults = _plain({p.name: p.default for p in inspect.signature(score).parameters.values()})
+    unsupported = [f"--{name.replace('_', '-')}" for name in list(options) if name not in taken
+                   and options.pop(name) not in (defaults.get(name), None, ())]
     if unsupported:
-        raise UsageError(f"--calibrate and --temperature in nll plot need hard labels, not {', '.join(unsupported)}")
-    options.pop("worst", None)
+        raise UsageError(f"--calibrate and --temperature in nll plot take hard labels and the options of nll "
+                         f"calibrate, not {', '.join(unsupported)}")
     return api.calibrate(preds if len(preds) != 1 else preds[0], temperature=temperature, **options)
 
 
