@@ -237,7 +237,8 @@ EXAMPLES = {
                 "nll compare robot_tools.csv robot_tools_model_b.csv --fail-if-worse 0 -f json",
                 "nll compare robot_tools.csv robot_tools_model_b.csv --fail-if-worse 0 --report compare.md"],
     "plot": ["nll plot robot_tools.csv -o robot_tools.png",
-             "nll plot robot_tools.csv --targets robot_tools_annotators.csv -o soft.svg"],
+             "nll plot robot_tools.csv --targets robot_tools_annotators.csv -o soft.svg",
+             "nll plot robot_tools_val_logits.csv --input logits --calibrate -o calibrated.png"],
 }
 
 
@@ -502,6 +503,15 @@ def score(
     resamples: Resamples = 2000,
     seed: Seed = 0,
     gate_on: GateOnOpt = GateOn.on_value,
+    temperature: Annotated[Optional[float], typer.Option("--temperature", metavar="T", help="Score softmax(z / T): "
+                                                         "z the logits, log-probabilities or log p (a T from "
+                                                         "nll calibrate).")] = None,
+    multilabel: Annotated[bool, typer.Option("--multilabel", help="Each class column is an independent P(y = 1): "
+                                             "binary cross-entropy per label; labels as 0/1 columns "
+                                             "(--target-prefix) or a column listing each row's classes.")] = False,
+    label_delimiter: Annotated[Optional[str], typer.Option("--label-delimiter", metavar="CHAR", help="What "
+                                                           "separates the classes of a --multilabel label cell.",
+                                                           show_default="any of , ; | in no class name")] = None,
 ) -> None:
     """Mean and per-sample NLL against hard labels, or cross-entropy, entropy and KL against soft targets.
 
@@ -522,7 +532,8 @@ def score(
                            storage_options=_storage_options(storage_option), engine=engine.value, scheduler=scheduler,
                            scheduler_file=scheduler_file, workers=workers, partition_size=partition_size,
                            interval=interval, confidence=confidence, resamples=resamples, seed=seed,
-                           gate_on=gate_on.value)
+                           gate_on=gate_on.value,
+                           temperature=temperature, multilabel=multilabel, label_delimiter=label_delimiter)
     _finish(report, format, per_sample, report_files, not no_ci_integration)
 
 
@@ -563,11 +574,37 @@ def _plot(output: str, **options) -> None:
     refuse_input_as_output(output, "--output", [options.get("preds"), options.get("targets")])
     write_plot(output)  # fails early, before reading, if matplotlib is missing or the suffix is wrong
     options = _plain(options)
-    report = _score_report(options.pop("preds"), **options)
-    write_plot(output, report)
+    fit, temperature = options.pop("calibrate", False), options.get("temperature")
+    if fit or temperature is not None:  # the original and the temperature-scaled file, side by side
+        result = _calibration_for_plot(fit, **options)
+        report = result.valid[0]
+        write_plot(output, report, result.valid[1], result.temperature)
+    else:
+        report = _score_report(options.pop("preds"), **options)
+        write_plot(output, report)
     for warning in report.all_warnings():  # a quiet note already says "note:"
         _err(f"nll: {warning}" if warning.startswith("note: ") else f"nll: warning: {warning}")
     _err(f"nll: wrote {output}")
+
+
+def _calibration_for_plot(fit: bool, *, preds: list[str], temperature: float | None, quiet: bool, **options):
+    """api.calibrate on the plotted file: T fitted on it (--calibrate) or given (--temperature)."""
+    _prepare_process()
+    from . import api
+    from .errors import UsageError
+
+    if fit and temperature is not None:
+        raise UsageError("--calibrate fits T and --temperature gives it: use one")
+    import inspect
+
+    taken = set(inspect.signature(api.calibrate).parameters)
+    defaults = _plain({p.name: p.default for p in inspect.signature(score).parameters.values()})
+    unsupported = [f"--{name.replace('_', '-')}" for name in list(options) if name not in taken
+                   and options.pop(name) not in (defaults.get(name), None, ())]
+    if unsupported:
+        raise UsageError(f"--calibrate and --temperature in nll plot take hard labels and the options of nll "
+                         f"calibrate, not {', '.join(unsupported)}")
+    return api.calibrate(preds if len(preds) != 1 else preds[0], temperature=temperature, **options)
 
 
 def _compare(base_file: str, new_file: str, format: Format, quiet: bool, report_file: list[str] | None = None,
@@ -690,12 +727,16 @@ def kl(
 
 
 _derived_command("plot", _plot, drop={"format", "per_sample", "max", "min", "report_file", "no_ci_integration",
-                                      "save_state", *_INTERVAL_OPTIONS, "gate_on"},
+                                      "save_state", *_INTERVAL_OPTIONS, "gate_on", "multilabel", "label_delimiter"},
                  front=[(
     "output", Annotated[str, typer.Option("--output", "-o", metavar="FILE", help="The image to write: "
                                           ".png, .svg or .pdf.",
-                                          show_default=False)])])
-_derived_command("compare", _compare, drop={"preds", "per_sample", "save_state", *_INTERVAL_OPTIONS}, front=[
+                                          show_default=False)])], back=[(
+    "calibrate", Annotated[bool, typer.Option("--calibrate", help="Fit a temperature on the file (nll calibrate) "
+                                              "and draw the calibrated curve beside the original; --temperature T "
+                                              "draws a given one.")], False)])
+_derived_command("compare", _compare, drop={"preds", "per_sample", "save_state", *_INTERVAL_OPTIONS, "temperature",
+                                           "multilabel", "label_delimiter"}, front=[
     ("base_file", Annotated[str, typer.Argument(metavar="BASE", help="Predictions of the model in use.",
                                                 show_default=False)]),
     ("new_file", Annotated[str, typer.Argument(metavar="NEW", help="Predictions of the candidate model.",
@@ -1016,3 +1057,96 @@ class _MergeProgress(_ProgressBar):
         self.bar = Progress(TextColumn("{task.fields[rows]:,} rows in {task.completed:,} state files"),
                             TimeElapsedColumn(), console=Console(file=sys.stderr), transient=True)
         self.task = self.bar.add_task("merging", total=None, rows=0)
+
+
+EXAMPLES["calibrate"] = [
+    "nll calibrate robot_tools_val_logits.csv --input logits --apply robot_tools_test_logits.csv",
+    "nll calibrate robot_tools_val_logits.csv --input logits --save temperature.json --max ece=0.05",
+    "nll calibrate robot_tools_test_logits.csv --input logits --load temperature.json --output calibrated",
+    "nll calibrate robot_tools_test_logits.csv --input logits --temperature 2.5 --format json",
+]
+
+
+class Method(str, Enum):
+    temperature = "temperature"
+    vector = "vector"
+
+
+@app.command(cls=PlainHelp, epilog=_epilog("calibrate"))
+@handle_errors
+def calibrate(
+    valid: Annotated[str, typer.Argument(metavar="VALID", help="Held-out predictions with true labels, "
+                                         "to fit the temperature on (.csv, .tsv, .csv.gz, .parquet).",
+                                         show_default=False)],
+    apply: Annotated[Optional[list[str]], typer.Option("--apply", metavar="TEST", help="A file to calibrate with "
+                                                       "the same T and score before and after "
+                                                       "(repeatable).")] = None,
+    method: Annotated[Method, typer.Option("--method", metavar="temperature|vector", help="The calibration map: "
+                                           "one temperature T, softmax(z / T); or vector scaling, a scale and a "
+                                           "bias per class on the log-probabilities x, softmax(a * x + b)."
+                                           )] = Method.temperature,
+    temperature: Annotated[Optional[float], typer.Option("--temperature", metavar="T", help="Use this T instead "
+                                                         "of fitting one.")] = None,
+    load: Annotated[Optional[str], typer.Option("--load", metavar="FILE", help="Use the T saved by --save "
+                                                "instead of fitting one.")] = None,
+    save: Annotated[Optional[str], typer.Option("--save", metavar="FILE", help="Write T as JSON, for --load "
+                                                "or score --temperature.")] = None,
+    output: Annotated[Optional[str], typer.Option("--output", "-o", metavar="DIR", help="Write a calibrated "
+                                                  "copy of VALID and each TEST into DIR: same name, format, "
+                                                  "columns and kind of values; never over an input.")] = None,
+    label: Annotated[Optional[str], typer.Option("--label", metavar="COLUMN", help="The column of true labels.",
+                                                 show_default="first of "
+                                                 "label, y, y_true, target, true_label, class")] = None,
+    classes: Classes = None,
+    probs: Probs = None,
+    key: Key = None,
+    weight: Annotated[Optional[str], typer.Option("--weight", metavar="COLUMN", help="A column of sample "
+                                                  "weights, for the fit and the metrics.")] = None,
+    ignore: Ignore = None,
+    positive: Annotated[Optional[str], typer.Option("--positive", metavar="LABEL", help="The label of class 1 when "
+                                                    "a single column holds P(class 1).")] = None,
+    input: Input = InputKind.probs,
+    eps: Eps = EPS_DEFAULT,
+    tol: Tol = 1e-4,
+    renormalize: Renormalize = False,
+    base: BaseOpt = Base.e,
+    bins: Annotated[int, typer.Option("--bins", metavar="N", help="Equal-width confidence bins for "
+                                      "ECE.")] = 15,
+    top_k: Annotated[Optional[int], typer.Option("--top-k", metavar="K", help="Also top_k_accuracy.")] = None,
+    format: FormatOpt = Format.table,
+    max: Annotated[Optional[list[str]], typer.Option("--max", metavar="METRIC=VALUE", help="Exit 1 if METRIC of "
+                                                     "VALID after calibration is above VALUE (repeatable).")] = None,
+    min: Annotated[Optional[list[str]], typer.Option("--min", metavar="METRIC=VALUE", help="Exit 1 if METRIC of "
+                                                     "VALID after calibration is below VALUE (repeatable).")] = None,
+    debug: Debug = False,
+    l2: Annotated[float, typer.Option("--l2", metavar="X", help="Vector scaling's penalty (X / 2)(|a - 1|^2 + "
+                                      "|b|^2) towards the identity map.")] = 1e-4,
+) -> None:
+    """Temperature scaling: fit T by maximum likelihood on VALID, report every metric before and after.
+
+    Calibrated predictions are softmax(z / T), z the logits, log-probabilities or log p; T > 1 softens them.
+
+    Memory: the fit holds VALID's log-probabilities, rows x classes x 8 bytes (4 copies while it runs).
+
+    --apply files are streamed. Each file is read more than once: no standard input.
+
+    Exit codes: 0 ok, 1 a --max/--min gate failed, 2 usage, input or environment error, 3 a bug of nll.
+    """
+    if format not in (Format.table, Format.json, Format.ndjson):
+        from .errors import UsageError
+
+        raise UsageError(f"--format {format.value}: nll calibrate writes table, json or ndjson")
+    _prepare_process()
+    from . import api
+    from .calibration import write_calibration
+
+    result = api.calibrate(valid, apply=apply or (), method=method.value, temperature=temperature, load=load,
+                           save=save, output=output, label=label, classes=classes, probs=probs, key=key,
+                           weight=weight, ignore=ignore or (), positive=positive, input=input.value, eps=eps,
+                           tol=tol, renormalize=renormalize, base=base.value, bins=bins, top_k=top_k,
+                           max=max or (), min=min or (), l2=l2)
+    write_calibration(result, format.value, sys.stdout)
+    for gate in result.failed_gates:
+        _err(f"nll: {gate.describe(result.valid[1].metrics.get(gate.metric))} (VALID after calibration)")
+    if result.failed_gates:
+        raise typer.Exit(EXIT_GATE)
