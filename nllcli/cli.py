@@ -6,6 +6,7 @@ Exit codes: 0 ok, 1 a gate failed, 2 usage, input or environment error, 3 intern
 
 from __future__ import annotations
 
+import copy
 import functools
 import os
 import sys
@@ -37,12 +38,27 @@ def _plain_metavars(command, ctx) -> None:
     required arguments as `PREDS...` or `BASE NEW` rather than `{PREDS}...`."""
     for param in command.get_params(ctx):
         if isinstance(param, TyperArgument):
-            param.display_type_rich = lambda ctx: None  # type: ignore[method-assign]  # Typer's hook
+            # Typer 0.29 and later: its hooks for the type column and the usage line.
+            setattr(param, "display_type_rich", lambda ctx: None)
             if param.required:
-                param._usage_display_name = functools.partial(  # type: ignore[method-assign]
-                    lambda param: param.display_name_raw + ("..." if param.nargs != 1 else ""), param)
+                setattr(param, "_usage_display_name", functools.partial(
+                    lambda param: param.display_name_raw + ("..." if param.nargs != 1 else ""), param))
+            # Typer 0.28 and earlier: the type's metavar and the argument's own make_metavar.
+            if getattr(param, "type", None) is not None:
+                plain_type = copy.copy(param.type)
+                setattr(plain_type, "get_metavar", lambda param, ctx=None: "")
+                param.type = plain_type
+                setattr(param, "make_metavar", functools.partial(_argument_metavar, param))
         elif param.metavar is None and getattr(param, "is_flag", False):
             param.metavar = ""
+
+
+def _argument_metavar(param, ctx=None, *, usage: bool = False) -> str:
+    """An argument as the help shows it: PREDS, and PREDS... (or [PREDS]) on the usage line."""
+    name = param.metavar or (param.name or "").upper()
+    if usage and not param.required:
+        return f"[{name}]"
+    return name + ("..." if usage and param.nargs != 1 else "")
 
 
 def _format_help(command, base, ctx, formatter) -> None:
