@@ -39,16 +39,16 @@ def _plain_metavars(command, ctx) -> None:
     for param in command.get_params(ctx):
         if isinstance(param, TyperArgument):
             # Typer 0.29 and later: its hooks for the type column and the usage line.
-            setattr(param, "display_type_rich", lambda ctx: None)
+            vars(param)["display_type_rich"] = lambda ctx: None
             if param.required:
-                setattr(param, "_usage_display_name", functools.partial(
-                    lambda param: param.display_name_raw + ("..." if param.nargs != 1 else ""), param))
+                vars(param)["_usage_display_name"] = functools.partial(
+                    lambda param: param.display_name_raw + ("..." if param.nargs != 1 else ""), param)
             # Typer 0.28 and earlier: the type's metavar and the argument's own make_metavar.
             if getattr(param, "type", None) is not None:
                 plain_type = copy.copy(param.type)
-                setattr(plain_type, "get_metavar", lambda param, ctx=None: "")
+                vars(plain_type)["get_metavar"] = lambda param, ctx=None: ""
                 param.type = plain_type
-                setattr(param, "make_metavar", functools.partial(_argument_metavar, param))
+                vars(param)["make_metavar"] = functools.partial(_argument_metavar, param)
         elif param.metavar is None and getattr(param, "is_flag", False):
             param.metavar = ""
 
