@@ -11,7 +11,7 @@ The functions are imported on first use, so `import nllcli` (and `nll --help`) s
 from ._version import __version__
 
 __all__ = ["InputError", "NllError", "Report", "SavedState", "State", "Summary", "UsageError", "__version__",
-           "compare", "kl", "load_state", "merge", "save_state", "score"]
+           "calibrate", "compare", "kl", "load_state", "merge", "save_state", "score"]
 
 _LAZY = {
     "score": ("api", "score"),
@@ -21,6 +21,7 @@ _LAZY = {
     "save_state": ("api", "save_state"),
     "load_state": ("statefile", "load_state"),
     "SavedState": ("statefile", "SavedState"),
+    "calibrate": ("api", "calibrate"),
     "State": ("summary", "State"),
     "Report": ("report", "Report"),
     "Summary": ("summary", "Summary"),

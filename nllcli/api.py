@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import losses
 from .engine import Progress, run
@@ -20,6 +21,9 @@ from .statefile import SavedState, check_state_target, expand_state_paths, load_
 from .statefile import save_state as write_state
 
 __all__ = ["kl", "load_state", "merge", "save_state", "score"]
+
+if TYPE_CHECKING:
+    from .calibration import Calibration
 
 PathOrData = object  # a path, a list of paths, '-', a pandas DataFrame or a pyarrow Table
 
@@ -39,7 +43,9 @@ def score(preds: PathOrData, *, targets: PathOrData | None = None, label: str | 
           engine: str = "local", scheduler: str | None = None, scheduler_file: str | None = None,
           workers: int | None = None, partition_size: int | str | None = None,
           interval: bool = False, confidence: float = 0.95, resamples: int = 2000, seed: int = 0,
-          gate_on: str = "value") -> Report:
+          gate_on: str = "value", temperature: float | None = None,
+          vector_scaling: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+          multilabel: bool = False, label_delimiter: str | None = None) -> Report:
     """Score predictions against hard labels or soft targets (`nll score`).
 
     targets: a file of target distributions, paired by ``key`` or by position; target_prefix:
@@ -67,7 +73,32 @@ def score(preds: PathOrData, *, targets: PathOrData | None = None, label: str | 
     (``Report.intervals``, per group too) at ``confidence`` from ``resamples`` resamples seeded by
     ``seed``; gate_on: what the gates test, "value", "lower" or "upper" (a bound of the interval) or
     "interval" (fail only when the whole interval is past the threshold); a bound implies interval.
+    temperature: score softmax(z / T) instead (z the logits, the
+    log-probabilities, or log p for probabilities), as `nll calibrate` does; vector_scaling:
+    (scales, biases), one per class, score softmax(a * x + b) with x the log-probabilities.
+    multilabel: each class column is an independent P(y_k = 1), the labels 0/1 columns
+    (target_prefix) or a column listing each row's classes (label, split on label_delimiter);
+    see nllcli.multilabel.
     """
+    if multilabel:
+        from .multilabel import score as score_multilabel
+
+        given = {"--targets": targets, "--probs": probs, "--positive": positive, "--target-probs": target_probs,
+                 "--label-smoothing": label_smoothing, "--top-k": top_k, "--by": by or None, "--worst": worst or None,
+                 "--per-sample": per_sample, "--temperature": temperature, "--renormalize": renormalize or None,
+                 "vector_scaling": vector_scaling, "--bins-kind": None if bins_kind == "width" else bins_kind,
+                 "--ignore-label": ignore_label, "--class-weight": class_weight,
+                 "--class-weight-file": class_weight_file, "--save-state": save_state,
+                 "--storage-option": storage_options, "--engine": None if engine == "local" else engine,
+                 "--interval": interval or None, "--gate-on": None if gate_on == "value" else gate_on}
+        unsupported = [option for option, value in given.items() if value is not None]
+        if unsupported:
+            raise UsageError(f"--multilabel does not take {', '.join(unsupported)}")
+        return score_multilabel(preds, label=label, classes=classes, key=key, weight=weight, ignore=ignore,
+                                input=input, eps=eps, base=base, target_prefix=target_prefix,
+                                label_delimiter=label_delimiter, bins=bins, max=max, min=min, progress=progress)
+    if label_delimiter is not None:
+        raise UsageError("--label-delimiter splits the labels of --multilabel")
     check_per_sample_target(per_sample, preds, targets)
     check_state_target(save_state, preds, targets)
     job = plan_score(preds, targets=targets, label=label, classes=classes, probs=probs, key=key, weight=weight,
@@ -77,7 +108,8 @@ def score(preds: PathOrData, *, targets: PathOrData | None = None, label: str | 
                      bins=bins, top_k=top_k, by=by, worst=worst, max=max, min=min, bins_kind=bins_kind,
                      ignore_label=ignore_label, class_weight=class_weight, class_weight_file=class_weight_file,
                      storage_options=storage_options, interval=interval, confidence=confidence,
-                     resamples=resamples, seed=seed, gate_on=gate_on)
+                     resamples=resamples, seed=seed, gate_on=gate_on,
+                     temperature=temperature, vector_scaling=vector_scaling)
     dask = _engine(engine, scheduler=scheduler, scheduler_file=scheduler_file, workers=workers,
                    partition_size=partition_size)
     return _run_and_report(job, per_sample, progress, save_state, storage_options, dask)
@@ -166,3 +198,30 @@ def merge(states: str | Path | Sequence[str | Path], *, max: Sequence[str] = (),
     if save_state is not None:
         write_state(merged, save_state, storage_options=storage_options)
     return report
+
+
+def calibrate(valid: PathOrData, *, apply: Sequence[PathOrData] = (), method: str = "temperature",
+              temperature: float | None = None, load: str | None = None, save: str | None = None,
+              output: str | None = None, label: str | None = None, classes: str | list[str] | None = None,
+              probs: str | None = None, key: str | None = None, weight: str | None = None,
+              ignore: Sequence[str] = (), positive: str | None = None, input: str = "probs",
+              eps: float = losses.EPS, tol: float = 1e-4, renormalize: bool = False, base: str = "e",
+              bins: int = 15, top_k: int | None = None, max: Sequence[str] = (),
+              min: Sequence[str] = (), l2: float = 1e-4, bins_kind: str = "width") -> Calibration:
+    """Temperature scaling (`nll calibrate`): fit T > 0 by maximum likelihood on ``valid`` (its
+    labels, weighted by ``weight``), then score ``valid`` and each ``apply`` file before and after.
+
+    temperature / load: take T as given, or from a file written by ``save``, instead of fitting.
+    output: a folder receiving a calibrated copy of each input file, in its format and layout.
+    max / min: gates on the calibrated metrics of ``valid``. method="vector": vector scaling, one
+    scale and one bias per class on the log-probabilities, with the penalty (l2 / 2)(|a - 1|^2 +
+    |b|^2) towards the identity. The other options are score()'s (bins_kind: the bins of ece).
+    The fit holds the log-probabilities of ``valid`` in memory (n x K float64, about 4 copies while
+    it runs); ``apply`` files are streamed.
+    """
+    from .calibration import run
+
+    return run(valid, apply=list(apply), method=method, temperature=temperature, load=load, save=save,
+               output=output, l2=l2, max=max, min=min, label=label, classes=classes, probs=probs, key=key,
+               weight=weight, ignore=ignore, positive=positive, input=input, eps=eps, tol=tol,
+               renormalize=renormalize, base=base, bins=bins, top_k=top_k, bins_kind=bins_kind)

@@ -6,6 +6,7 @@ Exit codes: 0 ok, 1 a gate failed, 2 usage, input or environment error, 3 intern
 
 from __future__ import annotations
 
+import copy
 import functools
 import os
 import sys
@@ -36,12 +37,27 @@ def _plain_metavars(command, ctx) -> None:
     required arguments as `PREDS...` or `BASE NEW` rather than `{PREDS}...`."""
     for param in command.get_params(ctx):
         if isinstance(param, TyperArgument):
-            param.display_type_rich = lambda ctx: None  # type: ignore[method-assign]  # Typer's hook
+            # Typer 0.29 and later: its hooks for the type column and the usage line.
+            vars(param)["display_type_rich"] = lambda ctx: None
             if param.required:
-                param._usage_display_name = functools.partial(  # type: ignore[method-assign]
+                vars(param)["_usage_display_name"] = functools.partial(
                     lambda param: param.display_name_raw + ("..." if param.nargs != 1 else ""), param)
+            # Typer 0.28 and earlier: the type's metavar and the argument's own make_metavar.
+            if getattr(param, "type", None) is not None:
+                plain_type = copy.copy(param.type)
+                vars(plain_type)["get_metavar"] = lambda param, ctx=None: ""
+                param.type = plain_type
+                vars(param)["make_metavar"] = functools.partial(_argument_metavar, param)
         elif param.metavar is None and getattr(param, "is_flag", False):
             param.metavar = ""
+
+
+def _argument_metavar(param, ctx=None, *, usage: bool = False) -> str:
+    """An argument as the help shows it: PREDS, and PREDS... (or [PREDS]) on the usage line."""
+    name = param.metavar or (param.name or "").upper()
+    if usage and not param.required:
+        return f"[{name}]"
+    return name + ("..." if usage and param.nargs != 1 else "")
 
 
 def _format_help(command, base, ctx, formatter) -> None:
@@ -236,7 +252,8 @@ EXAMPLES = {
                 "nll compare robot_tools.csv robot_tools_model_b.csv --fail-if-worse 0 -f json",
                 "nll compare robot_tools.csv robot_tools_model_b.csv --fail-if-worse 0 --report compare.md"],
     "plot": ["nll plot robot_tools.csv -o robot_tools.png",
-             "nll plot robot_tools.csv --targets robot_tools_annotators.csv -o soft.svg"],
+             "nll plot robot_tools.csv --targets robot_tools_annotators.csv -o soft.svg",
+             "nll plot robot_tools_val_logits.csv --input logits --calibrate -o calibrated.png"],
 }
 
 
@@ -409,14 +426,15 @@ def _total_bytes(*paths_lists) -> int | None:
 
 
 def _finish(report, fmt: Format, per_sample: str | None, report_files: list[tuple[str, str]] | None = None,
-            ci_integration: bool = True) -> None:
+            ci_integration: bool = True, write=None) -> None:
     """Render the report (to stderr when per-sample rows own stdout), write the --report files, tell
-    GitHub Actions (annotations, job summary) and apply the gates."""
+    GitHub Actions (annotations, job summary) and apply the gates. ``write``: the report's writer
+    (nll tokens: tokens.render.write_report), render.write_report by default."""
     from .ci import github_integration, write_report_files
     from .render import write_report
 
     write_report_files(report, report_files or [])  # first: a reader that stops early (`| head`) still gets them
-    write_report(report, fmt.value, sys.stderr if per_sample == "-" else sys.stdout)
+    (write or write_report)(report, fmt.value, sys.stderr if per_sample == "-" else sys.stdout)
     for warning in github_integration(report) if ci_integration else ():
         _err(f"nll: warning: {warning}")
     failed = report.failed_gates
@@ -500,6 +518,15 @@ def score(
     resamples: Resamples = 2000,
     seed: Seed = 0,
     gate_on: GateOnOpt = GateOn.on_value,
+    temperature: Annotated[Optional[float], typer.Option("--temperature", metavar="T", help="Score softmax(z / T): "
+                                                         "z the logits, log-probabilities or log p (a T from "
+                                                         "nll calibrate).")] = None,
+    multilabel: Annotated[bool, typer.Option("--multilabel", help="Each class column is an independent P(y = 1): "
+                                             "binary cross-entropy per label; labels as 0/1 columns "
+                                             "(--target-prefix) or a column listing each row's classes.")] = False,
+    label_delimiter: Annotated[Optional[str], typer.Option("--label-delimiter", metavar="CHAR", help="What "
+                                                           "separates the classes of a --multilabel label cell.",
+                                                           show_default="any of , ; | in no class name")] = None,
 ) -> None:
     """Mean and per-sample NLL against hard labels, or cross-entropy, entropy and KL against soft targets.
 
@@ -520,7 +547,8 @@ def score(
                            storage_options=_storage_options(storage_option), engine=engine.value, scheduler=scheduler,
                            scheduler_file=scheduler_file, workers=workers, partition_size=partition_size,
                            interval=interval, confidence=confidence, resamples=resamples, seed=seed,
-                           gate_on=gate_on.value)
+                           gate_on=gate_on.value,
+                           temperature=temperature, multilabel=multilabel, label_delimiter=label_delimiter)
     _finish(report, format, per_sample, report_files, not no_ci_integration)
 
 
@@ -561,11 +589,37 @@ def _plot(output: str, **options) -> None:
     refuse_input_as_output(output, "--output", [options.get("preds"), options.get("targets")])
     write_plot(output)  # fails early, before reading, if matplotlib is missing or the suffix is wrong
     options = _plain(options)
-    report = _score_report(options.pop("preds"), **options)
-    write_plot(output, report)
+    fit, temperature = options.pop("calibrate", False), options.get("temperature")
+    if fit or temperature is not None:  # the original and the temperature-scaled file, side by side
+        result = _calibration_for_plot(fit, **options)
+        report = result.valid[0]
+        write_plot(output, report, result.valid[1], result.temperature)
+    else:
+        report = _score_report(options.pop("preds"), **options)
+        write_plot(output, report)
     for warning in report.all_warnings():  # a quiet note already says "note:"
         _err(f"nll: {warning}" if warning.startswith("note: ") else f"nll: warning: {warning}")
     _err(f"nll: wrote {output}")
+
+
+def _calibration_for_plot(fit: bool, *, preds: list[str], temperature: float | None, quiet: bool, **options):
+    """api.calibrate on the plotted file: T fitted on it (--calibrate) or given (--temperature)."""
+    _prepare_process()
+    from . import api
+    from .errors import UsageError
+
+    if fit and temperature is not None:
+        raise UsageError("--calibrate fits T and --temperature gives it: use one")
+    import inspect
+
+    taken = set(inspect.signature(api.calibrate).parameters)
+    defaults = _plain({p.name: p.default for p in inspect.signature(score).parameters.values()})
+    unsupported = [f"--{name.replace('_', '-')}" for name in list(options) if name not in taken
+                   and options.pop(name) not in (defaults.get(name), None, ())]
+    if unsupported:
+        raise UsageError(f"--calibrate and --temperature in nll plot take hard labels and the options of nll "
+                         f"calibrate, not {', '.join(unsupported)}")
+    return api.calibrate(preds if len(preds) != 1 else preds[0], temperature=temperature, **options)
 
 
 def _compare(base_file: str, new_file: str, format: Format, quiet: bool, report_file: list[str] | None = None,
@@ -586,11 +640,8 @@ def _compare(base_file: str, new_file: str, format: Format, quiet: bool, report_
     from .comparison import compare
 
     if _token_files(base_file, new_file):
-        if report_file:
-            from .errors import UsageError
-
-            raise UsageError("--report: not available for token files (use --format json and redirect stdout)")
-        _compare_token_files(base_file, new_file, format, quiet, options)
+        report_files = report_targets(report_file or (), [base_file, new_file])
+        _compare_token_files(base_file, new_file, format, quiet, options, report_files, not no_ci_integration)
         return
     report_files = report_targets(report_file or (), [base_file, new_file, options.get("targets")])
     with _ProgressBar(quiet, _total_bytes([base_file, new_file])) as progress:
@@ -679,12 +730,16 @@ def kl(
 
 
 _derived_command("plot", _plot, drop={"format", "per_sample", "max", "min", "report_file", "no_ci_integration",
-                                      "save_state", *_INTERVAL_OPTIONS, "gate_on"},
+                                      "save_state", *_INTERVAL_OPTIONS, "gate_on", "multilabel", "label_delimiter"},
                  front=[(
     "output", Annotated[str, typer.Option("--output", "-o", metavar="FILE", help="The image to write: "
                                           ".png, .svg or .pdf.",
-                                          show_default=False)])])
-_derived_command("compare", _compare, drop={"preds", "per_sample", "save_state", *_INTERVAL_OPTIONS}, front=[
+                                          show_default=False)])], back=[(
+    "calibrate", Annotated[bool, typer.Option("--calibrate", help="Fit a temperature on the file (nll calibrate) "
+                                              "and draw the calibrated curve beside the original; --temperature T "
+                                              "draws a given one.")], False)])
+_derived_command("compare", _compare, drop={"preds", "per_sample", "save_state", *_INTERVAL_OPTIONS, "temperature",
+                                           "multilabel", "label_delimiter"}, front=[
     ("base_file", Annotated[str, typer.Argument(metavar="BASE", help="Predictions of the model in use.",
                                                 show_default=False)]),
     ("new_file", Annotated[str, typer.Argument(metavar="NEW", help="Predictions of the candidate model.",
@@ -826,17 +881,12 @@ class TokenLayout(str, Enum):
     lm_eval = "lm-eval"
 
 
-class TokensFormat(str, Enum):
-    table = "table"
-    json = "json"
-    ndjson = "ndjson"
-
-
 TOKENS_EXAMPLES = ["nll tokens tokens_trigram.csv",
                    "nll tokens tokens_trigram.csv --by source --worst 3 --base 2",
                    "nll tokens tokens_trigram_chat.jsonl -f json",
                    "nll tokens tokens_trigram.csv --per-doc docs.csv --max bits_per_byte=4",
-                   "nll tokens --compare tokens_bigram.csv tokens_trigram.csv --fail-if-worse 0"]
+                   "nll tokens --compare tokens_bigram.csv tokens_trigram.csv --fail-if-worse 0",
+                   "nll tokens tokens_trigram.csv --report tokens.md --report tokens-junit.xml"]
 
 
 @app.command(cls=PlainHelp, epilog="Examples, in the sample_data folder:\n\n" + "\n".join(TOKENS_EXAMPLES))
@@ -874,9 +924,7 @@ def tokens(
                                                    "document (id, tokens, bytes, words, nll, perplexity, "
                                                    "bits_per_byte) to a .csv or .parquet file, or - for "
                                                    "stdout.")] = None,
-    format: Annotated[TokensFormat, typer.Option("--format", "-f", metavar="table|json|ndjson", help="A table "
-                                                 "(plain text when piped), a JSON report, or the same report on "
-                                                 "one line.")] = TokensFormat.table,
+    format: FormatOpt = Format.table,
     max: Max = None,
     min: Min = None,
     compare: Annotated[bool, typer.Option("--compare", help="FILES are BASE NEW: paired by document id, deltas "
@@ -891,6 +939,8 @@ def tokens(
         "are above DELTA (bits_per_byte when the tokenizers differ).")] = None,
     quiet: Quiet = False,
     debug: Debug = False,
+    report_file: ReportFile = None,
+    no_ci_integration: NoCiIntegration = False,
 ) -> None:
     """Perplexity, bits per byte and per-document NLL from saved LLM token log-probabilities.
 
@@ -901,11 +951,13 @@ def tokens(
     Exit codes: 0 ok, 1 a gate or --fail-if-worse failed, 2 usage, input or environment error, 3 a bug of nll.
     """
     _prepare_process()
+    from .ci import report_targets
     from .errors import UsageError
     from .tokens import api as tokens_api
     from .tokens.render import check_format, write_report
 
     check_format(format.value)
+    report_files = report_targets(report_file or (), files, [per_doc])
     layout = format_in.value if format_in is not None else None
     columns = dict(doc=doc, logprob=logprob, bytes=bytes, mask=mask, text=text)
     with _ProgressBar(quiet, None) as progress:  # tokens read so far (the readers do not report bytes)
@@ -923,13 +975,7 @@ def tokens(
                 raise UsageError("--fail-if-worse needs --compare BASE NEW")
             report = tokens_api.tokens(files, format_in=layout, by=by or (), base=base.value, worst=worst,
                                        max=max or (), min=min or (), per_doc=per_doc, progress=progress, **columns)
-    write_report(report, format.value, sys.stderr if per_doc == "-" else sys.stdout)
-    for gate in report.failed_gates:
-        _err(f"nll: {gate.describe(report.metrics.get(gate.metric))}")
-    if report.regression:
-        _err(f"nll: {report.regression}")
-    if report.failed_gates or report.regression:
-        raise typer.Exit(EXIT_GATE)
+    _finish(report, format, per_doc, report_files, not no_ci_integration, write=write_report)
 
 
 TOKEN_COMPARE_OPTIONS = {"base", "worst", "max", "min", "confidence", "resamples", "seed", "fail_if_worse", "debug"}
@@ -942,7 +988,8 @@ def _token_files(*files: str) -> bool:
     return all(is_json(f) for f in files) and all(detect(f) != "table" for f in files)
 
 
-def _compare_token_files(base_file: str, new_file: str, format: Format, quiet: bool, options: dict) -> None:
+def _compare_token_files(base_file: str, new_file: str, format: Format, quiet: bool, options: dict,
+                         report_files: list[tuple[str, str]], ci_integration: bool) -> None:
     import inspect
 
     from .errors import UsageError
@@ -962,13 +1009,8 @@ def _compare_token_files(base_file: str, new_file: str, format: Format, quiet: b
                                            confidence=options["confidence"], resamples=options["resamples"],
                                            seed=options["seed"], fail_if_worse=options["fail_if_worse"],
                                            progress=progress)
-    write_report(report, format.value, sys.stdout)
-    for gate in report.failed_gates:
-        _err(f"nll: {gate.describe(report.metrics.get(gate.metric))}")
-    if report.regression:
-        _err(f"nll: {report.regression}")
-    if report.failed_gates or report.regression:
-        raise typer.Exit(EXIT_GATE)
+    _finish(report, format, None, report_files, ci_integration, write=write_report)
+
 
 EXAMPLES["merge"] = ["nll merge robot_tools.nllstate",
                      "nll merge robot_tools.nllstate --format json --max nll=0.5"]
@@ -988,17 +1030,21 @@ def merge(
     storage_option: StorageOption = None,
     quiet: Quiet = False,
     debug: Debug = False,
+    report_file: ReportFile = None,
+    no_ci_integration: NoCiIntegration = False,
 ) -> None:
     """The report of several state files: the same as one run over all their inputs.
 
     States of different classes, settings, bins, units or versions are refused. They are read one at a time.
     """
     from . import api  # no _prepare_process(): no rows are read, and pyarrow is never imported
+    from .ci import report_targets
 
+    report_files = report_targets(report_file or (), [states])
     with _MergeProgress(quiet) as progress:
         report = api.merge(states, max=max or (), min=min or (), save_state=save_state,
                            storage_options=_storage_options(storage_option), progress=progress)
-    _finish(report, format, None)
+    _finish(report, format, None, report_files, not no_ci_integration)
 
 
 class _MergeProgress(_ProgressBar):
@@ -1014,3 +1060,96 @@ class _MergeProgress(_ProgressBar):
         self.bar = Progress(TextColumn("{task.fields[rows]:,} rows in {task.completed:,} state files"),
                             TimeElapsedColumn(), console=Console(file=sys.stderr), transient=True)
         self.task = self.bar.add_task("merging", total=None, rows=0)
+
+
+EXAMPLES["calibrate"] = [
+    "nll calibrate robot_tools_val_logits.csv --input logits --apply robot_tools_test_logits.csv",
+    "nll calibrate robot_tools_val_logits.csv --input logits --save temperature.json --max ece=0.05",
+    "nll calibrate robot_tools_test_logits.csv --input logits --load temperature.json --output calibrated",
+    "nll calibrate robot_tools_test_logits.csv --input logits --temperature 2.5 --format json",
+]
+
+
+class Method(str, Enum):
+    temperature = "temperature"
+    vector = "vector"
+
+
+@app.command(cls=PlainHelp, epilog=_epilog("calibrate"))
+@handle_errors
+def calibrate(
+    valid: Annotated[str, typer.Argument(metavar="VALID", help="Held-out predictions with true labels, "
+                                         "to fit the temperature on (.csv, .tsv, .csv.gz, .parquet).",
+                                         show_default=False)],
+    apply: Annotated[Optional[list[str]], typer.Option("--apply", metavar="TEST", help="A file to calibrate with "
+                                                       "the same T and score before and after "
+                                                       "(repeatable).")] = None,
+    method: Annotated[Method, typer.Option("--method", metavar="temperature|vector", help="The calibration map: "
+                                           "one temperature T, softmax(z / T); or vector scaling, a scale and a "
+                                           "bias per class on the log-probabilities x, softmax(a * x + b)."
+                                           )] = Method.temperature,
+    temperature: Annotated[Optional[float], typer.Option("--temperature", metavar="T", help="Use this T instead "
+                                                         "of fitting one.")] = None,
+    load: Annotated[Optional[str], typer.Option("--load", metavar="FILE", help="Use the T saved by --save "
+                                                "instead of fitting one.")] = None,
+    save: Annotated[Optional[str], typer.Option("--save", metavar="FILE", help="Write T as JSON, for --load "
+                                                "or score --temperature.")] = None,
+    output: Annotated[Optional[str], typer.Option("--output", "-o", metavar="DIR", help="Write a calibrated "
+                                                  "copy of VALID and each TEST into DIR: same name, format, "
+                                                  "columns and kind of values; never over an input.")] = None,
+    label: Annotated[Optional[str], typer.Option("--label", metavar="COLUMN", help="The column of true labels.",
+                                                 show_default="first of "
+                                                 "label, y, y_true, target, true_label, class")] = None,
+    classes: Classes = None,
+    probs: Probs = None,
+    key: Key = None,
+    weight: Annotated[Optional[str], typer.Option("--weight", metavar="COLUMN", help="A column of sample "
+                                                  "weights, for the fit and the metrics.")] = None,
+    ignore: Ignore = None,
+    positive: Annotated[Optional[str], typer.Option("--positive", metavar="LABEL", help="The label of class 1 when "
+                                                    "a single column holds P(class 1).")] = None,
+    input: Input = InputKind.probs,
+    eps: Eps = EPS_DEFAULT,
+    tol: Tol = 1e-4,
+    renormalize: Renormalize = False,
+    base: BaseOpt = Base.e,
+    bins: Annotated[int, typer.Option("--bins", metavar="N", help="Equal-width confidence bins for "
+                                      "ECE.")] = 15,
+    top_k: Annotated[Optional[int], typer.Option("--top-k", metavar="K", help="Also top_k_accuracy.")] = None,
+    format: FormatOpt = Format.table,
+    max: Annotated[Optional[list[str]], typer.Option("--max", metavar="METRIC=VALUE", help="Exit 1 if METRIC of "
+                                                     "VALID after calibration is above VALUE (repeatable).")] = None,
+    min: Annotated[Optional[list[str]], typer.Option("--min", metavar="METRIC=VALUE", help="Exit 1 if METRIC of "
+                                                     "VALID after calibration is below VALUE (repeatable).")] = None,
+    debug: Debug = False,
+    l2: Annotated[float, typer.Option("--l2", metavar="X", help="Vector scaling's penalty (X / 2)(|a - 1|^2 + "
+                                      "|b|^2) towards the identity map.")] = 1e-4,
+) -> None:
+    """Temperature scaling: fit T by maximum likelihood on VALID, report every metric before and after.
+
+    Calibrated predictions are softmax(z / T), z the logits, log-probabilities or log p; T > 1 softens them.
+
+    Memory: the fit holds VALID's log-probabilities, rows x classes x 8 bytes (4 copies while it runs).
+
+    --apply files are streamed. Each file is read more than once: no standard input.
+
+    Exit codes: 0 ok, 1 a --max/--min gate failed, 2 usage, input or environment error, 3 a bug of nll.
+    """
+    if format not in (Format.table, Format.json, Format.ndjson):
+        from .errors import UsageError
+
+        raise UsageError(f"--format {format.value}: nll calibrate writes table, json or ndjson")
+    _prepare_process()
+    from . import api
+    from .calibration import write_calibration
+
+    result = api.calibrate(valid, apply=apply or (), method=method.value, temperature=temperature, load=load,
+                           save=save, output=output, label=label, classes=classes, probs=probs, key=key,
+                           weight=weight, ignore=ignore or (), positive=positive, input=input.value, eps=eps,
+                           tol=tol, renormalize=renormalize, base=base.value, bins=bins, top_k=top_k,
+                           max=max or (), min=min or (), l2=l2)
+    write_calibration(result, format.value, sys.stdout)
+    for gate in result.failed_gates:
+        _err(f"nll: {gate.describe(result.valid[1].metrics.get(gate.metric))} (VALID after calibration)")
+    if result.failed_gates:
+        raise typer.Exit(EXIT_GATE)

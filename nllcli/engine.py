@@ -70,11 +70,18 @@ def _raise_problem(problem: losses.Problem | None, chunk, layout: Layout) -> Non
 
 def prepare(chunk, layout: Layout, settings: Settings, kind: str | None = None) -> Prepared:
     """Read, validate and normalise the class values of one batch."""
+    model_side = kind is None  # targets are never scaled by a temperature
     kind = kind or settings.kind
     values = layout.values(chunk.batch, chunk.first_row)
     if layout.binary:
         values = losses.binary_matrix(values[:, 0], kind)
     _raise_problem(losses.find_problem(values, kind, settings.tol, settings.renormalize), chunk, layout)
+    if settings.temperature is not None and model_side:
+        return Prepared(values, None, losses.tempered_log_softmax(values, kind, settings.temperature))
+    if settings.vector_scaling is not None and model_side:
+        scale, bias = (np.asarray(v) for v in settings.vector_scaling)
+        log_q = losses.vector_scaled_log_softmax(values, kind, scale, bias, settings.eps)
+        return Prepared(log_q, None, log_q)  # its own values: vector scaling may change the predicted class
     if kind == "probs":
         return Prepared(values, losses.renormalize_rows(values) if settings.renormalize else values, None)
     if kind == "logits" or settings.renormalize:
@@ -262,13 +269,13 @@ class Scorer:
                 nll, hard_clipped = losses.hard_label_nll(p_true, eps)
             else:
                 log_true = losses.true_class(pred.logs(), labels)
-                log_clipped = losses.log_clip(log_true, eps) if self.settings.kind == "log-probs" else None
+                log_clipped = losses.log_clip(log_true, eps) if self.settings.scored_kind == "log-probs" else None
                 if log_clipped is not None:
                     log_true = log_clipped.values
                 nll, p_true = -log_true, np.exp(log_true)
                 return {"nll": nll}, losses.RowClips.of(log_clipped, eps), p_true
             return {"nll": nll}, losses.RowClips.of(hard_clipped, eps), p_true
-        q, log_q, clipped = pred.model_side(self.settings.kind, eps)
+        q, log_q, clipped = pred.model_side(self.settings.scored_kind, eps)
         ce, h, kl = losses.soft_losses(targets, log_q, q)
         out = {"cross_entropy": ce, "entropy": h, "kl": kl}
         clips = losses.RowClips.of(clipped, eps, targets)
@@ -432,3 +439,18 @@ def partitions(job: Job, scorer: Scorer) -> Generator[Partition, None, None]:
             position += chunk.batch.num_rows
         if index is not None:
             index.finish(name)
+
+
+def model_rows(job: Job) -> Iterator[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]]:
+    """(log-probabilities, label indices or None, weights or None) of each batch of a job's
+    predictions, validated as scoring does; no temperature applied (log p for probabilities, -inf
+    for a zero). What a calibration map is fitted on."""
+    import dataclasses
+
+    settings = dataclasses.replace(job.settings, temperature=1.0)
+    scorer = Scorer(job)
+    with contextlib.closing(partitions(job, scorer)) as parts:
+        for part in parts:
+            chunk = part.chunk
+            labels = job.layout.label_indices(chunk.batch, chunk.first_row) if job.layout.label else None
+            yield prepare(chunk, job.layout, settings).logs(), labels, _weights(chunk, job.layout)

@@ -10,6 +10,9 @@ every format: escaped for Markdown so that they never make a link, an image, HTM
 heading or a table cell; for XML (and with the characters XML 1.0 forbids written as \\uXXXX); for
 OpenMetrics label values as its grammar says. Control characters are escaped visibly first
 (errors.visible), as on the terminal.
+
+A TokensReport (`nll tokens`) is written by the same classes: its dict has the same keys, and its
+input_roles(), counts() (documents and tokens, not rows), unit() and title() say what differs.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeGuard
 
 from . import metrics as metric_table
 from .errors import visible
@@ -25,6 +28,7 @@ from .render import _interval, _number, _text
 
 if TYPE_CHECKING:
     from .report import Report
+    from .tokens.report import TokensReport
 
 
 # -- gates, shared by every format and the CI annotations ----------------------------------------
@@ -49,14 +53,15 @@ def gate_results(report: Report) -> list[GateResult]:
     results = [_gate_result(entry, level, report.metrics) for entry in data.get("gates", [])]
     threshold = data.get("fail_if_worse")
     if threshold is not None:
-        nll: dict[str, Any] = next((row for row in data.get("comparison", []) if row.get("metric") == "nll"), {})
+        tested = data.get("fail_if_worse_metric", "nll")  # nll tokens --compare: bits_per_byte across tokenizers
+        nll: dict[str, Any] = next((row for row in data.get("comparison", []) if row.get("metric") == tested), {})
         ci = nll.get("ci")
         regression = data.get("regression")
-        measured = f"nll delta {_signed(nll.get('delta'))} {data.get('units', '')}".rstrip()
+        measured = f"{tested} delta {_signed(nll.get('delta'))} {_unit(report, tested)}".rstrip()
         if ci:
             measured += f", {_level(nll.get('confidence', level))} interval [{_short(ci[0])}, {_short(ci[1])}]"
         message = regression or f"{measured}: not entirely above {threshold:g}"
-        results.append(GateResult(f"--fail-if-worse {threshold:g}", regression is None, message, "nll",
+        results.append(GateResult(f"--fail-if-worse {threshold:g}", regression is None, message, tested,
                                   nll.get("delta"), ci))
     return results
 
@@ -139,8 +144,43 @@ def _signed(value: float | None) -> str:
 
 def title(report: Report) -> str:
     """The first line of every format: command, files, rows and classes (data: not escaped here)."""
-    files = ", ".join(name for names in report.inputs.values() for name in names)
-    return f"nll {report.command}: {files} ({report.rows:,} rows, {len(report.classes)} classes)"
+    if _tokens(report):  # files, documents and tokens
+        return report.title()
+    return f"nll {report.command}: {', '.join(_files(report))} ({report.rows:,} rows, {len(report.classes)} classes)"
+
+
+# A TokensReport (nll tokens) is read through the same keys; these say what differs: its inputs are a
+# list, it counts documents and tokens, its metrics have their own units.
+
+
+def _tokens(report: Report | TokensReport) -> TypeGuard[TokensReport]:
+    """Whether the report is a TokensReport (of nll tokens or its --compare)."""
+    return hasattr(report, "input_roles")
+
+
+def _inputs(report: Report) -> dict[str, list[str]]:
+    """The input files by role: preds and targets, base and new, or nll tokens' files."""
+    return report.input_roles() if _tokens(report) else report.inputs
+
+
+def _files(report: Report) -> list[str]:
+    return [name for names in _inputs(report).values() for name in names]
+
+
+def _counts(report: Report) -> list[tuple[str, int | None]]:
+    """What was scored: [("rows", n)], or documents and tokens."""
+    return report.counts() if _tokens(report) else [("rows", report.rows)]
+
+
+def _unit(report: Report, name: str) -> str:
+    """The unit of a metric: the report's for information metrics, else none."""
+    if _tokens(report):
+        return report.unit(name)
+    return report.units if metric_table.is_information(name) else ""
+
+
+def _count(value: int | None) -> str:
+    return "n/a" if value is None else f"{value:,}"
 
 
 # -- the formats ---------------------------------------------------------------------------------
@@ -241,8 +281,7 @@ class Markdown(ReportFormat):
         header = ["metric", "value", "unit"] + ([f"{_level(level)} interval"] if intervals else [])
         body = []
         for name, value in report.metrics.items():
-            unit = report.units if metric_table.is_information(name) else ""
-            row = [markdown_text(name), _number(value), unit]
+            row = [markdown_text(name), _number(value), _unit(report, name)]
             if intervals:
                 row.append(_ours(_bracketed(intervals.get(name))))
             body.append(row)
@@ -252,6 +291,7 @@ class Markdown(ReportFormat):
     def _groups(report: Report, data: dict[str, Any]) -> str:
         groups = report.groups
         columns = [markdown_text(column) for column in groups[0]["by"]]
+        counted = [name for name, _ in _counts(report)]
         if report.command == "compare" and groups[0].get("comparison"):
             level = groups[0]["comparison"][0].get("confidence")
             header = [*columns, "rows", "base nll", "new nll", "delta", f"{_level(level)} interval"]
@@ -265,11 +305,14 @@ class Markdown(ReportFormat):
             first = report.groups[0]["metrics"]
             shown = [m.name for m in metric_table.METRICS if m.in_groups and m.name in first
                      and not (m.name == "kl" and "nll" in report.metrics and report.metrics.get("entropy") == 0)]
-            header = [*columns, "rows", *shown]
+            if _tokens(report):  # every metric of the group
+                shown = list(first)
+            header = [*columns, *counted, *shown]
             body = []
             for group, shown_group in zip(groups, data["groups"]):
                 intervals = shown_group.get("intervals") or {}
-                body.append([*(markdown_text(_text(v)) for v in group["by"].values()), f"{group['rows']:,}",
+                body.append([*(markdown_text(_text(v)) for v in group["by"].values()),
+                             *(_count(group[name]) for name in counted),
                              *(_number(group["metrics"][m]) + (f" {_ours(_bracketed(intervals[m]))}"
                                                                if intervals.get(m) else "") for m in shown)])
         right = set(range(len(columns), len(header)))
@@ -277,13 +320,18 @@ class Markdown(ReportFormat):
 
     @staticmethod
     def _worst(report: Report) -> str:
-        numbers = ("p_true", "loss", "base_loss", "new_loss", "delta")
+        numbers: tuple[str, ...] = ("p_true", "loss", "base_loss", "new_loss", "delta")
         worst = report.worst
         columns = [c for c in ("row", "key", "label", "predicted", *numbers) if c in worst[0]]
-        body = [[_number(entry[c]) if c in numbers else str(entry[c]) if c == "row" else markdown_text(_text(entry[c]))
-                 for c in columns] for entry in worst]
-        right = {i for i, c in enumerate(columns) if c in ("row", *numbers)}
-        return "### Worst samples\n\n" + markdown_table(list(columns), body, right)
+        counts: tuple[str, ...] = ()
+        if _tokens(report):  # doc, tokens, bytes, nll, ... or doc, nll_delta
+            columns, counts = list(worst[0]), ("tokens", "bytes")
+            numbers = tuple(c for c in columns if c not in ("doc", *counts))
+        body = [[_number(entry[c]) if c in numbers else str(entry[c]) if c == "row" else _count(entry[c])
+                 if c in counts else markdown_text(_text(entry[c])) for c in columns] for entry in worst]
+        right = {i for i, c in enumerate(columns) if c in ("row", *numbers, *counts)}
+        heading = "Worst documents" if counts else "Worst samples"
+        return f"### {heading}\n\n" + markdown_table(list(columns), body, right)
 
     @staticmethod
     def _calibration(data: dict[str, Any]) -> str:
@@ -309,15 +357,15 @@ class Markdown(ReportFormat):
 
 
 def _delta(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:+.6f}"
+    return "n/a" if value is None or value != value else f"{value:+.6f}"
 
 
 def _share(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.1%}"
+    return "n/a" if value is None or value != value else f"{value:.1%}"
 
 
 def _ci(ci) -> str:
-    return "n/a" if not ci or any(v is None for v in ci) else _interval(ci)
+    return "n/a" if not ci or any(v is None or v != v for v in ci) else _interval(ci)
 
 
 def _bracketed(interval) -> str:
@@ -362,7 +410,7 @@ class JUnit(ReportFormat):
         properties = ET.SubElement(suite, "properties")
         for name, value in self._properties(report):
             ET.SubElement(properties, "property", {"name": _xml_text(name), "value": _xml_text(value)})
-        classname = f"nll.{report.command}"
+        classname = "nll." + report.command.replace(" ", ".")  # nll.score, nll.compare, nll.tokens.compare
         for result in results:
             case = ET.SubElement(suite, "testcase", {"classname": classname, "name": _xml_text(result.name),
                                                      "time": "0"})
@@ -379,9 +427,10 @@ class JUnit(ReportFormat):
 
     @staticmethod
     def _properties(report: Report) -> list[tuple[str, str]]:
-        files = [(f"input.{role}", name) for role, names in report.inputs.items() for name in names]
+        files = [(f"input.{role}", name) for role, names in _inputs(report).items() for name in names]
         values = [(f"metric.{name}", _number(value)) for name, value in report.metrics.items()]
-        return [("command", report.command), *files, ("rows", str(report.rows)), ("units", report.units), *values]
+        counts = [(name, "n/a" if value is None else str(value)) for name, value in _counts(report)]
+        return [("command", report.command), *files, *counts, ("units", report.units), *values]
 
     @staticmethod
     def _summary_lines(report: Report) -> list[str]:
@@ -389,8 +438,7 @@ class JUnit(ReportFormat):
         for row in report.comparison:
             lines.append(f"{row['metric']}: base {_number(row['base'])}, new {_number(row['new'])}, delta "
                          f"{_delta(row['delta'])}, {_level(row.get('confidence'))} interval {_ci(row.get('ci'))}")
-        lines += [f"{name} = {_number(value)}" + (f" {report.units}" if metric_table.is_information(name) else "")
-                  for name, value in report.metrics.items()]
+        lines += [f"{name} = {_number(value)} {_unit(report, name)}".rstrip() for name, value in report.metrics.items()]
         return lines + [f"warning: {note}" for note in report.all_warnings()]
 
 
@@ -420,15 +468,15 @@ class OpenMetrics(ReportFormat):
     """OpenMetrics text (what GitLab's metrics report reads): one gauge family per metric,
     `nll_<metric>`, with the labels command, input and units, plus class, group or model where the
     value is one of a class, a --by group or compare's base model; `nll_<metric>_lower` / `_upper`
-    for intervals, `nll_<metric>_delta` (and its interval) for compare, `nll_rows`, and
+    for intervals, `nll_<metric>_delta` (and its interval) for compare, `nll_rows` (`nll_documents`
+    and `nll_tokens` for nll tokens), and
     `nll_gate_passed` (1 or 0) per gate. Ends with `# EOF`."""
 
     name = "openmetrics"
 
     def render(self, report: Report) -> str:
         data = report.to_dict()
-        files = ", ".join(name for names in report.inputs.values() for name in names)
-        common = {"command": report.command, "input": files}
+        common = {"command": report.command, "input": ", ".join(_files(report))}
         families: dict[str, tuple[str, list[tuple[dict[str, str], float | None]]]] = {}
 
         def add(family: str, help_text: str, labels: dict[str, str], value: float | None) -> None:
@@ -437,9 +485,10 @@ class OpenMetrics(ReportFormat):
         level = _confidence(data)
         confidence = {"confidence": f"{level:g}"} if level is not None else {}
         main_model = {"model": "new"} if report.comparison else {}
-        add("rows", "Rows scored", main_model, report.rows)
+        for count, amount in _counts(report):
+            add(count, f"{count.capitalize()} scored", main_model, amount)
         for name, value in report.metrics.items():
-            units = {"units": report.units} if metric_table.is_information(name) else {}
+            units = {"units": _unit(report, name)} if _unit(report, name) else {}
             add(name, _help(name), {**units, **main_model}, value)
             interval = (data.get("intervals") or {}).get(name)
             if interval:
@@ -447,21 +496,22 @@ class OpenMetrics(ReportFormat):
                     add(f"{name}_{side}", _interval_help(side, name), {**units, **confidence}, bound)
         for row in data.get("comparison", []):
             name = row["metric"]
-            units = {"units": report.units} if metric_table.is_information(name) else {}
+            units = {"units": _unit(report, name)} if _unit(report, name) else {}
             add(name, _help(name), {**units, "model": "base"}, row["base"])
             add(f"{name}_delta", f"{name} of the new model minus that of the base model", units, row["delta"])
             for side, bound in zip(("lower", "upper"), row.get("ci") or ()):
                 add(f"{name}_delta_{side}", f"{side} end of the paired bootstrap interval of the {name} delta",
                     {**units, "confidence": f"{row.get('confidence', level):g}"}, bound)
-        for row in report.per_class:
+        for row in data.get("per_class", []):
             for name in ("nll", "accuracy"):
                 units = {"units": report.units} if metric_table.is_information(name) else {}
                 add(name, _help(name), {**units, "class": str(row["class"])}, row[name])
         for group, shown_group in zip(report.groups, data.get("groups", [])):
             label = {"group": ", ".join(f"{column}={_text(value)}" for column, value in group["by"].items())}
-            add("rows", "Rows scored", label, group["rows"])
+            for count, _ in _counts(report):
+                add(count, f"{count.capitalize()} scored", label, group[count])
             for name, value in group["metrics"].items():
-                units = {"units": report.units} if metric_table.is_information(name) else {}
+                units = {"units": _unit(report, name)} if _unit(report, name) else {}
                 add(name, _help(name), {**units, **label}, value)
                 for side, bound in zip(("lower", "upper"), (shown_group.get("intervals") or {}).get(name) or ()):
                     add(f"{name}_{side}", _interval_help(side, name), {**units, **label, **confidence}, bound)

@@ -108,6 +108,31 @@ def log_softmax(z: np.ndarray) -> np.ndarray:
         return z - logsumexp(z)[:, None]
 
 
+def tempered_log_softmax(values: np.ndarray, kind: str, temperature: float) -> np.ndarray:
+    """Temperature scaling: log q_k = z_k / T - logsumexp(z / T), with z the logits, the
+    log-probabilities, or log p for probabilities (log 0 = -inf: a zero stays a zero, as p^(1/T)).
+
+    Never log(softmax(z / T)); any shift of a row's z leaves the result unchanged. T > 0.
+    """
+    z = _log(values) if kind == "probs" else values
+    return log_softmax(z / temperature)
+
+
+def vector_scaled_log_softmax(values: np.ndarray, kind: str, scale: np.ndarray, bias: np.ndarray,
+                              eps: float) -> np.ndarray:
+    """Vector scaling: log q = log_softmax(a * x + b), one scale a_k and bias b_k per class, x the
+    log-probabilities of the values (log_softmax of the logits, log-probabilities, log p) raised to
+    at least log(eps) (log of the smallest double for eps = 0), so that a zero stays finite."""
+    x = feature_log_probs(values, kind, eps)
+    return log_softmax(x * scale + bias)
+
+
+def feature_log_probs(values: np.ndarray, kind: str, eps: float) -> np.ndarray:
+    """The log-probabilities vector scaling works on: log_softmax of z (or of log p), >= log(eps)."""
+    floor = math.log(eps) if eps > 0 else math.log(_TINY)
+    return np.maximum(log_softmax(_log(values) if kind == "probs" else values), floor)
+
+
 def renormalize_rows(p: np.ndarray) -> np.ndarray:
     """Divide each row by its sum (rows must have a positive sum)."""
     return p / p.sum(axis=1, keepdims=True)

@@ -30,6 +30,8 @@ class Settings:
     top_k: int | None = None
     bins_kind: str = "width"  # the bins of ece, mce, ece_l2(_debiased) and the calibration table
     ignore_label: str | None = None  # rows with this label are dropped and counted (torch's ignore_index)
+    temperature: float | None = None  # scale logits by 1/T before scoring (nll calibrate)
+    vector_scaling: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # (scales, biases) per class
 
     def __post_init__(self):
         if self.kind not in losses.INPUT_KINDS:
@@ -50,6 +52,19 @@ class Settings:
             raise UsageError(f"--bins-kind {self.bins_kind!r}: choose width or mass")
         if self.ignore_label is not None and not str(self.ignore_label).strip():
             raise UsageError("--ignore-label: give the label value to drop, e.g. -100")
+        if self.temperature is not None and not (0 < self.temperature < math.inf):
+            raise UsageError(f"--temperature {self.temperature:g}: must be a positive finite number")
+        if self.vector_scaling is not None and (self.temperature is not None or len(self.vector_scaling) != 2 or
+                                                len(self.vector_scaling[0]) != len(self.vector_scaling[1]) or
+                                                not all(map(math.isfinite, sum(self.vector_scaling, ())))):
+            raise UsageError("vector scaling needs as many finite scales as biases, and no temperature")
+
+    @property
+    def scored_kind(self) -> str:
+        """The kind the kernels see: probabilities scaled by a temperature arrive as log-probabilities
+        (clipped by eps like them)."""
+        scaled = self.temperature is not None or self.vector_scaling is not None
+        return "log-probs" if scaled and self.kind == "probs" else self.kind
 
     @property
     def unit_scale(self) -> float:
@@ -181,11 +196,13 @@ def plan_score(preds, *, targets=None, label: str | None = None, classes: str | 
                class_weight_file: str | Path | None = None,
                storage_options: dict | None = None,
                interval: bool = False, confidence: float = 0.95, resamples: int = 2000, seed: int = 0,
-               gate_on: str = "value") -> Job:
+               gate_on: str = "value", temperature: float | None = None,
+               vector_scaling: tuple[tuple[float, ...], tuple[float, ...]] | None = None) -> Job:
     """Check the options and open the inputs of a `score` (see score())."""
     settings = Settings(kind=input, eps=eps, tol=tol, renormalize=renormalize, base=str(base),
                         label_smoothing=label_smoothing, bins=bins, top_k=top_k, bins_kind=bins_kind,
-                        ignore_label=None if ignore_label is None else str(ignore_label).strip())
+                        ignore_label=None if ignore_label is None else str(ignore_label).strip(),
+                        temperature=temperature, vector_scaling=vector_scaling)
     soft = targets is not None or target_prefix is not None or label_smoothing is not None
     if label_smoothing is not None and (targets is not None or target_prefix is not None):
         raise UsageError("--label-smoothing softens hard labels; it does not combine with --targets or --target-prefix")
@@ -219,6 +236,9 @@ def plan_score(preds, *, targets=None, label: str | None = None, classes: str | 
         layout.class_names = _list_width_names(sources, layout)
     if soft and layout.binary:
         raise UsageError("soft targets need one probability column per class (this file has one)")
+    if vector_scaling is not None and len(vector_scaling[0]) != len(layout.class_names):
+        raise UsageError(f"vector scaling has {len(vector_scaling[0])} scales, the file "
+                         f"{len(layout.class_names)} classes")
     if layout.label is None:
         for gate in gates:
             if metrics.find(gate.metric).needs_label:

@@ -13,11 +13,17 @@ FIGSIZE = (12.0, 9.0)  # inches
 DPI = 150
 MAX_CLASSES = 20  # the classes with the highest NLL, when there are more
 LEGEND = {"fontsize": 8, "framealpha": 0.9, "edgecolor": "none"}
-BLUE, RED, GREY = "#4c72b0", "#c44e52", "#8c8c8c"
+BLUE, RED, GREY, GREEN = "#4c72b0", "#c44e52", "#8c8c8c", "#2a9d5c"
+DOMINANT_SHARE = 0.5  # a confidence bin holding more than this share of the weight: log scale
 
 
-def write_plot(output: str, report: Report | None = None) -> None:
-    """Check OUTPUT (suffix, matplotlib, folder); given a report, draw it and write OUTPUT atomically."""
+def write_plot(output: str, report: Report | None = None, calibrated: Report | None = None,
+               temperature: float | None = None) -> None:
+    """Check OUTPUT (suffix, matplotlib, folder); given a report, draw it and write OUTPUT atomically.
+
+    ``calibrated``: the report of the same file scaled by ``temperature`` (nll calibrate), drawn
+    beside the original in the reliability diagram and the confidence histogram.
+    """
     path = Path(output)
     fmt = path.suffix.lower()[1:]
     if fmt not in FORMATS:
@@ -39,7 +45,7 @@ def write_plot(output: str, report: Report | None = None) -> None:
         matplotlib.rcParams["text.parse_math"] = False  # a '$' in a class or file name is text, not mathtext
         fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
         FigureCanvasAgg(fig)  # no pyplot, no GUI
-        _draw(fig, report)
+        _draw(fig, report, calibrated, temperature)
         _save(fig, path, fmt)
 
 
@@ -58,18 +64,24 @@ def _save(fig, path: Path, fmt: str) -> None:
         raise
 
 
-def _draw(fig, report: Report) -> None:
+def _draw(fig, report: Report, calibrated: Report | None = None, temperature: float | None = None) -> None:
     (rel, conf), (loss, per_class) = fig.subplots(2, 2)
-    _reliability(rel, report)
-    _confidence(conf, report)
+    _reliability(rel, report, calibrated, temperature)
+    _confidence(conf, report, calibrated, temperature)
     _losses(loss, report)
     _per_class(per_class, report)
-    fig.suptitle(f"{_inputs(report)}\n{_headline(report)}", fontsize=13)
+    headline = _headline(report)
+    if calibrated is not None and temperature is not None:
+        headline += f"\nafter temperature scaling, T = {temperature:.4g}:   {_headline(calibrated, rows=False)}"
+    fig.suptitle(f"{_inputs(report)}\n{headline}", fontsize=13)
 
 
-def _reliability(ax, report: Report) -> None:
+def _reliability(ax, report: Report, calibrated: Report | None = None, temperature: float | None = None) -> None:
     m = report.metrics
-    ax.set_title("Reliability" + (f"   ECE {_num(m['ece'])}   MCE {_num(m.get('mce'))}" if "ece" in m else ""))
+    title = "Reliability" + (f"   ECE {_num(m['ece'])}   MCE {_num(m.get('mce'))}" if "ece" in m else "")
+    if calibrated is not None and "ece" in calibrated.metrics:
+        title += f"   ->   ECE {_num(calibrated.metrics['ece'])} after T"
+    ax.set_title(title)
     bins = [b for b in report.calibration if b["weight"] > 0]
     if not bins:
         return _note(ax, "no calibration: needs a label column")
@@ -84,18 +96,40 @@ def _reliability(ax, report: Report) -> None:
     if len(report.calibration) <= 25:
         for x, w, a, c, b in zip(lo, width, acc, cnf, bins):
             ax.text(x + w / 2, max(a, c) + 0.015, _count(b["weight"]), ha="center", va="bottom", fontsize=7)
+    if calibrated is not None and temperature is not None:
+        after = [b for b in calibrated.calibration if b["weight"] > 0]
+        ax.plot([b["confidence"] for b in after], [b["accuracy"] for b in after], "o-", color=GREEN, lw=1.5,
+                ms=4, label=f"after T = {temperature:.4g}")
+        # room above accuracy 1 for a legend of two columns, which would otherwise hide bars
+        ax.set(ylim=(0, 1.3), yticks=[0, 0.2, 0.4, 0.6, 0.8, 1.0])
+        ax.legend(loc="upper left", ncol=2, **LEGEND)
+        ax.set(xlim=(0, 1), xlabel="confidence (top-class probability)", ylabel="accuracy")
+        return None
     ax.set(xlim=(0, 1), ylim=(0, 1.1), xlabel="confidence (top-class probability)", ylabel="accuracy")
     ax.legend(loc="upper left", **LEGEND)
 
 
-def _confidence(ax, report: Report) -> None:
-    ax.set_title("Confidence")
+def _confidence(ax, report: Report, calibrated: Report | None = None, temperature: float | None = None) -> None:
     bins = report.calibration
     if not any(b["weight"] > 0 for b in bins):
+        ax.set_title("Confidence")
         return _note(ax, "no confidences: needs a label column")
-    ax.bar([b["bin"][0] for b in bins], [b["weight"] for b in bins], [b["bin"][1] - b["bin"][0] for b in bins],
-           align="edge", color=BLUE, edgecolor="white")
-    total = sum(b["weight"] for b in bins)
+    weights = [b["weight"] for b in bins]
+    total = sum(weights)
+    log_scale = max(weights) > DOMINANT_SHARE * total  # one bin would flatten every other bar
+    ax.set_title("Confidence" + ("   (log scale: one bin holds most rows)" if log_scale else ""))
+    ax.bar([b["bin"][0] for b in bins], weights, [b["bin"][1] - b["bin"][0] for b in bins],
+           align="edge", color=BLUE, edgecolor="white", label="as given" if calibrated is not None else None)
+    if calibrated is not None and temperature is not None:
+        edges = [b["bin"][0] for b in calibrated.calibration] + [calibrated.calibration[-1]["bin"][1]]
+        ax.stairs([b["weight"] for b in calibrated.calibration], edges, color=GREEN, lw=1.8,
+                  label=f"after T = {temperature:.4g}")
+    if log_scale:
+        from matplotlib.ticker import FuncFormatter, NullFormatter
+
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))  # no mathtext: plain 100
+        ax.yaxis.set_minor_formatter(NullFormatter())
     mean_conf = sum(b["confidence"] * b["weight"] for b in bins if b["weight"] > 0) / total
     ax.axvline(mean_conf, color=RED, lw=1.5, label=f"mean confidence {mean_conf:.3f}")
     if "accuracy" in report.metrics:
@@ -156,8 +190,8 @@ def _inputs(report: Report) -> str:
     return " vs targets ".join(shown)
 
 
-def _headline(report: Report) -> str:
-    m, parts = report.metrics, [f"{report.rows:,} rows"]
+def _headline(report: Report, rows: bool = True) -> str:
+    m, parts = report.metrics, [f"{report.rows:,} rows"] if rows else []
     if "nll" in m:
         parts.append(f"{_loss_name(report)} {_num(m['nll'])} {report.units}")
     if "accuracy" in m:

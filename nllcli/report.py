@@ -198,6 +198,7 @@ class Report:
     ignore_label: str | None = None
     class_weights: dict[str, float] | None = None  # --class-weight, by class
     bins_kind: str = "width"  # the bins of ece, mce, ece_l2(_debiased) and `calibration`
+    multilabel: bool = False  # score --multilabel: per_class rows are labels, nll is binary cross-entropy
 
     @property
     def failed_gates(self) -> list[Gate]:
@@ -262,6 +263,7 @@ class Report:
             "ignore_label": self.ignore_label,
             "class_weights": self.class_weights,
             "bins_kind": self.bins_kind,
+            "multilabel": self.multilabel,
             "warnings": warnings,
             "calibration": self.calibration,
             "loss_histogram": self.loss_histogram,

@@ -258,3 +258,38 @@ def _arrow(values):
     if isinstance(values, np.ndarray) and values.dtype == object:
         return pa.array(values, pa.string())
     return pa.array(values)
+
+
+def write_copy(target: Path, batches, *, fmt: str, delimiter: str = ",", compressed: bool = False,
+               metadata: dict | None = None) -> None:
+    """Write record batches to ``target`` as CSV (with the delimiter, gzipped if asked) or Parquet
+    (with the schema metadata given), through an AtomicFile: complete or not there at all."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    file = AtomicFile(Path(target))
+    writer: Any = None
+    try:
+        with reported_as(str(target)):
+            with pa.OSFile(str(file.temp), "w") as raw:
+                sink = pa.CompressedOutputStream(raw, "gzip") if compressed and fmt == "csv" else raw
+                for batch in batches:
+                    if writer is None:
+                        schema = batch.schema.with_metadata(metadata) if metadata else batch.schema
+                        writer = (pq.ParquetWriter(sink, schema) if fmt == "parquet" else pacsv.CSVWriter(
+                            sink, batch.schema, write_options=pacsv.WriteOptions(delimiter=delimiter,
+                                                                                 quoting_style="needed")))
+                    writer.write_batch(batch)
+                if writer is not None:
+                    writer.close()
+                    writer = None
+                if sink is not raw:
+                    sink.close()
+        file.commit()
+    except BaseException:
+        if writer is not None:
+            with contextlib.suppress(Exception):
+                writer.close()
+        file.abort()
+        raise

@@ -84,13 +84,20 @@ class SavedState:
         return SavedState(job, self.state + shifted, self.name, self.agree)
 
 
+CALIBRATION_SETTINGS = ("temperature", "vector_scaling")  # nll calibrate's; None when not asked for
+
+
 def agreement(job: Job) -> dict[str, Any]:
     """What two states must share to merge: the command, every setting (units, bins, eps...), the
     classes in order and the column roles the report shows."""
     from .metrics import reported
 
     layout = job.layout
-    return {"command": job.command, **dataclasses.asdict(job.settings), "soft": job.soft,
+    settings = dataclasses.asdict(job.settings)
+    for name in CALIBRATION_SETTINGS:  # absent unless set, so that states written before them still match
+        if settings[name] is None:
+            del settings[name]
+    return {"command": job.command, **settings, "soft": job.soft,
             "classes": list(layout.class_names), "labelled": layout.label is not None,
             "weighted": layout.weight is not None, "key": layout.key, "groups": list(layout.groups),
             "worst": job.worst, "metrics": [m.name for m in reported(job)]}

@@ -428,13 +428,3 @@ def test_nll_compare_on_token_files_is_tokens_compare(tmp_path, run):
     data = loads_strict(result.stdout)
     assert data["command"] == "tokens compare" and data["comparison"][0]["delta"] == 0.0
     assert run("compare", files["chat"], files["batch"], "--label", "y").exit_code == 2
-
-
-def test_formats_of_score_only_are_refused_before_reading(tmp_path, run):
-    frame = random_tokens(11, masks=False, placeholders=False)
-    files = layouts(tmp_path, frame)
-    assert run("tokens", files["chat"], "-f", "markdown").exit_code == 2
-    for extra in (["-f", "junit"], ["--report", tmp_path / "r.json"]):
-        result = run("compare", files["chat"], files["batch"], *extra)
-        assert_input_error(result, "token files" if "--report" in extra else "nll tokens writes")
-    assert not (tmp_path / "r.json").exists()

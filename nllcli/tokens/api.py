@@ -175,6 +175,8 @@ def compare_tokens(base_files, new_files, *, format_in: str | None = None, doc: 
         report.worst = _most_worsened(base_run, token_deltas if same_tokens else byte_deltas,
                                       "nll" if same_tokens else "bits_per_byte", scale if same_tokens else 1.0, worst)
     report.regression = _regression(rows, fail_if_worse, UNITS[base])
+    report.fail_if_worse = fail_if_worse
+    report.fail_if_worse_metric = _tested_row(rows)["metric"]
     return report
 
 
@@ -183,11 +185,16 @@ def _most_worsened(run: engine.Run, deltas: np.ndarray, name: str, scale: float,
     return [{"doc": run.state.ids[i], f"{name}_delta": float(deltas[i] / scale)} for i in order]
 
 
+def _tested_row(rows: list[dict]) -> dict:
+    """The delta --fail-if-worse tests: nll's, else bits_per_byte's when nll has no interval."""
+    return rows[0] if not math.isnan(rows[0]["ci"][0]) else rows[1]
+
+
 def _regression(rows: list[dict], threshold: float | None, units: str) -> str | None:
     """A clear regression: the delta and its whole interval above the threshold (nll, else bits_per_byte)."""
     if threshold is None:
         return None
-    row = rows[0] if not math.isnan(rows[0]["ci"][0]) else rows[1]
+    row = _tested_row(rows)
     low, high = row["ci"]
     unit = units if row["metric"] == "nll" else "bits per byte"
     if math.isnan(low):

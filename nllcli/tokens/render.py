@@ -1,14 +1,17 @@
-"""A TokensReport as a table (plain text when piped), JSON or NDJSON, through render.py's pieces."""
+"""A TokensReport as a table (plain text when piped), JSON or NDJSON, through render.py's pieces, or as
+Markdown, JUnit or OpenMetrics through the writers of formats.py."""
 
 from __future__ import annotations
 
 import io
-from typing import IO
+from collections.abc import Callable
+from typing import IO, Any
 
 from ..errors import UsageError, without_trailing_spaces
 from ..render import PLAIN_WIDTH, _cell, _cells, _interval, _number, _table, _terminal_size, _text, to_json
+from ..render import RENDERERS as SCORE_RENDERERS
 from ..sinks import reported_as
-from .report import INFORMATION, TokensReport
+from .report import TokensReport
 
 
 def _count(value) -> str:
@@ -44,11 +47,7 @@ def write_table(report: TokensReport, stream: IO[str]) -> None:
         console.size = _terminal_size(stream, console.size)
     plain = not terminal
     style = dict(box=None if plain else box.SIMPLE_HEAVY, show_edge=not plain, pad_edge=False)
-    files = ", ".join(report.inputs)
-    if report.base is not None:
-        files = f"{', '.join(report.base.inputs)} -> {files}"
-    title = (f"nll {report.command}: {files} ({report.layout}; {_count(report.tokens)} tokens, "
-             f"{report.documents:,} documents, {report.masked:,} masked, {report.placeholder:,} placeholders)")
+    title = report.title()
     with console.capture() as captured:
         console.print(_cell(title))
         if report.base is not None:
@@ -67,8 +66,7 @@ def write_table(report: TokensReport, stream: IO[str]) -> None:
             console.print(_cell("new model:"))
         metrics = _table(style, plain, ("metric", "left"), ("value", "right"), ("unit", "left"))
         for name, value in report.metrics.items():
-            unit = report.units if name in INFORMATION else "bits" if name == "bits_per_byte" else ""
-            metrics.add_row(*_cells(name, _number(value), unit))
+            metrics.add_row(*_cells(name, _number(value), report.unit(name)))
         _print(console, metrics)
         if report.groups:
             columns = [(c, "left") for c in report.groups[0]["by"]]
@@ -103,11 +101,14 @@ def write_ndjson(report: TokensReport, stream: IO[str]) -> None:
     stream.write(to_json(report, indent=None) + "\n")  # type: ignore[arg-type]
 
 
-RENDERERS = {"table": write_table, "json": write_json, "ndjson": write_ndjson}
+# Markdown, JUnit and OpenMetrics: the writers of formats.py, which read a TokensReport as they read a Report.
+RENDERERS: dict[str, Callable[[Any, IO[str]], None]] = {
+    "table": write_table, "json": write_json, "ndjson": write_ndjson,
+    **{name: SCORE_RENDERERS[name] for name in ("markdown", "junit", "openmetrics")}}
 
 
 def check_format(fmt: str) -> None:
-    """Before any work: the formats a TokensReport is written in (Markdown, JUnit and OpenMetrics are score's)."""
+    """Before any work: the formats a TokensReport is written in."""
     if fmt not in RENDERERS:
         raise UsageError(f"--format {fmt}: nll tokens writes {', '.join(RENDERERS)}")
 

@@ -110,6 +110,29 @@ class TokensReport:
     regression: str | None = None
     base: "TokensReport | None" = None
     command: str = "tokens"
+    fail_if_worse: float | None = None  # --compare --fail-if-worse: the threshold asked (None: not asked)
+    fail_if_worse_metric: str = "nll"  # the delta it was tested on: bits_per_byte when nll has no interval
+
+    def unit(self, name: str) -> str:
+        """The unit a metric is shown in: the asked one for nll and doc_nll, bits for bits_per_byte."""
+        return self.units if name in INFORMATION else "bits" if name == "bits_per_byte" else ""
+
+    def input_roles(self) -> dict[str, list[str]]:
+        """The inputs by role, as a score Report's `inputs`: the files, or BASE and NEW's (--compare)."""
+        return {"base": self.base.inputs, "new": self.inputs} if self.base is not None else {"files": self.inputs}
+
+    def counts(self) -> list[tuple[str, int | None]]:
+        """What was scored, for the titles and the CI formats: documents and tokens (None: unknown)."""
+        return [("documents", self.documents), ("tokens", self.tokens)]
+
+    def title(self) -> str:
+        """The first line of every format (data: not escaped here)."""
+        files = ", ".join(self.inputs)
+        if self.base is not None:
+            files = f"{', '.join(self.base.inputs)} -> {files}"
+        count = "n/a" if self.tokens is None else f"{self.tokens:,}"
+        return (f"nll {self.command}: {files} ({self.layout}; {count} tokens, {self.documents:,} documents, "
+                f"{self.masked:,} masked, {self.placeholder:,} placeholders)")
 
     @property
     def failed_gates(self) -> list[Gate]:
@@ -154,6 +177,8 @@ class TokensReport:
             out["comparison"] = [{k: ([_finite(x) for x in v] if isinstance(v, list) else _finite(v))
                                   for k, v in row.items()} for row in self.comparison]
             out["regression"] = self.regression
+            out["fail_if_worse"] = self.fail_if_worse
+            out["fail_if_worse_metric"] = self.fail_if_worse_metric
             out["base"] = self.base.to_dict()
         return out
 
