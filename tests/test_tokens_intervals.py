@@ -13,11 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from helpers import loads_strict
 from nllcli.bootstrap import key_ids, percentile_interval, poisson_weights
 from nllcli.tokens import engine, readers, tokens
 from nllcli.tokens.report import METRICS
-
-from helpers import loads_strict
 
 
 def documents(seed: int, docs: int = 60, mean_tokens: int = 12) -> pd.DataFrame:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -14,6 +15,9 @@ from ..report import NATS_PER_UNIT, UNITS
 from . import engine
 from .accumulate import Accumulator, Bootstrap
 from .report import TokensReport, accumulator, build, parse_gates, per_document
+
+if TYPE_CHECKING:
+    from ..sinks import PerSampleWriter
 
 Progress = Callable[[int, int], None]
 
@@ -55,8 +59,8 @@ class _PerDocRows:
 
     def __init__(self, target: str, base: str, groups: Sequence[str]) -> None:
         self.target, self.scale, self.groups = target, NATS_PER_UNIT[UNITS[base]], list(groups)
-        self.writer = None
-        self.schema = None
+        self.writer: PerSampleWriter | None = None
+        self.schema: Any = None
 
     def restart(self) -> None:
         """A fresh file (the input is read again after interleaving): drop what was written."""

@@ -43,8 +43,6 @@ class Run:
             self._flush(self.state.n)
 
     def _flush(self, count: int) -> None:
-        from ..bootstrap import key_ids
-
         if count <= 0 or self.accumulator is None:
             return
         state = self.state
@@ -52,7 +50,7 @@ class Run:
         self.accumulator.tokens_known, self.accumulator.text_known = self.tokens_known, self.text_known
         self.accumulator.add(ids, state.group_of[:count], {k: v[:count] for k, v in state.arrays().items()})
         if self.streaming:
-            self.seen.add(key_ids(ids))
+            self.seen.add(id_hashes(ids))
         state.drop_first(count)
 
 
@@ -143,10 +141,14 @@ def _read(paths, layout, by, progress, accumulator, streaming: bool, columns: di
     return out
 
 
+def id_hashes(ids: list) -> np.ndarray:
+    """Python's 64-bit hash of each document id: stable within the process, all the seen-set needs
+    (the bootstrap's key_ids is stable across processes, but its module builds a 1M-entry table)."""
+    return np.fromiter((hash(i) for i in ids), np.int64, len(ids)).view(np.uint64)
+
+
 def _check_contiguous(out: Run, raw: readers.RawBatch, local: np.ndarray, ids: list) -> None:
     """Streaming: each document's tokens in one run, the open one (if any) first, none finished before."""
-    from ..bootstrap import key_ids
-
     starts = np.flatnonzero(np.r_[True, local[1:] != local[:-1]]) if len(local) else np.zeros(0, np.int64)
     run_docs = local[starts]
     if len(starts) > len(ids):
@@ -158,7 +160,7 @@ def _check_contiguous(out: Run, raw: readers.RawBatch, local: np.ndarray, ids: l
     for position, code in zip(starts[1:], run_docs[1:]):
         if ids[code] in out.state.index:
             raise Interleaved(raw.source, int(raw.rows[position]), ids[code])
-    seen = out.seen.seen(key_ids(ids))
+    seen = out.seen.seen(id_hashes(ids))
     if seen.any():
         code = int(np.flatnonzero(seen)[0])
         raise Interleaved(raw.source, int(raw.rows[starts[code]]), ids[code])

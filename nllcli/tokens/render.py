@@ -72,7 +72,8 @@ def write_table(report: TokensReport, stream: IO[str]) -> None:
                 console.print(_cell(f"REGRESSION: {report.regression}"))
             console.print(_cell("new model:"))
         intervals = report.intervals if report.intervals is not None and report.bootstrap else None
-        interval_header = [(f"{report.bootstrap['confidence']:.0%} interval", "right")] if intervals else []
+        level = (report.bootstrap or {}).get("confidence", 0.95)
+        interval_header = [(f"{level:.0%} interval", "right")] if intervals else []
         metrics = _table(style, plain, ("metric", "left"), ("value", "right"), *interval_header, ("unit", "left"))
         for name, value in report.metrics.items():
             shown = [_plain_interval(intervals.get(name))] if intervals else []
@@ -80,15 +81,15 @@ def write_table(report: TokensReport, stream: IO[str]) -> None:
         _print(console, metrics)
         if report.groups:
             columns = [(c, "left") for c in report.groups[0]["by"]]
-            shown = ["nll", "perplexity", "bits_per_byte"]  # all seven are in the JSON report
+            in_groups = ["nll", "perplexity", "bits_per_byte"]  # all seven are in the JSON report
             table = _table(style, plain, *columns, ("documents", "right"), ("tokens", "right"),
-                           *((m, "right") for m in shown))
+                           *((m, "right") for m in in_groups))
             for group in report.groups:
-                ci = group.get("intervals")  # --interval: "value [low, high]" per cell
+                group_ci = group.get("intervals")  # --interval: "value [low, high]" per cell
+                cells = [_number(group["metrics"][m]) + (f" {_plain_interval(group_ci[m])}" if group_ci else "")
+                         for m in in_groups]
                 table.add_row(*_cells(*map(_text, group["by"].values()), f"{group['documents']:,}",
-                                      _count(group["tokens"]),
-                                      *[_number(group["metrics"][m]) + (f" {_plain_interval(ci[m])}" if ci else "")
-                                        for m in shown]))
+                                      _count(group["tokens"]), *cells))
             _print(console, table)
         if report.worst:
             keys = [k for k in report.worst[0] if k != "doc"]

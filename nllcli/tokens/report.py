@@ -200,14 +200,12 @@ def accumulator(*, base: str = "e", grouped: bool = False, bootstrap: Bootstrap 
                 rows: RowsSink | None = None) -> Accumulator:
     """An empty Accumulator for a run's finished documents (engine.run folds them in as it reads)."""
     scale = NATS_PER_UNIT[UNITS[base]]
-    acc = Accumulator(tokens_known=True, grouped=grouped, bootstrap=bootstrap, worst=worst, worst_key=lambda a: a,
-                      rows=rows)
-
     def worst_key(arrays: dict[str, np.ndarray]) -> np.ndarray:
         figures = doc_figures(arrays, scale, acc.tokens_known)
         return figures["nll"] if acc.tokens_known else figures["bits_per_byte"]
 
-    acc.worst_key = worst_key
+    acc = Accumulator(tokens_known=True, grouped=grouped, bootstrap=bootstrap, worst=worst, worst_key=worst_key,
+                      rows=rows)
     return acc
 
 
