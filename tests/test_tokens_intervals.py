@@ -222,3 +222,13 @@ def test_interleaved_standard_input_is_refused_with_a_hint(tmp_path, run):
     assert len(result.stderr.strip().splitlines()) == 1
     ordered = run("tokens", "-", "--format", "json", input=frame.to_csv(index=False))
     assert ordered.exit_code == 0 and loads_strict(ordered.stdout)["documents"] == 6
+
+
+def test_an_overflowing_document_perplexity_gives_an_infinite_bound_with_a_warning(tmp_path, run):
+    (tmp_path / "t.csv").write_text("doc_id,logprob\na,-800\nb,-1\nb,-2\nc,-0.5\nd,-1.5\n")
+    data = loads_strict(run("tokens", tmp_path / "t.csv", "--interval", "--resamples", "200",
+                            "--format", "json").stdout)
+    low, high = data["intervals"]["doc_perplexity"]
+    assert low == pytest.approx(math.exp(0.5)) and high is None  # inf: written as null
+    assert "the interval of doc_perplexity is infinite; written as null" in data["warnings"]
+    assert data["intervals"]["doc_nll"][1] > data["intervals"]["doc_nll"][0]  # finite, not NaN

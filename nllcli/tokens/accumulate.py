@@ -46,8 +46,8 @@ def replicate_sums(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """(R, k): sum_d weights[d, r] values[d, :]; an infinite value counts only where its weight is > 0."""
     infinite = ~np.isfinite(values)
     if not infinite.any():
-        return weights.T @ values
-    out = weights.T @ np.where(infinite, 0.0, values)
+        return (values.T @ weights).T  # (k, n) @ (n, R): row-major weights, far faster than weights.T @ values
+    out = (np.where(infinite, 0.0, values).T @ weights).T
     for column in np.flatnonzero(infinite.any(axis=0)):
         rows = infinite[:, column]
         drawn = weights[rows] > 0  # (m, R): the document is in resample r
@@ -111,29 +111,26 @@ class Bootstrap:
 
 
 class SeenIds:
-    """The 64-bit hashes of finished documents (8 bytes each, sorted runs merged as they grow), to tell
-    a document id seen again after it ended (interleaved input) from a new one."""
+    """The 64-bit hashes of finished documents (8 bytes each), to tell a document id seen again after
+    it ended (interleaved input) from a new one: sorted runs of doubling sizes (a log-structured set),
+    so that adding n hashes costs O(n log n) in all and a lookup O(log^2 n)."""
 
     def __init__(self) -> None:
-        self.main = np.zeros(0, np.uint64)
-        self.pending: list[np.ndarray] = []
-        self.pending_size = 0
+        self.levels: list[np.ndarray] = []  # sorted, sizes decreasing
 
     def add(self, hashes: np.ndarray) -> None:
-        self.pending.append(np.asarray(hashes, np.uint64))
-        self.pending_size += len(hashes)
-        if self.pending_size > max(1 << 16, len(self.main)):
-            self.main = np.union1d(self.main, np.concatenate(self.pending))
-            self.pending, self.pending_size = [], 0
+        run = np.sort(np.asarray(hashes, np.uint64))
+        while self.levels and len(self.levels[-1]) <= len(run):
+            run = np.sort(np.concatenate([self.levels.pop(), run]), kind="mergesort")
+        self.levels.append(run)
 
     def seen(self, hashes: np.ndarray) -> np.ndarray:
         """Per hash: was it added before?"""
+        hashes = np.asarray(hashes, np.uint64)
         found = np.zeros(len(hashes), bool)
-        if len(self.main):
-            at = np.minimum(np.searchsorted(self.main, hashes), len(self.main) - 1)
-            found |= self.main[at] == hashes
-        if self.pending:
-            found |= np.isin(hashes, np.concatenate(self.pending))
+        for level in self.levels:
+            at = np.minimum(np.searchsorted(level, hashes), len(level) - 1)
+            found |= level[at] == hashes
         return found
 
 
@@ -160,13 +157,15 @@ class Accumulator:
 
     def add(self, ids: list, group_of: list, arrays: dict[str, np.ndarray]) -> None:
         """Fold documents (ids, their --by keys, their DocState columns) that will not be continued."""
-        from ..bootstrap import block_size, key_ids, poisson_weights
-
         n = len(ids)
         if n == 0:
             return
         values = linear_values(arrays, self.tokens_known)
-        hashes = key_ids(ids) if self.bootstrap is not None else None
+        hashes = None
+        if self.bootstrap is not None:  # bootstrap.py builds its lookup table on import: only when asked
+            from ..bootstrap import block_size, key_ids, poisson_weights
+
+            hashes = key_ids(ids)
         if self.grouped:
             index: dict = {}
             codes = np.array([index.setdefault(k, len(index)) for k in group_of], np.int64)
@@ -176,7 +175,7 @@ class Accumulator:
             members = np.flatnonzero(codes == code) if len(index) > 1 else np.arange(n)
             part = {name: column[members] for name, column in arrays.items()}
             sums = Sums()
-            step = block_size(self.bootstrap.resamples) if self.bootstrap is not None else n
+            step = block_size(self.bootstrap.resamples) if self.bootstrap is not None else len(members)
             for start in range(0, len(members), step):
                 block = members[start:start + step]
                 weights = None
