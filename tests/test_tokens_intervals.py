@@ -6,6 +6,7 @@ gates on a bound, and in every format; and the streaming engine's bounded state.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 
@@ -232,3 +233,27 @@ def test_an_overflowing_document_perplexity_gives_an_infinite_bound_with_a_warni
     assert low == pytest.approx(math.exp(0.5)) and high is None  # inf: written as null
     assert "the interval of doc_perplexity is infinite; written as null" in data["warnings"]
     assert data["intervals"]["doc_nll"][1] > data["intervals"]["doc_nll"][0]  # finite, not NaN
+
+
+def test_per_doc_rows_are_the_same_streamed_interleaved_or_on_stdout(tmp_path, run, monkeypatch):
+    from nllcli import readers as table_readers
+
+    monkeypatch.setattr(table_readers, "CSV_BLOCK_BYTES", 512)  # many batches: rows streamed in pieces
+    frame = documents(11, docs=80).drop(columns=["token"])  # no text: a null byte length stays unknown
+    frame["bytes"] = frame["bytes"].astype("Int64")
+    frame.loc[frame["doc_id"] == "doc-5", "bytes"] = None  # one document of unknown length: a null
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    rank = frame.groupby("doc_id", sort=False).cumcount().to_numpy()
+    frame.iloc[np.argsort(rank, kind="stable")].to_csv(tmp_path / "mixed.csv", index=False)
+    for name in ("t", "mixed"):
+        assert run("tokens", tmp_path / f"{name}.csv", "--bytes", "bytes", "--by", "domain", "--per-doc",
+                   tmp_path / f"{name}.parquet").exit_code == 0
+    out = run("tokens", tmp_path / "t.csv", "--bytes", "bytes", "--by", "domain", "--per-doc", "-")
+    streamed = pd.read_parquet(tmp_path / "t.parquet")
+    assert len(streamed) == 80 and streamed["bytes"].isna().sum() == 1
+    stdout = pd.read_csv(io.StringIO(out.stdout))
+    mixed = pd.read_parquet(tmp_path / "mixed.parquet").set_index("doc").loc[streamed["doc"]].reset_index()
+    for other in (stdout, mixed):
+        assert other["doc"].tolist() == streamed["doc"].tolist()
+        assert other["tokens"].tolist() == streamed["tokens"].tolist()
+        assert np.allclose(other["nll"], streamed["nll"], rtol=1e-12)
