@@ -86,10 +86,14 @@ def write_table(report: TokensReport, stream: IO[str]) -> None:
                            *((m, "right") for m in in_groups))
             for group in report.groups:
                 group_ci = group.get("intervals")  # --interval: "value [low, high]" per cell
-                cells = [_number(group["metrics"][m]) + (f" {_plain_interval(group_ci[m])}" if group_ci else "")
-                         for m in in_groups]
+                values = [_number(group["metrics"][m]) for m in in_groups]
+                bounds = [_plain_interval(group_ci[m]) for m in in_groups] if group_ci else []
+                if bounds and plain:  # one line a group, for grep
+                    values = [f"{value} {bound}" for value, bound in zip(values, bounds)]
                 table.add_row(*_cells(*map(_text, group["by"].values()), f"{group['documents']:,}",
-                                      _count(group["tokens"]), *cells))
+                                      _count(group["tokens"]), *values))
+                if bounds and not plain:  # on a terminal the intervals go under the values
+                    table.add_row(*_cells(*[""] * (len(group["by"]) + 2), *bounds))
             _print(console, table)
         if report.worst:
             keys = [k for k in report.worst[0] if k != "doc"]
