@@ -1,7 +1,9 @@
 """Benchmark `nll tokens` on a 10M-token long table against a pandas groupby of the same file.
 
-    python benchmarks/bench_tokens.py            10,000,000 tokens (20,000 documents of 500)
-    python benchmarks/bench_tokens.py --quick    1,000,000 tokens
+    python benchmarks/bench_tokens.py                     10,000,000 tokens (20,000 documents of 500)
+    python benchmarks/bench_tokens.py --quick             1,000,000 tokens
+    python benchmarks/bench_tokens.py --doc-tokens 10     10,000,000 tokens in 1,000,000 documents
+    python benchmarks/bench_tokens.py --interval          with --interval (2000 resamples over documents)
 
 The CSV (``doc_id``, ``token``, ``logprob``; about 250 MB) is generated once from a fixed seed into
 $NLL_BENCH_DIR (default ~/.cache/nll-bench). Each command runs in a fresh process under
@@ -39,7 +41,7 @@ print(json.dumps({"perplexity": math.exp(total / tokens), "doc_perplexity": doc_
 """
 
 
-def generate(path: Path, tokens: int) -> None:
+def generate(path: Path, tokens: int, doc_tokens: int = DOC_TOKENS) -> None:
     import numpy as np
     import pyarrow as pa
     import pyarrow.csv as pcsv
@@ -52,7 +54,7 @@ def generate(path: Path, tokens: int) -> None:
                                                ("logprob", pa.float64())])) as writer:
         for start in range(0, tokens, chunk):
             n = min(chunk, tokens - start)
-            docs = (np.arange(start, start + n) // DOC_TOKENS).astype(str)
+            docs = (np.arange(start, start + n) // doc_tokens).astype(str)
             writer.write_table(pa.table({"doc_id": np.char.add("doc", docs),
                                          "token": vocab[rng.integers(0, len(vocab), n)],
                                          "logprob": -rng.exponential(2.5, n).round(6)}))
@@ -72,21 +74,26 @@ def measure(cmd: list[str]) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--doc-tokens", type=int, default=DOC_TOKENS, help="tokens per document")
+    parser.add_argument("--interval", action="store_true", help="nll tokens --interval (the bootstrap)")
     args = parser.parse_args()
     tokens = 1_000_000 if args.quick else 10_000_000
     cache = Path(os.environ.get("NLL_BENCH_DIR", Path.home() / ".cache" / "nll-bench"))
     cache.mkdir(parents=True, exist_ok=True)
-    path = cache / f"tokens_{tokens // 1_000_000}m.csv"
+    suffix = "" if args.doc_tokens == DOC_TOKENS else f"_{args.doc_tokens}"
+    path = cache / f"tokens_{tokens // 1_000_000}m{suffix}.csv"
     if not path.exists():
-        generate(path, tokens)
+        generate(path, tokens, args.doc_tokens)
     subprocess.run(["cat", str(path)], stdout=subprocess.DEVNULL, check=True)  # warm the page cache
-    nll = measure([*NLL, "tokens", str(path), "--format", "json", "--quiet"])
+    interval = ["--interval"] if args.interval else []
+    nll = measure([*NLL, "tokens", str(path), "--format", "json", "--quiet", *interval])
     pandas = measure([sys.executable, "-c", BASELINE, str(path)])
     a, b = nll["json"], pandas["json"]
     agree = a["tokens"] == b["tokens"] and all(
         abs(a["metrics"][m] - b[m]) <= 1e-9 * abs(b[m]) for m in ("perplexity", "doc_perplexity", "bits_per_byte"))
     size = path.stat().st_size / 1e6
-    print(f"nll tokens, {tokens:,} tokens ({size:.0f} MB CSV, {tokens // DOC_TOKENS:,} documents)")
+    print(f"nll tokens{' --interval' if args.interval else ''}, {tokens:,} tokens ({size:.0f} MB CSV, "
+          f"{tokens // args.doc_tokens:,} documents)")
     for name, run in (("nll tokens", nll), ("pandas groupby", pandas)):
         print(f"  {name:15} {run['wall_s']:7.2f} s  peak RSS {run['maxrss_kb'] / 1024:7.0f} MiB")
     print(f"  ratio (pandas / nll): time {pandas['wall_s'] / nll['wall_s']:.2f}x, "

@@ -929,11 +929,12 @@ def tokens(
     min: Min = None,
     compare: Annotated[bool, typer.Option("--compare", help="FILES are BASE NEW: paired by document id, deltas "
                                           "of nll and bits_per_byte with bootstrap intervals.")] = False,
-    confidence: Annotated[float, typer.Option("--confidence", metavar="LEVEL", help="--compare: the level of "
-                                              "the bootstrap intervals.")] = 0.95,
-    resamples: Annotated[int, typer.Option("--resamples", metavar="N", help="--compare: bootstrap "
-                                           "resamples.")] = 2000,
-    seed: Annotated[int, typer.Option("--seed", metavar="N", help="--compare: the bootstrap seed.")] = 0,
+    confidence: Annotated[float, typer.Option("--confidence", metavar="LEVEL", help="The level of the "
+                                              "bootstrap intervals (--interval, --compare).")] = 0.95,
+    resamples: Annotated[int, typer.Option("--resamples", metavar="N", help="Bootstrap resamples "
+                                           "(--interval, --compare).")] = 2000,
+    seed: Annotated[int, typer.Option("--seed", metavar="N", help="The bootstrap seed (--interval, "
+                                     "--compare).")] = 0,
     fail_if_worse: Annotated[Optional[float], typer.Option(
         "--fail-if-worse", metavar="DELTA", help="--compare: exit 1 when the nll delta and its whole interval "
         "are above DELTA (bits_per_byte when the tokenizers differ).")] = None,
@@ -941,6 +942,10 @@ def tokens(
     debug: Debug = False,
     report_file: ReportFile = None,
     no_ci_integration: NoCiIntegration = False,
+    interval: Annotated[bool, typer.Option("--interval", help="A seeded Poisson bootstrap over documents: an "
+                                           "interval for every metric, overall and per group (--confidence, "
+                                           "--resamples, --seed).")] = False,
+    gate_on: GateOnOpt = GateOn.on_value,
 ) -> None:
     """Perplexity, bits per byte and per-document NLL from saved LLM token log-probabilities.
 
@@ -966,6 +971,9 @@ def tokens(
                 raise UsageError(f"--compare takes two files, BASE NEW (got {len(files)})")
             if by or per_doc:
                 raise UsageError("--compare does not take --by or --per-doc")
+            if interval or gate_on.value != "value":
+                raise UsageError("--interval and --gate-on apply to one set of files: --compare bootstraps its "
+                                 "deltas already")
             report = tokens_api.compare_tokens(files[0], files[1], format_in=layout, base=base.value,
                                                confidence=confidence, resamples=resamples, seed=seed,
                                                fail_if_worse=fail_if_worse, max=max or (), min=min or (),
@@ -974,7 +982,9 @@ def tokens(
             if fail_if_worse is not None:
                 raise UsageError("--fail-if-worse needs --compare BASE NEW")
             report = tokens_api.tokens(files, format_in=layout, by=by or (), base=base.value, worst=worst,
-                                       max=max or (), min=min or (), per_doc=per_doc, progress=progress, **columns)
+                                       max=max or (), min=min or (), per_doc=per_doc, progress=progress,
+                                       interval=interval, confidence=confidence, resamples=resamples, seed=seed,
+                                       gate_on=gate_on.value, **columns)
     _finish(report, format, per_doc, report_files, not no_ci_integration, write=write_report)
 
 

@@ -428,3 +428,38 @@ def test_nll_compare_on_token_files_is_tokens_compare(tmp_path, run):
     data = loads_strict(result.stdout)
     assert data["command"] == "tokens compare" and data["comparison"][0]["delta"] == 0.0
     assert run("compare", files["chat"], files["batch"], "--label", "y").exit_code == 2
+
+
+@pytest.mark.parametrize("name", ["chat", "completions", "vllm", "long"])
+def test_json_lines_on_standard_input_is_detected_as_for_files(tmp_path, run, name):
+    """`nll tokens -` peeks at the first bytes of stdin: JSON Lines of any layout, not a CSV table."""
+    frame = random_tokens(12, masks=False, placeholders=False)
+    files = layouts(tmp_path, frame)
+    files["long"] = tmp_path / "long.jsonl"
+    frame.to_json(files["long"], orient="records", lines=True)
+    expected = loads_strict(run("tokens", files[name], "--format", "json").stdout)
+    piped = run("tokens", "-", "--format", "json", input=files[name].read_bytes())
+    assert piped.exit_code == 0, piped.stderr
+    data = loads_strict(piped.stdout)
+    assert data["format_in"] == expected["format_in"] == ("table" if name == "long" else name)
+    assert data["metrics"] == pytest.approx(expected["metrics"], rel=1e-12)
+    assert data["tokens"] == expected["tokens"] and data["documents"] == expected["documents"]
+
+
+def test_a_real_pipe_of_gzipped_chat_lines_and_of_parquet(tmp_path):
+    import gzip
+
+    frame = random_tokens(13, masks=False, placeholders=False)
+    chat = layouts(tmp_path, frame)["chat"]
+    frame.to_parquet(tmp_path / "t.parquet")
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    results = []
+    for payload in (gzip.compress(chat.read_bytes()), (tmp_path / "t.parquet").read_bytes(), chat.read_bytes()):
+        done = subprocess.run([sys.executable, "-m", "nllcli", "tokens", "-", "--format", "json"], input=payload,
+                              capture_output=True, env=env)
+        assert done.returncode == 0, done.stderr
+        results.append(json.loads(done.stdout))
+    assert [r["format_in"] for r in results] == ["chat", "table", "chat"]
+    for r in results[1:]:
+        assert r["metrics"]["nll"] == pytest.approx(results[0]["metrics"]["nll"], rel=1e-12)

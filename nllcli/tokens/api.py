@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -12,7 +13,11 @@ from ..errors import InputError, UsageError
 from ..plan import check_stdin_once
 from ..report import NATS_PER_UNIT, UNITS
 from . import engine
-from .report import TokensReport, build, parse_gates, per_document
+from .accumulate import Accumulator, Bootstrap
+from .report import TokensReport, accumulator, build, parse_gates, per_document
+
+if TYPE_CHECKING:
+    from ..sinks import PerSampleWriter
 
 Progress = Callable[[int, int], None]
 
@@ -49,23 +54,58 @@ def _check_per_doc(per_doc, inputs: list[str]) -> None:
         refuse_input_as_output(target, "--per-doc", inputs)
 
 
-def _write_per_doc(per_doc, run: engine.Run, base: str) -> None:
-    """The per-document rows, written atomically (a temporary file renamed into place)."""
-    from ..sinks import PerSampleWriter
+class _PerDocRows:
+    """The --per-doc rows, streamed as documents finish to a file renamed into place at the end."""
 
-    writer = PerSampleWriter(str(per_doc))
-    try:
-        writer.write(per_document(run, run.state.arrays(), NATS_PER_UNIT[UNITS[base]]))
-        writer.commit()
-    except BaseException:
-        writer.abort()
-        raise
+    def __init__(self, target: str, base: str, groups: Sequence[str]) -> None:
+        self.target, self.scale, self.groups = target, NATS_PER_UNIT[UNITS[base]], list(groups)
+        self.writer: PerSampleWriter | None = None
+        self.schema: Any = None
+
+    def restart(self) -> None:
+        """A fresh file (the input is read again after interleaving): drop what was written."""
+        from ..sinks import PerSampleWriter
+
+        if self.writer is not None:
+            self.writer.abort()
+        self.writer, self.schema = PerSampleWriter(self.target), None
+
+    def __call__(self, ids: list, group_of: list, arrays: dict, tokens_known: bool, text_known: bool) -> None:
+        import pyarrow as pa
+
+        assert self.writer is not None
+        columns = per_document(ids, group_of, arrays, self.scale, groups=self.groups, tokens_known=tokens_known,
+                               text_known=text_known)
+        typed = {"tokens": pa.int64(), "masked": pa.int64(), "placeholder": pa.int64(), "bytes": pa.int64(),
+                 "words": pa.int64(), "nll": pa.float64(), "perplexity": pa.float64(), "bits_per_byte": pa.float64()}
+        out = {}
+        for name, values in columns.items():
+            array = pa.array(values, typed.get(name))
+            known = self.schema.field(name).type if self.schema is not None else None
+            if known is not None and array.type != known:  # a chunk of nulls, or ints after strings: the file's type
+                array = array.cast(known) if pa.types.is_null(array.type) else array.cast(pa.string()).cast(known)
+            out[name] = array
+        if self.schema is None:
+            self.schema = pa.schema([(name, array.type) for name, array in out.items()])
+        self.writer.write(out)
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.abort()
+
+
+def _check_interval(confidence: float, resamples: int) -> None:
+    if not (0 < confidence < 1):
+        raise UsageError(f"--confidence {confidence:g}: must be between 0 and 1")
+    if resamples < 1:
+        raise UsageError(f"--resamples {resamples}: must be at least 1")
 
 
 def tokens(files, *, format_in: str | None = None, doc: str | None = None, logprob: str | None = None,
            bytes: str | None = None, mask: str | None = None, text: str | None = None, by: Sequence[str] = (),
            base: str = "e", worst: int = 0, max: Sequence[str] = (), min: Sequence[str] = (),
-           per_doc: str | Path | None = None, progress: Progress | None = None) -> TokensReport:
+           per_doc: str | Path | None = None, progress: Progress | None = None, interval: bool = False,
+           confidence: float = 0.95, resamples: int = 2000, seed: int = 0, gate_on: str = "value") -> TokensReport:
     """Perplexity, bits per byte and per-document NLL of saved token log-probabilities (`nll tokens`).
 
     files: paths of one layout (format_in: table, chat, completions, vllm or lm-eval; detected when
@@ -73,20 +113,40 @@ def tokens(files, *, format_in: str | None = None, doc: str | None = None, logpr
     long table's columns (found by name when None); by: group columns; base: e, 2 or 10 (nll and
     doc_nll in nats, bits or bans); worst: list the N documents of largest NLL; max / min: gates
     such as "perplexity=12.5", evaluated into the report (``failed_gates``); per_doc: a .csv or
-    .parquet file (or '-') of one row per document, written atomically.
+    .parquet file (or '-') of one row per document, written atomically. interval: a Poisson
+    bootstrap over documents (confidence, resamples, seed) of every metric, overall and per group;
+    gate_on: what the gates test (value, lower, upper or interval; a bound implies interval).
+
+    Documents whose tokens are contiguous (always so in the JSON Lines layouts) are streamed: memory
+    does not grow with the input (but for 8 bytes a document); interleaved files are read twice.
     """
     _check_options(base, worst)
+    _check_interval(confidence, resamples)
     paths = _paths(files)
     check_stdin_once([p for p in paths if isinstance(p, str)])
-    gates = parse_gates(max, min)
+    gates = parse_gates(max, min, gate_on)
     _check_per_doc(per_doc, paths)
-    run = engine.run(paths, layout=format_in, doc=doc, logprob=logprob, bytes=bytes, mask=mask, text=text, by=by,
-                     progress=progress)
-    if run.state.n == 0:
-        raise InputError(", ".join(run.inputs), "no tokens in the input")
-    report = build(run, base=base, gates=gates, worst=worst)
-    if per_doc is not None:
-        _write_per_doc(per_doc, run, base)
+    wants_interval = interval or any(g.on != "value" for g in gates)
+    bootstrap = Bootstrap(confidence, resamples, seed) if wants_interval else None
+    rows = _PerDocRows(str(per_doc), base, by) if per_doc is not None else None
+
+    def fresh() -> Accumulator:
+        if rows is not None:
+            rows.restart()
+        return accumulator(base=base, grouped=bool(by), bootstrap=bootstrap, worst=worst, rows=rows)
+
+    try:
+        run = engine.run(paths, layout=format_in, doc=doc, logprob=logprob, bytes=bytes, mask=mask, text=text,
+                         by=by, progress=progress, accumulator=fresh, stream=str(per_doc) != "-")
+        if run.accumulator is None or run.accumulator.total.count("documents") == 0:
+            raise InputError(", ".join(run.inputs), "no tokens in the input")
+        report = build(run, base=base, gates=gates, worst=worst)
+        if rows is not None and rows.writer is not None:
+            rows.writer.commit()
+    except BaseException:
+        if rows is not None:
+            rows.abort()
+        raise
     return report
 
 
@@ -132,10 +192,7 @@ def compare_tokens(base_files, new_files, *, format_in: str | None = None, doc: 
     and its whole interval are above it (bits_per_byte when the tokenizers differ). max / min gate NEW.
     """
     _check_options(base, worst)
-    if not (0 < confidence < 1):
-        raise UsageError(f"--confidence {confidence:g}: must be between 0 and 1")
-    if resamples < 1:
-        raise UsageError(f"--resamples {resamples}: must be at least 1")
+    _check_interval(confidence, resamples)
     gates = parse_gates(max, min)
     check_stdin_once(*[p for files in (base_files, new_files) for p in _paths(files) if isinstance(p, str)])
     options = dict(layout=format_in, doc=doc, logprob=logprob, bytes=bytes, mask=mask, text=text,

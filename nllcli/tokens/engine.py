@@ -9,6 +9,7 @@ import numpy as np
 
 from ..errors import InputError, UsageError
 from . import readers
+from .accumulate import Accumulator, SeenIds
 from .kernel import DocState, TokenBatch, is_placeholder, text_features
 
 MISSING_GROUP = None
@@ -16,7 +17,12 @@ MISSING_GROUP = None
 
 @dataclass
 class Run:
-    """What a run read: the per-document state and facts about the input."""
+    """What a run read: the per-document state and facts about the input.
+
+    Streaming (``accumulator`` given), a document is finished when the next one starts: it is folded
+    into the accumulator and forgotten, so ``state`` holds only the open document. Without one (and
+    after interleaved input, see run()), ``state`` keeps every document.
+    """
 
     state: DocState
     layouts: list[str]
@@ -26,6 +32,34 @@ class Run:
     text_known: bool = True
     rows: int = 0
     columns: dict = field(default_factory=dict)
+    accumulator: Accumulator | None = None
+    streaming: bool = False
+    seen: SeenIds = field(default_factory=SeenIds)
+    interleaved: str | None = None  # why the input could not be streamed (a document id seen again)
+
+    def finish(self) -> None:
+        """Fold the documents still in ``state`` into the accumulator (the end of the input)."""
+        if self.accumulator is not None:
+            self._flush(self.state.n)
+
+    def _flush(self, count: int) -> None:
+        if count <= 0 or self.accumulator is None:
+            return
+        state = self.state
+        ids = state.ids[:count]
+        self.accumulator.tokens_known, self.accumulator.text_known = self.tokens_known, self.text_known
+        self.accumulator.add(ids, state.group_of[:count], {k: v[:count] for k, v in state.arrays().items()})
+        if self.streaming:
+            self.seen.add(id_hashes(ids))
+        state.drop_first(count)
+
+
+class Interleaved(Exception):
+    """A document's tokens are not contiguous: its id is seen again after another document."""
+
+    def __init__(self, source: str, row: int, doc) -> None:
+        super().__init__(f"document {doc!r} continues at data row {row:,} after other documents")
+        self.source, self.row, self.doc = source, row, doc
 
 
 def batches(paths: Sequence[str], layout: str | None, *, doc: str | None = None, logprob: str | None = None,
@@ -61,22 +95,75 @@ def batches(paths: Sequence[str], layout: str | None, *, doc: str | None = None,
 
 
 def run(paths: Sequence[str], *, layout: str | None = None, by: Sequence[str] = (),
-        progress: Callable[[int, int], None] | None = None, **columns) -> Run:
-    """Stream every batch of ``paths`` into one DocState."""
+        progress: Callable[[int, int], None] | None = None,
+        accumulator: Callable[[], Accumulator] | None = None, stream: bool = True, **columns) -> Run:
+    """Stream every batch of ``paths`` into one DocState, or with ``accumulator`` (a factory) into it.
+
+    With an accumulator each document is folded as soon as the next one starts (memory O(1) in the
+    documents but for 8 bytes of hash each, to detect interleaving). When a document id is seen again
+    after it ended, the files are read again keeping every document (a warning says so); standard
+    input cannot be read again, so there it is an error that suggests sorting by document. With
+    ``stream`` False the accumulator gets every document at the end.
+    """
     if isinstance(paths, str):
         paths = [paths]
-    from ..readers import Prefetch, expand_inputs
+    from ..readers import expand_inputs
 
     if all(isinstance(p, str) and p != "-" for p in paths):
         paths = expand_inputs(paths)
+    try:
+        return _read(paths, layout, by, progress, accumulator, stream and accumulator is not None, columns)
+    except Interleaved as error:
+        if any(isinstance(p, str) and p == "-" for p in paths):
+            raise InputError(error.source, f"{error}: nll tokens streams standard input one document at a time, "
+                             "so each document's tokens must be contiguous (sort by the document id first, or "
+                             "save the input to a file, which is read again keeping every document)",
+                             rows=[error.row]) from None
+        out = _read(paths, layout, by, progress, accumulator, False, columns)
+        out.interleaved = f"{error.source}: {error}"
+        return out
+
+
+def _read(paths, layout, by, progress, accumulator, streaming: bool, columns: dict) -> Run:
+    from ..readers import Prefetch
+
     layouts, stream = batches(paths, layout, by=by, **columns)
-    out = Run(DocState(), layouts, [p if isinstance(p, str) else "<table>" for p in paths], list(by))
+    out = Run(DocState(), layouts, [p if isinstance(p, str) else "<table>" for p in paths], list(by),
+              accumulator=accumulator() if accumulator is not None else None, streaming=streaming)
     with Prefetch(stream) as parsed:  # the next batch is parsed in a thread while this one is folded
         for raw in parsed:
             fold(out, raw)
+            if out.streaming:
+                out._flush(out.state.n - 1)  # every document but the last one is finished
             if progress is not None:
                 progress(out.rows, 0)
+    out.finish()
     return out
+
+
+def id_hashes(ids: list) -> np.ndarray:
+    """Python's 64-bit hash of each document id: stable within the process, all the seen-set needs
+    (the bootstrap's key_ids is stable across processes, but its module builds a 1M-entry table)."""
+    return np.fromiter((hash(i) for i in ids), np.int64, len(ids)).view(np.uint64)
+
+
+def _check_contiguous(out: Run, raw: readers.RawBatch, local: np.ndarray, ids: list) -> None:
+    """Streaming: each document's tokens in one run, the open one (if any) first, none finished before."""
+    starts = np.flatnonzero(np.r_[True, local[1:] != local[:-1]]) if len(local) else np.zeros(0, np.int64)
+    run_docs = local[starts]
+    if len(starts) > len(ids):
+        first = np.zeros(len(ids), bool)
+        for position, code in zip(starts, run_docs):
+            if first[code]:
+                raise Interleaved(raw.source, int(raw.rows[position]), ids[code])
+            first[code] = True
+    for position, code in zip(starts[1:], run_docs[1:]):
+        if ids[code] in out.state.index:
+            raise Interleaved(raw.source, int(raw.rows[position]), ids[code])
+    seen = out.seen.seen(id_hashes(ids))
+    if seen.any():
+        code = int(np.flatnonzero(seen)[0])
+        raise Interleaved(raw.source, int(raw.rows[starts[code]]), ids[code])
 
 
 def _rows(raw: readers.RawBatch, bad: np.ndarray) -> list[int]:
@@ -159,6 +246,8 @@ def fold(out: Run, raw: readers.RawBatch) -> None:
     encoded = pc.dictionary_encode(raw.doc if isinstance(raw.doc, pa.Array) else raw.doc.combine_chunks())
     local = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
     ids = encoded.dictionary.to_pylist()
+    if out.streaming:
+        _check_contiguous(out, raw, local, ids)
     first = np.full(len(ids), n, np.int64)
     np.minimum.at(first, local, np.arange(n))
     keys = _group_keys(raw, first)

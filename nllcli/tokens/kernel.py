@@ -73,6 +73,10 @@ def text_features(text) -> TextFeatures:
     return TextFeatures(runs, empty, starts.astype(bool), ends.astype(bool))
 
 
+_COLUMNS = ("tokens", "masked", "placeholder", "nll_sum", "bytes", "bytes_unknown", "runs", "has_text",
+            "starts_space", "ends_space")
+
+
 class DocState:
     """Per-document running sums, keyed by document id in first-seen order; adds with `+`.
 
@@ -112,8 +116,7 @@ class DocState:
     def _grow(self, n: int) -> None:
         if n > self._cap:
             cap = max(n, 2 * self._cap, 1024)
-            for name in ("tokens", "masked", "placeholder", "nll_sum", "bytes", "bytes_unknown", "runs",
-                         "has_text", "starts_space", "ends_space"):
+            for name in _COLUMNS:
                 old = getattr(self, name)
                 new = np.zeros(cap, old.dtype)
                 new[:len(old)] = old
@@ -164,6 +167,19 @@ class DocState:
                                                  starts[first])
         self.ends_space[doc[last]] = ends[last]
         self.has_text[piece_docs] = True
+
+    def drop_first(self, count: int) -> None:
+        """Forget the first ``count`` documents (finished and folded elsewhere); the others keep their order."""
+        if count <= 0:
+            return
+        keep = self.n - count
+        self.ids, self.group_of = self.ids[count:], self.group_of[count:]
+        self.index = {doc: i for i, doc in enumerate(self.ids)}
+        for name in _COLUMNS:
+            column = getattr(self, name)
+            column[:keep] = column[count:self.n]
+            column[keep:self.n] = 0
+        self.n = keep
 
     @property
     def words(self) -> np.ndarray:

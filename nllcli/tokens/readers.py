@@ -61,12 +61,69 @@ def is_json(path: str) -> bool:
     return path.lower().endswith(JSON_SUFFIXES)
 
 
-def open_text(path: str):
-    """A binary stream of a file ('-': standard input), gunzipped when it is gzip'd."""
-    if path == "-":
-        import sys
+class _HeadThenRest(io.RawIOBase):
+    """The peeked head of standard input again, then the rest of it. A read stops at the end of the
+    head, so a reader of the first line only (detect) never takes bytes past it."""
 
-        return io.BufferedReader(sys.stdin.buffer.raw) if hasattr(sys.stdin.buffer, "raw") else sys.stdin.buffer
+    def __init__(self, head: bytes, rest) -> None:
+        self._head, self._rest = memoryview(head), rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if len(self._head):
+            n = min(len(buffer), len(self._head))
+            buffer[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        data = self._rest.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+
+# standard input's head (whitespace, then a JSON line) and the rest, with the stream they were read from
+_stdin_peek: tuple[Any, bytes, Any] | None = None
+
+
+def _stdin_head() -> tuple[bytes, Any]:
+    """Peek at standard input once per process: leading whitespace and, when the first byte after it
+    is '{', the first line (JSON Lines); gunzipped first when it starts with gzip's magic bytes."""
+    global _stdin_peek
+    import sys
+
+    raw = sys.stdin.buffer
+    if _stdin_peek is None or _stdin_peek[0] is not raw:  # a new standard input (a test's CliRunner)
+        try:
+            magic = raw.read(2) or b""
+            stream: Any = io.BufferedReader(_HeadThenRest(magic, raw))
+            if magic == b"\x1f\x8b":
+                stream = gzip.GzipFile(fileobj=stream, mode="rb")
+            head = b""
+            while len(head) < (1 << 20):
+                byte = stream.read(1)
+                head += byte
+                if not byte or not byte.isspace():
+                    break
+            if head.endswith(b"{"):
+                head += stream.readline(LINE_LIMIT + 1)
+        except (OSError, EOFError) as exc:
+            raise InputError("-", f"cannot read standard input ({exc})") from None
+        _stdin_peek = (raw, head, stream)
+    return _stdin_peek[1], _stdin_peek[2]
+
+
+def stdin_is_json() -> bool:
+    """Does standard input hold JSON Lines (its first non-blank byte is '{')?"""
+    return _stdin_head()[0].lstrip().startswith(b"{")
+
+
+def open_text(path: str):
+    """A binary stream of a file ('-': standard input, peeked at by detect() and replayed), gunzipped
+    when it is gzip'd."""
+    if path == "-":
+        head, rest = _stdin_head()
+        return io.BufferedReader(_HeadThenRest(head, rest))
     try:
         handle = open(path, "rb")
         if handle.read(2) == b"\x1f\x8b":
@@ -333,7 +390,9 @@ def read_lm_eval(path: str, prefix: str | None = None) -> Iterator[RawBatch]:
 
 def detect(path: str) -> str:
     """The layout of a file: a table unless it is JSON Lines of completions, vLLM or lm-eval samples."""
-    if path == "-" or not is_json(path):  # standard input: a CSV or Parquet table unless --format-in says otherwise
+    if path == "-" and not stdin_is_json():  # a CSV or Parquet table, detected by readers.py
+        return "table"
+    if path != "-" and not is_json(path):
         return "table"
     obj = first_object(path)
     if not isinstance(obj, dict):

@@ -14,6 +14,13 @@ from ..sinks import reported_as
 from .report import TokensReport
 
 
+def _plain_interval(pair) -> str:
+    """A metric's interval, "[low, high]" ("n/a" when undefined)."""
+    if not pair or any(v is None or v != v for v in pair):
+        return "n/a"
+    return f"[{_number(pair[0])}, {_number(pair[1])}]"
+
+
 def _count(value) -> str:
     return "n/a" if value is None else f"{value:,}"
 
@@ -64,18 +71,29 @@ def write_table(report: TokensReport, stream: IO[str]) -> None:
             if report.regression:
                 console.print(_cell(f"REGRESSION: {report.regression}"))
             console.print(_cell("new model:"))
-        metrics = _table(style, plain, ("metric", "left"), ("value", "right"), ("unit", "left"))
+        intervals = report.intervals if report.intervals is not None and report.bootstrap else None
+        level = (report.bootstrap or {}).get("confidence", 0.95)
+        interval_header = [(f"{level:.0%} interval", "right")] if intervals else []
+        metrics = _table(style, plain, ("metric", "left"), ("value", "right"), *interval_header, ("unit", "left"))
         for name, value in report.metrics.items():
-            metrics.add_row(*_cells(name, _number(value), report.unit(name)))
+            shown = [_plain_interval(intervals.get(name))] if intervals else []
+            metrics.add_row(*_cells(name, _number(value), *shown, report.unit(name)))
         _print(console, metrics)
         if report.groups:
             columns = [(c, "left") for c in report.groups[0]["by"]]
-            shown = ["nll", "perplexity", "bits_per_byte"]  # all seven are in the JSON report
+            in_groups = ["nll", "perplexity", "bits_per_byte"]  # all seven are in the JSON report
             table = _table(style, plain, *columns, ("documents", "right"), ("tokens", "right"),
-                           *((m, "right") for m in shown))
+                           *((m, "right") for m in in_groups))
             for group in report.groups:
+                group_ci = group.get("intervals")  # --interval: "value [low, high]" per cell
+                values = [_number(group["metrics"][m]) for m in in_groups]
+                bounds = [_plain_interval(group_ci[m]) for m in in_groups] if group_ci else []
+                if bounds and plain:  # one line a group, for grep
+                    values = [f"{value} {bound}" for value, bound in zip(values, bounds)]
                 table.add_row(*_cells(*map(_text, group["by"].values()), f"{group['documents']:,}",
-                                      _count(group["tokens"]), *[_number(group["metrics"][m]) for m in shown]))
+                                      _count(group["tokens"]), *values))
+                if bounds and not plain:  # on a terminal the intervals go under the values
+                    table.add_row(*_cells(*[""] * (len(group["by"]) + 2), *bounds))
             _print(console, table)
         if report.worst:
             keys = [k for k in report.worst[0] if k != "doc"]
@@ -87,7 +105,7 @@ def write_table(report: TokensReport, stream: IO[str]) -> None:
         notes = report.all_warnings()
         for gate in report.gates:
             verdict = "ok" if gate.passes(report.metrics.get(gate.metric)) else "FAILED"
-            notes.append(f"gate {gate.metric} {'<=' if gate.bound == 'max' else '>='} {gate.threshold:g}: {verdict}")
+            notes.append(f"gate {gate.condition}: {verdict}")
         for note in notes:
             console.print(_cell(note))
     stream.write(without_trailing_spaces(captured.get()))

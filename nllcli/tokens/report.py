@@ -25,7 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from ..report import NATS_PER_UNIT, SCHEMA_VERSION, UNITS, Gate, check_gate_metrics
+from ..errors import UsageError
+from ..report import GATE_ON, NATS_PER_UNIT, SCHEMA_VERSION, UNITS, Gate, check_gate_metrics
+from .accumulate import Accumulator, Bootstrap, RowsSink, Sums, metrics_of
 from .engine import Run
 
 METRICS = ("nll", "perplexity", "doc_nll", "doc_perplexity", "bits_per_byte", "byte_perplexity", "word_perplexity")
@@ -33,8 +35,11 @@ INFORMATION = ("nll", "doc_nll")  # in the asked units; the others are unit-free
 LOWER_IS_BETTER = METRICS
 
 
-def parse_gates(max_, min_) -> list[Gate]:
-    gates = [Gate.parse(t, "max") for t in max_] + [Gate.parse(t, "min") for t in min_]
+def parse_gates(max_, min_, gate_on: str = "value") -> list[Gate]:
+    """--max / --min gates, each tested on ``gate_on``: the value, a bound of its interval, or the whole interval."""
+    if gate_on not in GATE_ON:
+        raise UsageError(f"--gate-on {gate_on!r}: choose one of {', '.join(GATE_ON)}")
+    gates = [Gate.parse(t, "max", gate_on) for t in max_] + [Gate.parse(t, "min", gate_on) for t in min_]
     check_gate_metrics(gates, list(METRICS))
     return gates
 
@@ -42,10 +47,6 @@ def parse_gates(max_, min_) -> list[Gate]:
 def _exp(x: np.ndarray | float):
     with np.errstate(over="ignore", invalid="ignore"):
         return np.exp(x)
-
-
-def _ratio(a: float, b: float) -> float:
-    return a / b if b > 0 else math.nan
 
 
 def doc_figures(arrays: dict[str, np.ndarray], scale: float, tokens_known: bool) -> dict[str, np.ndarray]:
@@ -57,28 +58,6 @@ def doc_figures(arrays: dict[str, np.ndarray], scale: float, tokens_known: bool)
         nbytes = np.where(arrays["bytes_unknown"] | (arrays["bytes"] == 0), np.nan, arrays["bytes"])
         bpb = arrays["nll_sum"] / (nbytes * math.log(2))
     return {"nll": per_token / scale, "perplexity": _exp(per_token), "bits_per_byte": bpb}
-
-
-def metric_values(arrays: dict[str, np.ndarray], scale: float, tokens_known: bool, text_known: bool) -> dict:
-    """The seven metrics of a set of documents (see the module docstring), NaN where undefined."""
-    total = float(arrays["nll_sum"].sum())
-    tokens = int(arrays["tokens"].sum())
-    per_doc = doc_figures(arrays, scale, tokens_known)
-    with_tokens = arrays["tokens"] > 0
-    bytes_known = not arrays["bytes_unknown"].any()
-    nbytes = float(arrays["bytes"].sum())
-    words = float(arrays["words"][with_tokens].sum())
-    per_token = _ratio(total, tokens) if tokens_known else math.nan
-    return {
-        "nll": per_token / scale,
-        "perplexity": float(_exp(per_token)),
-        "doc_nll": float(np.mean(per_doc["nll"][with_tokens])) if tokens_known and with_tokens.any() else math.nan,
-        "doc_perplexity": (float(np.mean(per_doc["perplexity"][with_tokens]))
-                           if tokens_known and with_tokens.any() else math.nan),
-        "bits_per_byte": _ratio(total, nbytes * math.log(2)) if bytes_known else math.nan,
-        "byte_perplexity": float(_exp(_ratio(total, nbytes))) if bytes_known else math.nan,
-        "word_perplexity": float(_exp(_ratio(total, words))) if text_known else math.nan,
-    }
 
 
 def _finite(value):
@@ -112,6 +91,8 @@ class TokensReport:
     command: str = "tokens"
     fail_if_worse: float | None = None  # --compare --fail-if-worse: the threshold asked (None: not asked)
     fail_if_worse_metric: str = "nll"  # the delta it was tested on: bits_per_byte when nll has no interval
+    intervals: dict[str, list[float]] | None = None  # --interval: {metric: [low, high]}, units as the metrics
+    bootstrap: dict[str, Any] | None = None  # the intervals' confidence, resamples, seed, method and unit
 
     def unit(self, name: str) -> str:
         """The unit a metric is shown in: the asked one for nll and doc_nll, bits for bits_per_byte."""
@@ -148,6 +129,11 @@ class TokensReport:
                     notes.append(f"{name} is undefined{suffix}")
             elif math.isinf(value):
                 notes.append(f"{name} overflows float64{suffix}")
+        for name, pair in (self.intervals or {}).items():  # an undefined metric's interval is said with it above
+            value = self.metrics.get(name)
+            if value is not None and not math.isnan(value) and not all(map(math.isfinite, pair)):
+                kind = "infinite" if any(map(math.isinf, pair)) else "undefined"
+                notes.append(f"the interval of {name} is {kind}{suffix}")
         return self.warnings + notes
 
     def to_dict(self) -> dict[str, Any]:
@@ -170,9 +156,19 @@ class TokensReport:
             "groups": [{**g, "metrics": {k: _finite(v) for k, v in g["metrics"].items()}} for g in self.groups],
             "worst": [{k: _finite(v) for k, v in w.items()} for w in self.worst],
             "gates": [{"metric": g.metric, "bound": g.bound, "threshold": g.threshold,
-                       "value": _finite(self.metrics.get(g.metric)), "passed": g.passes(self.metrics.get(g.metric))}
+                       "value": _finite(self.metrics.get(g.metric)), "passed": g.passes(self.metrics.get(g.metric)),
+                       "on": g.on, "interval": None if g.interval is None else [_finite(v) for v in g.interval]}
                       for g in self.gates],
+            "intervals": None if self.intervals is None else {k: [_finite(v) for v in pair]
+                                                                  for k, pair in self.intervals.items()},
+            "confidence": (self.bootstrap or {}).get("confidence"),
+            "resamples": (self.bootstrap or {}).get("resamples"),
+            "seed": (self.bootstrap or {}).get("seed"),
+            "bootstrap": (self.bootstrap or {}).get("method"),
         }
+        for group in out["groups"]:
+            if "intervals" in group:
+                group["intervals"] = {k: [_finite(v) for v in pair] for k, pair in group["intervals"].items()}
         if self.base is not None:
             out["comparison"] = [{k: ([_finite(x) for x in v] if isinstance(v, list) else _finite(v))
                                   for k, v in row.items()} for row in self.comparison]
@@ -183,8 +179,11 @@ class TokensReport:
         return out
 
 
-def _warnings(run: Run, arrays: dict, placeholder: int, empty: int, scale_name: str) -> list[str]:
+def _warnings(run: Run, total: Sums, placeholder: int, empty: int, scale_name: str) -> list[str]:
     out = []
+    if run.interleaved:
+        out.append(f"{run.interleaved}: the documents are interleaved, so the input was read twice keeping every "
+                   "document in memory (sort the tokens by document to stream them in bounded memory)")
     if placeholder:
         out.append(f"{placeholder:,} placeholder log-probabilities (null, NaN, -inf or <= -9999) were not "
                    "scored: they are left out of every metric and of the documents' bytes and words")
@@ -193,7 +192,7 @@ def _warnings(run: Run, arrays: dict, placeholder: int, empty: int, scale_name: 
     if not run.tokens_known:
         out.append("nll, perplexity, doc_nll, doc_perplexity: lm-evaluation-harness samples hold one "
                    "log-likelihood per document, not its token count")
-    unknown = int(arrays["bytes_unknown"].sum())
+    unknown = total.count("bytes_unknown")
     if unknown:
         out.append(f"bits_per_byte, byte_perplexity: the byte length of {unknown:,} documents is unknown "
                    "(give a byte or token text column: --bytes, --text)")
@@ -202,43 +201,81 @@ def _warnings(run: Run, arrays: dict, placeholder: int, empty: int, scale_name: 
     return out
 
 
-def build(run: Run, *, base: str = "e", gates: list[Gate] = (), worst: int = 0) -> TokensReport:  # type: ignore[assignment]
-    """The report of a run: totals, metrics, --by groups (worst first), the --worst documents."""
+def accumulator(*, base: str = "e", grouped: bool = False, bootstrap: Bootstrap | None = None, worst: int = 0,
+                rows: RowsSink | None = None) -> Accumulator:
+    """An empty Accumulator for a run's finished documents (engine.run folds them in as it reads)."""
+    scale = NATS_PER_UNIT[UNITS[base]]
+    def worst_key(arrays: dict[str, np.ndarray]) -> np.ndarray:
+        figures = doc_figures(arrays, scale, acc.tokens_known)
+        return figures["nll"] if acc.tokens_known else figures["bits_per_byte"]
+
+    acc = Accumulator(tokens_known=True, grouped=grouped, bootstrap=bootstrap, worst=worst, worst_key=worst_key,
+                      rows=rows)
+    return acc
+
+
+def build(run: Run, *, base: str = "e", gates: list[Gate] = (), worst: int = 0,  # type: ignore[assignment]
+          bootstrap: Bootstrap | None = None) -> TokensReport:
+    """The report of a run: totals, metrics, --by groups (worst first), the --worst documents, and
+    under --interval the bootstrap interval of every metric, overall and per group."""
     units = UNITS[base]
     scale = NATS_PER_UNIT[units]
-    state = run.state
-    arrays = state.arrays()
-    metrics = metric_values(arrays, scale, run.tokens_known, run.text_known)
-    placeholder = int(arrays["placeholder"].sum())
-    empty = int((arrays["tokens"] == 0).sum())
+    acc = run.accumulator
+    if acc is None:  # every document is in the state (compare_tokens): fold them all now
+        acc = accumulator(base=base, grouped=bool(run.groups), bootstrap=bootstrap, worst=worst)
+        acc.tokens_known = run.tokens_known
+        state = run.state
+        acc.add(state.ids[:state.n], state.group_of[:state.n], state.arrays())
+    total = acc.total
+    bytes_known = total.count("bytes_unknown") == 0
+
+    def metrics(sums: Sums) -> dict:
+        return metrics_of(sums.linear, scale, tokens_known=run.tokens_known, text_known=run.text_known,
+                          bytes_known=sums.count("bytes_unknown") == 0)
+
+    placeholder, empty = total.count("placeholder"), total.count("empty")
     report = TokensReport(
         inputs=run.inputs, layout=run.layouts[0] if run.layouts else "table", units=units,
-        tokens=int(arrays["tokens"].sum()) if run.tokens_known else None, documents=state.n,
-        masked=int(arrays["masked"].sum()), placeholder=placeholder, empty_documents=empty,
-        bytes=int(arrays["bytes"].sum()) if not arrays["bytes_unknown"].any() else None,
-        words=int(arrays["words"][arrays["tokens"] > 0].sum()) if run.text_known else None,
-        metrics=metrics, warnings=_warnings(run, arrays, placeholder, empty, units), gates=list(gates))
+        tokens=int(total.total("tokens")) if run.tokens_known else None, documents=total.count("documents"),
+        masked=total.count("masked"), placeholder=placeholder, empty_documents=empty,
+        bytes=int(total.total("bytes")) if bytes_known else None,
+        words=int(total.total("words")) if run.text_known else None,
+        metrics=metrics(total), warnings=_warnings(run, total, placeholder, empty, units), gates=list(gates))
+    if acc.bootstrap is not None:
+        report.intervals = _intervals(total, metrics, run, scale, acc.bootstrap.confidence)
+        report.bootstrap = {"confidence": acc.bootstrap.confidence, "resamples": acc.bootstrap.resamples,
+                            "seed": acc.bootstrap.seed, "method": "poisson", "unit": "documents"}
+        report.gates = [g.with_result(None, report.intervals.get(g.metric), acc.bootstrap.confidence)
+                        for g in report.gates]
     if run.groups:
-        report.groups = _groups(run, arrays, scale)
-    if worst:
-        report.worst = worst_documents(run, arrays, scale, worst)
+        report.groups = _groups(run, acc, metrics, scale)
+    if worst and acc.worst_arrays is not None:
+        report.worst = worst_documents(run, acc.worst_ids, acc.worst_arrays, scale, worst)
     return report
 
 
-def _groups(run: Run, arrays: dict, scale: float) -> list[dict]:
-    keys = run.state.group_of[:run.state.n]
-    index: dict = {}
-    codes = np.array([index.setdefault(k, len(index)) for k in keys], np.int64)
-    order = np.argsort(codes, kind="stable")
-    bounds = np.searchsorted(codes[order], np.arange(len(index) + 1))
+def _intervals(sums: Sums, metrics, run: Run, scale: float, confidence: float) -> dict[str, list[float]]:
+    """{metric: [low, high]}: the percentile interval of each metric over the replicate sums."""
+    from ..bootstrap import percentile_interval
+
+    assert sums.replicates is not None
+    replicated = metrics_of(sums.replicates, scale, tokens_known=run.tokens_known, text_known=run.text_known,
+                            bytes_known=sums.count("bytes_unknown") == 0)
+    point = metrics(sums)
+    return {name: (list(percentile_interval(replicated[name], confidence)) if point[name] == point[name]
+                   else [math.nan, math.nan]) for name in METRICS}
+
+
+def _groups(run: Run, acc: Accumulator, metrics, scale: float) -> list[dict]:
     main = "nll" if run.tokens_known else "bits_per_byte"
     groups: list[dict] = []
-    for code, key in enumerate(index):
-        members = order[bounds[code]:bounds[code + 1]]
-        part = {name: values[members] for name, values in arrays.items()}
-        tokens = int(part["tokens"].sum()) if run.tokens_known else None
-        groups.append({"by": dict(zip(run.groups, key or ())), "tokens": tokens, "documents": len(members),
-                       "metrics": metric_values(part, scale, run.tokens_known, run.text_known)})
+    for key, sums in acc.groups.items():
+        tokens = int(sums.total("tokens")) if run.tokens_known else None
+        group = {"by": dict(zip(run.groups, key or ())), "tokens": tokens, "documents": sums.count("documents"),
+                 "metrics": metrics(sums)}
+        if acc.bootstrap is not None:
+            group["intervals"] = _intervals(sums, metrics, run, scale, acc.bootstrap.confidence)
+        groups.append(group)
 
     def worst_first(group: dict) -> tuple:
         value = group["metrics"][main]
@@ -248,29 +285,31 @@ def _groups(run: Run, arrays: dict, scale: float) -> list[dict]:
     return groups
 
 
-def per_document(run: Run, arrays: dict, scale: float) -> dict[str, np.ndarray | list]:
+def per_document(ids: list, group_of: list, arrays: dict, scale: float, *, groups: list[str], tokens_known: bool,
+                 text_known: bool) -> dict[str, np.ndarray | list]:
     """The per-document columns (the --per-doc file): id, tokens, bytes, words, nll, perplexity, bits per byte."""
-    figures = doc_figures(arrays, scale, run.tokens_known)
-    columns: dict[str, Any] = {"doc": run.state.ids[:run.state.n]}
-    for i, name in enumerate(run.groups):
-        columns[name] = [k[i] for k in run.state.group_of[:run.state.n]]
-    columns["tokens"] = arrays["tokens"] if run.tokens_known else [None] * run.state.n
+    n = len(ids)
+    figures = doc_figures(arrays, scale, tokens_known)
+    columns: dict[str, Any] = {"doc": ids}
+    for i, name in enumerate(groups):
+        columns[name] = [k[i] for k in group_of]
+    columns["tokens"] = arrays["tokens"] if tokens_known else [None] * n
     columns["masked"] = arrays["masked"]
     columns["placeholder"] = arrays["placeholder"]
     columns["bytes"] = [None if unknown else int(b) for unknown, b in zip(arrays["bytes_unknown"], arrays["bytes"])]
-    columns["words"] = arrays["words"] if run.text_known else [None] * run.state.n
+    columns["words"] = arrays["words"] if text_known else [None] * n
     columns["nll"] = figures["nll"]
     columns["perplexity"] = figures["perplexity"]
     columns["bits_per_byte"] = figures["bits_per_byte"]
     return columns
 
 
-def worst_documents(run: Run, arrays: dict, scale: float, n: int) -> list[dict]:
+def worst_documents(run: Run, ids: list, arrays: dict, scale: float, n: int) -> list[dict]:
     """The n documents with the largest per-token NLL (bits per byte without token counts)."""
     figures = doc_figures(arrays, scale, run.tokens_known)
     key = figures["nll"] if run.tokens_known else figures["bits_per_byte"]
     order = np.argsort(-np.nan_to_num(key, nan=-np.inf), kind="stable")[:n]
-    return [{"doc": run.state.ids[i], "tokens": int(arrays["tokens"][i]) if run.tokens_known else None,
+    return [{"doc": ids[i], "tokens": int(arrays["tokens"][i]) if run.tokens_known else None,
              "bytes": None if arrays["bytes_unknown"][i] else int(arrays["bytes"][i]),
              "nll": float(figures["nll"][i]), "perplexity": float(figures["perplexity"][i]),
              "bits_per_byte": float(figures["bits_per_byte"][i])} for i in order]

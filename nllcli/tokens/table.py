@@ -14,7 +14,7 @@ import numpy as np
 
 from ..columns import column_not_found, find_column
 from ..errors import InputError
-from .readers import RawBatch, is_json, open_text
+from .readers import RawBatch, is_json, open_text, stdin_is_json
 
 DOC_NAMES = ("doc_id", "document_id", "doc", "document", "sequence_id", "seq_id", "sample_id", "example_id", "id")
 LOGPROB_NAMES = ("logprob", "log_prob", "logprobs", "token_logprob", "token_log_prob", "log_probability",
@@ -105,11 +105,11 @@ def json_schema_names(path: str) -> list[str]:
 
 def read_table(paths: Sequence[str], **options) -> Iterator[RawBatch]:
     """Every file's batches; the roles are found in the first file and must exist in the others."""
-    from ..readers import Source, open_source
+    from ..readers import Source, _open_stream, open_source
 
     roles = None
     for path in paths:
-        if isinstance(path, str) and is_json(path):
+        if isinstance(path, str) and (is_json(path) or (path == "-" and stdin_is_json())):
             names = json_schema_names(path)
             roles = roles or resolve_roles(names, path, **options)
             missing = [c for c in roles.columns if c not in names]
@@ -117,7 +117,10 @@ def read_table(paths: Sequence[str], **options) -> Iterator[RawBatch]:
                 raise InputError(path, f"columns missing: {missing}")
             yield from _json_batches(path, roles)
             continue
-        source = open_source(path) if isinstance(path, str) else Source.from_table(path)
+        if isinstance(path, str) and path == "-":  # its head was peeked at (detect): read it through the replay
+            source = _open_stream(open_text("-"), "<stdin>")
+        else:
+            source = open_source(path) if isinstance(path, str) else Source.from_table(path)
         roles = roles or resolve_roles(source.schema.names, source.name, **options)
         missing = [c for c in roles.columns if c not in source.schema.names]
         if missing:
