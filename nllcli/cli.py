@@ -38,9 +38,16 @@ def _plain_metavars(command, ctx) -> None:
     for param in command.get_params(ctx):
         if isinstance(param, TyperArgument):
             param.display_type_rich = lambda ctx: None  # type: ignore[method-assign]  # Typer's hook
+            if getattr(param, "type", None) is not None and not getattr(param.type, "_no_metavar", False):
+                # typer 0.28 shows the type's metavar beside the name (0.29 has no `type` here)
+                import copy
+
+                param.type = copy.copy(param.type)
+                param.type.get_metavar = lambda param, ctx: ""  # type: ignore[method-assign]
+                param.type._no_metavar = True  # type: ignore[attr-defined]
             if param.required:
-                param._usage_display_name = functools.partial(  # type: ignore[method-assign]
-                    lambda param: param.display_name_raw + ("..." if param.nargs != 1 else ""), param)
+                shown = (param.metavar or (param.name or "").upper()) + ("..." if param.nargs != 1 else "")
+                param.get_usage_pieces = lambda ctx, shown=shown: [shown]  # type: ignore[method-assign]
         elif param.metavar is None and getattr(param, "is_flag", False):
             param.metavar = ""
 
