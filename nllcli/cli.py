@@ -37,7 +37,7 @@ def _plain_metavars(command, ctx) -> None:
     required arguments as `PREDS...` or `BASE NEW` rather than `{PREDS}...`."""
     for param in command.get_params(ctx):
         if isinstance(param, TyperArgument):
-            param.display_type_rich = lambda ctx: None  # type: ignore[method-assign]  # Typer's hook
+            setattr(param, "display_type_rich", lambda ctx: None)  # noqa: B010  (typer 0.29's hook)
             if getattr(param, "type", None) is not None and not getattr(param.type, "_no_metavar", False):
                 # typer 0.28 shows the type's metavar beside the name (0.29 has no `type` here)
                 import copy
@@ -47,7 +47,7 @@ def _plain_metavars(command, ctx) -> None:
                 param.type._no_metavar = True  # type: ignore[attr-defined]
             if param.required:
                 shown = (param.metavar or (param.name or "").upper()) + ("..." if param.nargs != 1 else "")
-                param.get_usage_pieces = lambda ctx, shown=shown: [shown]  # type: ignore[method-assign]
+                setattr(param, "get_usage_pieces", lambda ctx, shown=shown: [shown])  # noqa: B010
         elif param.metavar is None and getattr(param, "is_flag", False):
             param.metavar = ""
 

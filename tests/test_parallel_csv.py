@@ -7,10 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from helpers import loads_strict
 from nllcli import readers
 from nllcli.errors import InputError
-
-from helpers import loads_strict
 
 CLASSES = ["cat", "dog", "owl"]
 
