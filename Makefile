@@ -36,6 +36,8 @@ bench: $(STAMP)
 	$(BIN)/python -m compileall -q nllcli
 	$(BIN)/python benchmarks/bench.py
 	$(BIN)/python benchmarks/bench_tokens.py
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python benchmarks/bench_engines.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

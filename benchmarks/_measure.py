@@ -1,4 +1,4 @@
-"""Run one command and print JSON: its wall time, its own peak RSS, exit code and output.
+"""Run one command and print JSON: its wall time, CPU time, its own peak RSS, exit code and output.
 
     python benchmarks/_measure.py [--timeout S] -- cmd args...
 
@@ -39,7 +39,9 @@ def main(argv: list[str]) -> int:
             out, err = proc.communicate()
             result.update(returncode=None, error=f"timed out after {timeout:g} s")
         result["wall_s"] = time.perf_counter() - start
-        result["maxrss_kb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        result["maxrss_kb"] = children.ru_maxrss
+        result["cpu_s"] = children.ru_utime + children.ru_stime  # user + system, every thread of the child
         result["stdout"] = out.decode(errors="replace")[:KEEP]
         result["stderr"] = err.decode(errors="replace")[-KEEP:]
     print(json.dumps(result))

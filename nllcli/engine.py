@@ -373,7 +373,8 @@ def run(job: Job, sink: Sink | None = None, progress: Progress | None = None) ->
     """
     state = State()
     scorer = Scorer(job)
-    with contextlib.closing(partitions(job, scorer)) as parts:  # closing joins the reader threads
+    skip = _unused_key(job, sink)
+    with contextlib.closing(partitions(job, scorer, skip)) as parts:  # closing joins the reader threads
         for part in parts:
             scored = scorer.score(part)
             state += scorer.state_of(scored)
@@ -396,14 +397,29 @@ def check_state(job: Job, state: State) -> State:
     return state
 
 
-def partitions(job: Job, scorer: Scorer) -> Generator[Partition, None, None]:
-    """The batches of the predictions, each with its position in the input and its targets."""
+def _unused_key(job: Job, sink: Sink | None) -> tuple[str, ...]:
+    """The key column when nothing reads it (no sink, no worst rows, no pairing, no bootstrap by
+    key, not also a label, weight, class or group column): it is then not parsed at all."""
+    layout = job.layout
+    key = layout.key
+    if key is None or sink is not None or job.worst or job.pair_key or job.target_sources:
+        return ()
+    if job.interval is not None and job.interval.key == key:
+        return ()
+    others = [layout.label, layout.weight, layout.list_column, *layout.class_columns, *layout.extra, *layout.groups]
+    return () if key in others else (key,)
+
+
+def partitions(job: Job, scorer: Scorer, skip: Sequence[str] = ()) -> Generator[Partition, None, None]:
+    """The batches of the predictions, each with its position in the input and its targets;
+    the columns in ``skip`` are not read."""
     from .readers import chunks
 
     layout, sources, pair_key = job.layout, job.sources, job.pair_key
     name = sources[0].name
+    columns = [c for c in layout.columns if c not in skip]
     with contextlib.ExitStack() as readers:
-        stream = readers.enter_context(chunks(sources, layout.columns, layout.types(sources[0].schema)))
+        stream = readers.enter_context(chunks(sources, columns, layout.types(sources[0].schema)))
         index = None
         if job.target_sources:
             target_sources = job.target_sources

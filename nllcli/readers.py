@@ -45,12 +45,13 @@ HEADER_LIMIT = 16 << 20  # the longest header line read (about a million class n
 ROW_LIMIT = 64 << 20  # the longest data row read, and the largest CSV block
 ROWS_PER_BLOCK = 16  # a block for wide rows holds at least this many of the longest sampled row
 SAMPLE_ROWS = 2  # data rows the header sample holds at least (types, block size), when there are any
-PARQUET_BATCH_ROWS = 65536
+PARQUET_BATCH_ROWS = 16384  # rows per batch: 65,536 cost 60 MB more peak (the kernels' temporaries), no less CPU
 PARQUET_BATCH_VALUES = 1 << 22  # values (rows x columns) per Parquet batch: wide files, fewer rows
 PARQUET_MAGIC = b"PAR1"
 GZIP_MAGIC = b"\x1f\x8b"
 CSV_SUFFIXES = (".csv", ".tsv", ".txt", ".csv.gz", ".tsv.gz", ".txt.gz", ".gz")
 PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
+CSV_RANGE_BYTES = 2 << 20  # the byte range of a plain CSV file one thread parses at once (more: more memory, no faster)
 WIDE_BLOCK_BYTES = 8 << 20  # CSV bytes read at once on the wide path (more for a longer row)
 WIDE_SLICE = 4096  # Parquet class columns read at once on the wide path
 WIDE_GROUP_BYTES = 256 << 20  # a Parquet row group whose class matrix is larger streams as before
@@ -90,6 +91,7 @@ class Source:
     column_names: list[str] | None = None  # a header line read differently (numpy's '# a,b,c')
     sample: pa.Table | None = field(default=None, repr=False)  # the first rows, as header inference saw them
     remote: Any = field(default=None, repr=False)  # a remote.RemoteFile (s3://, http://...): opened through it
+    _range_end: int | None = field(default=None, repr=False)  # parallel CSV: the end of the range being read
 
     @property
     def rereadable(self) -> bool:
@@ -143,6 +145,8 @@ class Source:
             stream = self._wide_csv_batches(columns, types, packed)
         elif packed and self.format == "parquet" and self._groups_fit(len(packed)):
             stream = self._wide_parquet_batches(columns, types, packed)
+        elif self.format == "csv" and self._splittable():
+            stream = self._parallel_csv_batches(columns, types)
         elif self.format == "csv":
             stream = self._csv_batches(columns, types)
         elif self.format == "parquet":
@@ -157,6 +161,8 @@ class Source:
                 row += batch.num_rows
 
     def _bytes_read(self, rows: int) -> int:
+        if self._range_end is not None:
+            return self._range_end
         if self._raw is not None:
             return self._raw.tell()
         if self.size and self.num_rows:
@@ -210,6 +216,71 @@ class Source:
                 if not self.rereadable or self.block_size >= ROW_LIMIT:
                     raise self._row_too_long(done + 1) from exc
                 self.block_size = min(ROW_LIMIT, self.block_size * 4)
+
+    # -- plain CSV parsed on every core ---------------------------------------------------
+
+    def _splittable(self) -> bool:
+        """A local, uncompressed file large enough to be parsed in byte ranges on several cores."""
+        return (self.path is not None and self.remote is None and self._stdin is None and not self.compressed
+                and (self.size or 0) >= 2 * CSV_RANGE_BYTES and parse_threads() > 1)
+
+    def _parallel_csv_batches(self, columns, types) -> Iterator[pa.RecordBatch]:
+        """The batches of the file, its data cut at line ends into ranges of about CSV_RANGE_BYTES
+        parsed by parse_threads() threads at once (pyarrow parses without the GIL), given in order.
+
+        A range holding a quote (a field may hold a line end, so the next cut may be inside it),
+        or failing to parse, hands the rest to the one-stream reader, which skips the rows already
+        given: quoted files, and every error message and row number, are exactly those of one stream.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        header_end = csv_header_end(self)
+        if header_end is None:
+            yield from self._csv_batches(columns, types)
+            return
+        header = read_byte_range(self, 0, header_end)
+        cuts = csv_cuts(self, header_end, CSV_RANGE_BYTES)
+        options = self._csv_options(columns, types, use_threads=False)
+
+        def parse(start: int, stop: int) -> pa.Table | None:
+            data = read_byte_range(self, start, stop)
+            if b'"' in data:
+                return None
+            try:
+                return pacsv.read_csv(pa.py_buffer(header + data), **options)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError):
+                return None
+
+        done = 0
+        workers = parse_threads()
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="nll-csv")
+        try:
+            ranges = iter(zip(cuts, cuts[1:]))
+            pending = [(stop, pool.submit(parse, start, stop)) for start, stop in itertools.islice(ranges, workers + 1)]
+            while pending:
+                stop, future = pending.pop(0)
+                table = future.result()
+                if table is None:
+                    break
+                following = next(ranges, None)
+                if following is not None:
+                    pending.append((following[1], pool.submit(parse, *following)))
+                self._range_end = stop
+                for batch in table.combine_chunks().to_batches():
+                    done += batch.num_rows
+                    yield batch
+                del table
+            else:
+                return
+        finally:
+            self._range_end = None
+            pool.shutdown(wait=True, cancel_futures=True)
+        stream = self._csv_batches(columns, types)
+        for batch in stream:  # the rest in one stream: a quoted field, or an error to report
+            if done:
+                batch, done = batch.slice(min(done, batch.num_rows)), max(0, done - batch.num_rows)
+            if batch.num_rows:
+                yield batch
 
     # -- wide CSV: the class fields parsed as one column ------------------------------------
 
@@ -1110,6 +1181,18 @@ def parquet_row_groups(source: Source, groups: range, columns: list[str],
             yield _cast(batch, types, source.name)
     except (pa.ArrowException, OSError) as exc:
         raise InputError(source.name, f"cannot read Parquet: {_first_line(str(exc))}") from exc
+
+
+def parse_threads() -> int:
+    """Threads that parse a plain CSV file's byte ranges at once: the cores this process may use
+    (NLL_THREADS sets it; 1 parses in one stream)."""
+    configured = os.environ.get("NLL_THREADS", "").strip()
+    if configured.isdigit() and int(configured) > 0:
+        return int(configured)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def csv_header_end(source: Source) -> int | None:

@@ -1,0 +1,213 @@
+"""A plain CSV file parsed in byte ranges on several threads gives the report of one stream: every
+number (1e-12), the row count, and every error message with its true 1-based rows, whatever the
+number of ranges, line ends (CRLF, no final newline), a byte-order mark or quoted fields."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from helpers import loads_strict
+from nllcli import readers
+from nllcli.errors import InputError
+
+CLASSES = ["cat", "dog", "owl"]
+
+
+def prediction_text(n: int, seed: int = 0, newline: str = "\n", final_newline: bool = True) -> str:
+    rng = np.random.default_rng(seed)
+    q = rng.dirichlet(np.ones(len(CLASSES)), n)
+    labels = rng.choice(CLASSES, n)
+    lines = ["id,label," + ",".join(f"p_{c}" for c in CLASSES)]
+    lines += [f"{i},{y}," + ",".join(f"{v:.6f}" for v in row) for i, (y, row) in enumerate(zip(labels, q))]
+    text = newline.join(lines)
+    return text + newline if final_newline else text
+
+
+def serial_and_split(run, monkeypatch, path, *args, range_bytes: int, threads: int = 3):
+    """The CLI's result with one stream, then with the file cut into ranges of ``range_bytes``."""
+    monkeypatch.setenv("NLL_THREADS", "1")
+    one = run("score", path, *args)
+    monkeypatch.setenv("NLL_THREADS", str(threads))
+    monkeypatch.setattr(readers, "CSV_RANGE_BYTES", range_bytes)
+    split = run("score", path, *args)
+    return one, split
+
+
+def assert_same_report(one, split):
+    assert one.exit_code == split.exit_code == 0, (one.stderr, split.stderr)
+    a, b = loads_strict(one.stdout), loads_strict(split.stdout)
+    assert a["rows"] == b["rows"]
+    compare(a, b)
+
+
+def compare(a, b, path="report"):
+    if isinstance(a, dict):
+        assert set(a) == set(b), path
+        for key in a:
+            compare(a[key], b[key], f"{path}.{key}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            compare(x, y, f"{path}[{i}]")
+    elif isinstance(a, float) and isinstance(b, float):
+        assert b == pytest.approx(a, rel=1e-12, abs=1e-300), path
+    else:
+        assert a == b, path
+
+
+def ranges_read(monkeypatch, path, range_bytes: int) -> int:
+    """How many ranges the parallel path cuts the file into (so a test knows it split it)."""
+    monkeypatch.setattr(readers, "CSV_RANGE_BYTES", range_bytes)
+    source = readers.open_source(str(path))
+    if not source._splittable():
+        return 1
+    return len(readers.csv_cuts(source, readers.csv_header_end(source), range_bytes)) - 1
+
+
+@pytest.mark.parametrize("range_bytes", [300, 1000, 4096, 1 << 20])
+@pytest.mark.parametrize("threads", [2, 3])
+def test_ranges_give_the_report_of_one_stream(run, monkeypatch, tmp_path, range_bytes, threads):
+    path = tmp_path / "preds.csv"
+    path.write_text(prediction_text(700))
+    args = ("--format", "json", "--worst", "5", "--by", "label", "--bins", "7")
+    one, split = serial_and_split(run, monkeypatch, path, *args, range_bytes=range_bytes, threads=threads)
+    assert_same_report(one, split)
+    assert loads_strict(split.stdout)["rows"] == 700
+
+
+def test_the_file_is_really_cut_into_ranges(monkeypatch, tmp_path):
+    path = tmp_path / "preds.csv"
+    path.write_text(prediction_text(700))
+    assert ranges_read(monkeypatch, path, 300) > 50
+    monkeypatch.setenv("NLL_THREADS", "4")
+    source = readers.open_source(str(path))
+    names = source.schema.names
+    batches = list(source.batches(names, {n: source.schema.field(n).type for n in names}))
+    assert sum(c.batch.num_rows for c in batches) == 700
+    assert [c.first_row for c in batches][:3] == [1, 1 + batches[0].batch.num_rows,
+                                                   1 + batches[0].batch.num_rows + batches[1].batch.num_rows]
+    assert batches[-1].bytes_read == source.size
+
+
+@pytest.mark.parametrize("shape", ["crlf", "no final newline", "crlf, no final newline", "bom", "blank lines",
+                                   "numpy header"])
+def test_line_ends_and_marks(run, monkeypatch, tmp_path, shape):
+    text = prediction_text(500, seed=1, newline="\r\n" if "crlf" in shape else "\n",
+                           final_newline="no final newline" not in shape)
+    if shape == "blank lines":
+        lines = text.split("\n")
+        text = "\n".join(line if i % 37 else line + "\n" for i, line in enumerate(lines))
+    if shape == "numpy header":
+        text = "# " + text
+    data = text.encode()
+    if shape == "bom":
+        data = b"\xef\xbb\xbf" + data
+    path = tmp_path / "preds.csv"
+    path.write_bytes(data)
+    assert ranges_read(monkeypatch, path, 256) > 20
+    one, split = serial_and_split(run, monkeypatch, path, "--format", "json", "--worst", "3", range_bytes=256)
+    assert_same_report(one, split)
+    assert loads_strict(split.stdout)["rows"] == 500
+
+
+def test_quoted_fields_fall_back_to_one_stream(run, monkeypatch, tmp_path):
+    """A quote in a range may open a field holding a line end: the cuts after it are not trusted."""
+    lines = prediction_text(600, seed=2).splitlines()
+    for i in (450, 451):  # a label with a line end inside its quotes, late in the file
+        row = lines[i].split(",")
+        lines[i] = ",".join([row[0], '"dog"', *row[2:]])
+    lines[452] = lines[452].replace(",cat,", ',"c\nat",').replace(",dog,", ',"d\nog",').replace(",owl,", ',"o\nwl",')
+    path = tmp_path / "preds.csv"
+    path.write_text("\n".join(lines) + "\n")
+    args = ("--format", "json", "--classes", ",".join(CLASSES), "--worst", "3")
+    one, split = serial_and_split(run, monkeypatch, path, *args, range_bytes=300)
+    assert one.exit_code == split.exit_code
+    assert one.stdout == split.stdout and one.stderr == split.stderr
+
+
+def test_a_fully_quoted_file(run, monkeypatch, tmp_path):
+    """pandas' to_csv(quoting=csv.QUOTE_ALL): every field quoted, read in one stream."""
+    lines = prediction_text(400, seed=3).splitlines()
+    path = tmp_path / "preds.csv"
+    path.write_text("\n".join(",".join(f'"{v}"' for v in line.split(",")) for line in lines) + "\n")
+    one, split = serial_and_split(run, monkeypatch, path, "--format", "json", range_bytes=300)
+    assert_same_report(one, split)
+
+
+def broken(tmp_path, row: int, how: str):
+    lines = prediction_text(800, seed=4).splitlines()
+    fields = lines[row].split(",")
+    if how == "text":
+        fields[3] = "oops"
+    elif how == "spreadsheet error":
+        fields[2] = "#DIV/0!"
+    elif how == "short row":
+        fields = fields[:-1]
+    elif how == "long row":
+        fields.append("0.1")
+    lines[row] = ",".join(fields)
+    path = tmp_path / "preds.csv"
+    data = ("\n".join(lines) + "\n").encode()
+    if how == "bad utf-8":
+        data = data.replace(b"\n" + lines[row].encode(), b"\n" + lines[row].encode().replace(b"dog", b"d\xffg")
+                            .replace(b"cat", b"c\xffat").replace(b"owl", b"o\xffwl"), 1)
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("how", ["text", "spreadsheet error", "short row", "long row", "bad utf-8"])
+@pytest.mark.parametrize("row", [1, 377, 799])
+def test_errors_name_the_true_rows(run, monkeypatch, tmp_path, how, row):
+    path = broken(tmp_path, row, how)
+    one, split = serial_and_split(run, monkeypatch, path, "--format", "json", range_bytes=400)
+    assert one.exit_code == split.exit_code == 2, (one.stderr, split.stderr)
+    assert split.stderr == one.stderr
+    assert split.stdout == ""
+    if how in ("text", "spreadsheet error", "short row", "long row"):
+        assert f"row {row}" in split.stderr or f"rows {row}" in split.stderr, split.stderr
+
+
+def test_reader_errors_are_input_errors(monkeypatch, tmp_path):
+    path = broken(tmp_path, 600, "text")
+    monkeypatch.setattr(readers, "CSV_RANGE_BYTES", 500)
+    monkeypatch.setenv("NLL_THREADS", "2")
+    source = readers.open_source(str(path))
+    names = source.schema.names
+    types = {n: source.schema.field(n).type for n in names}
+    types["p_dog"] = readers.pa.float64()
+    with pytest.raises(InputError, match="row 600"):
+        for _ in readers.chunks([source], names, types):
+            pass
+
+
+def test_stdin_and_gzip_read_in_one_stream(run, monkeypatch, tmp_path):
+    import gzip
+
+    text = prediction_text(300, seed=5)
+    path = tmp_path / "preds.csv.gz"
+    path.write_bytes(gzip.compress(text.encode()))
+    monkeypatch.setattr(readers, "CSV_RANGE_BYTES", 256)
+    assert not readers.open_source(str(path))._splittable()
+    plain = tmp_path / "preds.csv"
+    plain.write_text(text)
+    monkeypatch.setenv("NLL_THREADS", "3")
+    a = run("score", plain, "--format", "json")
+    b = run("score", path, "--format", "json")
+    c = run("score", "-", "--format", "json", input=text)
+    assert a.exit_code == b.exit_code == c.exit_code == 0
+    ra, rb, rc = (loads_strict(r.stdout) for r in (a, b, c))
+    for other in (rb, rc):
+        assert other["rows"] == ra["rows"] == 300
+        assert other["metrics"]["nll"] == pytest.approx(ra["metrics"]["nll"], rel=1e-12)
+
+
+def test_one_thread_reads_in_one_stream(monkeypatch, tmp_path):
+    path = tmp_path / "preds.csv"
+    path.write_text(prediction_text(300))
+    monkeypatch.setattr(readers, "CSV_RANGE_BYTES", 256)
+    monkeypatch.setenv("NLL_THREADS", "1")
+    assert readers.parse_threads() == 1
+    assert not readers.open_source(str(path))._splittable()
+    monkeypatch.setenv("NLL_THREADS", "2")
+    assert readers.open_source(str(path))._splittable()
