@@ -130,8 +130,8 @@ class TokensReport:
             elif math.isinf(value):
                 notes.append(f"{name} overflows float64{suffix}")
         for name, pair in (self.intervals or {}).items():  # an undefined metric's interval is said with it above
-            value = self.metrics.get(name)
-            if value is not None and not math.isnan(value) and not all(map(math.isfinite, pair)):
+            point = self.metrics.get(name)
+            if point is not None and not math.isnan(point) and not all(map(math.isfinite, pair)):
                 kind = "infinite" if any(map(math.isinf, pair)) else "undefined"
                 notes.append(f"the interval of {name} is {kind}{suffix}")
         return self.warnings + notes
