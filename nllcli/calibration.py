@@ -14,12 +14,12 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from . import losses
-from .errors import InputError, UsageError, visible
+from .errors import InputError, UsageError
 
 if TYPE_CHECKING:
     from .plan import Job

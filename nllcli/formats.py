@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeGuard
 
 from . import metrics as metric_table
 from .errors import visible
-from .render import _interval, _number, _text, describe_map
+from .render import _interval, _number, _text, describe_map, per_class_cell, per_class_columns
 
 if TYPE_CHECKING:
     from .calibration import Calibration
@@ -50,7 +50,7 @@ class GateResult:
     interval: list | None = None
 
 
-def gate_results(report: Report) -> list[GateResult]:
+def gate_results(report: Report | Calibration) -> list[GateResult]:
     """The gates of a report, in order, then compare's --fail-if-worse when it was asked."""
     data = report.to_dict()
     level = _confidence(data)
@@ -146,7 +146,7 @@ def _signed(value: float | None) -> str:
     return "undefined" if value is None or value != value else f"{value:+.6g}"
 
 
-def title(report: Report) -> str:
+def title(report: Report | Calibration) -> str:
     """The first line of every format: command, files, rows and classes (data: not escaped here)."""
     if _tokens(report):  # files, documents and tokens
         return report.title()
@@ -167,17 +167,17 @@ def _calibration(report: object) -> TypeGuard[Calibration]:
     return getattr(report, "command", None) == "calibrate"
 
 
-def _tokens(report: Report | TokensReport) -> TypeGuard[TokensReport]:
+def _tokens(report: object) -> TypeGuard[TokensReport]:
     """Whether the report is a TokensReport (of nll tokens or its --compare)."""
     return hasattr(report, "input_roles")
 
 
-def _inputs(report: Report) -> dict[str, list[str]]:
+def _inputs(report: Report | Calibration) -> dict[str, list[str]]:
     """The input files by role: preds and targets, base and new, or nll tokens' files."""
     return report.input_roles() if _tokens(report) else report.inputs
 
 
-def _files(report: Report) -> list[str]:
+def _files(report: Report | Calibration) -> list[str]:
     return [name for names in _inputs(report).values() for name in names]
 
 
@@ -186,7 +186,7 @@ def _counts(report: Report) -> list[tuple[str, int | None]]:
     return report.counts() if _tokens(report) else [("rows", report.rows)]
 
 
-def _unit(report: Report, name: str) -> str:
+def _unit(report: Report | Calibration, name: str) -> str:
     """The unit of a metric: the report's for information metrics, else none."""
     if _tokens(report):
         return report.unit(name)
@@ -256,10 +256,11 @@ class Markdown(ReportFormat):
             parts.append("### Metrics\n")
         parts.append(self._metrics(report, data, level))
         if data.get("per_class"):
-            parts.append("### Per true class\n")
-            parts.append(markdown_table(["true class", "rows", "nll", "accuracy"],
-                                        [[markdown_text(row["class"]), f"{row['rows']:,}", _number(row["nll"]),
-                                          _number(row["accuracy"])] for row in report.per_class], {1, 2, 3}))
+            heading, shown = per_class_columns(report)
+            parts.append(f"### Per {heading}\n")
+            parts.append(markdown_table([heading, *shown],
+                                        [[markdown_text(row["class"]), *(per_class_cell(row, name) for name in shown)]
+                                         for row in report.per_class], set(range(1, len(shown) + 1))))
         if report.groups:
             parts.append(self._groups(report, data))
         if report.worst:
@@ -291,7 +292,8 @@ class Markdown(ReportFormat):
         calibration, then per input a table of each metric before and after."""
         from .calibration import metric_changes
 
-        parts = [f"## {markdown_text(title(result))}\n", f"**Calibration map:** {markdown_text(describe_map(result))}\n"]
+        parts = [f"## {markdown_text(title(result))}\n",
+                 f"**Calibration map:** {markdown_text(describe_map(result))}\n"]
         if result.scale is not None and result.bias is not None:
             parts.append(markdown_table(["class", "scale", "bias"],
                                         [[markdown_text(name), f"{a:.6f}", f"{b:+.6f}"]
@@ -303,10 +305,9 @@ class Markdown(ReportFormat):
         for role, before, after in result.stages():
             files = ", ".join(after.inputs["preds"])
             parts.append(f"### {markdown_text(f'{role}: {files} ({after.rows:,} rows)')}\n")
-            parts.append(markdown_table(["metric", "before", "after", "change", "unit"],
-                                        [[markdown_text(name), _number(old), _number(new), _delta(change),
-                                          _unit(after, name)] for name, old, new, change in metric_changes(before, after)],
-                                        {1, 2, 3}))
+            body = [[markdown_text(name), _number(old), _number(new), _delta(change), _unit(after, name)]
+                    for name, old, new, change in metric_changes(before, after)]
+            parts.append(markdown_table(["metric", "before", "after", "change", "unit"], body, {1, 2, 3}))
         written = [*result.outputs, *([result.saved] if result.saved else [])]
         if written:
             parts.append("### Files written\n")
@@ -568,8 +569,10 @@ class OpenMetrics(ReportFormat):
             for side, bound in zip(("lower", "upper"), row.get("ci") or ()):
                 add(f"{name}_delta_{side}", f"{side} end of the paired bootstrap interval of the {name} delta",
                     {**units, "confidence": f"{row.get('confidence', level):g}"}, bound)
+        per_class_metrics = [name for name in per_class_columns(report)[1] if name not in ("rows", "positives")] \
+            if data.get("per_class") else []
         for row in data.get("per_class", []):
-            for name in ("nll", "accuracy"):
+            for name in per_class_metrics:
                 units = {"units": report.units} if metric_table.is_information(name) else {}
                 add(name, _help(name), {**units, "class": str(row["class"])}, row[name])
         for group, shown_group in zip(report.groups, data.get("groups", [])):

@@ -110,11 +110,10 @@ def write_table(report: Report, stream: IO[str]) -> None:
             metrics.add_row(*_cells(name, _number(value), *shown, unit))
         console.print(metrics)
         if report.per_class:
-            per_class = _table(style, plain, ("true class", "left"), ("rows", "right"), ("nll", "right"),
-                               ("accuracy", "right"))
+            heading, shown = per_class_columns(report)
+            per_class = _table(style, plain, (heading, "left"), *((name, "right") for name in shown))
             for row in report.per_class:
-                per_class.add_row(*_cells(row["class"], f"{row['rows']:,}", _number(row["nll"]),
-                                          _number(row["accuracy"])))
+                per_class.add_row(*_cells(row["class"], *(per_class_cell(row, name) for name in shown)))
             console.print(per_class)
         if report.groups:
             console.print(_groups_table(report, style, plain))
@@ -131,6 +130,21 @@ def write_table(report: Report, stream: IO[str]) -> None:
         for note in notes:
             console.print(_cell(note))
     stream.write(without_trailing_spaces(captured.get()))
+
+
+def per_class_columns(report: Report) -> tuple[str, list[str]]:
+    """The heading and the columns of the per-class table: of the true class, or (score
+    --multilabel) of each label, with its positives, prevalence, Brier score and ECE."""
+    if getattr(report, "multilabel", False):
+        return "label", ["rows", "positives", "prevalence", "nll", "accuracy", "brier", "ece"]
+    return "true class", ["rows", "nll", "accuracy"]
+
+
+def per_class_cell(row: dict, name: str) -> str:
+    """A cell of the per-class table: a count of rows, a weight sum of positives, or a number."""
+    if name == "rows":
+        return f"{row['rows']:,}"
+    return f"{row[name]:,.6g}" if name == "positives" else _number(row[name])
 
 
 def _terminal_size(stream: IO[str], fallback):
