@@ -1138,7 +1138,7 @@ def calibrate(
     from .ci import report_targets
 
     copies = [os.path.join(output, os.path.basename(str(path))) for path in [valid, *(apply or ())]] if output else []
-    report_files = report_targets(report_file or (), [valid, *(apply or ())], [save, *copies])
+    report_files = report_targets(report_file or (), [valid, *(apply or ())], [save, output, *copies])
     _prepare_process()
     from . import api
     from .render import write_calibration

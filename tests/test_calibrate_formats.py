@@ -152,6 +152,7 @@ def test_report_is_refused_onto_an_input_the_save_file_a_copy_or_twice(calibrate
     refused = [(("--report", saved, "--save", saved), "--report"),
                (("--report", tmp_path / "a.md", "--report", tmp_path / "a.md"), "written twice"),
                (("--report", tmp_path / "r.doc"), "unknown suffix '.doc'"),
+               (("--report", tmp_path / "o.md", "-o", tmp_path / "o.md"), "written twice"),
                (("--report", tmp_path / "missing" / "r.md"), "does not exist")]
     for extra, fragment in refused:
         assert_input_error(_invoke(*calibrate_args, *extra), fragment)
