@@ -14,12 +14,12 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from . import losses
-from .errors import InputError, UsageError, visible
+from .errors import InputError, UsageError
 
 if TYPE_CHECKING:
     from .plan import Job
@@ -261,6 +261,38 @@ class Calibration:
         if self.method == "vector":
             return {"vector_scaling": (self.scale, self.bias)}
         return {"temperature": self.temperature}
+
+    # What the report formats (formats.py) and the CI integration (ci.py) read of a report: the
+    # command, the inputs by role, and VALID's calibrated metrics (those the gates test).
+    command = "calibrate"
+    regression = None
+
+    @property
+    def inputs(self) -> dict[str, list[str]]:
+        """The input files by role: valid, then every --apply file as test."""
+        return {"valid": list(self.valid[1].inputs["preds"]),
+                "test": [name for _, after in self.tests for name in after.inputs["preds"]]}
+
+    @property
+    def rows(self) -> int:
+        return self.valid[1].rows
+
+    @property
+    def classes(self) -> list[str]:
+        return self.valid[1].classes
+
+    @property
+    def units(self) -> str:
+        return self.valid[1].units
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """VALID's metrics after calibration: those the --max/--min gates test."""
+        return self.valid[1].metrics
+
+    def stages(self) -> list[tuple[str, Report, Report]]:
+        """(role, before, after) of VALID and of each --apply file."""
+        return [("valid", *self.valid), *(("test", *pair) for pair in self.tests)]
 
     @property
     def gates(self):
@@ -576,86 +608,12 @@ def write_calibrated(preds, target: Path, mapping: dict[str, Any], **score_optio
                metadata=schema.metadata if source.format == "parquet" else None)
 
 
-# -- rendering -------------------------------------------------------------------------------
-
-
-def write_calibration(result: Calibration, fmt: str, stream: IO[str]) -> None:
-    """The result as tables (like score's), JSON or NDJSON."""
-    from .sinks import reported_as
-
-    name = "standard output"
-    with reported_as(name):
-        if fmt == "table":
-            _write_table(result, stream)
-        else:
-            stream.write(_json(result, indent=2 if fmt == "json" else None) + "\n")
-        stream.flush()
-
-
-def _json(result: Calibration, indent: int | None) -> str:
-    from .render import _NOT_PLAIN_ASCII, _json_escape
-
-    text = json.dumps(result.to_dict(), indent=indent, allow_nan=False, ensure_ascii=False)
-    return _NOT_PLAIN_ASCII.sub(_json_escape, text)
-
-
-def describe_map(result: Calibration) -> str:
-    """One line: the map and where it came from."""
-    valid = ", ".join(result.valid[1].inputs["preds"])
-    if result.method == "vector" and result.scale is not None:
-        what = f"vector scaling: {len(result.scale)} scales and biases (below)"
-    else:
-        what = f"temperature scaling: T = {result.temperature:.6g}"
-    if result.source == "fitted" and result.fit is not None:
-        return f"{what}, fitted on {valid} ({result.fit.rows:,} rows, {result.fit.iterations} iterations)"
-    origin = f"loaded from {result.loaded_from}" if result.source == "loaded" else "given"
-    return f"{what}, {origin}"
-
-
-def _write_table(result: Calibration, stream: IO[str]) -> None:
-    import io
-
-    from rich import box
-    from rich.console import Console
-
-    from . import metrics as metric_table
-    from .errors import without_trailing_spaces
-    from .render import PLAIN_WIDTH, _cell, _cells, _number, _table
-
-    terminal = stream.isatty()
-    console = Console(file=io.StringIO(), force_terminal=terminal, color_system="auto" if terminal else None,
-                      width=None if terminal else PLAIN_WIDTH, highlight=False, markup=False, emoji=False,
-                      soft_wrap=False)
-    plain = not terminal
-    style = dict(box=None if plain else box.SIMPLE_HEAVY, show_edge=not plain, pad_edge=False)
-    with console.capture() as captured:
-        console.print(_cell(f"nll calibrate: {describe_map(result)}"))
-        if result.scale is not None and result.bias is not None:
-            params = _table(style, plain, ("class", "left"), ("scale", "right"), ("bias", "right"))
-            for name, a, b in zip(result.valid[1].classes, result.scale, result.bias):
-                params.add_row(*_cells(name, f"{a:.6f}", f"{b:+.6f}"))
-            console.print(params)
-        for role, (before, after) in [("valid", result.valid), *(("test", t) for t in result.tests)]:
-            files = ", ".join(after.inputs["preds"])
-            console.print(_cell(f"{role}: {files} ({after.rows:,} rows, {len(after.classes)} classes)"))
-            table = _table(style, plain, ("metric", "left"), ("before", "right"), ("after", "right"),
-                           ("change", "right"), ("unit", "left"))
-            for name, value in after.metrics.items():
-                old = before.metrics.get(name)
-                change = value - old if old is not None and math.isfinite(value) and math.isfinite(old) else None
-                unit = after.units if metric_table.is_information(name) else ""
-                table.add_row(*_cells(name, _number(old), _number(value),
-                                      "n/a" if change is None else f"{change:+.6f}", unit))
-            console.print(table)
-        notes = [f"wrote {path}" for path in result.outputs]
-        if result.saved:
-            notes.append(f"saved {'T' if result.method == 'temperature' else 'the scales and biases'} to "
-                         f"{result.saved}")
-        notes += result.all_warnings()
-        for gate in result.gates:
-            verdict = "ok" if gate.passes(result.valid[1].metrics.get(gate.metric)) else "FAILED"
-            sign = "<=" if gate.bound == "max" else ">="
-            notes.append(f"gate {gate.metric} {sign} {gate.threshold:g} (valid, after): {verdict}")
-        for note in notes:
-            console.print(_cell(visible(note)))
-    stream.write(without_trailing_spaces(captured.get()))
+def metric_changes(before: Report, after: Report) -> list[tuple[str, float | None, float, float | None]]:
+    """(metric, before, after, after - before) for each metric of ``after``; the change is None
+    where either value is missing or not finite."""
+    out = []
+    for name, value in after.metrics.items():
+        old = before.metrics.get(name)
+        change = value - old if old is not None and math.isfinite(value) and math.isfinite(old) else None
+        out.append((name, old, value, change))
+    return out

@@ -426,10 +426,11 @@ def _total_bytes(*paths_lists) -> int | None:
 
 
 def _finish(report, fmt: Format, per_sample: str | None, report_files: list[tuple[str, str]] | None = None,
-            ci_integration: bool = True, write=None) -> None:
+            ci_integration: bool = True, write=None, gates_on: str = "") -> None:
     """Render the report (to stderr when per-sample rows own stdout), write the --report files, tell
     GitHub Actions (annotations, job summary) and apply the gates. ``write``: the report's writer
-    (nll tokens: tokens.render.write_report), render.write_report by default."""
+    (nll tokens: tokens.render.write_report; calibrate: render.write_calibration), render.write_report
+    by default; ``gates_on``: what the gates tested, after each failed gate's message."""
     from .ci import github_integration, write_report_files
     from .render import write_report
 
@@ -439,7 +440,7 @@ def _finish(report, fmt: Format, per_sample: str | None, report_files: list[tupl
         _err(f"nll: warning: {warning}")
     failed = report.failed_gates
     for gate in failed:
-        _err(f"nll: {gate.describe(report.metrics.get(gate.metric))}")
+        _err(f"nll: {gate.describe(report.metrics.get(gate.metric))}{gates_on}")
     if report.regression:
         _err(f"nll: {report.regression}")
     if failed or report.regression:
@@ -1134,6 +1135,8 @@ def calibrate(
     debug: Debug = False,
     l2: Annotated[float, typer.Option("--l2", metavar="X", help="Vector scaling's penalty (X / 2)(|a - 1|^2 + "
                                       "|b|^2) towards the identity map.")] = 1e-4,
+    report_file: ReportFile = None,
+    no_ci_integration: NoCiIntegration = False,
 ) -> None:
     """Temperature scaling: fit T by maximum likelihood on VALID, report every metric before and after.
 
@@ -1145,21 +1148,18 @@ def calibrate(
 
     Exit codes: 0 ok, 1 a --max/--min gate failed, 2 usage, input or environment error, 3 a bug of nll.
     """
-    if format not in (Format.table, Format.json, Format.ndjson):
-        from .errors import UsageError
+    from .ci import report_targets
 
-        raise UsageError(f"--format {format.value}: nll calibrate writes table, json or ndjson")
+    copies = [os.path.join(output, os.path.basename(str(path))) for path in [valid, *(apply or ())]] if output else []
+    report_files = report_targets(report_file or (), [valid, *(apply or ())], [save, output, *copies])
     _prepare_process()
     from . import api
-    from .calibration import write_calibration
+    from .render import write_calibration
 
     result = api.calibrate(valid, apply=apply or (), method=method.value, temperature=temperature, load=load,
                            save=save, output=output, label=label, classes=classes, probs=probs, key=key,
                            weight=weight, ignore=ignore or (), positive=positive, input=input.value, eps=eps,
                            tol=tol, renormalize=renormalize, base=base.value, bins=bins, top_k=top_k,
                            max=max or (), min=min or (), l2=l2)
-    write_calibration(result, format.value, sys.stdout)
-    for gate in result.failed_gates:
-        _err(f"nll: {gate.describe(result.valid[1].metrics.get(gate.metric))} (VALID after calibration)")
-    if result.failed_gates:
-        raise typer.Exit(EXIT_GATE)
+    _finish(result, format, None, report_files, not no_ci_integration, write=write_calibration,
+            gates_on=" (VALID after calibration)")

@@ -13,6 +13,9 @@ OpenMetrics label values as its grammar says. Control characters are escaped vis
 
 A TokensReport (`nll tokens`) is written by the same classes: its dict has the same keys, and its
 input_roles(), counts() (documents and tokens, not rows), unit() and title() say what differs.
+A Calibration (`nll calibrate`) too: its command, inputs (valid, test), rows, classes, units and
+metrics (VALID after calibration, what its gates test) are those of a Report; its stages() give
+each input's metrics before and after, which each format shows in its own way.
 """
 
 from __future__ import annotations
@@ -24,9 +27,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeGuard
 
 from . import metrics as metric_table
 from .errors import visible
-from .render import _interval, _number, _text
+from .render import _interval, _number, _text, describe_map, per_class_cell, per_class_columns
 
 if TYPE_CHECKING:
+    from .calibration import Calibration
     from .report import Report
     from .tokens.report import TokensReport
 
@@ -46,7 +50,7 @@ class GateResult:
     interval: list | None = None
 
 
-def gate_results(report: Report) -> list[GateResult]:
+def gate_results(report: Report | Calibration) -> list[GateResult]:
     """The gates of a report, in order, then compare's --fail-if-worse when it was asked."""
     data = report.to_dict()
     level = _confidence(data)
@@ -72,7 +76,7 @@ def _gate_result(entry: dict[str, Any], level: float | None, metrics: dict[str, 
     shown_threshold = f"{threshold * 100:g}%" if relative else f"{threshold:g}"
     name = f"--{bound.replace('_', '-')} {metric}={shown_threshold}"
     on = entry.get("on")
-    if on not in (None, "value"):
+    if on in ("lower", "upper", "interval"):  # calibrate's "after.valid" says which metrics, not --gate-on
         name += f" --gate-on {on}"
     value, interval, base = entry.get("value"), entry.get("interval"), entry.get("base")
     if value is None and base is None and metric in metrics:  # infinite or undefined: null in the dict
@@ -92,7 +96,7 @@ def _gate_result(entry: dict[str, Any], level: float | None, metrics: dict[str, 
         relation = "is within the" if upper else "meets the"
     else:
         relation = "is above the" if upper else "is below the"
-    details = []
+    details = ["VALID after calibration"] if on == "after.valid" else []
     if on in ("lower", "upper", "interval"):
         details.append(f"{metric} = {_short(value)}")
     if base is not None:
@@ -142,10 +146,15 @@ def _signed(value: float | None) -> str:
     return "undefined" if value is None or value != value else f"{value:+.6g}"
 
 
-def title(report: Report) -> str:
+def title(report: Report | Calibration) -> str:
     """The first line of every format: command, files, rows and classes (data: not escaped here)."""
     if _tokens(report):  # files, documents and tokens
         return report.title()
+    if _calibration(report):  # VALID, then the --apply files
+        tests = "".join(f", applied to {', '.join(after.inputs['preds'])} ({after.rows:,} rows)"
+                        for _, after in report.tests)
+        return (f"nll calibrate: {', '.join(report.inputs['valid'])} ({report.rows:,} rows, "
+                f"{len(report.classes)} classes){tests}")
     return f"nll {report.command}: {', '.join(_files(report))} ({report.rows:,} rows, {len(report.classes)} classes)"
 
 
@@ -153,17 +162,22 @@ def title(report: Report) -> str:
 # list, it counts documents and tokens, its metrics have their own units.
 
 
-def _tokens(report: Report | TokensReport) -> TypeGuard[TokensReport]:
+def _calibration(report: object) -> TypeGuard[Calibration]:
+    """Whether the report is the result of nll calibrate."""
+    return getattr(report, "command", None) == "calibrate"
+
+
+def _tokens(report: object) -> TypeGuard[TokensReport]:
     """Whether the report is a TokensReport (of nll tokens or its --compare)."""
     return hasattr(report, "input_roles")
 
 
-def _inputs(report: Report) -> dict[str, list[str]]:
+def _inputs(report: Report | Calibration) -> dict[str, list[str]]:
     """The input files by role: preds and targets, base and new, or nll tokens' files."""
     return report.input_roles() if _tokens(report) else report.inputs
 
 
-def _files(report: Report) -> list[str]:
+def _files(report: Report | Calibration) -> list[str]:
     return [name for names in _inputs(report).values() for name in names]
 
 
@@ -172,7 +186,7 @@ def _counts(report: Report) -> list[tuple[str, int | None]]:
     return report.counts() if _tokens(report) else [("rows", report.rows)]
 
 
-def _unit(report: Report, name: str) -> str:
+def _unit(report: Report | Calibration, name: str) -> str:
     """The unit of a metric: the report's for information metrics, else none."""
     if _tokens(report):
         return report.unit(name)
@@ -225,20 +239,14 @@ class Markdown(ReportFormat):
     name = "markdown"
 
     def render(self, report: Report) -> str:
+        if _calibration(report):
+            return self._calibrate(report)
         data = report.to_dict()
         level = _confidence(data)
         parts = [f"## {markdown_text(title(report))}\n"]
         results = gate_results(report)
         if results:
-            failed = sum(not r.passed for r in results)
-            parts.append(f"**{'❌' if failed else '✅'} {len(results) - failed} of {len(results)} "
-                         f"gate{'s' if len(results) != 1 else ''} passed**\n")
-            with_intervals = any(r.interval for r in results)
-            parts.append(markdown_table(["gate", "value", *(["interval"] if with_intervals else []), "result"],
-                                        [[markdown_text(r.name), _number(r.value),
-                                          *([_ours(_bracketed(r.interval)) if r.interval else ""]
-                                            if with_intervals else []),
-                                          "✅ pass" if r.passed else "❌ **fail**"] for r in results], {1, 2}))
+            parts.append(self._gates(results))
         if report.comparison:
             parts.append(self._comparison(report))
             if data.get("regression"):
@@ -248,10 +256,11 @@ class Markdown(ReportFormat):
             parts.append("### Metrics\n")
         parts.append(self._metrics(report, data, level))
         if data.get("per_class"):
-            parts.append("### Per true class\n")
-            parts.append(markdown_table(["true class", "rows", "nll", "accuracy"],
-                                        [[markdown_text(row["class"]), f"{row['rows']:,}", _number(row["nll"]),
-                                          _number(row["accuracy"])] for row in report.per_class], {1, 2, 3}))
+            heading, shown = per_class_columns(report)
+            parts.append(f"### Per {heading}\n")
+            parts.append(markdown_table([heading, *shown],
+                                        [[markdown_text(row["class"]), *(per_class_cell(row, name) for name in shown)]
+                                         for row in report.per_class], set(range(1, len(shown) + 1))))
         if report.groups:
             parts.append(self._groups(report, data))
         if report.worst:
@@ -261,6 +270,49 @@ class Markdown(ReportFormat):
         if any(row.get("weight") for row in data.get("loss_histogram", [])):
             parts.append(self._loss_histogram(data))
         warnings = report.all_warnings()
+        if warnings:
+            parts.append("### Warnings\n")
+            parts.append("".join(f"- {markdown_text(note)}\n" for note in warnings))
+        return "\n".join(parts)
+
+    @staticmethod
+    def _gates(results: list[GateResult]) -> str:
+        """How many gates passed, then a table of them."""
+        failed = sum(not r.passed for r in results)
+        with_intervals = any(r.interval for r in results)
+        return (f"**{'❌' if failed else '✅'} {len(results) - failed} of {len(results)} "
+                f"gate{'s' if len(results) != 1 else ''} passed**\n\n"
+                + markdown_table(["gate", "value", *(["interval"] if with_intervals else []), "result"],
+                                 [[markdown_text(r.name), _number(r.value),
+                                   *([_ours(_bracketed(r.interval)) if r.interval else ""] if with_intervals else []),
+                                   "✅ pass" if r.passed else "❌ **fail**"] for r in results], {1, 2}))
+
+    def _calibrate(self, result: Calibration) -> str:
+        """nll calibrate: the map (T, or a scale and a bias per class), the gates on VALID after
+        calibration, then per input a table of each metric before and after."""
+        from .calibration import metric_changes
+
+        parts = [f"## {markdown_text(title(result))}\n",
+                 f"**Calibration map:** {markdown_text(describe_map(result))}\n"]
+        if result.scale is not None and result.bias is not None:
+            parts.append(markdown_table(["class", "scale", "bias"],
+                                        [[markdown_text(name), f"{a:.6f}", f"{b:+.6f}"]
+                                         for name, a, b in zip(result.classes, result.scale, result.bias)], {1, 2}))
+        results = gate_results(result)
+        if results:
+            parts.append("### Gates (VALID after calibration)\n")
+            parts.append(self._gates(results))
+        for role, before, after in result.stages():
+            files = ", ".join(after.inputs["preds"])
+            parts.append(f"### {markdown_text(f'{role}: {files} ({after.rows:,} rows)')}\n")
+            body = [[markdown_text(name), _number(old), _number(new), _delta(change), _unit(after, name)]
+                    for name, old, new, change in metric_changes(before, after)]
+            parts.append(markdown_table(["metric", "before", "after", "change", "unit"], body, {1, 2, 3}))
+        written = [*result.outputs, *([result.saved] if result.saved else [])]
+        if written:
+            parts.append("### Files written\n")
+            parts.append("".join(f"- {markdown_text(path)}\n" for path in written))
+        warnings = result.all_warnings()
         if warnings:
             parts.append("### Warnings\n")
             parts.append("".join(f"- {markdown_text(note)}\n" for note in warnings))
@@ -430,11 +482,24 @@ class JUnit(ReportFormat):
         files = [(f"input.{role}", name) for role, names in _inputs(report).items() for name in names]
         values = [(f"metric.{name}", _number(value)) for name, value in report.metrics.items()]
         counts = [(name, "n/a" if value is None else str(value)) for name, value in _counts(report)]
+        if _calibration(report):  # the map; the metrics are VALID's after calibration
+            mapping = [("method", report.method)] + ([("temperature", repr(report.temperature))]
+                                                     if report.temperature is not None else [])
+            return [("command", report.command), *files, *mapping, *counts, ("units", report.units), *values]
         return [("command", report.command), *files, *counts, ("units", report.units), *values]
 
     @staticmethod
     def _summary_lines(report: Report) -> list[str]:
         lines = [title(report)]
+        if _calibration(report):
+            from .calibration import metric_changes
+
+            lines.append(describe_map(report))
+            for role, before, after in report.stages():
+                lines.append(f"{role}: {', '.join(after.inputs['preds'])} ({after.rows:,} rows)")
+                lines += [f"  {name}: before {_number(old)}, after {_number(new)}, change {_delta(change)} "
+                          f"{_unit(after, name)}".rstrip() for name, old, new, change in metric_changes(before, after)]
+            return lines + [f"warning: {note}" for note in report.all_warnings()]
         for row in report.comparison:
             lines.append(f"{row['metric']}: base {_number(row['base'])}, new {_number(row['new'])}, delta "
                          f"{_delta(row['delta'])}, {_level(row.get('confidence'))} interval {_ci(row.get('ci'))}")
@@ -475,9 +540,11 @@ class OpenMetrics(ReportFormat):
     name = "openmetrics"
 
     def render(self, report: Report) -> str:
+        if _calibration(report):
+            return self._calibrate(report)
         data = report.to_dict()
         common = {"command": report.command, "input": ", ".join(_files(report))}
-        families: dict[str, tuple[str, list[tuple[dict[str, str], float | None]]]] = {}
+        families: _Families = {}
 
         def add(family: str, help_text: str, labels: dict[str, str], value: float | None) -> None:
             families.setdefault(metric_name(f"nll_{family}"), (help_text, []))[1].append(({**common, **labels}, value))
@@ -502,8 +569,10 @@ class OpenMetrics(ReportFormat):
             for side, bound in zip(("lower", "upper"), row.get("ci") or ()):
                 add(f"{name}_delta_{side}", f"{side} end of the paired bootstrap interval of the {name} delta",
                     {**units, "confidence": f"{row.get('confidence', level):g}"}, bound)
+        per_class_metrics = [name for name in per_class_columns(report)[1] if name not in ("rows", "positives")] \
+            if data.get("per_class") else []
         for row in data.get("per_class", []):
-            for name in ("nll", "accuracy"):
+            for name in per_class_metrics:
                 units = {"units": report.units} if metric_table.is_information(name) else {}
                 add(name, _help(name), {**units, "class": str(row["class"])}, row[name])
         for group, shown_group in zip(report.groups, data.get("groups", [])):
@@ -517,14 +586,49 @@ class OpenMetrics(ReportFormat):
                     add(f"{name}_{side}", _interval_help(side, name), {**units, **label, **confidence}, bound)
         for result in gate_results(report):
             add("gate_passed", "1 when the gate passed, 0 when it failed", {"gate": result.name}, float(result.passed))
+        return _exposition(families)
 
-        lines = []
-        for family, (help_text, samples) in families.items():
-            lines += [f"# TYPE {family} gauge", f"# HELP {family} {help_text}"]
-            for labels, sample in samples:
-                shown = ",".join(f'{metric_name(key)}="{label_value(text)}"' for key, text in labels.items())
-                lines.append(f"{family}{{{shown}}} {_sample_value(sample)}")
-        return "\n".join(lines) + "\n# EOF\n"
+    @staticmethod
+    def _calibrate(result: Calibration) -> str:
+        """nll calibrate: `nll_temperature` (or `nll_scale` and `nll_bias` per class), and per input
+        `nll_rows` and `nll_<metric>` with the labels input and stage (before, after)."""
+        families: _Families = {}
+
+        def add(family: str, help_text: str, labels: dict[str, str], value: float | None) -> None:
+            families.setdefault(metric_name(f"nll_{family}"), (help_text, []))[1].append(
+                ({"command": "calibrate", **labels}, value))
+
+        valid = {"input": ", ".join(result.inputs["valid"])}
+        if result.temperature is not None:
+            add("temperature", "The temperature T of the calibration map softmax(z / T)", valid, result.temperature)
+        for name, a, b in zip(result.classes, result.scale or (), result.bias or ()):
+            add("scale", "Vector scaling's scale a of the class: softmax(a * x + b)", {**valid, "class": str(name)}, a)
+            add("bias", "Vector scaling's bias b of the class: softmax(a * x + b)", {**valid, "class": str(name)}, b)
+        for role, before, after in result.stages():
+            labels = {"input": ", ".join(after.inputs["preds"]), "role": role}
+            add("rows", "Rows scored", labels, after.rows)
+            for stage, report in (("before", before), ("after", after)):
+                for name, value in report.metrics.items():
+                    units = {"units": _unit(report, name)} if _unit(report, name) else {}
+                    add(name, f"nll's {name} of the input, before or after calibration (stage)",
+                        {**labels, **units, "stage": stage}, value)
+        for gate in gate_results(result):
+            add("gate_passed", "1 when the gate passed, 0 when it failed", {"gate": gate.name}, float(gate.passed))
+        return _exposition(families)
+
+
+_Families = dict[str, tuple[str, list[tuple[dict[str, str], float | None]]]]
+
+
+def _exposition(families: _Families) -> str:
+    """The gauge families as OpenMetrics text, ending with `# EOF`."""
+    lines = []
+    for family, (help_text, samples) in families.items():
+        lines += [f"# TYPE {family} gauge", f"# HELP {family} {help_text}"]
+        for labels, sample in samples:
+            shown = ",".join(f'{metric_name(key)}="{label_value(text)}"' for key, text in labels.items())
+            lines.append(f"{family}{{{shown}}} {_sample_value(sample)}")
+    return "\n".join(lines) + "\n# EOF\n"
 
 
 def _help(name: str) -> str:

@@ -23,6 +23,8 @@ from .sinks import reported_as
 if TYPE_CHECKING:
     from rich.text import Text
 
+    from .calibration import Calibration
+
 PLAIN_WIDTH = 1_000_000  # piped or redirected: no table is ever wrapped or cut
 
 
@@ -108,11 +110,10 @@ def write_table(report: Report, stream: IO[str]) -> None:
             metrics.add_row(*_cells(name, _number(value), *shown, unit))
         console.print(metrics)
         if report.per_class:
-            per_class = _table(style, plain, ("true class", "left"), ("rows", "right"), ("nll", "right"),
-                               ("accuracy", "right"))
+            heading, shown = per_class_columns(report)
+            per_class = _table(style, plain, (heading, "left"), *((name, "right") for name in shown))
             for row in report.per_class:
-                per_class.add_row(*_cells(row["class"], f"{row['rows']:,}", _number(row["nll"]),
-                                          _number(row["accuracy"])))
+                per_class.add_row(*_cells(row["class"], *(per_class_cell(row, name) for name in shown)))
             console.print(per_class)
         if report.groups:
             console.print(_groups_table(report, style, plain))
@@ -129,6 +130,21 @@ def write_table(report: Report, stream: IO[str]) -> None:
         for note in notes:
             console.print(_cell(note))
     stream.write(without_trailing_spaces(captured.get()))
+
+
+def per_class_columns(report: Report) -> tuple[str, list[str]]:
+    """The heading and the columns of the per-class table: of the true class, or (score
+    --multilabel) of each label, with its positives, prevalence, Brier score and ECE."""
+    if getattr(report, "multilabel", False):
+        return "label", ["rows", "positives", "prevalence", "nll", "accuracy", "brier", "ece"]
+    return "true class", ["rows", "nll", "accuracy"]
+
+
+def per_class_cell(row: dict, name: str) -> str:
+    """A cell of the per-class table: a count of rows, a weight sum of positives, or a number."""
+    if name == "rows":
+        return f"{row['rows']:,}"
+    return f"{row[name]:,.6g}" if name == "positives" else _number(row[name])
 
 
 def _terminal_size(stream: IO[str], fallback):
@@ -286,3 +302,74 @@ RENDERERS.update({name: _format_writer(name) for name in ("markdown", "junit", "
 REPORT_SUFFIXES = {".json": "json", ".md": "markdown", ".markdown": "markdown", ".xml": "junit",
                    ".prom": "openmetrics", ".txt": "openmetrics"}
 """The format `--report FILE` writes, by the suffix of FILE."""
+
+
+# -- nll calibrate -------------------------------------------------------------------------------
+
+
+def write_calibration(result: Calibration, fmt: str, stream: IO[str]) -> None:
+    """nll calibrate's result in any format: its own tables (like score's), else the writer of
+    RENDERERS (JSON from its to_dict(); Markdown, JUnit, OpenMetrics from formats.py)."""
+    if fmt != "table":
+        write_report(result, fmt, stream)  # type: ignore[arg-type]  # a Calibration reads as a Report there
+        return
+    with reported_as("standard output" if stream is sys.stdout else "output"):
+        _write_calibration_table(result, stream)
+        stream.flush()
+
+
+def describe_map(result: Calibration) -> str:
+    """One line: the map and where it came from."""
+    valid = ", ".join(result.valid[1].inputs["preds"])
+    if result.method == "vector" and result.scale is not None:
+        what = f"vector scaling: {len(result.scale)} scales and biases (below)"
+    else:
+        what = f"temperature scaling: T = {result.temperature:.6g}"
+    if result.source == "fitted" and result.fit is not None:
+        return f"{what}, fitted on {valid} ({result.fit.rows:,} rows, {result.fit.iterations} iterations)"
+    origin = f"loaded from {result.loaded_from}" if result.source == "loaded" else "given"
+    return f"{what}, {origin}"
+
+
+def _write_calibration_table(result: Calibration, stream: IO[str]) -> None:
+    """The map, then per input a table of each metric before and after, then notes and gates."""
+    from rich import box
+    from rich.console import Console
+
+    from .calibration import metric_changes
+
+    terminal = stream.isatty()
+    console = Console(file=io.StringIO(), force_terminal=terminal, color_system="auto" if terminal else None,
+                      width=None if terminal else PLAIN_WIDTH, highlight=False, markup=False, emoji=False,
+                      soft_wrap=False)
+    plain = not terminal
+    style = dict(box=None if plain else box.SIMPLE_HEAVY, show_edge=not plain, pad_edge=False)
+    with console.capture() as captured:
+        console.print(_cell(f"nll calibrate: {describe_map(result)}"))
+        if result.scale is not None and result.bias is not None:
+            params = _table(style, plain, ("class", "left"), ("scale", "right"), ("bias", "right"))
+            for name, a, b in zip(result.classes, result.scale, result.bias):
+                params.add_row(*_cells(name, f"{a:.6f}", f"{b:+.6f}"))
+            console.print(params)
+        for role, before, after in result.stages():
+            files = ", ".join(after.inputs["preds"])
+            console.print(_cell(f"{role}: {files} ({after.rows:,} rows, {len(after.classes)} classes)"))
+            table = _table(style, plain, ("metric", "left"), ("before", "right"), ("after", "right"),
+                           ("change", "right"), ("unit", "left"))
+            for name, old, value, change in metric_changes(before, after):
+                unit = after.units if metric_table.is_information(name) else ""
+                table.add_row(*_cells(name, _number(old), _number(value),
+                                      "n/a" if change is None else f"{change:+.6f}", unit))
+            console.print(table)
+        notes = [f"wrote {path}" for path in result.outputs]
+        if result.saved:
+            notes.append(f"saved {'T' if result.method == 'temperature' else 'the scales and biases'} to "
+                         f"{result.saved}")
+        notes += result.all_warnings()
+        for gate in result.gates:
+            verdict = "ok" if gate.passes(result.metrics.get(gate.metric)) else "FAILED"
+            sign = "<=" if gate.bound == "max" else ">="
+            notes.append(f"gate {gate.metric} {sign} {gate.threshold:g} (valid, after): {verdict}")
+        for note in notes:
+            console.print(_cell(visible(note)))
+    stream.write(without_trailing_spaces(captured.get()))
