@@ -77,9 +77,10 @@ def _number(value: float | None, digits: int = 6) -> str:
     return f"{value:.{digits}f}" if abs(value) < 1e6 else f"{value:.{digits}g}"
 
 
-def write_table(report: Report, stream: IO[str]) -> None:
-    """Rich tables fitted to the terminal; piped, aligned plain text (no colour, no box lines), never
-    wrapped nor cut, without trailing spaces."""
+def table_console(stream: IO[str]):
+    """A Rich console that records what it prints, the table style and whether it is plain, for ``stream``: on a
+    terminal, its size and colours and boxed tables; piped, plain text at unbounded width (never
+    wrapped nor cut), no markup, highlighting or emoji interpreted in any cell."""
     from rich import box
     from rich.console import Console
 
@@ -91,6 +92,14 @@ def write_table(report: Report, stream: IO[str]) -> None:
         console.size = _terminal_size(stream, console.size)
     plain = not terminal
     style = dict(box=None if plain else box.SIMPLE_HEAVY, show_edge=not plain, pad_edge=False)
+    return console, style, plain
+
+
+def write_table(report: Report, stream: IO[str]) -> None:
+    """Rich tables fitted to the terminal; piped, aligned plain text (no colour, no box lines), never
+    wrapped nor cut, without trailing spaces."""
+
+    console, style, plain = table_console(stream)
     files = ", ".join(name for names in report.inputs.values() for name in names)
     title = f"nll {report.command}: {files} ({report.rows:,} rows, {len(report.classes)} classes)"
     with console.capture() as captured:
@@ -333,17 +342,10 @@ def describe_map(result: Calibration) -> str:
 
 def _write_calibration_table(result: Calibration, stream: IO[str]) -> None:
     """The map, then per input a table of each metric before and after, then notes and gates."""
-    from rich import box
-    from rich.console import Console
 
     from .calibration import metric_changes
 
-    terminal = stream.isatty()
-    console = Console(file=io.StringIO(), force_terminal=terminal, color_system="auto" if terminal else None,
-                      width=None if terminal else PLAIN_WIDTH, highlight=False, markup=False, emoji=False,
-                      soft_wrap=False)
-    plain = not terminal
-    style = dict(box=None if plain else box.SIMPLE_HEAVY, show_edge=not plain, pad_edge=False)
+    console, style, plain = table_console(stream)
     with console.capture() as captured:
         console.print(_cell(f"nll calibrate: {describe_map(result)}"))
         if result.scale is not None and result.bias is not None:

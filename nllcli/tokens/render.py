@@ -3,12 +3,11 @@ Markdown, JUnit or OpenMetrics through the writers of formats.py."""
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 from typing import IO, Any
 
 from ..errors import UsageError, without_trailing_spaces
-from ..render import PLAIN_WIDTH, _cell, _cells, _interval, _number, _table, _terminal_size, _text, to_json
+from ..render import PLAIN_WIDTH, _cell, _cells, _interval, _number, _table, _text, table_console, to_json
 from ..render import RENDERERS as SCORE_RENDERERS
 from ..sinks import reported_as
 from .report import TokensReport
@@ -43,17 +42,8 @@ def _print(console, table) -> None:
 
 
 def write_table(report: TokensReport, stream: IO[str]) -> None:
-    from rich import box
-    from rich.console import Console
 
-    terminal = stream.isatty()
-    console = Console(file=io.StringIO(), force_terminal=terminal, color_system="auto" if terminal else None,
-                      width=None if terminal else PLAIN_WIDTH, highlight=False, markup=False, emoji=False,
-                      soft_wrap=False)
-    if terminal:
-        console.size = _terminal_size(stream, console.size)
-    plain = not terminal
-    style = dict(box=None if plain else box.SIMPLE_HEAVY, show_edge=not plain, pad_edge=False)
+    console, style, plain = table_console(stream)
     title = report.title()
     with console.capture() as captured:
         console.print(_cell(title))
