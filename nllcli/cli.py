@@ -154,6 +154,10 @@ class Format(str, Enum):
 
 
 # Options shared by the commands, declared once. Help texts are Rich markup: a literal [ is escaped as \[.
+Label = Annotated[Optional[str], typer.Option("--label", metavar="COLUMN", help="The column of true labels.",
+                                              show_default="first of label, y, y_true, target, true_label, class")]
+Positive = Annotated[Optional[str], typer.Option("--positive", metavar="LABEL", help="The label of class 1 when a "
+                                                 "single column holds P(class 1).")]
 Classes = Annotated[Optional[str], typer.Option("--classes", metavar="NAMES", help="Class names in order, "
                                                 "comma-separated, for columns NAME, p_NAME, prob_NAME or proba_NAME.")]
 Probs = Annotated[Optional[str], typer.Option("--probs", metavar="COLUMN", help="A single list column holding "
@@ -456,17 +460,14 @@ def score(
     targets: Annotated[Optional[str], typer.Option(
         "--targets", metavar="FILE",
         help="A file of target distributions (soft labels), paired by --key or by position.")] = None,
-    label: Annotated[Optional[str], typer.Option("--label", metavar="COLUMN", help="The column of true labels.",
-                                                 show_default="first of "
-                                                 "label, y, y_true, target, true_label, class")] = None,
+    label: Label = None,
     classes: Classes = None,
     probs: Probs = None,
     key: Key = None,
     weight: Annotated[Optional[str], typer.Option("--weight", metavar="COLUMN",
                                                   help="A column of sample weights.")] = None,
     ignore: Ignore = None,
-    positive: Annotated[Optional[str], typer.Option("--positive", metavar="LABEL", help="The label of class 1 when "
-                                                    "a single column holds P(class 1).")] = None,
+    positive: Positive = None,
     target_prefix: Annotated[Optional[str], typer.Option("--target-prefix", metavar="PREFIX", help="Targets in the "
                                                          "same file, as columns PREFIX<class>.")] = None,
     label_smoothing: Annotated[Optional[float], typer.Option("--label-smoothing", metavar="A", help="Score against "
@@ -1108,17 +1109,14 @@ def calibrate(
     output: Annotated[Optional[str], typer.Option("--output", "-o", metavar="DIR", help="Write a calibrated "
                                                   "copy of VALID and each TEST into DIR: same name, format, "
                                                   "columns and kind of values; never over an input.")] = None,
-    label: Annotated[Optional[str], typer.Option("--label", metavar="COLUMN", help="The column of true labels.",
-                                                 show_default="first of "
-                                                 "label, y, y_true, target, true_label, class")] = None,
+    label: Label = None,
     classes: Classes = None,
     probs: Probs = None,
     key: Key = None,
     weight: Annotated[Optional[str], typer.Option("--weight", metavar="COLUMN", help="A column of sample "
                                                   "weights, for the fit and the metrics.")] = None,
     ignore: Ignore = None,
-    positive: Annotated[Optional[str], typer.Option("--positive", metavar="LABEL", help="The label of class 1 when "
-                                                    "a single column holds P(class 1).")] = None,
+    positive: Positive = None,
     input: Input = InputKind.probs,
     eps: Eps = EPS_DEFAULT,
     tol: Tol = 1e-4,
