@@ -132,13 +132,18 @@ def write_table(report: Report, stream: IO[str]) -> None:
             console.print(_reliability_chart(report, plain, style))
         if any(row["weight"] for row in report.loss_histogram):
             console.print(_loss_chart(report, plain, style))
-        notes = report.all_warnings()
-        for gate in report.gates:
-            verdict = "ok" if gate.passes(report.metrics.get(gate.metric)) else "FAILED"
-            notes.append(f"gate {gate.condition}: {verdict}")
-        for note in notes:
-            console.print(_cell(note))
+        print_notes(console, report)
     stream.write(without_trailing_spaces(captured.get()))
+
+
+def print_notes(console, report) -> None:
+    """The warnings, then each gate's verdict, a line each, under a report's tables."""
+    notes = report.all_warnings()
+    for gate in report.gates:
+        verdict = "ok" if gate.passes(report.metrics.get(gate.metric)) else "FAILED"
+        notes.append(f"gate {gate.condition}: {verdict}")
+    for note in notes:
+        console.print(_cell(note))
 
 
 def per_class_columns(report: Report) -> tuple[str, list[str]]:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import IO, Any
 
 from ..errors import UsageError, without_trailing_spaces
-from ..render import PLAIN_WIDTH, _cell, _cells, _interval, _number, _table, _text, table_console, to_json
+from ..render import PLAIN_WIDTH, _cell, _cells, _interval, _number, _table, _text, print_notes, table_console, to_json
 from ..render import RENDERERS as SCORE_RENDERERS
 from ..sinks import reported_as
 from .report import TokensReport
@@ -92,12 +92,7 @@ def write_table(report: TokensReport, stream: IO[str]) -> None:
                 table.add_row(*_cells(_text(entry["doc"]), *[_count(entry[k]) if isinstance(entry[k], int) or
                                                              entry[k] is None else _number(entry[k]) for k in keys]))
             _print(console, table)
-        notes = report.all_warnings()
-        for gate in report.gates:
-            verdict = "ok" if gate.passes(report.metrics.get(gate.metric)) else "FAILED"
-            notes.append(f"gate {gate.condition}: {verdict}")
-        for note in notes:
-            console.print(_cell(note))
+        print_notes(console, report)
     stream.write(without_trailing_spaces(captured.get()))
 
 
