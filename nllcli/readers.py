@@ -695,6 +695,10 @@ def _mib(size: int) -> str:
 def os_error(name: str, exc: OSError, doing: str = "") -> InputError:
     """An operating-system fault as one line: the path and the reason ('permission denied')."""
     reason = (exc.strerror or str(exc)).rstrip(".")
+    if isinstance(exc, FileNotFoundError):
+        reason = "no such file"
+    elif isinstance(exc, IsADirectoryError):
+        reason = "is a directory"
     reason = doing + reason[:1].lower() + reason[1:]
     if isinstance(exc, PermissionError) and name != STDIN and not name.startswith("<"):
         folder = _unenterable_folder(Path(name))
@@ -821,8 +825,6 @@ def open_source(raw: str, storage_options: dict | None = None) -> Source:
             return _open_stream(open(path, "rb"), raw)
         with open(path, "rb") as handle:
             magic = handle.read(4)
-    except FileNotFoundError as exc:
-        raise InputError(raw, "no such file") from exc
     except OSError as exc:
         raise os_error(raw, exc) from exc
     if info.st_size == 0:

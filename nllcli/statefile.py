@@ -375,10 +375,6 @@ def load_state(path: str | Path, *, storage_options: dict[str, Any] | None = Non
         else:
             with open(name, "rb") as handle:
                 data = handle.read(MAX_STATE_BYTES + 1)
-    except FileNotFoundError as exc:
-        raise InputError(name, "no such file") from exc
-    except IsADirectoryError as exc:
-        raise InputError(name, "is a directory") from exc
     except OSError as exc:
         from .readers import os_error
 

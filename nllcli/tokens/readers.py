@@ -131,10 +131,6 @@ def open_text(path: str):
             return gzip.open(handle, "rb")
         handle.seek(0)
         return handle
-    except FileNotFoundError as exc:
-        raise InputError(path, "no such file") from exc
-    except IsADirectoryError as exc:
-        raise InputError(path, "is a directory") from exc
     except OSError as exc:
         from ..readers import os_error
 
