@@ -134,6 +134,9 @@ class Summary:
         out.ignored = ignored
         if probs is not None and (labels is not None or targets is not None) and \
                 n_classes * n_bins <= CLASS_CELLS_LIMIT:
+            # Row-major, so that consecutive values fall in different classes' cells: bincount's
+            # additions then do not wait on each other (twice as fast as column by column).
+            probs = np.ascontiguousarray(probs)
             cells = confidence_bins(probs, n_bins)
             cells += np.arange(n_classes) * n_bins  # k * B + bin of q_k: one index for all K x B cells
             sums = losses.class_bin_sums(cells, n_classes * n_bins, weights, probs, labels, targets)
@@ -244,22 +247,26 @@ def confidence_bins(confidence: np.ndarray, n_bins: int) -> np.ndarray:
     """Bin of each confidence among (0, 1/B], (1/B, 2/B], ..., (1 - 1/B, 1].
 
     The edges are numpy.linspace(0, 1, B + 1); a confidence equal to an edge falls in the bin
-    that edge closes, 0 in the first bin and 1.0 in the last.
+    that edge closes, 0 in the first bin and 1.0 (or above, within --tol) in the last.
     """
-    edges = bin_edges(n_bins)
-    # ceil(c * B) - 1 is the bin up to rounding, which can only move it by one across an edge, and
-    # only for a value within a few ulps of one: those few are checked against the edges themselves.
-    scaled = confidence * n_bins
-    bins = np.ceil(scaled).astype(np.intp)
-    bins -= 1
-    np.clip(bins, 0, n_bins - 1, out=bins)
-    scaled -= np.rint(scaled)
-    near = np.nonzero(np.abs(scaled) <= 1e-9)  # any shape and memory order
-    if near[0].size:
-        b, c = bins[near], confidence[near]
-        b += (c > edges[b + 1]) & (b < n_bins - 1)  # above 1 (within --tol): the last bin
-        b -= (c <= edges[b]) & (b > 0)
-        bins[near] = b
+    # floor(c * B) is the bin except within a few ulps of an interior edge, where rounding can move
+    # c * B across the integer: those values, found by the fraction of c * B, are placed by the
+    # edges themselves. Clipping c * B to [2e-9, B - 1/2] first puts 0 in the first bin and 1 in
+    # the last without looking at them again. Nine cheap passes, no copy of a 2-d mask's indices.
+    scaled = np.multiply(confidence, n_bins)
+    np.clip(scaled, 2e-9, n_bins - 0.5, out=scaled)
+    whole = np.floor(scaled)
+    bins = whole.astype(np.intp)
+    fraction = np.subtract(scaled, whole, out=scaled)
+    near = fraction < 1e-9
+    near |= fraction > 1.0 - 1e-9
+    inner = bin_edges(n_bins)[1:-1]
+    if near.flags.c_contiguous or near.flags.f_contiguous:  # ravel(order="K") is then a view, in one order
+        at = np.flatnonzero(near.ravel(order="K"))
+        if at.size:
+            bins.ravel(order="K")[at] = np.searchsorted(inner, confidence.ravel(order="K")[at], side="left")
+    elif near.any():
+        bins[near] = np.searchsorted(inner, confidence[near], side="left")
     return bins
 
 
