@@ -6,8 +6,10 @@ run(job, sink, progress) streams a job's batches through it and adds up their St
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
+import itertools
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -111,7 +113,7 @@ class Scored:
     loss: np.ndarray  # the main loss: nll, or cross_entropy against soft targets
     weights: np.ndarray | None
     labels: np.ndarray | None
-    predicted: np.ndarray | None
+    scores: np.ndarray | None  # (n, K) class values the predicted class is the argmax of, with labels
     correct: np.ndarray | None
     confidence: np.ndarray | None
     p_true: np.ndarray | None
@@ -124,6 +126,12 @@ class Scored:
     @property
     def rows(self) -> int:
         return len(self.loss)
+
+    def predicted(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """The predicted class (the first largest value) of each row, or of ``rows``."""
+        if self.scores is None:
+            raise ValueError("no predicted class without labels")
+        return losses.argmax_rows(self.scores if rows is None else self.scores[rows])
 
     def summary(self, n_classes: int, n_bins: int, rows: np.ndarray | None = None) -> Summary:
         """The batch's Summary, or that of a subset of its rows."""
@@ -242,21 +250,21 @@ class Scorer:
             if labels is None:
                 raise UsageError("soft targets need --targets, --target-prefix or --label-smoothing with a label")
             targets = losses.label_smoothing(labels, k, settings.label_smoothing or 0.0)
-        predicted = losses.argmax_rows(pred.values) if labels is not None else None
         values, clips, p_true = self._losses(pred, labels, targets)
         # The metrics' own quantities are in the summary only: per-sample rows keep their documented columns.
         summed = {**values, **{name: quantity(pred, labels, targets, settings) for name, quantity in self.quantities}}
         confidence = None
         if self.calibration and labels is not None:
             confidence = losses.top_confidence(pred.q, pred.log_q)
-        correct = np.equal(predicted, labels) if predicted is not None and labels is not None else None
+        correct = losses.correct_rows(pred.values, labels) if labels is not None else None
         weights = _weights(chunk, layout)
         if self.job.class_weights is not None and labels is not None:  # torch's weight[y_i], times --weight
             row_weights = np.asarray(self.job.class_weights)[labels]
             weights = row_weights if weights is None else weights * row_weights
         probs = pred.probs() if self.calibration and (labels is not None or targets is not None) else None
+        scores = pred.values if labels is not None else None
         return Scored(chunk, part.first_index, values, summed, values["cross_entropy" if self.soft else "nll"],
-                      weights, labels, predicted, correct, confidence, p_true, clips, probs,
+                      weights, labels, scores, correct, confidence, p_true, clips, probs,
                       targets if self.soft else None, kept, part.chunk.batch.num_rows - chunk.batch.num_rows)
 
     def _losses(self, pred: Prepared, labels, targets) -> tuple[dict[str, np.ndarray], losses.RowClips | None,
@@ -298,11 +306,10 @@ class Scorer:
             keys = scored.chunk.batch.column(self.layout.key).take(rows).to_pylist()
             for entry, key in zip(entries, keys):
                 entry["key"] = key
-        if scored.labels is not None and scored.predicted is not None and scored.p_true is not None:
+        if scored.labels is not None and scored.scores is not None and scored.p_true is not None:
             names = self.layout.class_names
-            for entry, r in zip(entries, rows):
-                entry.update(label=names[scored.labels[r]], predicted=names[scored.predicted[r]],
-                             p_true=float(scored.p_true[r]))
+            for entry, r, predicted in zip(entries, rows, scored.predicted(rows)):
+                entry.update(label=names[scored.labels[r]], predicted=names[predicted], p_true=float(scored.p_true[r]))
         return entries
 
 
@@ -370,18 +377,42 @@ Sink = Callable[[Scored], None]  # receives each scored batch: per-sample writer
 def run(job: Job, sink: Sink | None = None, progress: Progress | None = None) -> State:
     """Stream a job's rows (with their targets, if any) through the scorer; each scored batch also
     goes to ``sink``. The reader threads are stopped and joined on every way out, errors included.
+
+    Batches are scored by readers.parse_threads() threads at once (numpy releases the GIL in its
+    loops), and their States added, handed to the sink and reported, in input order: the sums
+    are those of one thread, and the first bad batch raises its error first.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .readers import parse_threads
+
     state = State()
     scorer = Scorer(job)
     skip = _unused_key(job, sink)
-    with contextlib.closing(partitions(job, scorer, skip)) as parts:  # closing joins the reader threads
-        for part in parts:
-            scored = scorer.score(part)
-            state += scorer.state_of(scored)
-            if sink is not None:
-                sink(scored)
-            if progress is not None:
-                progress(part.first_index + part.chunk.batch.num_rows, part.chunk.bytes_read)
+
+    def score(part: Partition) -> tuple[Scored, State]:
+        scored = scorer.score(part)
+        return scored, scorer.state_of(scored)
+
+    workers = parse_threads()
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="nll-score") if workers > 1 else None
+    pending: collections.deque = collections.deque()
+    try:
+        with contextlib.closing(partitions(job, scorer, skip)) as parts:  # closing joins the reader threads
+            for part in itertools.chain(parts, [None]):
+                if part is not None:
+                    pending.append((part, pool.submit(score, part) if pool is not None else None))
+                while pending and (part is None or len(pending) >= workers):
+                    done, future = pending.popleft()
+                    scored, part_state = future.result() if future is not None else score(done)
+                    state += part_state
+                    if sink is not None:
+                        sink(scored)
+                    if progress is not None:
+                        progress(done.first_index + done.chunk.batch.num_rows, done.chunk.bytes_read)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     return check_state(job, state)
 
 
@@ -402,7 +433,7 @@ def _unused_key(job: Job, sink: Sink | None) -> tuple[str, ...]:
     key, not also a label, weight, class or group column): it is then not parsed at all."""
     layout = job.layout
     key = layout.key
-    if key is None or sink is not None or job.worst or job.pair_key or job.target_sources:
+    if key is None or sink is not None or job.worst or job.target_sources:
         return ()
     if job.interval is not None and job.interval.key == key:
         return ()

@@ -464,7 +464,36 @@ def top_k_hits(values: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
 
 def true_class(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """values[i, labels[i]] for each row."""
-    return values[np.arange(values.shape[0]), labels]
+    n, k = values.shape
+    if values.flags.f_contiguous:  # one gather from the flat matrix, faster than a pair of indices
+        flat = labels * n
+        flat += np.arange(n)
+        return values.ravel(order="F").take(flat)
+    if values.flags.c_contiguous:
+        flat = np.arange(0, n * k, k)
+        flat += labels
+        return values.ravel().take(flat)
+    return values[np.arange(n), labels]
+
+
+def correct_rows(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """argmax_rows(values) == labels, without the argmax: the label's value is its row's largest,
+    and no earlier column holds that value too (ties go to the first column, as in argmax_rows).
+
+    The few rows where another column ties the label's value are settled by argmax_rows.
+    """
+    n, k = values.shape
+    if not values.flags.f_contiguous or k > 64:
+        return argmax_rows(values) == labels
+    top = values.max(axis=1)
+    correct = true_class(values, labels) == top
+    tops = np.zeros(n, dtype=np.uint8)  # columns equal to the row's largest value (at most 64)
+    for j in range(k):
+        tops += values[:, j] == top
+    tied = np.flatnonzero(correct & (tops > 1))
+    if tied.size:
+        correct[tied] = argmax_rows(values[tied]) == labels[tied]
+    return correct
 
 
 def hard_label_nll(p_true: np.ndarray, eps: float) -> tuple[np.ndarray, Clipped]:
@@ -647,10 +676,9 @@ def class_bin_sums(index: np.ndarray, size: int, weights: np.ndarray | None, pro
         out["cross"] = column_sums(probs, targets)
         out["outcome_sq"] = column_sums(targets, targets)
     elif labels is not None:
-        rows = np.arange(n)
-        out["outcome"] = np.bincount(index[rows, labels], weights=weights, minlength=size).astype(np.float64,
-                                                                                                 copy=False)
-        out["cross"] = np.bincount(labels, weights=ones * probs[rows, labels], minlength=k)
+        out["outcome"] = np.bincount(true_class(index, labels), weights=weights, minlength=size).astype(np.float64,
+                                                                                                       copy=False)
+        out["cross"] = np.bincount(labels, weights=ones * true_class(probs, labels), minlength=k)
         out["outcome_sq"] = np.bincount(labels, weights=ones, minlength=k)
     else:
         raise ValueError("class bins need labels or targets")

@@ -49,7 +49,7 @@ def per_sample_columns(job: Job, scored: Scored) -> dict[str, Any]:
     if scored.labels is not None:
         names = job.layout.class_array
         columns["label"] = names.take(scored.labels)
-        columns["predicted"] = names.take(scored.predicted)
+        columns["predicted"] = names.take(scored.predicted())
         columns["p_true"] = scored.p_true
     for name, array in scored.values.items():
         columns[name] = array / job.settings.unit_scale
