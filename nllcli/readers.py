@@ -27,7 +27,7 @@ import stat
 import sys
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -47,6 +47,7 @@ ROWS_PER_BLOCK = 16  # a block for wide rows holds at least this many of the lon
 SAMPLE_ROWS = 2  # data rows the header sample holds at least (types, block size), when there are any
 PARQUET_BATCH_ROWS = 16384  # rows per batch: 65,536 cost 60 MB more peak (the kernels' temporaries), no less CPU
 PARQUET_BATCH_VALUES = 1 << 22  # values (rows x columns) per Parquet batch: wide files, fewer rows
+PARQUET_GROUP_BYTES = 32 << 20  # row groups read at once while their values take at most this (else streamed)
 PARQUET_MAGIC = b"PAR1"
 GZIP_MAGIC = b"\x1f\x8b"
 CSV_SUFFIXES = (".csv", ".tsv", ".txt", ".csv.gz", ".tsv.gz", ".txt.gz", ".gz")
@@ -548,25 +549,27 @@ class Source:
 
     # -- Parquet ---------------------------------------------------------------------------
 
-    def _parquet_file(self):
+    def _parquet_file(self, dictionary: Sequence[str] = ()):
+        """The file's ParquetFile; ``dictionary``: text columns to read dictionary-encoded (the
+        labels and groups, as the CSV reader gives them), from the file's own dictionary pages."""
         import pyarrow.parquet as pq  # imported only for Parquet input: it costs start-up time
 
-        if self._parquet is None:  # its index costs about 2.5 KB a column: read once, kept unless wide
-            source = pa.BufferReader(self._parquet_buffer) if self._parquet_buffer is not None else (
-                self.remote.arrow_file() if self.remote is not None else str(self.path))
+        parquet: Any = self._parquet
+        if parquet is None:  # its index costs about 2.5 KB a column: read once, kept unless wide
             # pre_buffer would read whole row groups ahead; without it memory stays flat as files grow.
-            self._parquet = pq.ParquetFile(source, pre_buffer=False)
-        return self._parquet
+            parquet = self._parquet = pq.ParquetFile(self._parquet_source(), pre_buffer=False)
+        if not dictionary:
+            return parquet
+        return pq.ParquetFile(self._parquet_source(), pre_buffer=False, metadata=parquet.metadata,
+                              read_dictionary=list(dictionary))
+
+    def _parquet_source(self):
+        if self._parquet_buffer is not None:
+            return pa.BufferReader(self._parquet_buffer)
+        return self.remote.arrow_file() if self.remote is not None else str(self.path)
 
     def _parquet_batches(self, columns, types) -> Iterator[pa.RecordBatch]:
-        try:
-            parquet = self._parquet_file()
-            rows = max(1, min(PARQUET_BATCH_ROWS, PARQUET_BATCH_VALUES // self._values_per_row(parquet, columns)))
-            for batch in parquet.iter_batches(batch_size=rows, columns=columns):
-                yield _cast(batch, types, self.name)
-        except (pa.ArrowException, OSError) as exc:
-            raise InputError(self.name, f"cannot read Parquet: {_first_line(str(exc))}") from exc
-
+        yield from parquet_row_groups(self, None, columns, types)
 
     def _groups_fit(self, width: int) -> bool:
         """Every row group's class matrix fits in WIDE_GROUP_BYTES: the wide path reads a group at a time."""
@@ -1173,16 +1176,63 @@ def portable(source: Source) -> Source:
                                sample=None, _head=b"")
 
 
-def parquet_row_groups(source: Source, groups: range, columns: list[str],
+def parquet_row_groups(source: Source, groups: range | None, columns: list[str],
                        types: dict[str, pa.DataType]) -> Iterator[pa.RecordBatch]:
-    """The batches of row groups ``groups`` of a Parquet file, as Source.batches reads the file."""
+    """The batches of row groups ``groups`` (None: all) of a Parquet file, cast to ``types``, of
+    PARQUET_BATCH_ROWS rows (fewer for wide rows) whatever the row groups (the last one shorter).
+
+    Runs of row groups of at most PARQUET_GROUP_BYTES are read at once and sliced (a third of the
+    CPU time of streaming them in batches); a larger group is streamed. Text columns wanted as
+    dictionaries are read so from the file's dictionary pages, not encoded again.
+    """
     try:
         parquet = source._parquet_file()
-        rows = max(1, min(PARQUET_BATCH_ROWS, PARQUET_BATCH_VALUES // source._values_per_row(parquet, columns)))
-        for batch in parquet.iter_batches(batch_size=rows, row_groups=list(groups), columns=columns):
-            yield _cast(batch, types, source.name)
+        text = {f.name for f in source.schema if pa.types.is_string(f.type)}
+        dictionary = [c for c in columns if c in text and pa.types.is_dictionary(types.get(c, pa.null()))]
+        parquet = source._parquet_file(dictionary) if dictionary else parquet
+        values = source._values_per_row(parquet, columns)
+        rows = max(1, min(PARQUET_BATCH_ROWS, PARQUET_BATCH_VALUES // values))
+        carry = None  # the last rows read, fewer than a batch: given with the next ones
+        for run in _group_runs(parquet.metadata, groups, values * 8):
+            if len(run) == 1 and parquet.metadata.row_group(run[0]).num_rows * values * 8 > PARQUET_GROUP_BYTES:
+                read: Iterable[pa.RecordBatch] = parquet.iter_batches(batch_size=rows, row_groups=run, columns=columns,
+                                                                      use_threads=source.threads)
+            else:
+                read = [_one_batch(parquet.read_row_groups(run, columns=columns, use_threads=source.threads))]
+            for batch in read:
+                batch = _cast(batch, types, source.name)
+                if carry is not None:
+                    head = _one_batch(pa.Table.from_batches([carry, batch.slice(0, rows - carry.num_rows)]))
+                    batch, carry = batch.slice(rows - carry.num_rows), None
+                    if head.num_rows < rows:
+                        carry = head
+                        continue
+                    yield head
+                whole = batch.num_rows - batch.num_rows % rows
+                for start in range(0, whole, rows):
+                    yield batch.slice(start, rows)
+                if whole < batch.num_rows:
+                    carry = batch.slice(whole)
+            del read
+        if carry is not None:
+            yield carry
     except (pa.ArrowException, OSError) as exc:
         raise InputError(source.name, f"cannot read Parquet: {_first_line(str(exc))}") from exc
+
+
+def _group_runs(metadata, groups: range | None, row_bytes: int) -> Iterator[list[int]]:
+    """Consecutive row groups in runs of at most PARQUET_GROUP_BYTES (a larger group alone)."""
+    run: list[int] = []
+    size = 0
+    for group in range(metadata.num_row_groups) if groups is None else groups:
+        group_bytes = metadata.row_group(group).num_rows * row_bytes
+        if run and size + group_bytes > PARQUET_GROUP_BYTES:
+            yield run
+            run, size = [], 0
+        run.append(group)
+        size += group_bytes
+    if run:
+        yield run
 
 
 def parse_threads() -> int:
