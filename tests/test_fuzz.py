@@ -148,12 +148,12 @@ def _class_column(header: list[str], name: str) -> int:
 
 
 def csv_reference(data: bytes, classes: list[str]) -> tuple[int, float]:
-    """(rows, nll) from the mutated CSV bytes, parsed with Python's csv module."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise AssertionError(f"nll scored bytes that are not UTF-8: {exc}") from exc
-    text = text.removeprefix("\ufeff")
+    """(rows, nll) from the mutated CSV bytes, parsed with Python's csv module.
+
+    The key column plays no part in a plain score and is not parsed: its bytes need not be UTF-8
+    (invalid bytes are kept as surrogates), those of the label and class columns must be.
+    """
+    text = data.decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
     first = text.split("\n", 1)[0]
     delimiter = "\t" if first.count("\t") > first.count(",") else ","
     rows = [r for r in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=False) if r]
@@ -163,6 +163,12 @@ def csv_reference(data: bytes, classes: list[str]) -> tuple[int, float]:
     if label_col is None:  # no label's name: the one column whose values all name classes
         label_col = next(j for j, n in enumerate(header) if all(r[j].strip() in classes for r in body))
     columns = [_class_column(header, c) for c in classes]
+    used = [label_col, *columns]
+    for field in [header[j] for j in used] + [r[j] for r in body for j in used]:
+        try:
+            field.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise AssertionError(f"nll scored a label or class value that is not UTF-8: {exc}") from exc
     p = np.array([[float(r[j]) for j in columns] for r in body], dtype=np.float64)
     y = np.array([_label_index(r[label_col], classes) for r in body])
     return len(body), _nll(p, y)
@@ -174,13 +180,15 @@ def _nll(p: np.ndarray, y: np.ndarray) -> float:
 
 
 def parquet_reference(data: bytes, classes: list[str]) -> tuple[int, float]:
-    """(rows, nll) from the mutated Parquet bytes, read whole with pyarrow.parquet."""
+    """(rows, nll) from the mutated Parquet bytes: the label and class columns read with
+    pyarrow.parquet (the key column plays no part in a plain score and is not read)."""
     try:
-        table = pq.read_table(pa.BufferReader(data))
+        header = pq.read_schema(pa.BufferReader(data)).names
+        label_col = next(n for wanted in LABEL_NAMES for n in header if n.lower() == wanted)
+        used = [label_col, *(header[_class_column(header, c)] for c in classes)]
+        table = pq.read_table(pa.BufferReader(data), columns=used)
     except Exception as exc:  # noqa: BLE001 - the finding is that nll read it
         raise AssertionError(f"nll scored a Parquet file pyarrow.parquet cannot read: {exc}") from exc
-    header = table.column_names
-    label_col = next(n for wanted in LABEL_NAMES for n in header if n.lower() == wanted)
     p = np.column_stack([table.column(header[_class_column(header, c)]).to_numpy(zero_copy_only=False)
                          .astype(np.float64) for c in classes])
     y = np.array([_label_index(str(v), classes) for v in table.column(label_col).to_pylist()])
