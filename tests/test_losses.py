@@ -325,3 +325,31 @@ def test_hard_label_nll_without_clipping():
         nll, clipped = losses.hard_label_nll(np.array([0.0, 1.0, 0.25]), 0.0)
     assert clipped.moved == 0
     assert nll.tolist() == [INF, 0.0, math.log(4)]
+
+
+def test_correct_rows_is_argmax_equals_label_with_ties_to_the_first_column():
+    from nllcli.losses import argmax_rows, correct_rows
+
+    rng = np.random.default_rng(3)
+    values = np.round(rng.dirichlet(np.ones(4), 5000), 2)  # two decimals: many tied rows
+    values[:10] = 0.25  # all four tied
+    labels = rng.integers(0, 4, 5000)
+    for matrix in (np.asfortranarray(values), np.ascontiguousarray(values)):
+        expected = argmax_rows(matrix) == labels
+        assert (correct_rows(matrix, labels) == expected).all()
+    assert correct_rows(np.asfortranarray(values[:10]), np.zeros(10, int)).all()
+    assert not correct_rows(np.asfortranarray(values[:10]), np.ones(10, int)).any()
+
+
+def test_confidence_bins_on_and_beside_every_edge():
+    from nllcli.summary import bin_edges, confidence_bins
+
+    for n_bins in (1, 2, 3, 10, 15, 16, 100):
+        edges = bin_edges(n_bins)
+        c = np.concatenate([edges, np.nextafter(edges, 2), np.nextafter(edges, -1).clip(0), [1 + 1e-5]])
+        # the definition: (e_b, e_b+1], 0 in the first bin, 1 and above in the last
+        expected = np.clip(np.searchsorted(edges, c, side="left") - 1, 0, n_bins - 1)
+        matrix = np.asfortranarray(np.tile(c[:, None], (1, 3)))
+        assert (confidence_bins(c, n_bins) == expected).all()
+        assert (confidence_bins(matrix, n_bins) == expected[:, None]).all()
+        assert (confidence_bins(matrix[::2], n_bins) == expected[::2, None]).all()  # not contiguous
