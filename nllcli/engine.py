@@ -9,7 +9,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-import itertools
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -394,22 +393,26 @@ def run(job: Job, sink: Sink | None = None, progress: Progress | None = None) ->
         scored = scorer.score(part)
         return scored, scorer.state_of(scored)
 
+    def fold(part: Partition, future) -> None:
+        nonlocal state
+        scored, part_state = future.result() if future is not None else score(part)
+        state += part_state
+        if sink is not None:
+            sink(scored)
+        if progress is not None:
+            progress(part.first_index + part.chunk.batch.num_rows, part.chunk.bytes_read)
+
     workers = parse_threads()
     pool = ThreadPoolExecutor(workers, thread_name_prefix="nll-score") if workers > 1 else None
-    pending: collections.deque = collections.deque()
+    pending: collections.deque = collections.deque()  # (partition, its future), in input order
     try:
         with contextlib.closing(partitions(job, scorer, skip)) as parts:  # closing joins the reader threads
-            for part in itertools.chain(parts, [None]):
-                if part is not None:
-                    pending.append((part, pool.submit(score, part) if pool is not None else None))
-                while pending and (part is None or len(pending) >= workers):
-                    done, future = pending.popleft()
-                    scored, part_state = future.result() if future is not None else score(done)
-                    state += part_state
-                    if sink is not None:
-                        sink(scored)
-                    if progress is not None:
-                        progress(done.first_index + done.chunk.batch.num_rows, done.chunk.bytes_read)
+            for part in parts:
+                pending.append((part, pool.submit(score, part) if pool is not None else None))
+                if len(pending) >= workers:
+                    fold(*pending.popleft())
+            while pending:
+                fold(*pending.popleft())
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
