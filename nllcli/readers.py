@@ -1186,15 +1186,14 @@ def parquet_row_groups(source: Source, groups: range | None, columns: list[str],
     dictionaries are read so from the file's dictionary pages, not encoded again.
     """
     try:
-        parquet = source._parquet_file()
         text = {f.name for f in source.schema if pa.types.is_string(f.type)}
         dictionary = [c for c in columns if c in text and pa.types.is_dictionary(types.get(c, pa.null()))]
-        parquet = source._parquet_file(dictionary) if dictionary else parquet
+        parquet = source._parquet_file(dictionary)
         values = source._values_per_row(parquet, columns)
         rows = max(1, min(PARQUET_BATCH_ROWS, PARQUET_BATCH_VALUES // values))
         carry = None  # the last rows read, fewer than a batch: given with the next ones
-        for run in _group_runs(parquet.metadata, groups, values * 8):
-            if len(run) == 1 and parquet.metadata.row_group(run[0]).num_rows * values * 8 > PARQUET_GROUP_BYTES:
+        for run, fits in _group_runs(parquet.metadata, groups, values * 8):
+            if not fits:
                 read: Iterable[pa.RecordBatch] = parquet.iter_batches(batch_size=rows, row_groups=run, columns=columns,
                                                                       use_threads=source.threads)
             else:
@@ -1220,19 +1219,20 @@ def parquet_row_groups(source: Source, groups: range | None, columns: list[str],
         raise InputError(source.name, f"cannot read Parquet: {_first_line(str(exc))}") from exc
 
 
-def _group_runs(metadata, groups: range | None, row_bytes: int) -> Iterator[list[int]]:
-    """Consecutive row groups in runs of at most PARQUET_GROUP_BYTES (a larger group alone)."""
+def _group_runs(metadata, groups: range | None, row_bytes: int) -> Iterator[tuple[list[int], bool]]:
+    """Consecutive row groups in runs of at most PARQUET_GROUP_BYTES, and whether the run fits
+    (a larger group comes alone, not fitting: it is streamed)."""
     run: list[int] = []
     size = 0
     for group in range(metadata.num_row_groups) if groups is None else groups:
         group_bytes = metadata.row_group(group).num_rows * row_bytes
         if run and size + group_bytes > PARQUET_GROUP_BYTES:
-            yield run
+            yield run, size <= PARQUET_GROUP_BYTES
             run, size = [], 0
         run.append(group)
         size += group_bytes
     if run:
-        yield run
+        yield run, size <= PARQUET_GROUP_BYTES
 
 
 def parse_threads() -> int:
