@@ -46,6 +46,9 @@ SHAPES = {
     "parquet_10m_10": (10_000_000, 10, "parquet"),
 }
 BIG = {"csv_10m_10", "parquet_10m_10"}  # minutes each: one round at most, left out by --quick
+STARTUP = "startup"  # nll score on 10 rows beside `python -c "import numpy, pyarrow.csv"`
+STARTUP_ROUNDS = 21
+STARTUP_GAP_S = 0.05  # the issue's target for the gap between the two medians
 CHUNK = 250_000
 
 
@@ -213,6 +216,8 @@ def _metrics(stdout: str) -> dict:
         output = json.loads(stdout)
         return output.get("metrics", output)
     except json.JSONDecodeError:
+        if '"metrics"' not in stdout:
+            return {}  # a command printing nothing (the bare imports)
         metrics = stdout[stdout.index('"metrics"'):]
         found = {k: re.search(rf'"{k}": ([-0-9.eE+]+|null)', metrics) for k in ("nll", "accuracy")}
         return {k: float(m.group(1)) if m and m.group(1) != "null" else None for k, m in found.items()}
@@ -245,6 +250,41 @@ def bench_shape(path: Path, classes: int, rounds: int, with_pandas: bool) -> dic
     return summary
 
 
+def bench_startup(cache: Path) -> dict:
+    """nll score on a 10-row file and the bare imports of numpy and pyarrow.csv, interleaved,
+    STARTUP_ROUNDS times: the medians of wall and CPU time, and the gap between them."""
+    path = cache / "preds_10_10.csv"
+    if not path.exists():
+        subprocess.run([PYTHON, __file__, "--generate", str(path), "10", "10", "csv"], check=True)
+    cmds = {"nll": [NLL, "score", str(path), "--format", "json", "--quiet"],
+            "imports": [PYTHON, "-c", "import numpy, pyarrow.csv"]}
+    runs: dict[str, list[dict]] = {name: [] for name in cmds}
+    load = os.getloadavg()[0]
+    for cmd in cmds.values():  # warm-up
+        measure_once(cmd)
+    for _ in range(STARTUP_ROUNDS):
+        for name, cmd in cmds.items():
+            runs[name].append(measure_once(cmd))
+    summary = {name: {"wall_s": statistics.median(r["wall_s"] for r in got),
+                      "cpu_s": statistics.median(r["cpu_s"] for r in got), "rss_mb": max(r["rss_mb"] for r in got),
+                      "walls": [round(r["wall_s"], 3) for r in got]} for name, got in runs.items()}
+    summary["gap_s"] = summary["nll"]["wall_s"] - summary["imports"]["wall_s"]
+    summary["load"] = [load, os.getloadavg()[0]]
+    return summary
+
+
+def show_startup(result: dict) -> None:
+    print(f"\n{STARTUP}  (1-min load before and after: {', '.join(f'{x:.2f}' for x in result['load'])}; "
+          f"medians of {STARTUP_ROUNDS})")
+    print(f"  {'':8} {'wall s':>8} {'cpu s':>8} {'RSS MB':>8}")
+    for name in ("nll", "imports"):
+        r = result[name]
+        print(f"  {name:8} {r['wall_s']:8.3f} {r['cpu_s']:8.2f} {r['rss_mb']:8.1f}")
+    verdict = "PASS" if result["gap_s"] <= STARTUP_GAP_S else "FAIL"
+    print(f"  nll score on 10 rows - import numpy, pyarrow.csv: {result['gap_s']:.3f} s "
+          f"(target <= {STARTUP_GAP_S})  {verdict}")
+
+
 def show(shape: str, result: dict) -> None:
     print(f"\n{shape}  (1-min load before each round: {', '.join(f'{x:.2f}' for x in result['load'])})")
     print(f"  {'':8} {'wall s':>8} {'cpu s':>8} {'RSS MB':>8}  {'nll':>12} {'accuracy':>9}")
@@ -273,19 +313,23 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="no 10M-row shapes, 1 round")
     parser.add_argument("--rounds", type=int, help="interleaved rounds per shape (default 3, 1 with --quick)")
-    parser.add_argument("--only", help="comma-separated shapes: " + ", ".join(SHAPES))
+    parser.add_argument("--only", help="comma-separated shapes: " + ", ".join([*SHAPES, STARTUP]))
     parser.add_argument("--no-pandas", action="store_true", help="skip the pandas + sklearn run (15 s)")
     args = parser.parse_args()
     rounds = args.rounds or (1 if args.quick else 3)
-    shapes = args.only.split(",") if args.only else [s for s in SHAPES if not (args.quick and s in BIG)]
-    unknown = [s for s in shapes if s not in SHAPES]
+    shapes = args.only.split(",") if args.only else [STARTUP, *(s for s in SHAPES if not (args.quick and s in BIG))]
+    unknown = [s for s in shapes if s not in SHAPES and s != STARTUP]
     if unknown:
         parser.error(f"unknown shape(s) {unknown}")
     cache = Path(os.environ.get("NLL_BENCH_DIR") or Path.home() / ".cache" / "nll-bench").expanduser() / "engines"
-    ensure_data(cache, shapes)
+    ensure_data(cache, [s for s in shapes if s != STARTUP])
     print(f"nll vs DuckDB vs Polars: {os.cpu_count()} CPUs, Python {platform.python_version()}, {rounds} round(s)")
     results = {}
-    for shape in shapes:
+    if STARTUP in shapes:
+        print(f"running {STARTUP} ...", flush=True)
+        results[STARTUP] = bench_startup(cache)
+        show_startup(results[STARTUP])
+    for shape in (s for s in shapes if s != STARTUP):
         rows, classes, _ = SHAPES[shape]
         print(f"running {shape} ...", flush=True)
         results[shape] = bench_shape(data_path(cache, shape), classes, 1 if shape in BIG else rounds,

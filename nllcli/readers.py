@@ -16,7 +16,6 @@ at most PARQUET_BATCH_VALUES values, so wide files come in fewer rows per batch.
 from __future__ import annotations
 
 import csv
-import gzip
 import io
 import itertools
 import os
@@ -25,7 +24,6 @@ import re
 import shutil
 import stat
 import sys
-import tempfile
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -526,6 +524,8 @@ class Source:
         byte cannot hide the row); a stream is searched in the sample read for its header.
         Blank lines are not rows, as for pyarrow. A broken file simply ends early.
         """
+        import gzip
+
         try:
             raw: IO[bytes]
             if self.remote is not None:
@@ -880,6 +880,8 @@ def _open_stream(stream, name: str) -> Source:
     try:
         head = stream.read(4)
         if head == PARQUET_MAGIC:
+            import tempfile
+
             with tempfile.NamedTemporaryFile(prefix="nll-stdin-", suffix=".parquet") as spool:
                 spool.write(head)
                 shutil.copyfileobj(stream, spool, CSV_BLOCK_BYTES)

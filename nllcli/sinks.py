@@ -11,7 +11,6 @@ import contextlib
 import os
 import stat
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -220,6 +219,8 @@ class AtomicFile:
                 self.temp = self.final
                 return
             self.mode = _file_mode(self.final)
+            import tempfile
+
             fd, temp = tempfile.mkstemp(prefix=f".{self.final.name}.", suffix=suffix, dir=self.final.parent)
             os.close(fd)
             self.temp = Path(temp)

@@ -24,7 +24,6 @@ the rows a single run over A's then B's inputs would.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 from collections.abc import Iterable, Iterator, Sequence
@@ -104,6 +103,8 @@ def agreement(job: Job) -> dict[str, Any]:
 
 
 def fingerprint(agree: dict[str, Any]) -> str:
+    import hashlib
+
     return hashlib.sha256(json.dumps(agree, sort_keys=True, allow_nan=False).encode()).hexdigest()
 
 
