@@ -237,16 +237,27 @@ class Source:
         if header_end is None:
             yield from self._csv_batches(columns, types)
             return
-        header = read_byte_range(self, 0, header_end)
-        cuts = csv_cuts(self, header_end, CSV_RANGE_BYTES)
         options = self._csv_options(columns, types, use_threads=False)
+        try:  # the header's names as pyarrow reads them: the ranges are parsed without it
+            names = self.column_names or pacsv.read_csv(pa.py_buffer(read_byte_range(self, 0, header_end)),
+                                                        parse_options=options["parse_options"]).column_names
+        except (pa.ArrowInvalid, UnicodeDecodeError):
+            names = None
+        if not names:
+            yield from self._csv_batches(columns, types)
+            return
+        cuts = csv_cuts(self, header_end, CSV_RANGE_BYTES)
 
         def parse(start: int, stop: int) -> pa.Table | None:
             data = read_byte_range(self, start, stop)
             if b'"' in data:
                 return None
+            # An ordinary range in one block: one chunk per column, no copy to join them. A range
+            # this long holds a long row: the file's block, so a row past ROW_LIMIT fails as in one stream.
+            block = len(data) + 1 if len(data) <= min(2 * CSV_RANGE_BYTES, ROW_LIMIT) else self.block_size
+            read = pacsv.ReadOptions(column_names=names, block_size=block, use_threads=False)
             try:
-                return pacsv.read_csv(pa.py_buffer(header + data), **options)
+                return pacsv.read_csv(pa.py_buffer(data), **{**options, "read_options": read})
             except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError):
                 return None
 
