@@ -321,6 +321,10 @@ def main() -> int:
     unknown = [s for s in shapes if s not in SHAPES and s != STARTUP]
     if unknown:
         parser.error(f"unknown shape(s) {unknown}")
+    import compileall
+
+    # Byte-compiled, as a pip install leaves it: else (PYTHONDONTWRITEBYTECODE) every run compiles nllcli.
+    compileall.compile_dir(str(HERE.parent / "nllcli"), quiet=1)
     cache = Path(os.environ.get("NLL_BENCH_DIR") or Path.home() / ".cache" / "nll-bench").expanduser() / "engines"
     ensure_data(cache, [s for s in shapes if s != STARTUP])
     print(f"nll vs DuckDB vs Polars: {os.cpu_count()} CPUs, Python {platform.python_version()}, {rounds} round(s)")

@@ -380,9 +380,26 @@ def _reuse_freed_memory() -> None:
         pass
 
 
+def _arrow_memory_pool() -> None:
+    """Arrow's buffers from jemalloc where pyarrow has it, unless ARROW_DEFAULT_MEMORY_POOL chooses.
+
+    Measured here on 2M rows x 10 classes: peak RSS 126-129 MB instead of 150-164 with mimalloc
+    (pyarrow's default) for CSV, 162-164 instead of 188 for Parquet, in no more time.
+    """
+    if os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
+        return
+    import pyarrow
+
+    try:
+        pyarrow.set_memory_pool(pyarrow.jemalloc_memory_pool())
+    except NotImplementedError:  # a build without jemalloc
+        pass
+
+
 def _prepare_process() -> None:
     _skip_pyarrow_pandas_check()
     _reuse_freed_memory()
+    _arrow_memory_pool()
 
 
 class _ProgressBar:

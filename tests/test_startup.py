@@ -19,6 +19,8 @@ import json, os, sys
 real_exit = os._exit
 def dump(code):
     sys.stderr.write("BLAS " + os.environ.get("OPENBLAS_NUM_THREADS", "") + "\\n")
+    if "pyarrow" in sys.modules:
+        sys.stderr.write("POOL " + sys.modules["pyarrow"].default_memory_pool().backend_name + "\\n")
     sys.stderr.write("MODULES " + json.dumps(sorted(sys.modules)) + "\\n")
     sys.stderr.flush()
     real_exit(code)
@@ -87,3 +89,17 @@ def test_help_imports_neither_numpy_nor_pyarrow(tmp_path):
         assert code == 0 and "Usage" in stdout
         found = [name for name in ["numpy", "pyarrow", *NEVER] if imported(modules, name)]
         assert found == [], args
+
+
+def test_arrow_buffers_come_from_jemalloc_unless_the_environment_says(tiny):
+    """jemalloc keeps peak RSS 20-40 MB lower than pyarrow's default mimalloc, in no more time."""
+    import pyarrow as pa
+
+    if "jemalloc" not in pa.supported_memory_backends():
+        pytest.skip("this pyarrow has no jemalloc")
+    unset = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    by_default, _ = run_dump("score", str(tiny), "--format", "json", cwd=tiny.parent, env=unset)
+    chosen, _ = run_dump("score", str(tiny), "--format", "json", cwd=tiny.parent,
+                         env={**unset, "ARROW_DEFAULT_MEMORY_POOL": "system"})
+    assert by_default.returncode == chosen.returncode == 0
+    assert "POOL jemalloc\n" in by_default.stderr and "POOL system\n" in chosen.stderr
