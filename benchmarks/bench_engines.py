@@ -223,8 +223,8 @@ def _metrics(stdout: str) -> dict:
         return {k: float(m.group(1)) if m and m.group(1) != "null" else None for k, m in found.items()}
 
 
-def bench_shape(path: Path, classes: int, rounds: int, with_pandas: bool) -> dict:
-    cmds = commands(path, classes, with_pandas)
+def bench_shape(path: Path, classes: int, rounds: int, with_pandas: bool, skip: frozenset[str] = frozenset()) -> dict:
+    cmds = {name: cmd for name, cmd in commands(path, classes, with_pandas).items() if name not in skip}
     runs: dict[str, list[dict]] = {name: [] for name in cmds}
     loads = []
     for name, cmd in cmds.items():  # warm-up: the page cache, and a first import of each library
@@ -315,6 +315,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, help="interleaved rounds per shape (default 3, 1 with --quick)")
     parser.add_argument("--only", help="comma-separated shapes: " + ", ".join([*SHAPES, STARTUP]))
     parser.add_argument("--no-pandas", action="store_true", help="skip the pandas + sklearn run (15 s)")
+    parser.add_argument("--skip", default="", help="comma-separated commands to leave out: duckdb, polars, floor "
+                        "(Polars takes minutes on 200k x 1000 here)")
     args = parser.parse_args()
     rounds = args.rounds or (1 if args.quick else 3)
     shapes = args.only.split(",") if args.only else [STARTUP, *(s for s in SHAPES if not (args.quick and s in BIG))]
@@ -337,7 +339,8 @@ def main() -> int:
         rows, classes, _ = SHAPES[shape]
         print(f"running {shape} ...", flush=True)
         results[shape] = bench_shape(data_path(cache, shape), classes, 1 if shape in BIG else rounds,
-                                     with_pandas=shape == "csv_2m_10" and not args.no_pandas)
+                                     with_pandas=shape == "csv_2m_10" and not args.no_pandas,
+                                     skip=frozenset(filter(None, args.skip.split(","))))
         show(shape, results[shape])
     out = cache / "last_engines_run.json"
     out.write_text(json.dumps({"when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": sys.argv[1:],
