@@ -251,7 +251,11 @@ class Source:
         if not names:
             yield from self._csv_batches(columns, types)
             return
-        cuts = csv_cuts(self, header_end, CSV_RANGE_BYTES)
+        # Up to twice as long for more than 512 columns: pyarrow's work for each column of each
+        # range (builders, arrays) then stays small beside the parsing (1,000 columns: 22% less time,
+        # peak RSS 190 MB instead of 155; four times as long: 5% less again, for 300 MB).
+        range_bytes = int(CSV_RANGE_BYTES * min(2.0, max(1.0, len(self.schema) / 512)))
+        cuts = csv_cuts(self, header_end, range_bytes)
 
         def parse(start: int, stop: int) -> pa.Table | None:
             data = read_byte_range(self, start, stop)
@@ -259,7 +263,7 @@ class Source:
                 return None
             # An ordinary range in one block: one chunk per column, no copy to join them. A range
             # this long holds a long row: the file's block, so a row past ROW_LIMIT fails as in one stream.
-            block = len(data) + 1 if len(data) <= min(2 * CSV_RANGE_BYTES, ROW_LIMIT) else self.block_size
+            block = len(data) + 1 if len(data) <= min(2 * range_bytes, ROW_LIMIT) else self.block_size
             read = pacsv.ReadOptions(column_names=names, block_size=block, use_threads=False)
             try:
                 return pacsv.read_csv(pa.py_buffer(data), **{**options, "read_options": read})
