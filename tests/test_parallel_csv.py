@@ -90,26 +90,6 @@ def test_the_file_is_really_cut_into_ranges(monkeypatch, tmp_path):
     assert batches[-1].bytes_read == source.size
 
 
-@pytest.mark.parametrize("columns, scale", [(300, 1.0), (768, 1.5), (2000, 2.0)])
-def test_wide_files_are_cut_into_longer_ranges(run, monkeypatch, tmp_path, columns, scale):
-    """Up to twice CSV_RANGE_BYTES past 512 columns (pyarrow's work per column per range), the
-    same report as one stream."""
-    rng = np.random.default_rng(1)
-    q = rng.dirichlet(np.ones(columns - 1), 40)
-    lines = ["label," + ",".join(f"p_{k}" for k in range(columns - 1))]
-    lines += [f"{k}," + ",".join(f"{v:.5f}" for v in row) for k, row in zip(rng.integers(0, columns - 1, 40), q)]
-    path = tmp_path / "wide.csv"
-    path.write_text("\n".join(lines) + "\n")
-    targets = []
-    cut = readers.csv_cuts
-    monkeypatch.setattr(readers, "csv_cuts", lambda source, start, target: targets.append(target) or
-                        cut(source, start, target))
-    one, split = serial_and_split(run, monkeypatch, path, "--format", "json", "--renormalize", range_bytes=20_000,
-                                  threads=2)
-    assert targets == [int(20_000 * scale)]
-    assert_same_report(one, split)
-
-
 @pytest.mark.parametrize("shape", ["crlf", "no final newline", "crlf, no final newline", "bom", "blank lines",
                                    "numpy header"])
 def test_line_ends_and_marks(run, monkeypatch, tmp_path, shape):
