@@ -379,7 +379,9 @@ def run(job: Job, sink: Sink | None = None, progress: Progress | None = None) ->
 
     Batches are scored by readers.parse_threads() threads at once (numpy releases the GIL in its
     loops), and their States added, handed to the sink and reported, in input order: the sums
-    are those of one thread, and the first bad batch raises its error first.
+    are those of one thread, and the first bad batch raises its error first. One batch more than
+    the threads is in flight, so that a thread done before the oldest batch starts another (10M
+    Parquet rows: 5% sooner, 2 MB more).
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -404,12 +406,13 @@ def run(job: Job, sink: Sink | None = None, progress: Progress | None = None) ->
 
     workers = parse_threads()
     pool = ThreadPoolExecutor(workers, thread_name_prefix="nll-score") if workers > 1 else None
+    in_flight = workers + 1 if pool is not None else 1
     pending: collections.deque = collections.deque()  # (partition, its future), in input order
     try:
         with contextlib.closing(partitions(job, scorer, skip)) as parts:  # closing joins the reader threads
             for part in parts:
                 pending.append((part, pool.submit(score, part) if pool is not None else None))
-                if len(pending) >= workers:
+                if len(pending) >= in_flight:
                     fold(*pending.popleft())
             while pending:
                 fold(*pending.popleft())

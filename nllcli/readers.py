@@ -249,8 +249,9 @@ class Source:
         convert = options["convert_options"]
         convert.null_values, convert.true_values, convert.false_values = [], [], []
         try:  # the header's names as pyarrow reads them: the ranges are parsed without it
-            names = self.column_names or pacsv.read_csv(pa.py_buffer(read_byte_range(self, 0, header_end)),
-                                                        parse_options=options["parse_options"]).column_names
+            names = self.column_names or pacsv.read_csv(
+                pa.py_buffer(read_byte_range(self, 0, header_end)), parse_options=options["parse_options"],
+                read_options=pacsv.ReadOptions(block_size=header_end + 1, use_threads=False)).column_names
         except (pa.ArrowInvalid, UnicodeDecodeError):
             names = None
         if not names:
