@@ -192,10 +192,12 @@ def _json_or_text(text: str):
 
 def warm_page_cache(benches: list[Bench], cache: Path) -> None:
     """Read each data file the commands use once, so that all timed runs read from memory."""
-    for path in sorted({arg for b in benches for arg in b.cmd if arg.startswith(str(cache))}):
-        with open(path, "rb") as f:
-            while f.read(1 << 24):
-                pass
+    for arg in sorted({arg for b in benches for arg in b.cmd if arg.startswith(str(cache))}):
+        top = Path(arg)
+        for path in sorted(top.iterdir()) if top.is_dir() else [top]:  # a folder: states_1000/
+            with open(path, "rb") as f:
+                while f.read(1 << 24):
+                    pass
 
 
 # -- reporting -------------------------------------------------------------------------------
