@@ -659,9 +659,9 @@ def class_bin_sums(index: np.ndarray, size: int, weights: np.ndarray | None, pro
     combined index per cell sum; with hard labels the outcomes only visit each row's labelled cell.
     """
     n, k = probs.shape
-    order: Literal["C", "F"] = "F" if probs.flags.f_contiguous and not probs.flags.c_contiguous else "C"
-    cells, q = index.ravel(order=order), probs.ravel(order=order)
-    w = None if weights is None else np.repeat(weights, k) if order == "C" else np.tile(weights, k)
+    # Row by row: summary.of_batch passes row-major arrays (why: see there), so these are views.
+    cells, q = index.ravel(), probs.ravel()
+    w = None if weights is None else np.repeat(weights, k)
     ones = np.ones(n) if weights is None else weights
 
     def column_sums(a: np.ndarray, b: np.ndarray) -> np.ndarray:  # sum_i w_i a_ik b_ik, without BLAS threads
@@ -671,7 +671,7 @@ def class_bin_sums(index: np.ndarray, size: int, weights: np.ndarray | None, pro
            "prob": np.bincount(cells, weights=q if w is None else w * q, minlength=size),
            "prob_sq": column_sums(probs, probs)}
     if targets is not None:
-        t = targets.ravel(order=order)
+        t = targets.ravel()
         out["outcome"] = np.bincount(cells, weights=t if w is None else w * t, minlength=size)
         out["cross"] = column_sums(probs, targets)
         out["outcome_sq"] = column_sums(targets, targets)
