@@ -649,37 +649,40 @@ def l2_calibration_error(weight: np.ndarray, weight_sq: np.ndarray, confidence: 
     return math.sqrt(max(float(np.sum(w * squared) / w.sum()), 0.0))
 
 
-def class_bin_sums(index: np.ndarray, size: int, weights: np.ndarray | None, probs: np.ndarray,
+def class_bin_sums(index: np.ndarray, size: int, copies: int, weights: np.ndarray | None, probs: np.ndarray,
                    labels: np.ndarray | None, targets: np.ndarray | None) -> dict[str, np.ndarray]:
     """Sums over the (class, bin) cells of each row's probability of each class, and per class.
 
-    ``index`` is (n, K), k * B + the equal-width bin of q_ik. Per cell (flattened, K * B): weight =
-    sum w, prob = sum w q, outcome = sum w y; per class (K,): prob_sq = sum w q^2, cross = sum w q y,
-    outcome_sq = sum w y^2; y_ik is the one-hot label or the target t_ik. One bincount over the
-    combined index per cell sum; with hard labels the outcomes only visit each row's labelled cell.
+    ``index`` is (n, K) in the memory order of ``probs``: c * K * B + k * B + the equal-width bin of
+    q_ik, with c one of ``copies`` copies of the K * B = ``size`` cells (summed at the end). Per
+    cell (flattened, K * B): weight = sum w, prob = sum w q, outcome = sum w y; per class (K,):
+    prob_sq = sum w q^2, cross = sum w q y, outcome_sq = sum w y^2; y_ik is the one-hot label or
+    the target t_ik. One bincount over the combined index per cell sum; with hard labels the
+    outcomes only visit each row's labelled cell.
     """
     n, k = probs.shape
-    # Row by row: summary.of_batch passes row-major arrays (why: see there), so these are views.
-    cells, q = index.ravel(), probs.ravel()
-    w = None if weights is None else np.repeat(weights, k)
-    ones = np.ones(n) if weights is None else weights
+    order: Literal["F", "C"] = "F" if probs.flags.f_contiguous else "C"
+    cells, q = index.ravel(order=order), probs.ravel(order=order)
+    w = None if weights is None else np.tile(weights, k) if order == "F" else np.repeat(weights, k)
+
+    def cell_sums(of: np.ndarray | None, at: np.ndarray = cells) -> np.ndarray:
+        counted = np.bincount(at, weights=of, minlength=copies * size).reshape(copies, size)
+        return counted.sum(axis=0, dtype=np.float64)
 
     def column_sums(a: np.ndarray, b: np.ndarray) -> np.ndarray:  # sum_i w_i a_ik b_ik, without BLAS threads
         return np.einsum("ij,ij->j", a, b) if weights is None else np.einsum("i,ij,ij->j", weights, a, b)
 
-    out = {"weight": np.bincount(cells, weights=w, minlength=size).astype(np.float64, copy=False),
-           "prob": np.bincount(cells, weights=q if w is None else w * q, minlength=size),
-           "prob_sq": column_sums(probs, probs)}
+    out = {"weight": cell_sums(w), "prob": cell_sums(q if w is None else w * q), "prob_sq": column_sums(probs, probs)}
     if targets is not None:
-        t = targets.ravel()
-        out["outcome"] = np.bincount(cells, weights=t if w is None else w * t, minlength=size)
+        t = targets.ravel(order=order)
+        out["outcome"] = cell_sums(t if w is None else w * t)
         out["cross"] = column_sums(probs, targets)
         out["outcome_sq"] = column_sums(targets, targets)
     elif labels is not None:
-        out["outcome"] = np.bincount(true_class(index, labels), weights=weights, minlength=size).astype(np.float64,
-                                                                                                       copy=False)
-        out["cross"] = np.bincount(labels, weights=ones * true_class(probs, labels), minlength=k)
-        out["outcome_sq"] = np.bincount(labels, weights=ones, minlength=k)
+        out["outcome"] = cell_sums(weights, true_class(index, labels))
+        p_true = true_class(probs, labels)
+        out["cross"] = np.bincount(labels, weights=p_true if weights is None else weights * p_true, minlength=k)
+        out["outcome_sq"] = np.bincount(labels, weights=weights, minlength=k).astype(np.float64, copy=False)
     else:
         raise ValueError("class bins need labels or targets")
     return out

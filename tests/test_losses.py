@@ -353,3 +353,49 @@ def test_confidence_bins_on_and_beside_every_edge():
         assert (confidence_bins(c, n_bins) == expected).all()
         assert (confidence_bins(matrix, n_bins) == expected[:, None]).all()
         assert (confidence_bins(matrix[::2], n_bins) == expected[::2, None]).all()  # not contiguous
+        # offsets (the class cells' k * B + copy): added to every bin, the re-placed ones included
+        offsets = np.asfortranarray(np.arange(matrix.size, dtype=np.float64).reshape(matrix.shape) * 7)
+        for order in ("F", "C"):
+            m, o = np.asarray(matrix, order=order), np.asarray(offsets, order=order)
+            assert (confidence_bins(m, n_bins, offsets=o) == expected[:, None] + o).all()
+        assert (confidence_bins(np.ascontiguousarray(matrix), n_bins, offsets=offsets)
+                == expected[:, None] + offsets).all()  # offsets in the other memory order
+        wider = np.asfortranarray(np.vstack([offsets, offsets]))[:len(offsets)]  # a view in neither order
+        assert (confidence_bins(matrix, n_bins, offsets=wider) == expected[:, None] + offsets).all()
+
+
+def test_class_cells_spread_over_copies_sum_as_one():
+    from nllcli.losses import class_bin_sums
+    from nllcli.summary import CELL_COPIES, _cell_offsets, confidence_bins
+
+    rng = np.random.default_rng(3)
+    n, k, n_bins = 1001, 4, 15
+    q = rng.dirichlet(np.full(k, 0.3), size=n)
+    q[::5, 0] = 2 / 15  # on an edge
+    q[::5, 1:] = (1 - 2 / 15) / 3
+    labels, weights = rng.integers(0, k, n), rng.random(n)
+    plain = np.searchsorted(np.linspace(0, 1, n_bins + 1), q, side="left").clip(1, n_bins) - 1 + np.arange(k) * n_bins
+    assert (_cell_offsets(n, k, n_bins) == _cell_offsets(2000, k, n_bins)[:n]).all()  # one array, sliced
+    assert _cell_offsets(n, k, n_bins)[9].tolist() == [k * n_bins + c * n_bins for c in range(k)]  # row 9: copy 1
+    for w in (None, weights):
+        expected = class_bin_sums(np.ascontiguousarray(plain), k * n_bins, 1, w, np.ascontiguousarray(q), labels, None)
+        qf = np.asfortranarray(q)
+        cells = confidence_bins(qf, n_bins, offsets=_cell_offsets(n, k, n_bins))
+        got = class_bin_sums(cells, k * n_bins, CELL_COPIES, w, qf, labels, None)
+        for name, value in expected.items():
+            np.testing.assert_allclose(got[name], value, rtol=1e-13, atol=1e-13, err_msg=name)
+        if w is None:  # counts are exact
+            assert (got["weight"] == expected["weight"]).all() and (got["outcome"] == expected["outcome"]).all()
+
+
+def test_loss_bins_are_np_histograms_bins():
+    from nllcli.summary import LOSS_EDGES, loss_bins
+
+    edges = np.array(LOSS_EDGES)
+    loss = np.concatenate([edges, np.nextafter(edges, -1), np.nextafter(edges, 9), [np.inf, np.nan, -1.0, 1e300]])
+    weights = np.linspace(0.5, 2, len(loss))
+    for w in (None, weights):
+        expected = np.histogram(loss, bins=[*LOSS_EDGES, np.inf], weights=w)[0]
+        got = np.bincount(loss_bins(loss), weights=w, minlength=len(LOSS_EDGES) + 1)[1:]
+        np.testing.assert_allclose(got, expected, rtol=1e-14)  # np.histogram's weighted sums: differences of a cumsum
+    assert loss_bins(np.array([np.nan, -0.5, 0.0, 40.0, np.inf])).tolist() == [0, 0, 1, 12, 12]
