@@ -51,6 +51,29 @@ class Prepared:
             raise ValueError("probabilities have no log_q")
         return self.log_q
 
+    # Accuracy, the losses and the calibration sums all look at each row's largest value and its
+    # labelled one: each is computed once per batch (the labels passed are always the batch's).
+    def top(self) -> np.ndarray:
+        """Each row's largest value."""
+        if "_top" not in self.__dict__:
+            self.__dict__["_top"] = self.values.max(axis=1)
+        return self.__dict__["_top"]
+
+    def labelled(self, labels: np.ndarray) -> np.ndarray:
+        """values[i, labels[i]] for each row."""
+        cached = self.__dict__.get("_labelled")
+        if cached is None or cached[0] is not labels:
+            cached = self.__dict__["_labelled"] = (labels, losses.true_class(self.values, labels))
+        return cached[1]
+
+    def top_probability(self) -> np.ndarray:
+        """Each row's largest probability."""
+        return self.top() if self.q is self.values else losses.top_confidence(self.q, self.log_q)
+
+    def labelled_probability(self, labels: np.ndarray) -> np.ndarray:
+        """probs()[i, labels[i]] for each row."""
+        return self.labelled(labels) if self.q is self.values else losses.true_class(self.probs(), labels)
+
 
 # -- per batch -------------------------------------------------------------------------------
 
@@ -254,8 +277,9 @@ class Scorer:
         summed = {**values, **{name: quantity(pred, labels, targets, settings) for name, quantity in self.quantities}}
         confidence = None
         if self.calibration and labels is not None:
-            confidence = losses.top_confidence(pred.q, pred.log_q)
-        correct = losses.correct_rows(pred.values, labels) if labels is not None else None
+            confidence = pred.top_probability()
+        correct = losses.correct_rows(pred.values, labels, pred.top(), pred.labelled(labels)) \
+            if labels is not None else None
         weights = _weights(chunk, layout)
         if self.job.class_weights is not None and labels is not None:  # torch's weight[y_i], times --weight
             row_weights = np.asarray(self.job.class_weights)[labels]
@@ -272,7 +296,7 @@ class Scorer:
         eps = self.settings.eps
         if not self.soft:
             if pred.q is not None:
-                p_true = losses.true_class(pred.q, labels)
+                p_true = pred.labelled_probability(labels)
                 nll, hard_clipped = losses.hard_label_nll(p_true, eps)
             else:
                 log_true = losses.true_class(pred.logs(), labels)

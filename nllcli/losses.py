@@ -404,18 +404,19 @@ def js_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:
     return 0.5 * (kl_divergence(p, m, gap=half_gap) + kl_divergence(q, m, gap=-half_gap))
 
 
-def brier(q: np.ndarray, labels: np.ndarray | None = None, t: np.ndarray | None = None) -> np.ndarray:
+def brier(q: np.ndarray, labels: np.ndarray | None = None, t: np.ndarray | None = None,
+          q_true: np.ndarray | None = None) -> np.ndarray:
     """Brier score per row, sum_k (q_k - y_k)^2 with y one-hot of ``labels`` or the targets ``t``.
 
     From 0 (certain and right) to 2 (certain and wrong); scikit-learn's brier_score_loss with
-    scale_by_half=False.
+    scale_by_half=False. ``q_true``: true_class(q, labels), when the caller has it.
     """
     if t is not None:
         diff = q - t
         return np.einsum("ij,ij->i", diff, diff)
     if labels is None:
         raise ValueError("brier needs labels or targets")
-    return np.einsum("ij,ij->i", q, q) - 2.0 * true_class(q, labels) + 1.0
+    return np.einsum("ij,ij->i", q, q) - 2.0 * (true_class(q, labels) if q_true is None else q_true) + 1.0
 
 
 def top_confidence(q: np.ndarray | None, log_q: np.ndarray | None) -> np.ndarray:
@@ -476,17 +477,19 @@ def true_class(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return values[np.arange(n), labels]
 
 
-def correct_rows(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
+def correct_rows(values: np.ndarray, labels: np.ndarray, top: np.ndarray | None = None,
+                 true: np.ndarray | None = None) -> np.ndarray:
     """argmax_rows(values) == labels, without the argmax: the label's value is its row's largest,
     and no earlier column holds that value too (ties go to the first column, as in argmax_rows).
 
-    The few rows where another column ties the label's value are settled by argmax_rows.
+    The few rows where another column ties the label's value are settled by argmax_rows. ``top``
+    (each row's largest value) and ``true`` (true_class(values, labels)), when the caller has them.
     """
     n, k = values.shape
     if not values.flags.f_contiguous or k > 64:
         return argmax_rows(values) == labels
-    top = values.max(axis=1)
-    correct = true_class(values, labels) == top
+    top = values.max(axis=1) if top is None else top
+    correct = (true_class(values, labels) if true is None else true) == top
     tops = np.zeros(n, dtype=np.uint8)  # columns equal to the row's largest value (at most 64)
     for j in range(k):
         tops += values[:, j] == top

@@ -56,7 +56,8 @@ def _perplexity(s: Summary, job: Job) -> float:
 def _brier(pred: Prepared, labels, targets, settings: Settings):
     from . import losses
 
-    return losses.brier(pred.probs(), labels, targets)
+    q_true = pred.labelled_probability(labels) if labels is not None and targets is None else None
+    return losses.brier(pred.probs(), labels, targets, q_true)
 
 
 def _top_k_hits(pred: Prepared, labels, targets, settings: Settings):
