@@ -140,7 +140,7 @@ class Summary:
         if probs is not None and (labels is not None or targets is not None) and \
                 n_classes * n_bins <= CLASS_CELLS_LIMIT:
             probs = np.asfortranarray(probs)
-            cells = confidence_bins(probs, n_bins, offsets=_cell_offsets(*probs.shape, n_bins))
+            cells = confidence_bins(probs, n_bins, offsets=_cell_offsets(len(probs), n_classes, n_bins))
             sums = losses.class_bin_sums(cells, n_classes * n_bins, CELL_COPIES, weights, probs, labels, targets)
             out.class_bins = np.stack([sums[name] for name in CLASS_BIN_SUMS]).reshape(-1, n_classes, n_bins)
             out.class_totals = np.stack([sums[name] for name in CLASS_TOTALS])
