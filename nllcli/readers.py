@@ -47,6 +47,7 @@ SAMPLE_ROWS = 2  # data rows the header sample holds at least (types, block size
 # about 0.5 ms of Python), for 19 MB more peak; 65,536 cost 60 MB more (the kernels' temporaries).
 PARQUET_BATCH_ROWS = 32768
 PARQUET_BATCH_VALUES = 1 << 22  # values (rows x columns) per Parquet batch: wide files, fewer rows
+PARQUET_READ_BYTES = 1 << 20  # a column chunk's bytes read at a time
 PARQUET_GROUP_BYTES = 32 << 20  # row groups read at once while their values take at most this (else streamed)
 PARQUET_MAGIC = b"PAR1"
 GZIP_MAGIC = b"\x1f\x8b"
@@ -579,11 +580,13 @@ class Source:
         parquet: Any = self._parquet
         if parquet is None:  # its index costs about 2.5 KB a column: read once, kept unless wide
             # pre_buffer would read whole row groups ahead; without it memory stays flat as files grow.
-            parquet = self._parquet = pq.ParquetFile(self._parquet_source(), pre_buffer=False)
+            # A column chunk is read in pieces of PARQUET_READ_BYTES, not whole, as its pages are decoded.
+            parquet = self._parquet = pq.ParquetFile(self._parquet_source(), pre_buffer=False,
+                                                     buffer_size=PARQUET_READ_BYTES)
         if not dictionary:
             return parquet
-        return pq.ParquetFile(self._parquet_source(), pre_buffer=False, metadata=parquet.metadata,
-                              read_dictionary=list(dictionary))
+        return pq.ParquetFile(self._parquet_source(), pre_buffer=False, buffer_size=PARQUET_READ_BYTES,
+                              metadata=parquet.metadata, read_dictionary=list(dictionary))
 
     def _parquet_source(self):
         if self._parquet_buffer is not None:

@@ -20,7 +20,10 @@ real_exit = os._exit
 def dump(code):
     sys.stderr.write("BLAS " + os.environ.get("OPENBLAS_NUM_THREADS", "") + "\\n")
     if "pyarrow" in sys.modules:
-        sys.stderr.write("POOL " + sys.modules["pyarrow"].default_memory_pool().backend_name + "\\n")
+        pa = sys.modules["pyarrow"]
+        sys.stderr.write("POOL " + pa.default_memory_pool().backend_name + "\\n")
+        if "mimalloc" in pa.supported_memory_backends():  # what Arrow's C++ code took from mimalloc
+            sys.stderr.write("MIMALLOC " + str(pa.mimalloc_memory_pool().max_memory()) + "\\n")
     sys.stderr.write("MODULES " + json.dumps(sorted(sys.modules)) + "\\n")
     sys.stderr.flush()
     real_exit(code)
@@ -103,3 +106,24 @@ def test_arrow_buffers_come_from_jemalloc_unless_the_environment_says(tiny):
                          env={**unset, "ARROW_DEFAULT_MEMORY_POOL": "system"})
     assert by_default.returncode == chosen.returncode == 0
     assert "POOL jemalloc\n" in by_default.stderr and "POOL system\n" in chosen.stderr
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the variable is set on Linux only")
+def test_arrow_cpp_code_uses_the_same_pool(tiny, tmp_path):
+    """The Parquet reader's buffers come from Arrow's C++ default pool, not pyarrow's: with the
+    variable set before pyarrow's import, nothing is taken from mimalloc beside jemalloc."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    if not {"jemalloc", "mimalloc"} <= set(pa.supported_memory_backends()):
+        pytest.skip("this pyarrow lacks jemalloc or mimalloc")
+    parquet = tmp_path / "tiny.parquet"
+    pq.write_table(pacsv.read_csv(tiny), parquet)
+    unset = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    done, _ = run_dump("score", str(parquet), "--format", "json", cwd=tmp_path, env=unset)
+    assert done.returncode == 0, done.stderr
+    assert "POOL jemalloc\n" in done.stderr and "MIMALLOC 0\n" in done.stderr, done.stderr
+    mixed, _ = run_dump("score", str(parquet), "--format", "json", cwd=tmp_path,
+                        env={**unset, "ARROW_DEFAULT_MEMORY_POOL": "mimalloc"})
+    assert "MIMALLOC 0\n" not in mixed.stderr  # the check sees what mimalloc gives
