@@ -263,9 +263,11 @@ def confidence_bins(confidence: np.ndarray, n_bins: int, offsets: np.ndarray | N
     fraction = np.subtract(scaled, whole, out=scaled)
     near = fraction < 1e-9
     near |= fraction > 1.0 - 1e-9
+    del scaled, fraction  # freed before the cast: two arrays of the input's size live at once, not three
     if offsets is not None:
         whole += offsets
     bins = whole.astype(np.intp)
+    del whole
     inner = bin_edges(n_bins)[1:-1]
     one_order = near.flags.c_contiguous or near.flags.f_contiguous  # ravel(order="K") is then a view
     if one_order and (offsets is None or (offsets.flags.f_contiguous, offsets.flags.c_contiguous)
