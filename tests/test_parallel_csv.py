@@ -90,6 +90,30 @@ def test_the_file_is_really_cut_into_ranges(monkeypatch, tmp_path):
     assert batches[-1].bytes_read == source.size
 
 
+def test_ranges_are_scored_in_equal_slices(run, monkeypatch, tmp_path):
+    """A range parsed whole reaches the kernels in equal parts of at most PARQUET_BATCH_ROWS rows,
+    numbered on from the range's first row, with the report of one stream."""
+    import pyarrow as pa
+
+    monkeypatch.setattr(readers, "PARQUET_BATCH_ROWS", 10)
+    batch = pa.record_batch({"x": np.arange(25)})
+    assert [b.num_rows for b in readers.equal_slices([batch])] == [9, 9, 7]
+    assert np.concatenate([b.column(0) for b in readers.equal_slices([batch, batch.slice(0, 10)])]).tolist() \
+        == list(range(25)) + list(range(10))
+    path = tmp_path / "preds.csv"
+    path.write_text(prediction_text(700))
+    monkeypatch.setattr(readers, "CSV_RANGE_BYTES", 1000)
+    monkeypatch.setenv("NLL_THREADS", "2")
+    source = readers.open_source(str(path))
+    names = source.schema.names
+    chunks = list(source.batches(names, {n: source.schema.field(n).type for n in names}))
+    assert max(c.batch.num_rows for c in chunks) <= 10 and len(chunks) >= 70
+    assert [c.first_row for c in chunks] == list(np.cumsum([1] + [c.batch.num_rows for c in chunks[:-1]]))
+    assert np.concatenate([c.batch.column("id") for c in chunks]).tolist() == list(range(700))
+    one, split = serial_and_split(run, monkeypatch, path, "--format", "json", "--worst", "4", range_bytes=1000)
+    assert_same_report(one, split)
+
+
 @pytest.mark.parametrize("shape", ["crlf", "no final newline", "crlf, no final newline", "bom", "blank lines",
                                    "numpy header"])
 def test_line_ends_and_marks(run, monkeypatch, tmp_path, shape):
