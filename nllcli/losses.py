@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
@@ -652,37 +653,65 @@ def l2_calibration_error(weight: np.ndarray, weight_sq: np.ndarray, confidence: 
     return math.sqrt(max(float(np.sum(w * squared) / w.sum()), 0.0))
 
 
-def class_bin_sums(index: np.ndarray, size: int, copies: int, weights: np.ndarray | None, probs: np.ndarray,
-                   labels: np.ndarray | None, targets: np.ndarray | None) -> dict[str, np.ndarray]:
+def class_bin_sums(cells: np.ndarray, at: np.ndarray | None, size: int, copies: int, weights: np.ndarray | None,
+                   probs: np.ndarray, labels: np.ndarray | None, targets: np.ndarray | None,
+                   labelled: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Sums over the (class, bin) cells of each row's probability of each class, and per class.
 
-    ``index`` is (n, K) in the memory order of ``probs``: c * K * B + k * B + the equal-width bin of
-    q_ik, with c one of ``copies`` copies of the K * B = ``size`` cells (summed at the end). Per
-    cell (flattened, K * B): weight = sum w, prob = sum w q, outcome = sum w y; per class (K,):
+    A value's cell is c * K * B + k * B + the equal-width bin of q_ik, c one of ``copies`` copies of
+    the K * B = ``size`` cells (summed at the end). ``cells`` holds the cells of every value, (n, K)
+    in the memory order of ``probs``, when ``at`` is None; else those of the values at ``at``
+    (positions in the column-major flattening of ``probs``), every other value being in its class's
+    first bin, whose sums are then the class's totals less those of its other bins. ``labelled``:
+    the cell of each row's labelled value, with hard labels.
+
+    Per cell (flattened, K * B): weight = sum w, prob = sum w q, outcome = sum w y; per class (K,):
     prob_sq = sum w q^2, cross = sum w q y, outcome_sq = sum w y^2; y_ik is the one-hot label or
-    the target t_ik. One bincount over the combined index per cell sum; with hard labels the
-    outcomes only visit each row's labelled cell.
+    the target t_ik. One bincount per cell sum; with hard labels the outcomes only visit each row's
+    labelled cell.
     """
     n, k = probs.shape
-    order: Literal["F", "C"] = "F" if probs.flags.f_contiguous else "C"
-    cells, q = index.ravel(order=order), probs.ravel(order=order)
-    w = None if weights is None else np.tile(weights, k) if order == "F" else np.repeat(weights, k)
+    if at is None:
+        order: Literal["F", "C"] = "F" if probs.flags.f_contiguous else "C"
+        if labels is not None and labelled is None:
+            labelled = true_class(cells, labels)
+        cells, q = cells.ravel(order=order), probs.ravel(order=order)
+        w = None if weights is None else np.tile(weights, k) if order == "F" else np.repeat(weights, k)
+        t = None if targets is None else targets.ravel(order=order)
+    else:
+        q = probs.ravel(order="F")[at]
+        w = None if weights is None else weights[at % n]
+        t = None if targets is None else targets.ravel(order="F")[at]
 
-    def cell_sums(of: np.ndarray | None, at: np.ndarray = cells) -> np.ndarray:
-        counted = np.bincount(at, weights=of, minlength=copies * size).reshape(copies, size)
-        return counted.sum(axis=0, dtype=np.float64)
-
-    def column_sums(a: np.ndarray, b: np.ndarray) -> np.ndarray:  # sum_i w_i a_ik b_ik, without BLAS threads
+    def column_sums(a: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:  # sum_i w_i a_ik (b_ik), no BLAS threads
+        if b is None:
+            return np.einsum("ij->j", a) if weights is None else np.einsum("i,ij->j", weights, a)
         return np.einsum("ij,ij->j", a, b) if weights is None else np.einsum("i,ij,ij->j", weights, a, b)
 
-    out = {"weight": cell_sums(w), "prob": cell_sums(q if w is None else w * q), "prob_sq": column_sums(probs, probs)}
+    def cell_sums(of: np.ndarray | None, totals: Callable[[], np.ndarray] | None = None,
+                  where: np.ndarray = cells) -> np.ndarray:
+        counted = np.bincount(where, weights=of, minlength=copies * size).reshape(copies, size)
+        out = counted.sum(axis=0, dtype=np.float64)
+        if at is not None and totals is not None:  # the first bins: what the other bins leave of each class
+            by_class = out.reshape(k, -1)
+            by_class[:, 0] = totals() - by_class[:, 1:].sum(axis=1)
+        return out
+
+    def rows_weight() -> np.ndarray:
+        return np.full(k, float(n) if weights is None else float(weights.sum()))
+
+    out = {"weight": cell_sums(w, rows_weight),
+           "prob": cell_sums(q if w is None else w * q, lambda: column_sums(probs)),
+           "prob_sq": column_sums(probs, probs)}
     if targets is not None:
-        t = targets.ravel(order=order)
-        out["outcome"] = cell_sums(t if w is None else w * t)
+        assert t is not None
+        out["outcome"] = cell_sums(t if w is None else w * t, lambda: column_sums(targets))
         out["cross"] = column_sums(probs, targets)
         out["outcome_sq"] = column_sums(targets, targets)
     elif labels is not None:
-        out["outcome"] = cell_sums(weights, true_class(index, labels))
+        if labelled is None:
+            raise ValueError("the labelled cells are needed when only some cells are given")
+        out["outcome"] = cell_sums(weights, where=labelled)
         p_true = true_class(probs, labels)
         out["cross"] = np.bincount(labels, weights=p_true if weights is None else weights * p_true, minlength=k)
         out["outcome_sq"] = np.bincount(labels, weights=weights, minlength=k).astype(np.float64, copy=False)

@@ -364,28 +364,35 @@ def test_confidence_bins_on_and_beside_every_edge():
         assert (confidence_bins(matrix, n_bins, offsets=wider) == expected[:, None] + offsets).all()
 
 
-def test_class_cells_spread_over_copies_sum_as_one():
+@pytest.mark.parametrize("share", [0.0, 1.0])  # every batch binned whole, or only its values past the first bins
+def test_class_cells_spread_over_copies_sum_as_one(monkeypatch, share):
+    from nllcli import summary
     from nllcli.losses import class_bin_sums
-    from nllcli.summary import CELL_COPIES, _cell_offsets, confidence_bins
+    from nllcli.summary import _cell_offsets
 
+    monkeypatch.setattr(summary, "SPARSE_CELLS_SHARE", share)
     rng = np.random.default_rng(3)
     n, k, n_bins = 1001, 4, 15
     q = rng.dirichlet(np.full(k, 0.3), size=n)
     q[::5, 0] = 2 / 15  # on an edge
     q[::5, 1:] = (1 - 2 / 15) / 3
-    labels, weights = rng.integers(0, k, n), rng.random(n)
+    q[1::7, 0], q[1::7, 1:] = 1 / 15, (1 - 1 / 15) / 3  # on the first bin's edge: in the first bin
+    q[2::7, 0], q[2::7, 1:] = 0.0, 1 / 3
+    labels, weights, targets = rng.integers(0, k, n), rng.random(n), rng.dirichlet(np.ones(k), size=n)
     plain = np.searchsorted(np.linspace(0, 1, n_bins + 1), q, side="left").clip(1, n_bins) - 1 + np.arange(k) * n_bins
     assert (_cell_offsets(n, k, n_bins) == _cell_offsets(2000, k, n_bins)[:n]).all()  # one array, sliced
     assert _cell_offsets(n, k, n_bins)[9].tolist() == [k * n_bins + c * n_bins for c in range(k)]  # row 9: copy 1
     for w in (None, weights):
-        expected = class_bin_sums(np.ascontiguousarray(plain), k * n_bins, 1, w, np.ascontiguousarray(q), labels, None)
-        qf = np.asfortranarray(q)
-        cells = confidence_bins(qf, n_bins, offsets=_cell_offsets(n, k, n_bins))
-        got = class_bin_sums(cells, k * n_bins, CELL_COPIES, w, qf, labels, None)
-        for name, value in expected.items():
-            np.testing.assert_allclose(got[name], value, rtol=1e-13, atol=1e-13, err_msg=name)
-        if w is None:  # counts are exact
-            assert (got["weight"] == expected["weight"]).all() and (got["outcome"] == expected["outcome"]).all()
+        for y, t in ((labels, None), (None, targets)):
+            expected = class_bin_sums(np.ascontiguousarray(plain), None, k * n_bins, 1, w, np.ascontiguousarray(q), y, t)
+            got = summary._class_cell_sums(np.asfortranarray(q), n_bins, w, y, t)
+            assert set(got) == set(expected)
+            for name, value in expected.items():
+                np.testing.assert_allclose(got[name], value, rtol=1e-13, atol=1e-13, err_msg=name)
+            if w is None and t is None:  # counts are exact
+                assert (got["weight"] == expected["weight"]).all() and (got["outcome"] == expected["outcome"]).all()
+    with pytest.raises(ValueError, match="labelled cells"):
+        class_bin_sums(plain.ravel()[:10], np.arange(10), k * n_bins, 1, None, q, labels, None)
 
 
 def test_loss_bins_are_np_histograms_bins():
