@@ -1,6 +1,7 @@
 """nll beside DuckDB and Polars on the shapes of issue 17, in the same interleaved runs.
 
     python benchmarks/bench_engines.py            every shape, 3 interleaved rounds (10M shapes: 1 round)
+    python benchmarks/bench_engines.py --only csv_10m_10,parquet_10m_10 --rounds 3
     python benchmarks/bench_engines.py --quick    2M and smaller shapes, 1 round (about 2 minutes)
     python benchmarks/bench_engines.py --rounds 5 --only csv_2m_10,parquet_2m_10
 
@@ -312,7 +313,8 @@ def show(shape: str, result: dict) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="no 10M-row shapes, 1 round")
-    parser.add_argument("--rounds", type=int, help="interleaved rounds per shape (default 3, 1 with --quick)")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds per shape (default 3, 1 with --quick and "
+                        "for the 10M shapes; given, it holds for every shape)")
     parser.add_argument("--only", help="comma-separated shapes: " + ", ".join([*SHAPES, STARTUP]))
     parser.add_argument("--no-pandas", action="store_true", help="skip the pandas + sklearn run (15 s)")
     parser.add_argument("--skip", default="", help="comma-separated commands to leave out: duckdb, polars, floor "
@@ -338,7 +340,8 @@ def main() -> int:
     for shape in (s for s in shapes if s != STARTUP):
         rows, classes, _ = SHAPES[shape]
         print(f"running {shape} ...", flush=True)
-        results[shape] = bench_shape(data_path(cache, shape), classes, 1 if shape in BIG else rounds,
+        results[shape] = bench_shape(data_path(cache, shape), classes,
+                                     1 if shape in BIG and not args.rounds else rounds,
                                      with_pandas=shape == "csv_2m_10" and not args.no_pandas,
                                      skip=frozenset(filter(None, args.skip.split(","))))
         show(shape, results[shape])
