@@ -1247,7 +1247,7 @@ def parquet_row_groups(source: Source, groups: range | None, columns: list[str],
 
 
 def equal_slices(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    """Each batch cut into equal slices (views) of at most PARQUET_BATCH_ROWS rows and about
+    """Each batch cut into equal slices (views) of at most PARQUET_BATCH_ROWS rows and at most
     PARQUET_BATCH_VALUES values: a CSV range is parsed whole, scored in parts (a 4 MiB range of
     10 classes holds 37,000 rows: two of 18,500, whose temporaries take half the memory)."""
     for batch in batches:
