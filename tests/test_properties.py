@@ -269,3 +269,26 @@ def test_splitting_into_files_does_not_change_any_number(tmp_path, cuts):
             assert b["metrics"][name] == pytest.approx(value, rel=1e-12, abs=1e-15), (a["by"], name)
     assert [w["key"] for w in whole.worst] == [w["key"] for w in split.worst]
     assert [c["weight"] for c in whole.calibration] == [c["weight"] for c in split.calibration]
+
+
+@FAST
+@given(k=st.integers(1, 12), n=st.integers(1, 60), n_bins=st.integers(1, 30), seed=st.integers(0, 2**32 - 1),
+       weighted=st.booleans(), soft=st.booleans())
+def test_class_cells_of_the_values_past_the_first_bin_equal_all_binned(k, n, n_bins, seed, weighted, soft):
+    """The cells summed from the values past each class's first bin (its sums the class totals less
+    the other bins') are those of every value binned, edges, zeros and ones included."""
+    from nllcli import summary
+
+    rng = np.random.default_rng(seed)
+    q = rng.choice([rng.random(), 0.0, 1.0, *(np.arange(n_bins + 1) / n_bins)], size=(n, k))
+    q[rng.random((n, k)) < 0.5] = rng.random()  # and values anywhere
+    q = np.asfortranarray(q)
+    weights = rng.random(n) if weighted else None
+    labels, targets = (None, rng.dirichlet(np.ones(k), n)) if soft else (rng.integers(0, k, n), None)
+    with mock.patch.object(summary, "SPARSE_CELLS_SHARE", -1.0):  # binned whole, even with none past
+        every = summary._class_cell_sums(q, n_bins, weights, labels, targets)
+    with mock.patch.object(summary, "SPARSE_CELLS_SHARE", 1.0):
+        past = summary._class_cell_sums(q, n_bins, weights, labels, targets)
+    assert set(past) == set(every)
+    for name in every:
+        np.testing.assert_allclose(past[name], every[name], rtol=1e-12, atol=1e-12 * n, err_msg=name)
