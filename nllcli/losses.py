@@ -663,7 +663,7 @@ def class_bin_sums(cells: np.ndarray, at: np.ndarray | None, size: int, copies: 
     in the memory order of ``probs``, when ``at`` is None; else those of the values at ``at``
     (positions in the column-major flattening of ``probs``), every other value being in its class's
     first bin, whose sums are then the class's totals less those of its other bins. ``labelled``:
-    the cell of each row's labelled value, with hard labels.
+    the cell of each row's labelled value, needed with hard labels.
 
     Per cell (flattened, K * B): weight = sum w, prob = sum w q, outcome = sum w y; per class (K,):
     prob_sq = sum w q^2, cross = sum w q y, outcome_sq = sum w y^2; y_ik is the one-hot label or
@@ -673,8 +673,6 @@ def class_bin_sums(cells: np.ndarray, at: np.ndarray | None, size: int, copies: 
     n, k = probs.shape
     if at is None:
         order: Literal["F", "C"] = "F" if probs.flags.f_contiguous else "C"
-        if labels is not None and labelled is None:
-            labelled = true_class(cells, labels)
         cells, q = cells.ravel(order=order), probs.ravel(order=order)
         w = None if weights is None else np.tile(weights, k) if order == "F" else np.repeat(weights, k)
         t = None if targets is None else targets.ravel(order=order)
@@ -710,7 +708,7 @@ def class_bin_sums(cells: np.ndarray, at: np.ndarray | None, size: int, copies: 
         out["outcome_sq"] = column_sums(targets, targets)
     elif labels is not None:
         if labelled is None:
-            raise ValueError("the labelled cells are needed when only some cells are given")
+            raise ValueError("hard labels need the labelled cells")
         out["outcome"] = cell_sums(weights, where=labelled)
         p_true = true_class(probs, labels)
         out["cross"] = np.bincount(labels, weights=p_true if weights is None else weights * p_true, minlength=k)

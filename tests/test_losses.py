@@ -364,7 +364,7 @@ def test_confidence_bins_on_and_beside_every_edge():
         assert (confidence_bins(matrix, n_bins, offsets=wider) == expected[:, None] + offsets).all()
 
 
-@pytest.mark.parametrize("share", [0.0, 1.0])  # every batch binned whole, or only its values past the first bins
+@pytest.mark.parametrize("share", [-1.0, 1.0])  # every batch binned whole, or only its values past the first bins
 def test_class_cells_spread_over_copies_sum_as_one(monkeypatch, share):
     from nllcli import summary
     from nllcli.losses import class_bin_sums
@@ -384,7 +384,9 @@ def test_class_cells_spread_over_copies_sum_as_one(monkeypatch, share):
     assert _cell_offsets(n, k, n_bins)[9].tolist() == [k * n_bins + c * n_bins for c in range(k)]  # row 9: copy 1
     for w in (None, weights):
         for y, t in ((labels, None), (None, targets)):
-            expected = class_bin_sums(np.ascontiguousarray(plain), None, k * n_bins, 1, w, np.ascontiguousarray(q), y, t)
+            labelled = None if y is None else plain[np.arange(n), y]
+            expected = class_bin_sums(np.ascontiguousarray(plain), None, k * n_bins, 1, w, np.ascontiguousarray(q), y, t,
+                                      labelled)
             got = summary._class_cell_sums(np.asfortranarray(q), n_bins, w, y, t)
             assert set(got) == set(expected)
             for name, value in expected.items():
@@ -392,7 +394,7 @@ def test_class_cells_spread_over_copies_sum_as_one(monkeypatch, share):
             if w is None and t is None:  # counts are exact
                 assert (got["weight"] == expected["weight"]).all() and (got["outcome"] == expected["outcome"]).all()
     with pytest.raises(ValueError, match="labelled cells"):
-        class_bin_sums(plain.ravel()[:10], np.arange(10), k * n_bins, 1, None, q, labels, None)
+        class_bin_sums(plain, None, k * n_bins, 1, None, q, labels, None)
 
 
 def test_loss_bins_are_np_histograms_bins():
