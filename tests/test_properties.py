@@ -281,7 +281,7 @@ def test_class_cells_of_the_values_past_the_first_bin_equal_all_binned(k, n, n_b
 
     rng = np.random.default_rng(seed)
     q = rng.choice([rng.random(), 0.0, 1.0, *(np.arange(n_bins + 1) / n_bins)], size=(n, k))
-    q[rng.random((n, k)) < 0.5] = rng.random()  # and values anywhere
+    q = np.where(rng.random((n, k)) < 0.5, rng.random((n, k)), q)  # and values anywhere
     q = np.asfortranarray(q)
     weights = rng.random(n) if weighted else None
     labels, targets = (None, rng.dirichlet(np.ones(k), n)) if soft else (rng.integers(0, k, n), None)
