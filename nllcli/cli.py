@@ -4,8 +4,6 @@ Exit codes: 0 ok, 1 a gate failed, 2 usage, input or environment error, 3 intern
 130 interrupted, 129 / 143 ended by SIGHUP / SIGTERM.
 """
 
-from __future__ import annotations
-
 import copy
 import functools
 import os
