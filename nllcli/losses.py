@@ -653,17 +653,17 @@ def l2_calibration_error(weight: np.ndarray, weight_sq: np.ndarray, confidence: 
     return math.sqrt(max(float(np.sum(w * squared) / w.sum()), 0.0))
 
 
-def class_bin_sums(cells: np.ndarray, at: np.ndarray | None, size: int, copies: int, weights: np.ndarray | None,
-                   probs: np.ndarray, labels: np.ndarray | None, targets: np.ndarray | None,
-                   labelled: np.ndarray | None = None) -> dict[str, np.ndarray]:
+def class_bin_sums(cells: np.ndarray, past: tuple[np.ndarray, np.ndarray] | None, size: int, copies: int,
+                   weights: np.ndarray | None, probs: np.ndarray, labels: np.ndarray | None, targets: np.ndarray | None,
+                   labelled: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Sums over the (class, bin) cells of each row's probability of each class, and per class.
 
     A value's cell is c * K * B + k * B + the equal-width bin of q_ik, c one of ``copies`` copies of
     the K * B = ``size`` cells (summed at the end). ``cells`` holds the cells of every value, (n, K)
-    in the memory order of ``probs``, when ``at`` is None; else those of the values at ``at``
-    (positions in the column-major flattening of ``probs``), every other value being in its class's
-    first bin, whose sums are then the class's totals less those of its other bins. ``labelled``:
-    the cell of each row's labelled value, needed with hard labels.
+    in the memory order of ``probs``, when ``past`` is None; else ``past`` is (positions in the
+    column-major flattening of ``probs``, values) of the values ``cells`` holds, every other value
+    being in its class's first bin, whose sums are then the class's totals less those of its other
+    bins. ``labelled``: (cell, value) of each row's labelled probability, needed with hard labels.
 
     Per cell (flattened, K * B): weight = sum w, prob = sum w q, outcome = sum w y; per class (K,):
     prob_sq = sum w q^2, cross = sum w q y, outcome_sq = sum w y^2; y_ik is the one-hot label or
@@ -671,13 +671,14 @@ def class_bin_sums(cells: np.ndarray, at: np.ndarray | None, size: int, copies: 
     labelled cell.
     """
     n, k = probs.shape
-    if at is None:
+    at = None if past is None else past[0]
+    if past is None:
         order: Literal["F", "C"] = "F" if probs.flags.f_contiguous else "C"
         cells, q = cells.ravel(order=order), probs.ravel(order=order)
         w = None if weights is None else np.tile(weights, k) if order == "F" else np.repeat(weights, k)
         t = None if targets is None else targets.ravel(order=order)
     else:
-        q = probs.ravel(order="F")[at]
+        at, q = past
         w = None if weights is None else weights[at % n]
         t = None if targets is None else targets.ravel(order="F")[at]
 
@@ -708,9 +709,9 @@ def class_bin_sums(cells: np.ndarray, at: np.ndarray | None, size: int, copies: 
         out["outcome_sq"] = column_sums(targets, targets)
     elif labels is not None:
         if labelled is None:
-            raise ValueError("hard labels need the labelled cells")
-        out["outcome"] = cell_sums(weights, where=labelled)
-        p_true = true_class(probs, labels)
+            raise ValueError("hard labels need the labelled cells and values")
+        labelled_cells, p_true = labelled
+        out["outcome"] = cell_sums(weights, where=labelled_cells)
         out["cross"] = np.bincount(labels, weights=p_true if weights is None else weights * p_true, minlength=k)
         out["outcome_sq"] = np.bincount(labels, weights=weights, minlength=k).astype(np.float64, copy=False)
     else:

@@ -318,16 +318,19 @@ def _class_cell_sums(probs: np.ndarray, n_bins: int, weights: np.ndarray | None,
     copy_cells = _cell_offsets(n, k, n_bins)
     if np.count_nonzero(past_first) > SPARSE_CELLS_SHARE * flat.size:
         cells = confidence_bins(probs, n_bins, offsets=copy_cells)
-        labelled = None if labels is None else losses.true_class(cells, labels)  # each row's labelled cell
+        labelled = None if labels is None else (losses.true_class(cells, labels), losses.true_class(probs, labels))
         return losses.class_bin_sums(cells, None, k * n_bins, CELL_COPIES, weights, probs, labels, targets, labelled)
     at = np.flatnonzero(past_first)  # sorted: each class's values in one run
     offsets = np.repeat(np.arange(k) * n_bins, np.diff(np.searchsorted(at, np.arange(k + 1) * n)))
     offsets += np.bitwise_and(at, CELL_COPIES - 1) * (k * n_bins)  # copies by flat position: a class's rows in turn
-    cells = confidence_bins(flat[at], n_bins, offsets=offsets)
+    values = flat[at]
+    cells = confidence_bins(values, n_bins, offsets=offsets)
     labelled = None
     if labels is not None:  # each row's labelled value, binned, in copy (i mod CELL_COPIES) of its cell
-        labelled = confidence_bins(losses.true_class(probs, labels), n_bins, offsets=copy_cells[:, 0] + labels * n_bins)
-    return losses.class_bin_sums(cells, at, k * n_bins, CELL_COPIES, weights, probs, labels, targets, labelled)
+        p_true = losses.true_class(probs, labels)
+        labelled = (confidence_bins(p_true, n_bins, offsets=copy_cells[:, 0] + labels * n_bins), p_true)
+    return losses.class_bin_sums(cells, (at, values), k * n_bins, CELL_COPIES, weights, probs, labels, targets,
+                                 labelled)
 
 
 def loss_bins(loss: np.ndarray) -> np.ndarray:

@@ -384,7 +384,7 @@ def test_class_cells_spread_over_copies_sum_as_one(monkeypatch, share):
     assert _cell_offsets(n, k, n_bins)[9].tolist() == [k * n_bins + c * n_bins for c in range(k)]  # row 9: copy 1
     for w in (None, weights):
         for y, t in ((labels, None), (None, targets)):
-            labelled = None if y is None else plain[np.arange(n), y]
+            labelled = None if y is None else (plain[np.arange(n), y], q[np.arange(n), y])
             expected = class_bin_sums(np.ascontiguousarray(plain), None, k * n_bins, 1, w, np.ascontiguousarray(q), y, t,
                                       labelled)
             got = summary._class_cell_sums(np.asfortranarray(q), n_bins, w, y, t)
@@ -393,7 +393,7 @@ def test_class_cells_spread_over_copies_sum_as_one(monkeypatch, share):
                 np.testing.assert_allclose(got[name], value, rtol=1e-13, atol=1e-13, err_msg=name)
             if w is None and t is None:  # counts are exact
                 assert (got["weight"] == expected["weight"]).all() and (got["outcome"] == expected["outcome"]).all()
-    with pytest.raises(ValueError, match="labelled cells"):
+    with pytest.raises(ValueError, match="labelled cells and values"):
         class_bin_sums(plain, None, k * n_bins, 1, None, q, labels, None)
 
 
