@@ -671,7 +671,7 @@ def class_bin_sums(cells: np.ndarray, past: tuple[np.ndarray, np.ndarray] | None
     labelled cell.
     """
     n, k = probs.shape
-    at = None if past is None else past[0]
+    at: np.ndarray | None = None
     if past is None:
         order: Literal["F", "C"] = "F" if probs.flags.f_contiguous else "C"
         cells, q = cells.ravel(order=order), probs.ravel(order=order)
