@@ -25,7 +25,7 @@ from .summary import Replicates, State, Summary, Worst
 Progress = Callable[[int, int], None]  # (rows so far, bytes so far)
 
 
-@dataclass
+@dataclass(eq=False)
 class Prepared:
     """One batch of predictions made ready for the kernels."""
 
@@ -124,7 +124,7 @@ def _weights(chunk, layout: Layout) -> np.ndarray | None:
     return w
 
 
-@dataclass
+@dataclass(eq=False)
 class Scored:
     """Everything computed for one batch, row by row (arrays of length n)."""
 
@@ -171,7 +171,7 @@ class Scored:
         return self.first_index + (rows if self.kept is None else self.kept[rows])
 
 
-@dataclass
+@dataclass(eq=False)
 class Partition:
     """Rows to score: one batch, the 0-based position of its first row in the whole input, and
     the target distributions of its rows (None: hard labels, or targets from its own columns

@@ -27,7 +27,7 @@ EPS = float(np.finfo(np.float64).eps)
 INPUT_KINDS = ("probs", "logits", "log-probs")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Problem:
     """Why some rows of a batch are not valid input. Rows and columns are 0-based in the batch."""
 
@@ -507,7 +507,7 @@ def hard_label_nll(p_true: np.ndarray, eps: float) -> tuple[np.ndarray, Clipped]
         return -np.log(clipped.values), clipped
 
 
-@dataclass
+@dataclass(eq=False)
 class RowClips:
     """Per row, what the clip did to the probabilities of observed classes (true class, or t_k > 0).
 

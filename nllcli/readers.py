@@ -65,7 +65,7 @@ WIDE_GROUP_BYTES = 256 << 20  # a Parquet row group whose class matrix is larger
 _WIDE_INDEX_LOCK = threading.Lock()  # held while a wide Parquet row group is read (see _wide_parquet_batches)
 
 
-@dataclass
+@dataclass(eq=False)
 class Chunk:
     """One batch of rows and where it came from (for messages: file name and 1-based first row)."""
 
@@ -75,7 +75,7 @@ class Chunk:
     bytes_read: int = 0  # of the source file so far, for progress
 
 
-@dataclass
+@dataclass(eq=False)
 class Source:
     """One input file (or standard input) of a known format with its header."""
 

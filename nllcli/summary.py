@@ -31,7 +31,7 @@ BINS_KINDS = ("width", "mass")
 CLASS_CELLS_LIMIT = 1 << 20  # K x B cells kept per summary at most (3 sums each): 24 MiB
 
 
-@dataclass
+@dataclass(eq=False)
 class Summary:
     names: tuple[str, ...]
     n_classes: int
@@ -382,7 +382,7 @@ class Worst:
         return out
 
 
-@dataclass
+@dataclass(eq=False)
 class State:
     """Everything a run keeps while streaming: the overall Summary, one Summary per ``--by`` group
     and the worst samples. ``State() + State()`` is the state of the rows of both, so a partition
@@ -442,7 +442,7 @@ _NOT_REPLICATED = ("clipped", "clipped_zero", "zero_loss", "reverse_zero", "reve
 _NOT_RESAMPLED = ("fine_weight", "fine_weight_sq", "fine_confidence", "fine_correct", "class_bins", "class_totals")
 
 
-@dataclass
+@dataclass(eq=False)
 class Replicates:
     """R bootstrap replicates of a Summary: the Summary of the same rows, each weighted by its
     Poisson(1) resample weight (bootstrap.poisson_weights), for every resample r.
