@@ -119,8 +119,10 @@ class Summary:
             return tally(index, size), tally(index, size, rows=correct)
 
         if labels is not None:
-            out.class_rows = np.bincount(labels, minlength=n_classes)
             out.class_weight, out.class_correct = weight_and_correct(labels, n_classes)
+            # unweighted, each class's weight is its row count (exact in float64 up to 2^53 rows)
+            out.class_rows = np.bincount(labels, minlength=n_classes) if weights is not None \
+                else out.class_weight.astype(np.int64)
             out.correct = float(out.class_correct.sum())
             if names:
                 out.class_sums = np.stack([np.bincount(labels, weights=x, minlength=n_classes)
