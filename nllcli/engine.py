@@ -402,10 +402,11 @@ def run(job: Job, sink: Sink | None = None, progress: Progress | None = None) ->
     goes to ``sink``. The reader threads are stopped and joined on every way out, errors included.
 
     Batches are scored by readers.parse_threads() threads at once (numpy releases the GIL in its
-    loops), and their States added, handed to the sink and reported, in input order: the sums
-    are those of one thread, and the first bad batch raises its error first. One batch more than
-    the threads is in flight, so that a thread done before the oldest batch starts another (10M
-    Parquet rows: 5% sooner, 2 MB more).
+    ufunc loops, gathers and einsum, not in np.bincount, the Summary's most frequent call: two
+    threads run a 44,000-row bincount 0.84-1.07x as fast as one), and their States added, handed
+    to the sink and reported, in input order: the sums are those of one thread, and the first bad
+    batch raises its error first. One batch more than the threads is in flight, so that a thread
+    done before the oldest batch starts another (10M Parquet rows: 5% sooner, 2 MB more).
     """
     from concurrent.futures import ThreadPoolExecutor
 
