@@ -1235,6 +1235,9 @@ def parquet_row_groups(source: Source, groups: range | None, columns: list[str],
                 read = [_one_batch(parquet.read_row_groups(run, columns=columns, use_threads=source.threads))]
             for batch in read:
                 batch = _cast(batch, types, source.name)
+                while carry is not None and carry.num_rows >= rows:  # left by a run read in larger batches
+                    yield carry.slice(0, rows)
+                    carry = carry.slice(rows) if carry.num_rows > rows else None
                 if carry is not None:
                     head = _one_batch(pa.Table.from_batches([carry, batch.slice(0, rows - carry.num_rows)]))
                     batch, carry = batch.slice(rows - carry.num_rows), None
