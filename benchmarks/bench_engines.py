@@ -13,7 +13,7 @@ Within a round every command of a shape runs once, in turn, so load drifts hit t
 table shows medians of wall and CPU time (user + system), the peak RSS, and nll's ratio to the
 faster of DuckDB and Polars. The 1-minute load average is printed beside the figures. A command
 more than SLOW_FACTOR times slower than the faster of DuckDB and Polars in the first round (Polars
-on most shapes here, pandas) is timed in that round only: the faster one decides the ratio.
+on every shape here, and pandas) is timed in that round only: the faster one decides the ratio.
 
 Data (cached in $NLL_BENCH_DIR/engines, default ~/.cache/nll-bench/engines): an ``id`` column,
 a string label ``class_<k>``, columns ``p_class_<k>`` written with 6 decimals, as a to_csv of
