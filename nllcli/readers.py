@@ -48,10 +48,6 @@ SAMPLE_ROWS = 2  # data rows the header sample holds at least (types, block size
 # rows, 1.40x at 32,768, 1.50x at 49,152. 49,152 scored 10M Parquet rows 4% sooner than 32,768
 # (CSV 10M 3%), for 16-20 MB more peak (184 MB); 65,536 cost 55 MB more (the kernels' temporaries).
 PARQUET_BATCH_ROWS = 49152
-# A streamed row group (one larger than PARQUET_GROUP_BYTES, as pandas writes 2M rows) keeps its
-# decoder's pages beside each batch: 2M x 10 in 500,000-row groups peaked at 213 MB in batches of
-# 49,152 rows, 188 MB in batches of 32,768.
-PARQUET_STREAM_ROWS = 32768
 PARQUET_BATCH_VALUES = 1 << 22  # values (rows x columns) per Parquet batch: wide files, fewer rows
 PARQUET_READ_BYTES = 1 << 20  # a column chunk's bytes read at a time
 PARQUET_GROUP_BYTES = 32 << 20  # row groups read at once while their values take at most this (else streamed)
@@ -1212,8 +1208,7 @@ def portable(source: Source) -> Source:
 def parquet_row_groups(source: Source, groups: range | None, columns: list[str],
                        types: dict[str, pa.DataType]) -> Iterator[pa.RecordBatch]:
     """The batches of row groups ``groups`` (None: all) of a Parquet file, cast to ``types``, of
-    PARQUET_BATCH_ROWS rows (PARQUET_STREAM_ROWS from a streamed group; fewer for wide rows)
-    whatever the row groups (the last one shorter).
+    PARQUET_BATCH_ROWS rows (fewer for wide rows) whatever the row groups (the last one shorter).
 
     Runs of row groups of at most PARQUET_GROUP_BYTES are read at once and sliced (a third of the
     CPU time of streaming them in batches); a larger group is streamed. Text columns wanted as
@@ -1224,10 +1219,9 @@ def parquet_row_groups(source: Source, groups: range | None, columns: list[str],
         dictionary = [c for c in columns if c in text and pa.types.is_dictionary(types.get(c, pa.null()))]
         parquet = source._parquet_file(dictionary)
         values = source._values_per_row(parquet, columns)
-        most = max(1, min(PARQUET_BATCH_ROWS, PARQUET_BATCH_VALUES // values))
+        rows = max(1, min(PARQUET_BATCH_ROWS, PARQUET_BATCH_VALUES // values))
         carry = None  # the last rows read, fewer than a batch: given with the next ones
         for run, fits in _group_runs(parquet.metadata, groups, values * 8):
-            rows = most if fits else min(most, PARQUET_STREAM_ROWS)
             if not fits:
                 read: Iterable[pa.RecordBatch] = parquet.iter_batches(batch_size=rows, row_groups=run, columns=columns,
                                                                       use_threads=source.threads)
@@ -1235,9 +1229,6 @@ def parquet_row_groups(source: Source, groups: range | None, columns: list[str],
                 read = [_one_batch(parquet.read_row_groups(run, columns=columns, use_threads=source.threads))]
             for batch in read:
                 batch = _cast(batch, types, source.name)
-                while carry is not None and carry.num_rows >= rows:  # left by a run read in larger batches
-                    yield carry.slice(0, rows)
-                    carry = carry.slice(rows) if carry.num_rows > rows else None
                 if carry is not None:
                     head = _one_batch(pa.Table.from_batches([carry, batch.slice(0, rows - carry.num_rows)]))
                     batch, carry = batch.slice(rows - carry.num_rows), None

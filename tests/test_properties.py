@@ -105,12 +105,11 @@ def test_batch_size_does_not_change_results(data, batch):
 
 @FAST
 @given(data=labelled(max_n=60), groups=st.lists(st.integers(1, 25), min_size=1, max_size=6),
-       batch=st.integers(1, 12), stream=st.integers(1, 12), group_bytes=st.integers(0, 2000))
+       batch=st.integers(1, 12), group_bytes=st.integers(0, 2000))
 def test_parquet_row_groups_read_whole_or_streamed_give_every_row_once(tmp_path_factory, data, groups, batch,
-                                                                        stream, group_bytes):
-    """Runs of row groups read whole (in batches of PARQUET_BATCH_ROWS) and groups streamed (in
-    batches of PARQUET_STREAM_ROWS), in any order and sizes: every row once, in order, in batches
-    of at most PARQUET_BATCH_ROWS rows, and the numbers of the rows in one batch."""
+                                                                        group_bytes):
+    """Runs of row groups read whole and groups streamed, in any order and sizes: every row once,
+    in order, in batches of at most PARQUET_BATCH_ROWS rows, and the numbers of the rows in one batch."""
     import pyarrow.parquet as pq
 
     probs, labels = data
@@ -125,8 +124,7 @@ def test_parquet_row_groups_read_whole_or_streamed_give_every_row_once(tmp_path_
         if at < table.num_rows:
             writer.write_table(table.slice(at), row_group_size=table.num_rows)
     whole = nllcli.score(table)
-    with mock.patch.multiple(readers, PARQUET_BATCH_ROWS=batch, PARQUET_STREAM_ROWS=stream,
-                             PARQUET_GROUP_BYTES=group_bytes):
+    with mock.patch.multiple(readers, PARQUET_BATCH_ROWS=batch, PARQUET_GROUP_BYTES=group_bytes):
         source = readers.open_source(str(path))
         batches = list(readers.parquet_row_groups(source, None, table.column_names, {}))
         read = nllcli.score(str(path))
