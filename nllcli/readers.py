@@ -245,7 +245,7 @@ class Source:
         if header_end is None:
             yield from self._csv_batches(columns, types)
             return
-        options = self._csv_options(columns, types, use_threads=False)
+        options = self._csv_options(columns, self._narrow_text(types), use_threads=False)
         # No null, true or false spellings: pyarrow then builds no lookup tables for each column of
         # each range (a tenth of the CPU at 1,000 columns). A missing value fails its range, and
         # the one-stream reader, with the usual options, reads the rest of the file as ever.
@@ -305,6 +305,18 @@ class Source:
                 batch, done = batch.slice(min(done, batch.num_rows)), max(0, done - batch.num_rows)
             if batch.num_rows:
                 yield batch
+
+    def _narrow_text(self, types: dict[str, pa.DataType]) -> dict[str, pa.DataType]:
+        """``types`` with each of its ``plain_text`` columns (the label) read as plain text when
+        every value of the sample has one width of at most 8 bytes, which columns.FixedWidthCodes
+        matches in a third of the time pyarrow's dictionary encoding takes; else as it was."""
+        plain = [c for c in getattr(types, "plain_text", ()) if self.sample is not None
+                 and c in self.sample.column_names and _one_narrow_width(self.sample.column(c))]
+        if not plain:
+            return types
+        narrowed = dict(types)
+        narrowed.update((c, pa.string()) for c in plain)
+        return narrowed
 
     # -- wide CSV: the class fields parsed as one column ------------------------------------
 
@@ -711,6 +723,15 @@ def _one_batch(table: pa.Table) -> pa.RecordBatch:
     if len(batches) == 1:
         return batches[0]
     return pa.RecordBatch.from_arrays([c.combine_chunks() for c in table.columns], names=table.column_names)
+
+
+def _one_narrow_width(column: pa.ChunkedArray, rows: int = 1000) -> bool:
+    """The first values of a sample's column are all text (or numbers) of one width of 1 to 8 bytes."""
+    values = column.slice(0, rows).to_pylist()
+    if not values or any(v is None for v in values):
+        return False
+    widths = {len(str(v).encode("utf-8")) for v in values}
+    return len(widths) == 1 and 0 < widths.pop() <= 8
 
 
 def _straddles(exc: Exception) -> bool:

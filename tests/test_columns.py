@@ -11,8 +11,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from helpers import assert_input_error, write_csv
+from nllcli.columns import FixedWidthCodes, Layout
+from nllcli.errors import InputError
 
 P = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6], [0.5, 0.3, 0.2]])
 Y = np.array([0, 1, 2, 1])
@@ -249,3 +253,73 @@ def test_names_that_differ_by_spaces_or_case_are_an_error(run, tmp_path, other):
     path = tmp_path / "preds.csv"
     write_csv(path, ["label", "a", other, "b"], [("a", 0.5, 0.2, 0.3)])
     assert_input_error(run("score", path), "preds.csv", "'a'", repr(other), "differ only by case")
+
+
+# -- labels as plain text of one width (FixedWidthCodes) --------------------------------------
+
+def _label_layout(names: list[str], binary: bool = False, positive: str | None = None) -> Layout:
+    columns = ["p"] if binary else [f"p_{n}" for n in names]
+    return Layout("f.csv", names, class_columns=columns, label="label", binary=binary, positive=positive)
+
+
+def _indices_or_error(layout: Layout, labels: pa.Array):
+    batch = pa.record_batch([labels], names=["label"])
+    try:
+        return layout.label_indices(batch, first_row=1).tolist()
+    except InputError as exc:
+        return str(exc)
+
+
+def _both_ways(names, labels, **kind):
+    """label_indices of the labels as plain text and as a dictionary, each on a Layout of its own."""
+    text = pa.array(labels, pa.string())
+    return (_indices_or_error(_label_layout(names, **kind), text),
+            _indices_or_error(_label_layout(names, **kind), text.dictionary_encode()))
+
+
+@settings(max_examples=150, deadline=None)
+@given(width=st.integers(1, 8), alphabet=st.sampled_from(["ab", "a b", "01", "é", "xyz\x00"]),
+       data=st.data())
+def test_plain_text_labels_give_the_indices_and_errors_of_a_dictionary(width, alphabet, data):
+    words = st.text(alphabet, min_size=width, max_size=width).filter(lambda t: len(t.encode()) == width)
+    names = data.draw(st.lists(words, min_size=2, max_size=6, unique=True))
+    labels = data.draw(st.lists(st.one_of(st.sampled_from(names), words), min_size=1, max_size=300))
+    start = data.draw(st.integers(0, len(labels) - 1))
+    text, dictionary = _both_ways(names, labels[start:])
+    assert text == dictionary
+    sliced = pa.array(labels, pa.string()).slice(start)  # an offset into the buffers, as a CSV range's slices have
+    assert _indices_or_error(_label_layout(names), sliced) == dictionary
+
+
+@pytest.mark.parametrize("names, labels", [
+    (["cat", "dog", "owl"], ["dog", "cat", "owl", "dog"]),
+    (["cat", "dog", "owl"], ["1", "0", "2"]),  # positions
+    (["cat", "dog", "owl"], ["dog", " cat", "owl"]),  # stripped (two widths: the dictionary path)
+    (["cat", "dog", "owl"], [" 1 ", "1.0", "2.0"]),  # a whole number written as a float
+    (["cat", "dog", "owl"], ["dog", "cow", "eel"]),  # unknown: the message names them
+    (["cat", "dog", "owl"], ["dog", "   ", "cat"]),  # blank: missing
+    (["12345678", "abcdefgh"], ["abcdefgh", "12345678"] * 40),  # eight bytes, the widest
+    (["ÿÿÿÿ", "aaaaaaaa"], ["ÿÿÿÿ", "aaaaaaaa"]),  # eight bytes of 0xc3 0xbf
+])
+def test_plain_text_label_cases(names, labels):
+    text, dictionary = _both_ways(names, labels)
+    assert text == dictionary
+
+
+def test_binary_labels_as_plain_text():
+    for positive in (None, "yes"):
+        for labels in (["1", "0", "1"], ["yes", "no_", "yes"], ["true", "fals"]):
+            text, dictionary = _both_ways(["0", "1"], labels, binary=True, positive=positive)
+            assert text == dictionary
+
+
+def test_fixed_width_codes_learn_and_decline():
+    codes = FixedWidthCodes({"cat": 0, "dog": 1})
+    labels = pa.array(["dog", "cat"] * 5000)
+    assert codes.codes(labels).tolist() == [1, 0] * 5000
+    assert codes.codes(labels.slice(9999)).tolist() == [0]  # the last row, its word read past no buffer
+    assert set(codes._tables) == {3}  # learnt: the second batch is found in the table
+    assert codes.codes(pa.array(["dog", "horse"])) is None  # two widths
+    assert codes.codes(pa.array(["dog", None])) is None  # a null
+    assert codes.codes(pa.array(["unusually long"])) is None  # past 8 bytes
+    assert codes.codes(pa.array(["dog"]).dictionary_encode()) is None

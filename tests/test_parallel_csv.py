@@ -240,3 +240,52 @@ def test_one_thread_reads_in_one_stream(monkeypatch, tmp_path):
     assert not readers.open_source(str(path))._splittable()
     monkeypatch.setenv("NLL_THREADS", "2")
     assert readers.open_source(str(path))._splittable()
+
+
+def _label_type(monkeypatch, path, threads: int = 2):
+    """The type the label column of each batch arrives in, read as nll score reads it."""
+    from nllcli import plan
+
+    monkeypatch.setenv("NLL_THREADS", str(threads))
+    job = plan.plan_score([str(path)])
+    source, layout = job.sources[0], job.layout
+    batches = source.batches(layout.columns, layout.types(source.schema))
+    return {str(c.batch.schema.field("label").type) for c in batches}
+
+
+def test_labels_of_one_width_arrive_as_plain_text(monkeypatch, tmp_path):
+    """Ranges parse labels of one width of at most 8 bytes as plain text (matched in numpy), other
+    labels, and one stream, as a dictionary."""
+    monkeypatch.setattr(readers, "CSV_RANGE_BYTES", 1000)
+    path = tmp_path / "preds.csv"
+    path.write_text(prediction_text(700))
+    assert _label_type(monkeypatch, path) == {"string"}
+    assert _label_type(monkeypatch, path, threads=1) == {"dictionary<values=string, indices=int32, ordered=0>"}
+    several = tmp_path / "several.csv"
+    several.write_text(prediction_text(700).replace(",owl,", ",barn_owl,"))
+    assert _label_type(monkeypatch, several) == {"dictionary<values=string, indices=int32, ordered=0>"}
+
+
+@pytest.mark.parametrize("later", ["barn_owl", "cow", " owl", "owl ", "", "2.0", "1"])
+def test_labels_past_the_sample_of_another_width(run, monkeypatch, tmp_path, later):
+    """A sample of one width, then labels of other widths, unknown, blank, positions or floats:
+    the report, or the error and its rows, of one stream."""
+    text = prediction_text(2000)
+    head, tail = text[:len(text) * 3 // 4], text[len(text) * 3 // 4:]
+    path = tmp_path / "preds.csv"
+    path.write_text(head + tail.replace(",owl,", f",{later},"))
+    args = ("--format", "json", "--worst", "3", "--bins", "5")
+    one, split = serial_and_split(run, monkeypatch, path, *args, range_bytes=2000)
+    if later in (" owl", "owl ", "2.0", "1"):
+        assert_same_report(one, split)
+    else:  # the same first rows; "(and N more)" counts those of the first bad batch, as ever
+        assert one.exit_code == split.exit_code == 2 and "rows 1" in one.stderr
+        assert split.stderr.split(" (and ")[0] == one.stderr.split(" (and ")[0]
+
+
+def test_ignore_label_and_by_label_in_ranges(run, monkeypatch, tmp_path):
+    path = tmp_path / "preds.csv"
+    path.write_text(prediction_text(900))
+    for args in (("--ignore-label", "owl"), ("--by", "label"), ("--by", "label", "--ignore-label", "cat")):
+        one, split = serial_and_split(run, monkeypatch, path, "--format", "json", *args, range_bytes=700)
+        assert_same_report(one, split)
