@@ -406,11 +406,10 @@ def run(job: Job, sink: Sink | None = None, progress: Progress | None = None) ->
     threads run a 44,000-row bincount 0.84-1.07x as fast as one), and their States added, handed
     to the sink and reported, in input order: the sums are those of one thread, and the first bad
     batch raises its error first. One batch more than the threads is in flight, so that a thread
-    done before the oldest batch starts another (10M Parquet rows: 5% sooner, 2 MB more).
+    done before the oldest batch starts another (10M Parquet rows: 5% sooner, 2 MB more). A CSV
+    file parsed in byte ranges keeps those threads busy already: see scoring_threads.
     """
     from concurrent.futures import ThreadPoolExecutor
-
-    from .readers import parse_threads
 
     state = State()
     scorer = Scorer(job)
@@ -429,9 +428,9 @@ def run(job: Job, sink: Sink | None = None, progress: Progress | None = None) ->
         if progress is not None:
             progress(part.first_index + part.chunk.batch.num_rows, part.chunk.bytes_read)
 
-    workers = parse_threads()
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="nll-score") if workers > 1 else None
-    in_flight = workers + 1 if pool is not None else 1
+    workers = scoring_threads(job)
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="nll-score") if workers else None
+    in_flight = workers + 1
     pending: collections.deque = collections.deque()  # (partition, its future), in input order
     try:
         with contextlib.closing(partitions(job, scorer, skip)) as parts:  # closing joins the reader threads
@@ -445,6 +444,32 @@ def run(job: Job, sink: Sink | None = None, progress: Progress | None = None) ->
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
     return check_state(job, state)
+
+
+# A CSV file parsed in byte ranges on every core: its batches are scored in the thread that runs
+# the job up to this many classes, on one scoring thread beyond (medians of interleaved runs,
+# against two scoring threads: 2M x 2 and 10M x 10 3-5% sooner and 10-20 MB less in the job's
+# thread, 3-4% sooner than on one scoring thread; 400k x 100 and 200k x 1000 2-5% sooner on one
+# scoring thread than in the job's, whose own work between batches then waits for the scoring).
+INLINE_SCORING_CLASSES = 32
+
+
+def scoring_threads(job: Job) -> int:
+    """Threads that score a job's batches beside the reading (0: in the thread that runs the job).
+
+    readers.parse_threads() of them, unless the reader parses byte ranges on those threads: two
+    scoring threads beside the parsing ones wait on each other for the GIL (np.bincount holds it),
+    and Parquet's reading, which leaves a core free, is 6-9% later with fewer.
+    """
+    from .readers import parse_threads
+
+    threads = parse_threads()
+    if threads == 1:
+        return 0
+    types = job.layout.types(job.sources[0].schema)
+    if all(source.parsed_in_ranges(types) for source in job.sources):
+        return 0 if len(job.layout.class_names) <= INLINE_SCORING_CLASSES else 1
+    return threads
 
 
 def check_state(job: Job, state: State) -> State:

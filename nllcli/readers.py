@@ -144,6 +144,11 @@ class Source:
                                  "Table") from exc
         return cls(name, None, "table", data.schema, _table=data)
 
+    def parsed_in_ranges(self, types: dict[str, pa.DataType]) -> bool:
+        """Whether batches() parses the file in byte ranges on parse_threads() threads."""
+        packed = getattr(types, "packed", None)
+        return self.format == "csv" and not (packed and self._contiguous(packed)) and self._splittable()
+
     def batches(self, columns: list[str], types: dict[str, pa.DataType]) -> Iterator[Chunk]:
         """Stream the given columns, cast to the given types, in bounded-size batches."""
         row = 1
@@ -152,7 +157,7 @@ class Source:
             stream = self._wide_csv_batches(columns, types, packed)
         elif packed and self.format == "parquet" and self._groups_fit(len(packed)):
             stream = self._wide_parquet_batches(columns, types, packed)
-        elif self.format == "csv" and self._splittable():
+        elif self.parsed_in_ranges(types):
             stream = self._parallel_csv_batches(columns, types)
         elif self.format == "csv":
             stream = self._csv_batches(columns, types)

@@ -289,3 +289,39 @@ def test_ignore_label_and_by_label_in_ranges(run, monkeypatch, tmp_path):
     for args in (("--ignore-label", "owl"), ("--by", "label"), ("--by", "label", "--ignore-label", "cat")):
         one, split = serial_and_split(run, monkeypatch, path, "--format", "json", *args, range_bytes=700)
         assert_same_report(one, split)
+
+
+def test_ranges_are_scored_in_the_calling_thread(monkeypatch, tmp_path):
+    """The parsing threads keep the cores busy: batches of ranges are scored in the thread that
+    runs the job, those of one stream (or Parquet) on parse_threads() scoring threads."""
+    import threading
+
+    import pyarrow.parquet as pq
+
+    from nllcli import api, engine
+
+    scoring = []
+    score = engine.Scorer.score
+    monkeypatch.setattr(engine.Scorer, "score", lambda self, part: scoring.append(
+        threading.current_thread().name) or score(self, part))
+    monkeypatch.setattr(readers, "CSV_RANGE_BYTES", 1000)
+    monkeypatch.setattr(readers, "PARQUET_BATCH_ROWS", 100)
+    monkeypatch.setenv("NLL_THREADS", "2")
+    path = tmp_path / "preds.csv"
+    path.write_text(prediction_text(700))
+    ranges = api.score(str(path))
+    assert len(scoring) > 5 and set(scoring) == {threading.current_thread().name}
+    scoring.clear()
+    pq.write_table(readers.open_source(str(path)).sample, tmp_path / "preds.parquet")
+    parquet = api.score(str(tmp_path / "preds.parquet"))
+    assert len(scoring) == 7 and all(name.startswith("nll-score") for name in scoring)
+    assert parquet.metrics["nll"] == pytest.approx(ranges.metrics["nll"], rel=1e-12)
+    scoring.clear()
+    rng = np.random.default_rng(1)
+    k = engine.INLINE_SCORING_CLASSES + 1  # more classes: one scoring thread beside the parsing ones
+    q = rng.dirichlet(np.ones(k), 300)
+    wide = tmp_path / "wide.csv"
+    wide.write_text("label," + ",".join(f"p_{j}" for j in range(k)) + "\n" + "".join(
+        f"{rng.integers(k)}," + ",".join(f"{v:.6f}" for v in row) + "\n" for row in q))
+    api.score(str(wide))
+    assert len(scoring) > 5 and len(set(scoring)) == 1 and scoring[0].startswith("nll-score")
