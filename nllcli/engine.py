@@ -406,8 +406,8 @@ def run(job: Job, sink: Sink | None = None, progress: Progress | None = None) ->
     threads run a 44,000-row bincount 0.84-1.07x as fast as one), and their States added, handed
     to the sink and reported, in input order: the sums are those of one thread, and the first bad
     batch raises its error first. One batch more than the threads is in flight, so that a thread
-    done before the oldest batch starts another (10M Parquet rows: 5% sooner, 2 MB more). A CSV
-    file parsed in byte ranges keeps those threads busy already: see scoring_threads.
+    done before the oldest batch starts another (10M Parquet rows: 5% sooner, 2 MB more). A reader
+    that keeps every core busy already scores in this thread, or on one: see scoring_threads.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -446,20 +446,23 @@ def run(job: Job, sink: Sink | None = None, progress: Progress | None = None) ->
     return check_state(job, state)
 
 
-# A CSV file parsed in byte ranges on every core: its batches are scored in the thread that runs
-# the job up to this many classes, on one scoring thread beyond (medians of interleaved runs,
-# against two scoring threads: 2M x 2 and 10M x 10 3-5% sooner and 10-20 MB less in the job's
-# thread, 3-4% sooner than on one scoring thread; 400k x 100 and 200k x 1000 2-5% sooner on one
-# scoring thread than in the job's, whose own work between batches then waits for the scoring).
+# A reader that keeps every core busy (CSV byte ranges, Parquet): its batches are scored in the
+# thread that runs the job up to this many classes, on one scoring thread beyond. Medians of
+# interleaved runs against two scoring threads: CSV 2M x 2 and 10M x 10 3-5% sooner, Parquet 2M
+# and 10M x 10 1-2% sooner with 13-18% less CPU, and 15-40 MB less peak memory (a pandas-written
+# Parquet file of 2M x 10, its 1M-row groups streamed: 169-179 MB, was 204-215); CSV 400k x 100
+# and 200k x 1000 2-5% sooner on one scoring thread than in the job's thread, whose own work
+# between batches (adding the States) then waits for the scoring.
 INLINE_SCORING_CLASSES = 32
 
 
 def scoring_threads(job: Job) -> int:
     """Threads that score a job's batches beside the reading (0: in the thread that runs the job).
 
-    readers.parse_threads() of them, unless the reader parses byte ranges on those threads: two
-    scoring threads beside the parsing ones wait on each other for the GIL (np.bincount holds it),
-    and Parquet's reading, which leaves a core free, is 6-9% later with fewer.
+    readers.parse_threads() of them while a core is left by the reading (a CSV file read in one
+    stream: gzip, standard input, quoted fields); fewer when the reader keeps every core busy,
+    for scoring threads beside the reading ones wait on each other for the GIL (np.bincount holds
+    it, and the Python between numpy calls).
     """
     from .readers import parse_threads
 
@@ -467,7 +470,7 @@ def scoring_threads(job: Job) -> int:
     if threads == 1:
         return 0
     types = job.layout.types(job.sources[0].schema)
-    if all(source.parsed_in_ranges(types) for source in job.sources):
+    if all(source.reads_on_every_core(types) for source in job.sources):
         return 0 if len(job.layout.class_names) <= INLINE_SCORING_CLASSES else 1
     return threads
 

@@ -292,8 +292,10 @@ def test_ignore_label_and_by_label_in_ranges(run, monkeypatch, tmp_path):
 
 
 def test_ranges_are_scored_in_the_calling_thread(monkeypatch, tmp_path):
-    """The parsing threads keep the cores busy: batches of ranges are scored in the thread that
-    runs the job, those of one stream (or Parquet) on parse_threads() scoring threads."""
+    """CSV ranges and Parquet keep the cores busy reading: their batches are scored in the thread
+    that runs the job (on one scoring thread past INLINE_SCORING_CLASSES classes), those of one
+    stream (gzip) on parse_threads() scoring threads."""
+    import gzip
     import threading
 
     import pyarrow.parquet as pq
@@ -314,8 +316,13 @@ def test_ranges_are_scored_in_the_calling_thread(monkeypatch, tmp_path):
     scoring.clear()
     pq.write_table(readers.open_source(str(path)).sample, tmp_path / "preds.parquet")
     parquet = api.score(str(tmp_path / "preds.parquet"))
-    assert len(scoring) == 7 and all(name.startswith("nll-score") for name in scoring)
+    assert len(scoring) == 7 and set(scoring) == {threading.current_thread().name}
     assert parquet.metrics["nll"] == pytest.approx(ranges.metrics["nll"], rel=1e-12)
+    scoring.clear()
+    (tmp_path / "preds.csv.gz").write_bytes(gzip.compress(path.read_bytes()))
+    one_stream = api.score(str(tmp_path / "preds.csv.gz"))
+    assert scoring and all(name.startswith("nll-score") for name in scoring)
+    assert one_stream.metrics["nll"] == pytest.approx(ranges.metrics["nll"], rel=1e-12)
     scoring.clear()
     rng = np.random.default_rng(1)
     k = engine.INLINE_SCORING_CLASSES + 1  # more classes: one scoring thread beside the parsing ones
