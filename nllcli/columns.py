@@ -145,7 +145,7 @@ class Layout:
         distinct = [v.strip() for v in names.to_pylist()]
         lookup = self._label_lookup
         # -1 marks an unknown label, -2 a missing one (also the slot for null codes, index -1).
-        mapped = np.array([-2 if v == "" else _class_of(lookup, v) for v in distinct] + [-2], dtype=np.intp)
+        mapped = np.array([_label_code(lookup, v) for v in distinct] + [-2], dtype=np.intp)
         index = mapped[integers(labels.indices, fill=-1)]
         if index.min(initial=0) >= 0:
             return index
@@ -206,6 +206,12 @@ class Layout:
         return lookup
 
 
+def _label_code(lookup: dict[str, int], label: str) -> int:
+    """The class index of a label's text, stripped: -1 unknown, -2 missing (blank)."""
+    label = label.strip()
+    return -2 if label == "" else _class_of(lookup, label)
+
+
 def _class_of(lookup: dict[str, int], label: str) -> int:
     """The class index of a label, or -1; a whole number written as a float ('2.0') is tried as '2'."""
     found = lookup.get(label)
@@ -260,15 +266,11 @@ class FixedWidthCodes:
         if not hit.all():
             missed = np.flatnonzero(~hit)
             distinct = _distinct(words[missed])  # not np.unique, which imports numpy.ma (17 ms)
-            found = {word: self._class_of(word.to_bytes(8, "little")[:width].decode("utf-8"))
+            found = {word: _label_code(self._lookup, word.to_bytes(8, "little")[:width].decode("utf-8"))
                      for word in distinct.tolist()}
             codes[missed] = np.array(list(found.values()), dtype=np.intp)[np.searchsorted(distinct, words[missed])]
             self._learn(width, found)
         return codes
-
-    def _class_of(self, label: str) -> int:
-        label = label.strip()
-        return -2 if label == "" else _class_of(self._lookup, label)
 
     def _probe(self, width: int, words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(class index of each word, whether it was found in the table)."""
