@@ -43,10 +43,10 @@ HEADER_LIMIT = 16 << 20  # the longest header line read (about a million class n
 ROW_LIMIT = 64 << 20  # the longest data row read, and the largest CSV block
 ROWS_PER_BLOCK = 16  # a block for wide rows holds at least this many of the longest sampled row
 SAMPLE_ROWS = 2  # data rows the header sample holds at least (types, block size), when there are any
-# Rows per batch. Two scoring threads share the GIL (about 0.5 ms of Python a batch, and a hand-over
-# at each numpy call): 2M x 10 scored by two threads 1.17x as fast as by one in batches of 16,384
-# rows, 1.40x at 32,768, 1.50x at 49,152. 49,152 scored 10M Parquet rows 4% sooner than 32,768
-# (CSV 10M 3%), for 16-20 MB more peak (184 MB); 65,536 cost 55 MB more (the kernels' temporaries).
+# Rows per batch: about 0.5 ms of Python a batch, whatever its size. Chosen when two threads scored
+# (then 49,152 scored 10M Parquet rows 4% sooner than 32,768, for 16-20 MB more peak; 65,536 cost
+# 55 MB more, the kernels' temporaries); scored in one thread (engine.scoring_threads), 65,536 to
+# 131,072 measured no better on 2M x 10 Parquet and 2M x 2 CSV.
 PARQUET_BATCH_ROWS = 49152
 # Values (rows x columns) per Parquet batch: wide files, fewer rows. 400k x 100 in row groups of
 # 100,000 (streamed): 12% sooner and 321 MB peak instead of 695 than with 2^22 (33 MB batches).
