@@ -150,6 +150,19 @@ def test_quoted_fields_fall_back_to_one_stream(run, monkeypatch, tmp_path):
     assert one.stdout == split.stdout and one.stderr == split.stderr
 
 
+@pytest.mark.parametrize("libc", [True, False])
+def test_a_quote_is_found_anywhere_in_a_range(monkeypatch, libc):
+    """The quote test of a range (libc's memchr, or `in` without a C library) sees a quote at any
+    position of any length of bytes, NUL bytes included."""
+    if not libc:
+        monkeypatch.setattr(readers, "_memchr", lambda: None)
+    elif readers._memchr() is None:
+        pytest.skip("no C library to load by name")
+    big = b"0,cat,0.5,0.5\n" * 300_000
+    cases = [b"", b"x", b'"', b'a,"b', b"\0\0\"", b"\0" * 9, big, big + b'"', b'"' + big, big[:-7] + b'"' + big[-6:]]
+    assert [readers.holds_quote(data) for data in cases] == [b'"' in data for data in cases]
+
+
 def test_a_fully_quoted_file(run, monkeypatch, tmp_path):
     """pandas' to_csv(quoting=csv.QUOTE_ALL): every field quoted, read in one stream."""
     lines = prediction_text(400, seed=3).splitlines()
