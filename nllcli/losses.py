@@ -62,8 +62,17 @@ def find_problem(values: np.ndarray, kind: str, tol: float, renormalize: bool = 
         off = np.abs(logsumexp(values)) > tol
         return _bad_rows(off, f"probabilities do not sum to 1 within tol={tol:g}",
                          hint="use --renormalize, or --input logits for unnormalised scores")
-    # probs: one pass each for min, max and the row sums, the common case being valid input.
-    low, high = values.min(), values.max()
+    # probs. Valid input, the common case, takes two passes: the least value and the row sums. No
+    # value >= 0 exceeds its row's computed sum (adding a value >= 0 never rounds below), so rows
+    # summing to 1 within tol hold no value above 1 + tol; else the largest value is looked at too.
+    low = values.min()
+    sums = off = None
+    if low >= 0.0:
+        sums = values.sum(axis=1)
+        off = None if renormalize else np.abs(sums - 1.0) > tol
+        if off is not None and not off.any():
+            return None
+    high = values.max()
     if not (low >= 0.0 and high <= 1.0 + tol):  # also true for NaN
         if np.isnan(low) or np.isnan(high):
             return _bad_cells(values, np.isnan(values), "missing or NaN probability")
@@ -73,10 +82,10 @@ def find_problem(values: np.ndarray, kind: str, tol: float, renormalize: bool = 
                                         hint="use --input logits if these are scores")
         return problem or _bad_cells(values, values > 1.0 + tol, "probability above 1",
                                      hint="use --input logits if these are scores")
-    sums = values.sum(axis=1)
-    if renormalize:
+    assert sums is not None  # low >= 0 here
+    if off is None:
         return _bad_rows(sums <= 0, "probabilities sum to 0, cannot renormalise")
-    return _bad_rows(np.abs(sums - 1.0) > tol, f"probabilities do not sum to 1 within tol={tol:g}",
+    return _bad_rows(off, f"probabilities do not sum to 1 within tol={tol:g}",
                      hint="use --renormalize, or --input logits if these are scores")
 
 

@@ -42,6 +42,9 @@ PROBLEMS = [
     ("probs-negative", rows([.5, .5], [1.1, -.1], [.3, .7]), "probs", False, "negative", [1], 1),
     ("probs-above-1", rows([.5, .5], [.3, .7], [0, 1.2]), "probs", False, "above 1", [2], 1),
     ("probs-row-sums", rows([.5, .5], [.5, .4], [.3, .3], [.6, .4]), "probs", False, "sum to 1", [1, 2], None),
+    # a value above 1 is named as such, before the row sums it also breaks, renormalising or not
+    ("probs-above-1-and-sums", rows([.5, .5], [1.2, .3]), "probs", False, "above 1", [1], 0),
+    ("probs-renormalize-above-1", rows([2e-1, 3e-1], [0, 1.2]), "probs", True, "above 1", [1], 1),
     ("probs-renormalize-zero-sum", rows([2e-1, 3e-1], [0, 0], [1, 1], [0, 0]), "probs", True, "sum to 0", [1, 3], None),
     ("logits-nan", rows([1e4, -1e4], [NAN, 0], [0, 1]), "logits", False, "non-finite", [1], 0),
     ("logits-inf", rows([0, 1], [3, -INF], [INF, 0]), "logits", False, "non-finite", [1, 2], 1),
