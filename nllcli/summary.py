@@ -296,12 +296,24 @@ def _cell_offsets(n: int, n_classes: int, n_bins: int) -> np.ndarray:
     return _cell_offsets_for(1 << max(n - 1, 0).bit_length(), n_classes, n_bins)[:n]
 
 
+def _row_copies(n: int, n_classes: int, n_bins: int) -> np.ndarray:
+    """(n,), read-only: (i mod CELL_COPIES) * K * B for row i, the first column of _cell_offsets."""
+    return _row_copies_for(1 << max(n - 1, 0).bit_length(), n_classes * n_bins)[:n]
+
+
 @functools.lru_cache(maxsize=4)
 def _cell_offsets_for(rows: int, n_classes: int, n_bins: int) -> np.ndarray:
-    copy_of_row = (np.arange(rows) % CELL_COPIES) * float(n_classes * n_bins)
+    copy_of_row = _row_copies_for(rows, n_classes * n_bins)
     offsets = np.asfortranarray(copy_of_row[:, None] + np.arange(n_classes) * float(n_bins))
     offsets.flags.writeable = False
     return offsets
+
+
+@functools.lru_cache(maxsize=4)
+def _row_copies_for(rows: int, cells: int) -> np.ndarray:
+    copies = (np.arange(rows) % CELL_COPIES) * float(cells)
+    copies.flags.writeable = False
+    return copies
 
 
 # Bin only the values past their class's first bin (0, 1/B], the first bins' sums being what the
@@ -317,9 +329,8 @@ def _class_cell_sums(probs: np.ndarray, n_bins: int, weights: np.ndarray | None,
     n, k = probs.shape
     flat = probs.ravel(order="F")
     past_first = flat > bin_edges(n_bins)[1]
-    copy_cells = _cell_offsets(n, k, n_bins)
     if np.count_nonzero(past_first) > SPARSE_CELLS_SHARE * flat.size:
-        cells = confidence_bins(probs, n_bins, offsets=copy_cells)
+        cells = confidence_bins(probs, n_bins, offsets=_cell_offsets(n, k, n_bins))
         labelled = None if labels is None else (losses.true_class(cells, labels), losses.true_class(probs, labels))
         return losses.class_bin_sums(cells, None, k * n_bins, CELL_COPIES, weights, probs, labels, targets, labelled)
     at = np.flatnonzero(past_first)  # sorted: each class's values in one run
@@ -330,7 +341,7 @@ def _class_cell_sums(probs: np.ndarray, n_bins: int, weights: np.ndarray | None,
     labelled = None
     if labels is not None:  # each row's labelled value, binned, in copy (i mod CELL_COPIES) of its cell
         p_true = losses.true_class(probs, labels)
-        labelled = (confidence_bins(p_true, n_bins, offsets=copy_cells[:, 0] + labels * n_bins), p_true)
+        labelled = (confidence_bins(p_true, n_bins, offsets=_row_copies(n, k, n_bins) + labels * n_bins), p_true)
     return losses.class_bin_sums(cells, (at, values), k * n_bins, CELL_COPIES, weights, probs, labels, targets,
                                  labelled)
 
