@@ -1121,6 +1121,8 @@ def merge(
     from . import api  # no _prepare_process(): no rows are read, and pyarrow is never imported
     from .ci import report_targets
 
+    _resume_garbage_collection()  # what _prepare_process does for the commands that read rows
+
     report_files = report_targets(report_file or (), [states])
     with _MergeProgress(quiet) as progress:
         report = api.merge(states, max=max or (), min=min or (), save_state=save_state,

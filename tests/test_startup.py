@@ -95,9 +95,14 @@ def gc_state(stderr: str) -> list:
 def test_the_collector_pauses_while_modules_load_and_runs_for_the_data(tiny):
     """The entry point pauses the cyclic garbage collector (60 collections of import-time objects,
     9-15 ms a run); before any row is read it runs again, with what the imports built frozen."""
-    done, _ = run_dump("score", str(tiny), "--format", "json", cwd=tiny.parent)
+    state = tiny.parent / "tiny.nllstate"
+    done, _ = run_dump("score", str(tiny), "--format", "json", "--save-state", str(state), cwd=tiny.parent)
     assert done.returncode == 0, done.stderr
     enabled, frozen = gc_state(done.stderr)
+    assert enabled and frozen > 10_000
+    merged, _ = run_dump("merge", str(state), "--format", "json", cwd=tiny.parent)  # reads no rows
+    assert merged.returncode == 0, merged.stderr
+    enabled, frozen = gc_state(merged.stderr)
     assert enabled and frozen > 10_000
 
 
