@@ -1414,7 +1414,7 @@ def _ranged_file(source: Source):
 def csv_range_rows(data: bytes) -> int | None:
     """Data rows in bytes cut at line ends, as pyarrow counts them (blank lines are no rows); None
     when the bytes may hold a row that spans lines (a quote) or a lone carriage return."""
-    if b'"' in data or data.count(b"\r") != data.count(b"\r\n"):
+    if holds_quote(data) or data.count(b"\r") != data.count(b"\r\n"):
         return None
     if not data:
         return 0

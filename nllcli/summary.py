@@ -293,12 +293,16 @@ def _cell_offsets(n: int, n_classes: int, n_bins: int) -> np.ndarray:
 
     The first n rows of an array kept for a power of two of rows: batches of CSV ranges differ in
     length by a few rows each."""
-    return _cell_offsets_for(1 << max(n - 1, 0).bit_length(), n_classes, n_bins)[:n]
+    return _cell_offsets_for(_kept_rows(n), n_classes, n_bins)[:n]
 
 
 def _row_copies(n: int, n_classes: int, n_bins: int) -> np.ndarray:
     """(n,), read-only: (i mod CELL_COPIES) * K * B for row i, the first column of _cell_offsets."""
-    return _row_copies_for(1 << max(n - 1, 0).bit_length(), n_classes * n_bins)[:n]
+    return _row_copies_for(_kept_rows(n), n_classes * n_bins)[:n]
+
+
+def _kept_rows(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
 
 
 @functools.lru_cache(maxsize=4)
