@@ -507,11 +507,8 @@ def partitions(job: Job, scorer: Scorer, skip: Sequence[str] = ()) -> Generator[
     layout, sources, pair_key = job.layout, job.sources, job.pair_key
     name = sources[0].name
     columns = [c for c in layout.columns if c not in skip]
-    types = layout.types(sources[0].schema)
-    if job.settings.ignore_label is not None:  # --ignore-label matches the labels of a dictionary
-        types.plain_text = ()
     with contextlib.ExitStack() as readers:
-        stream = readers.enter_context(chunks(sources, columns, types))
+        stream = readers.enter_context(chunks(sources, columns, layout.types(sources[0].schema)))
         index = None
         if job.target_sources:
             target_sources = job.target_sources
