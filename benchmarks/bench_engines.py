@@ -1,6 +1,7 @@
 """nll beside DuckDB and Polars on the shapes of issue 17, in the same interleaved runs.
 
-    python benchmarks/bench_engines.py            every shape, 5 interleaved rounds (10M shapes: 3)
+    python benchmarks/bench_engines.py            every shape, interleaved rounds: 11 for the 2M shapes
+                                                  (200k x 1000: 5, 10M shapes: 3)
     python benchmarks/bench_engines.py --only csv_10m_10,parquet_10m_10 --rounds 3
     python benchmarks/bench_engines.py --quick    2M and smaller shapes, 1 round (about 2 minutes)
     python benchmarks/bench_engines.py --rounds 5 --only csv_2m_10,parquet_2m_10
@@ -49,7 +50,12 @@ SHAPES = {
     "parquet_10m_10": (10_000_000, 10, "parquet"),
 }
 BIG = {"csv_10m_10", "parquet_10m_10"}  # a minute or more a round: BIG_ROUNDS, left out by --quick
-ROUNDS, BIG_ROUNDS = 5, 3  # a ratio moved by up to 15% between runs of 3 rounds on this noisy machine
+# Interleaved rounds: a ratio moved by up to 15% between runs of 3 rounds on this noisy machine, and
+# two runs of the same nll command, 31 rounds each, still differed by 4%: the shapes that take nll
+# under 1.5 s get QUICK_ROUNDS (about a minute more for all four).
+ROUNDS, BIG_ROUNDS, QUICK_ROUNDS = 5, 3, 11
+QUICK = {"csv_2m_10", "csv_2m_2", "gzip_2m_10", "parquet_2m_10"}
+RESAMPLES = 2000  # bootstrap resamples of the rounds for the interval of the paired ratio
 SLOW_FACTOR = 2.0
 STARTUP = "startup"  # nll score on 10 rows beside `python -c "import numpy, pyarrow.csv"`
 STARTUP_ROUNDS = 21
@@ -252,7 +258,34 @@ def bench_shape(path: Path, classes: int, rounds: int, with_pandas: bool, skip: 
                          "rss_mb": max(r["rss_mb"] for r in got), "nll": got[0]["nll"],
                          "accuracy": got[0]["accuracy"], "walls": [round(r["wall_s"], 3) for r in got]}
     summary["load"] = loads
+    summary["paired"] = paired_ratio(runs)
     return summary
+
+
+def paired_ratio(runs: dict[str, list[dict]]) -> dict | None:
+    """nll's wall time over the faster of DuckDB and Polars in the same round, round by round:
+    the median of those ratios and a 95% percentile-bootstrap interval over the rounds (seeded).
+    Pairing within a round cancels the machine's slower drifts, which move both alike; the
+    interval says how far the median ratio could move on another run."""
+    import random
+
+    def walls(name: str) -> list[float | None]:
+        return [r.get("wall_s") for r in runs.get(name, [])]
+
+    nll = walls("nll")
+    engines = [walls("duckdb"), walls("polars")]
+    ratios = []
+    for i, mine in enumerate(nll):
+        theirs = [w[i] for w in engines if i < len(w) and w[i] is not None]
+        if mine is not None and theirs:
+            ratios.append(mine / min(theirs))
+    if not ratios:
+        return None
+    rng = random.Random(17)
+    medians = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(RESAMPLES))
+    return {"median": statistics.median(ratios), "low": medians[int(0.025 * RESAMPLES)],
+            "high": medians[int(0.975 * RESAMPLES) - 1], "rounds": len(ratios),
+            "ratios": [round(r, 3) for r in ratios]}
 
 
 def _slow(name: str, runs: dict[str, list[dict]]) -> bool:
@@ -322,6 +355,11 @@ def show(shape: str, result: dict) -> None:
         ratio = result["nll"]["wall_s"] / min(others)
         verdict = "PASS" if ratio <= 1.0 else "FAIL"
         line = f"  nll / faster of DuckDB and Polars: {ratio:.2f}  {verdict}"
+        paired = result.get("paired")
+        if paired and paired["rounds"] > 1:
+            noise = "; within noise" if paired["low"] <= 1.0 <= paired["high"] else ""
+            line += (f" (round by round: median {paired['median']:.2f}, 95% interval {paired['low']:.2f}-"
+                     f"{paired['high']:.2f} over {paired['rounds']} rounds{noise})")
         if "wall_s" in result.get("pandas", {}):
             line += f"; pandas + sklearn / nll: {result['pandas']['wall_s'] / result['nll']['wall_s']:.1f}"
         print(line)
@@ -330,8 +368,9 @@ def show(shape: str, result: dict) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="no 10M-row shapes, 1 round")
-    parser.add_argument("--rounds", type=int, help=f"interleaved rounds per shape (default {ROUNDS}, {BIG_ROUNDS} for "
-                        "the 10M shapes, 1 with --quick; given, it holds for every shape)")
+    parser.add_argument("--rounds", type=int, help=f"interleaved rounds per shape (default {QUICK_ROUNDS} for the 2M "
+                        f"shapes, {BIG_ROUNDS} for the 10M shapes, else {ROUNDS}; 1 with --quick; given, it holds "
+                        "for every shape)")
     parser.add_argument("--only", help="comma-separated shapes: " + ", ".join([*SHAPES, STARTUP]))
     parser.add_argument("--no-pandas", action="store_true", help="skip the pandas + sklearn run (15 s)")
     parser.add_argument("--skip", default="", help="comma-separated commands to leave out: duckdb, polars, floor "
@@ -358,7 +397,8 @@ def main() -> int:
         rows, classes, _ = SHAPES[shape]
         print(f"running {shape} ...", flush=True)
         results[shape] = bench_shape(data_path(cache, shape), classes,
-                                     BIG_ROUNDS if shape in BIG and not args.rounds else rounds,
+                                     rounds if args.rounds or args.quick else
+                                     BIG_ROUNDS if shape in BIG else QUICK_ROUNDS if shape in QUICK else rounds,
                                      with_pandas=shape == "csv_2m_10" and not args.no_pandas,
                                      skip=frozenset(filter(None, args.skip.split(","))))
         show(shape, results[shape])
