@@ -430,6 +430,63 @@ def test_confidence_bins_match_the_reference_on_any_values(values, n_bins):
     assert confidence_bins(np.array(values), n_bins).tolist() == [ref_bin(v, n_bins) for v in values]
 
 
+def _values_at_every_edge(n_bins: int, rng) -> np.ndarray:
+    """Random confidences, the equal-width and fine edges, the ulps either side, 0, 1 and above 1."""
+    from nllcli.losses import FINE_EDGES
+
+    edges = np.concatenate([np.linspace(0.0, 1.0, n_bins + 1), FINE_EDGES, [0.0, 1.0, 5e-324]])
+    near = np.concatenate([edges, np.nextafter(edges, 2.0), np.nextafter(edges, -1.0)])
+    tail = 1.0 - 10.0 ** -rng.uniform(3, 12, 300)  # the fine bins near 1 are narrow
+    return np.concatenate([np.clip(near, 0.0, 1.0 + 1e-6), tail, rng.uniform(0.0, 1.0, 700)])
+
+
+@pytest.mark.parametrize("n_bins", [1, 2, 3, 7, 10, 15, 100, 1000, 1024, 2000, 10000])
+def test_width_bins_added_from_the_fine_bins_are_those_of_each_value(n_bins):
+    """Summary fills its equal-width bins from the fine bins that lie inside one of them and bins
+    only the rows of the fine bins an edge cuts: the same rows land in the same bins as binning
+    every confidence (confidence_bins, checked against exact fractions above), weighted or not."""
+    from nllcli.summary import width_bins_of_fine
+
+    rng = np.random.default_rng(n_bins)
+    c = _values_at_every_edge(n_bins, rng)
+    n = len(c)
+    correct = rng.random(n) < c
+    expected = confidence_bins(c, n_bins)
+    for weights in (None, rng.uniform(0.0, 3.0, n)):
+        w = np.ones(n) if weights is None else weights
+        got = Summary.of_batch({"nll": np.zeros(n)}, 2, weights, rng.integers(0, 2, n), correct,
+                               confidence=c, n_bins=n_bins)
+        sums = {"weight": w, "correct": w * correct, "confidence": w * c, "weight_sq": w * w}
+        for name, values in sums.items():
+            want = np.bincount(expected, weights=values, minlength=n_bins)
+            np.testing.assert_allclose(getattr(got, f"bin_{name}"), want, rtol=1e-12, atol=1e-12, err_msg=name)
+        if weights is None:  # counts, exactly
+            np.testing.assert_array_equal(got.bin_weight, np.bincount(expected, minlength=n_bins))
+            np.testing.assert_array_equal(got.bin_correct, np.bincount(expected[correct], minlength=n_bins))
+    # a fine bin marked as inside one equal-width bin holds only values of that bin, at both ends
+    from nllcli.losses import FINE_EDGES
+
+    inside = width_bins_of_fine(n_bins)
+    lower, upper = np.nextafter(FINE_EDGES[:-1], 2.0), FINE_EDGES[1:]
+    ends = confidence_bins(lower, n_bins), confidence_bins(upper, n_bins)
+    kept = inside >= 0
+    np.testing.assert_array_equal(ends[0][kept], inside[kept])
+    np.testing.assert_array_equal(ends[1][kept], inside[kept])
+    assert (ends[0][~kept] != ends[1][~kept]).all()  # marked cut only when an edge cuts it
+    if n_bins == 15:
+        assert (~kept).sum() == 14  # one fine bin per interior edge: 1.4% of [0, 1] binned row by row
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.floats(0.0, 1.0), min_size=1, max_size=30), st.integers(1, 60))
+def test_width_bins_from_the_fine_bins_match_the_reference_on_any_values(values, n_bins):
+    c = np.array(values)
+    got = Summary.of_batch({"nll": np.zeros(len(c))}, 1, None, np.zeros(len(c), dtype=np.intp),
+                           np.ones(len(c), dtype=bool), confidence=c, n_bins=n_bins)
+    np.testing.assert_array_equal(got.bin_weight, np.bincount([ref_bin(v, n_bins) for v in values],
+                                                              minlength=n_bins))
+
+
 @pytest.mark.parametrize("bins", ["0", "-1", "10001"])
 def test_bins_out_of_range_is_a_usage_error(run, calib_csv, bins):
     result = run("score", calib_csv, "--bins", bins)
