@@ -387,7 +387,9 @@ def main() -> int:
     compileall.compile_dir(str(HERE.parent / "nllcli"), quiet=1)
     cache = Path(os.environ.get("NLL_BENCH_DIR") or Path.home() / ".cache" / "nll-bench").expanduser() / "engines"
     ensure_data(cache, [s for s in shapes if s != STARTUP])
-    print(f"nll vs DuckDB vs Polars: {os.cpu_count()} CPUs, Python {platform.python_version()}, {rounds} round(s)")
+    plan = (f"{rounds} round(s)" if args.rounds or args.quick else
+            f"{QUICK_ROUNDS} rounds for the 2M shapes, {ROUNDS} for 200k x 1000, {BIG_ROUNDS} for 10M")
+    print(f"nll vs DuckDB vs Polars: {os.cpu_count()} CPUs, Python {platform.python_version()}, {plan}")
     results = {}
     if STARTUP in shapes:
         print(f"running {STARTUP} ...", flush=True)
