@@ -15,6 +15,7 @@ with the convention 0 * log 0 = 0, so classes with t_k = 0 contribute nothing to
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -473,18 +474,47 @@ def top_k_hits(values: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     return ((above + tied_before) < k).astype(np.float64)
 
 
+def kept_rows(n: int) -> int:
+    """The power of two of rows, at least n, for which arrays of row positions are kept: batches
+    (of CSV ranges) differ in length by a few rows each, and take the first n of one array."""
+    return 1 << max(n - 1, 0).bit_length()
+
+
+def positions(n: int) -> np.ndarray:
+    """np.arange(n), read-only."""
+    return _positions_for(kept_rows(n))[:n]
+
+
+@functools.lru_cache(maxsize=4)
+def _positions_for(rows: int) -> np.ndarray:
+    out = np.arange(rows)
+    out.flags.writeable = False
+    return out
+
+
 def true_class(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """values[i, labels[i]] for each row."""
     n, k = values.shape
     if values.flags.f_contiguous:  # one gather from the flat matrix, faster than a pair of indices
         flat = labels * n
-        flat += np.arange(n)
+        flat += positions(n)
         return values.ravel(order="F").take(flat)
     if values.flags.c_contiguous:
         flat = np.arange(0, n * k, k)
         flat += labels
         return values.ravel().take(flat)
     return values[np.arange(n), labels]
+
+
+def column_dots(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """sum_i a_ik b_ik for each column k.
+
+    numpy 2's vecdot takes one dot product per column (BLAS, on the one thread the CLI gives it):
+    on a column-major 49,152 x 10 batch 0.06 ms, where einsum's "ij,ij->j" takes 0.21.
+    """
+    if hasattr(np, "vecdot"):
+        return np.vecdot(a.T, b.T)
+    return np.einsum("ij,ij->j", a, b)
 
 
 def correct_rows(values: np.ndarray, labels: np.ndarray, top: np.ndarray | None = None,
@@ -664,7 +694,8 @@ def l2_calibration_error(weight: np.ndarray, weight_sq: np.ndarray, confidence: 
 
 def class_bin_sums(cells: np.ndarray, past: tuple[np.ndarray, np.ndarray] | None, size: int, copies: int,
                    weights: np.ndarray | None, probs: np.ndarray, labels: np.ndarray | None, targets: np.ndarray | None,
-                   labelled: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+                   labelled: tuple[np.ndarray, np.ndarray] | None = None,
+                   class_weight: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Sums over the (class, bin) cells of each row's probability of each class, and per class.
 
     A value's cell is c * K * B + k * B + the equal-width bin of q_ik, c one of ``copies`` copies of
@@ -672,7 +703,8 @@ def class_bin_sums(cells: np.ndarray, past: tuple[np.ndarray, np.ndarray] | None
     in the memory order of ``probs``, when ``past`` is None; else ``past`` is (positions in the
     column-major flattening of ``probs``, values) of the values ``cells`` holds, every other value
     being in its class's first bin, whose sums are then the class's totals less those of its other
-    bins. ``labelled``: (cell, value) of each row's labelled probability, needed with hard labels.
+    bins. ``labelled``: (cell, value) of each row's labelled probability, needed with hard labels;
+    ``class_weight``: sum w per class, when the caller has it (outcome_sq with hard labels).
 
     Per cell (flattened, K * B): weight = sum w, prob = sum w q, outcome = sum w y; per class (K,):
     prob_sq = sum w q^2, cross = sum w q y, outcome_sq = sum w y^2; y_ik is the one-hot label or
@@ -691,10 +723,12 @@ def class_bin_sums(cells: np.ndarray, past: tuple[np.ndarray, np.ndarray] | None
         w = None if weights is None else weights[at % n]
         t = None if targets is None else targets.ravel(order="F")[at]
 
-    def column_sums(a: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:  # sum_i w_i a_ik (b_ik), no BLAS threads
+    def column_sums(a: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:  # sum_i w_i a_ik (b_ik)
         if b is None:
             return np.einsum("ij->j", a) if weights is None else np.einsum("i,ij->j", weights, a)
-        return np.einsum("ij,ij->j", a, b) if weights is None else np.einsum("i,ij,ij->j", weights, a, b)
+        if weights is None:
+            return column_dots(a, b)
+        return np.einsum("i,ij,ij->j", weights, a, b)
 
     def cell_sums(of: np.ndarray | None, totals: Callable[[], np.ndarray] | None = None,
                   where: np.ndarray = cells) -> np.ndarray:
@@ -722,7 +756,8 @@ def class_bin_sums(cells: np.ndarray, past: tuple[np.ndarray, np.ndarray] | None
         labelled_cells, p_true = labelled
         out["outcome"] = cell_sums(weights, where=labelled_cells)
         out["cross"] = np.bincount(labels, weights=p_true if weights is None else weights * p_true, minlength=k)
-        out["outcome_sq"] = np.bincount(labels, weights=weights, minlength=k).astype(np.float64, copy=False)
+        out["outcome_sq"] = class_weight if class_weight is not None else \
+            np.bincount(labels, weights=weights, minlength=k).astype(np.float64, copy=False)
     else:
         raise ValueError("class bins need labels or targets")
     return out
