@@ -540,8 +540,11 @@ def correct_rows(values: np.ndarray, labels: np.ndarray, top: np.ndarray | None 
 
 
 def hard_label_nll(p_true: np.ndarray, eps: float) -> tuple[np.ndarray, Clipped]:
-    """-log(clip(p_y)) from the probabilities of the true classes; also what the clip moved."""
-    clipped = clip(p_true, eps)
+    """-log(clip(p_y)) from the probabilities of the true classes; also what the clip moved (no
+    masks when nothing moved: the usual case, found by two reductions instead of three passes that
+    write, and nothing then to count per batch)."""
+    moves = eps > 0 and p_true.size > 0 and (p_true.min() < eps or p_true.max() > 1.0 - eps)
+    clipped = clip(p_true, eps) if moves else Clipped(p_true)
     with np.errstate(divide="ignore"):
         return -np.log(clipped.values), clipped
 

@@ -323,6 +323,16 @@ def test_hard_label_nll_clips_zero_and_one():
     np.testing.assert_allclose(nll, [36.04365338911715, -math.log1p(-EPS), math.log(2)], rtol=1e-15)
 
 
+def test_hard_label_nll_when_nothing_moves_keeps_no_masks():
+    p = np.array([0.25, 0.5, 1.0 - 2 * EPS, 2 * EPS])
+    nll, clipped = losses.hard_label_nll(p, EPS)
+    assert clipped.raised is None and clipped.lowered is None and clipped.values is p
+    assert losses.RowClips.of(clipped, EPS) is None
+    assert nll.tolist() == (-np.log(p)).tolist()
+    _, empty = losses.hard_label_nll(np.zeros(0), EPS)
+    assert losses.RowClips.of(empty, EPS) is None
+
+
 def test_hard_label_nll_without_clipping():
     with np.errstate(divide="ignore"):
         nll, clipped = losses.hard_label_nll(np.array([0.0, 1.0, 0.25]), 0.0)
