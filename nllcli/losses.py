@@ -70,9 +70,11 @@ def find_problem(values: np.ndarray, kind: str, tol: float, renormalize: bool = 
     sums = off = None
     if low >= 0.0:
         sums = values.sum(axis=1)
-        off = None if renormalize else np.abs(sums - 1.0) > tol
-        if off is not None and not off.any():
-            return None
+        if not renormalize:
+            gap = sums - 1.0  # |gap| <= tol on every row: two reductions, no mask unless one is off
+            if -tol <= gap.min() and gap.max() <= tol:
+                return None
+            off = np.abs(gap) > tol
     high = values.max()
     if not (low >= 0.0 and high <= 1.0 + tol):  # also true for NaN
         if np.isnan(low) or np.isnan(high):
