@@ -144,6 +144,7 @@ class Scored:
     targets: np.ndarray | None = None  # (n, K) target distributions (soft), else None
     kept: np.ndarray | None = None  # --ignore-label: positions in the batch of the rows kept (None: all)
     ignored: int = 0  # rows of the batch dropped for their label
+    labelled_probs: np.ndarray | None = None  # probs[i, labels[i]], when scoring computed it already
 
     @property
     def rows(self) -> int:
@@ -164,7 +165,8 @@ class Scored:
         return Summary.of_batch({k: pick(v) for k, v in self.summed.items()}, n_classes, pick(self.weights),
                                 pick(self.labels), pick(self.correct), confidence=pick(self.confidence),
                                 n_bins=n_bins, loss=pick(self.loss), probs=pick(self.probs),
-                                targets=pick(self.targets), ignored=self.ignored if rows is None else 0, **clips)
+                                targets=pick(self.targets), ignored=self.ignored if rows is None else 0,
+                                labelled_probs=pick(self.labelled_probs), **clips)
 
     def index_of(self, rows: np.ndarray) -> np.ndarray:
         """0-based positions in the whole input of some of the batch's scored rows."""
@@ -286,9 +288,11 @@ class Scorer:
             weights = row_weights if weights is None else weights * row_weights
         probs = pred.probs() if self.calibration and (labels is not None or targets is not None) else None
         scores = pred.values if labels is not None else None
+        labelled_probs = pred.labelled(labels) if probs is pred.values and labels is not None else None
         return Scored(chunk, part.first_index, values, summed, values["cross_entropy" if self.soft else "nll"],
                       weights, labels, scores, correct, confidence, p_true, clips, probs,
-                      targets if self.soft else None, kept, part.chunk.batch.num_rows - chunk.batch.num_rows)
+                      targets if self.soft else None, kept, part.chunk.batch.num_rows - chunk.batch.num_rows,
+                      labelled_probs)
 
     def _losses(self, pred: Prepared, labels, targets) -> tuple[dict[str, np.ndarray], losses.RowClips | None,
                                                                   np.ndarray | None]:

@@ -76,7 +76,8 @@ class Summary:
                  clipped: int = 0, confidence: np.ndarray | None = None, n_bins: int = 15,
                  loss: np.ndarray | None = None, clipped_zero: int = 0, zero_loss: float = 0.0,
                  reverse_zero: int = 0, reverse_zero_loss: float = 0.0, probs: np.ndarray | None = None,
-                 targets: np.ndarray | None = None, ignored: int = 0) -> "Summary":
+                 targets: np.ndarray | None = None, ignored: int = 0,
+                 labelled_probs: np.ndarray | None = None) -> "Summary":
         """Summarise one batch.
 
         ``values`` maps each quantity to its (n,) per-sample array; ``labels`` and ``correct``
@@ -85,8 +86,8 @@ class Summary:
         clipped values, ``clipped_zero`` those of them raised from below eps, and ``zero_loss`` is
         the weighted loss those carry; ``reverse_zero`` and ``reverse_zero_loss`` the same for the
         targets clipped in the reverse KL. ``probs`` (n, K), with labels or ``targets``, fills the
-        (class, bin) cells of classwise ECE and the Brier decomposition; ``ignored`` counts rows
-        dropped for their label.
+        (class, bin) cells of classwise ECE and the Brier decomposition (``labelled_probs``: its
+        probs[i, labels[i]], when the caller has them); ``ignored`` counts rows dropped for their label.
         """
         names = tuple(values)
         n = len(next(iter(values.values()))) if values else 0
@@ -161,7 +162,7 @@ class Summary:
         if probs is not None and (labels is not None or targets is not None) and \
                 n_classes * n_bins <= CLASS_CELLS_LIMIT:
             sums = _class_cell_sums(np.asfortranarray(probs), n_bins, weights, labels, targets,
-                                    None if labels is None else out.class_weight)
+                                    None if labels is None else out.class_weight, labelled_probs)
             out.class_bins = np.stack([sums[name] for name in CLASS_BIN_SUMS]).reshape(-1, n_classes, n_bins)
             out.class_totals = np.stack([sums[name] for name in CLASS_TOTALS])
         if loss is not None:  # bins [e_i, e_i+1), the last one [40, inf]
@@ -373,14 +374,17 @@ SPARSE_CELLS_SHARE = 0.5
 
 
 def _class_cell_sums(probs: np.ndarray, n_bins: int, weights: np.ndarray | None, labels: np.ndarray | None,
-                     targets: np.ndarray | None, class_weight: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """losses.class_bin_sums of a column-major (n, K) batch, its cells spread over CELL_COPIES copies."""
+                     targets: np.ndarray | None, class_weight: np.ndarray | None = None,
+                     p_true: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """losses.class_bin_sums of a column-major (n, K) batch, its cells spread over CELL_COPIES copies;
+    ``class_weight`` (sum w per class) and ``p_true`` (probs[i, labels[i]]) when the caller has them."""
     n, k = probs.shape
     flat = probs.ravel(order="F")
     past_first = flat > bin_edges(n_bins)[1]
     if np.count_nonzero(past_first) > SPARSE_CELLS_SHARE * flat.size:
         cells = confidence_bins(probs, n_bins, offsets=_cell_offsets(n, k, n_bins))
-        labelled = None if labels is None else (losses.true_class(cells, labels), losses.true_class(probs, labels))
+        labelled = None if labels is None else \
+            (losses.true_class(cells, labels), losses.true_class(probs, labels) if p_true is None else p_true)
         return losses.class_bin_sums(cells, None, k * n_bins, CELL_COPIES, weights, probs, labels, targets, labelled,
                                      class_weight)
     at = np.flatnonzero(past_first)  # sorted: each class's values in one run
@@ -390,7 +394,8 @@ def _class_cell_sums(probs: np.ndarray, n_bins: int, weights: np.ndarray | None,
     cells = confidence_bins(values, n_bins, offsets=offsets)
     labelled = None
     if labels is not None:  # each row's labelled value, binned, in copy (i mod CELL_COPIES) of its cell
-        p_true = losses.true_class(probs, labels)
+        if p_true is None:
+            p_true = losses.true_class(probs, labels)
         labelled = (confidence_bins(p_true, n_bins, offsets=_row_copies(n, k, n_bins) + labels * n_bins), p_true)
     return losses.class_bin_sums(cells, (at, values), k * n_bins, CELL_COPIES, weights, probs, labels, targets,
                                  labelled, class_weight)
