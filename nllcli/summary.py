@@ -165,9 +165,8 @@ class Summary:
                                     None if labels is None else out.class_weight, labelled_probs)
             out.class_bins = np.stack([sums[name] for name in CLASS_BIN_SUMS]).reshape(-1, n_classes, n_bins)
             out.class_totals = np.stack([sums[name] for name in CLASS_TOTALS])
-        if loss is not None:  # bins [e_i, e_i+1), the last one [40, inf]
-            out.loss_histogram = np.bincount(loss_bins(loss), weights=weights,
-                                             minlength=len(LOSS_EDGES) + 1)[1:].astype(np.float64, copy=False)
+        if loss is not None:
+            out.loss_histogram = loss_histogram(loss, weights)
         return out
 
     def __add__(self, other: "Summary") -> "Summary":
@@ -399,6 +398,18 @@ def _class_cell_sums(probs: np.ndarray, n_bins: int, weights: np.ndarray | None,
         labelled = (confidence_bins(p_true, n_bins, offsets=_row_copies(n, k, n_bins) + labels * n_bins), p_true)
     return losses.class_bin_sums(cells, (at, values), k * n_bins, CELL_COPIES, weights, probs, labels, targets,
                                  labelled, class_weight)
+
+
+def loss_histogram(loss: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """Weight of the losses in each bin [e_i, e_i+1) of LOSS_EDGES, the last one [40, inf]; a
+    negative or NaN loss is in none.
+
+    Unweighted, the counts of losses >= each edge, differenced (exact): no bin is stored per row.
+    """
+    if weights is None:
+        at_least = np.array([np.count_nonzero(loss >= edge) for edge in LOSS_EDGES] + [0], dtype=np.float64)
+        return at_least[:-1] - at_least[1:]
+    return np.bincount(loss_bins(loss), weights=weights, minlength=len(LOSS_EDGES) + 1)[1:].astype(np.float64, copy=False)
 
 
 def loss_bins(loss: np.ndarray) -> np.ndarray:

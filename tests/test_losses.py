@@ -421,3 +421,17 @@ def test_loss_bins_are_np_histograms_bins():
         got = np.bincount(loss_bins(loss), weights=w, minlength=len(LOSS_EDGES) + 1)[1:]
         np.testing.assert_allclose(got, expected, rtol=1e-14)  # np.histogram's weighted sums: differences of a cumsum
     assert loss_bins(np.array([np.nan, -0.5, 0.0, 40.0, np.inf])).tolist() == [0, 0, 1, 12, 12]
+
+
+def test_loss_histogram_is_np_histogram():
+    from nllcli.summary import LOSS_EDGES, loss_histogram
+
+    edges = np.array(LOSS_EDGES)
+    loss = np.concatenate([edges, np.nextafter(edges, -1), np.nextafter(edges, 9), [np.inf, np.nan, -1.0, 1e300],
+                           np.random.default_rng(3).exponential(2.0, 1000)])
+    expected = np.histogram(loss, bins=[*LOSS_EDGES, np.inf])[0]
+    assert loss_histogram(loss).tolist() == expected.tolist()  # counts: exact
+    weights = np.linspace(0.5, 2, len(loss))
+    np.testing.assert_allclose(loss_histogram(loss, weights), np.histogram(loss, bins=[*LOSS_EDGES, np.inf],
+                                                                           weights=weights)[0], rtol=1e-11)  # a cumsum differenced
+    assert loss_histogram(np.zeros(0)).tolist() == [0.0] * len(LOSS_EDGES)
