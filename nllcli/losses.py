@@ -530,6 +530,8 @@ def correct_rows(values: np.ndarray, labels: np.ndarray, top: np.ndarray | None 
     n, k = values.shape
     if not values.flags.f_contiguous or k > 64:
         return argmax_rows(values) == labels
+    if k == 2:  # class 1 is predicted where its value is the larger (a tie: class 0); three passes
+        return (values[:, 1] > values[:, 0]) == (labels == 1)
     top = values.max(axis=1) if top is None else top
     correct = (true_class(values, labels) if true is None else true) == top
     tops = np.zeros(n, dtype=np.uint8)  # columns equal to the row's largest value (at most 64)

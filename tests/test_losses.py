@@ -344,14 +344,16 @@ def test_correct_rows_is_argmax_equals_label_with_ties_to_the_first_column():
     from nllcli.losses import argmax_rows, correct_rows
 
     rng = np.random.default_rng(3)
-    values = np.round(rng.dirichlet(np.ones(4), 5000), 2)  # two decimals: many tied rows
-    values[:10] = 0.25  # all four tied
-    labels = rng.integers(0, 4, 5000)
-    for matrix in (np.asfortranarray(values), np.ascontiguousarray(values)):
-        expected = argmax_rows(matrix) == labels
-        assert (correct_rows(matrix, labels) == expected).all()
-    assert correct_rows(np.asfortranarray(values[:10]), np.zeros(10, int)).all()
-    assert not correct_rows(np.asfortranarray(values[:10]), np.ones(10, int)).any()
+    for k in (4, 2, 3):
+        values = np.round(rng.dirichlet(np.ones(k), 5000), 2)  # two decimals: many tied rows
+        values[:10] = 1 / k  # all tied
+        labels = rng.integers(0, k, 5000)
+        for matrix in (np.asfortranarray(values), np.ascontiguousarray(values)):
+            expected = argmax_rows(matrix) == labels
+            assert (correct_rows(matrix, labels) == expected).all()
+            assert (correct_rows(matrix, labels) == (matrix.argmax(axis=1) == labels)).all()
+        assert correct_rows(np.asfortranarray(values[:10]), np.zeros(10, int)).all()
+        assert not correct_rows(np.asfortranarray(values[:10]), np.ones(10, int)).any()
 
 
 def test_confidence_bins_on_and_beside_every_edge():
