@@ -534,10 +534,10 @@ def correct_rows(values: np.ndarray, labels: np.ndarray, top: np.ndarray | None 
         return (values[:, 1] > values[:, 0]) == (labels == 1)
     top = values.max(axis=1) if top is None else top
     correct = (true_class(values, labels) if true is None else true) == top
-    tops = np.zeros(n, dtype=np.uint8)  # columns equal to the row's largest value (at most 64)
-    for j in range(k):
-        tops += values[:, j] == top
-    tied = np.flatnonzero(correct & (tops > 1))
+    at_top = values == top[:, None]
+    if np.count_nonzero(at_top) == n:  # no row holds its largest value twice: the usual case
+        return correct
+    tied = np.flatnonzero(correct & (at_top.sum(axis=1, dtype=np.uint8) > 1))  # at most 64 columns
     if tied.size:
         correct[tied] = argmax_rows(values[tied]) == labels[tied]
     return correct
