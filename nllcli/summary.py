@@ -330,7 +330,7 @@ def _cell_offsets(n: int, n_classes: int, n_bins: int) -> np.ndarray:
 
 
 def _row_copies(n: int, n_classes: int, n_bins: int) -> np.ndarray:
-    """(n,), read-only: (i mod CELL_COPIES) * K * B for row i, the first column of _cell_offsets."""
+    """(n,), read-only: (i mod CELL_COPIES) * K * B for row (or value) i, the first column of _cell_offsets."""
     return _row_copies_for(losses.kept_rows(n), n_classes * n_bins)[:n]
 
 
@@ -387,9 +387,9 @@ def _class_cell_sums(probs: np.ndarray, n_bins: int, weights: np.ndarray | None,
         return losses.class_bin_sums(cells, None, k * n_bins, CELL_COPIES, weights, probs, labels, targets, labelled,
                                      class_weight)
     at = np.flatnonzero(past_first)  # sorted: each class's values in one run
-    offsets = np.repeat(np.arange(k) * n_bins, np.diff(np.searchsorted(at, np.arange(k + 1) * n)))
-    offsets += np.bitwise_and(at, CELL_COPIES - 1) * (k * n_bins)  # copies by flat position: a class's rows in turn
-    values = flat[at]
+    offsets = np.repeat(np.arange(k) * float(n_bins), np.diff(np.searchsorted(at, np.arange(k + 1) * n)))
+    offsets += _row_copies(at.size, k, n_bins)  # the copies taken in turn along the values, a class's among them
+    values = flat.take(at)
     cells = confidence_bins(values, n_bins, offsets=offsets)
     labelled = None
     if labels is not None:  # each row's labelled value, binned, in copy (i mod CELL_COPIES) of its cell
