@@ -409,7 +409,8 @@ def loss_histogram(loss: np.ndarray, weights: np.ndarray | None = None) -> np.nd
     if weights is None:
         at_least = np.array([np.count_nonzero(loss >= edge) for edge in LOSS_EDGES] + [0], dtype=np.float64)
         return at_least[:-1] - at_least[1:]
-    return np.bincount(loss_bins(loss), weights=weights, minlength=len(LOSS_EDGES) + 1)[1:].astype(np.float64, copy=False)
+    weighted = np.bincount(loss_bins(loss), weights=weights, minlength=len(LOSS_EDGES) + 1)[1:]
+    return weighted.astype(np.float64, copy=False)
 
 
 def loss_bins(loss: np.ndarray) -> np.ndarray:
