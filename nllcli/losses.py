@@ -171,6 +171,12 @@ class Clipped(NamedTuple):
         return int(np.count_nonzero(self.raised) + np.count_nonzero(self.lowered))
 
 
+def nothing_to_clip(p: np.ndarray, eps: float) -> bool:
+    """No value below eps or above 1 - eps (or eps <= 0): two reductions, where the clip and its
+    masks would take three passes that write. The usual case."""
+    return eps <= 0 or p.size == 0 or (p.min() >= eps and p.max() <= 1.0 - eps)
+
+
 def clip(p: np.ndarray, eps: float) -> Clipped:
     """Clip probabilities to [eps, 1 - eps] (scikit-learn's rule), noting which moved and how."""
     if eps <= 0:
@@ -203,8 +209,8 @@ def clipped_model(q: np.ndarray | None, log_q: np.ndarray | None, kind: str,
     (``log_q`` from log_softmax) are exact. Pass ``q`` for probabilities, else ``log_q``.
     """
     if q is not None:
-        if eps <= 0 or (q.min() >= eps and q.max() <= 1.0 - eps):
-            return q, _log(q), None  # nothing to clip: the usual case, two cheap passes
+        if nothing_to_clip(q, eps):
+            return q, _log(q), None
         clipped = clip(q, eps)
         return clipped.values, _log(clipped.values), clipped
     if log_q is None:
@@ -534,10 +540,8 @@ def correct_rows(values: np.ndarray, labels: np.ndarray, top: np.ndarray | None 
 
 def hard_label_nll(p_true: np.ndarray, eps: float) -> tuple[np.ndarray, Clipped]:
     """-log(clip(p_y)) from the probabilities of the true classes; also what the clip moved (no
-    masks when nothing moved: the usual case, found by two reductions instead of three passes that
-    write, and nothing then to count per batch)."""
-    moves = eps > 0 and p_true.size > 0 and (p_true.min() < eps or p_true.max() > 1.0 - eps)
-    clipped = clip(p_true, eps) if moves else Clipped(p_true)
+    masks when nothing moved, and so nothing to count per batch)."""
+    clipped = Clipped(p_true) if nothing_to_clip(p_true, eps) else clip(p_true, eps)
     with np.errstate(divide="ignore"):
         return -np.log(clipped.values), clipped
 
